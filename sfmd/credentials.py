@@ -1,0 +1,109 @@
+"""The credentials file: OAuth keys by name, loaded once, never printed.
+
+Secrets live only in `Credential` objects whose repr shows the name alone, so a stray
+log line or traceback cannot leak them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OAUTH1_KEYS = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
+OPTIONAL_KEYS = ("bearer_token",)
+
+
+class CredentialsError(Exception):
+    """The credentials file is missing, unsafe or malformed; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One named set of keys. Every secret field is hidden from repr and comparison output."""
+
+    name: str
+    consumer_key: str = field(repr=False, default="")
+    consumer_secret: str = field(repr=False, default="")
+    access_token: str = field(repr=False, default="")
+    access_token_secret: str = field(repr=False, default="")
+    bearer_token: str = field(repr=False, default="")
+
+    @property
+    def has_oauth1(self) -> bool:
+        return all(getattr(self, key) for key in OAUTH1_KEYS)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for tests and redaction: none of these may ever be printed."""
+        values = [getattr(self, key) for key in (*OAUTH1_KEYS, *OPTIONAL_KEYS)]
+        return [v for v in values if v]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def check_file_mode(path: Path) -> None:
+    """Refuse a credentials file that group or others can read or write."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise CredentialsError(
+            f"credentials file {path} has mode {mode:04o}; it holds secrets and must be "
+            f"0600 or stricter: run `chmod 600 {path}`"
+        )
+
+
+def load_credentials(
+    path: str | os.PathLike[str], *, check_mode: bool = True
+) -> dict[str, Credential]:
+    """Read and check the credentials file; the error names the table and key, never a value."""
+    path = Path(path)
+    try:
+        if check_mode:
+            check_file_mode(path)
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise CredentialsError(
+            f"credentials file {path} does not exist; copy etc/credentials.toml.example there "
+            "and fill in your keys"
+        ) from None
+    except PermissionError:
+        raise CredentialsError(f"credentials file {path} cannot be read by this user") from None
+    except tomllib.TOMLDecodeError as e:
+        # The decoder's message quotes a position, not the text, so no secret leaks here.
+        raise CredentialsError(f"credentials file {path} is not valid TOML: {e}") from None
+
+    creds: dict[str, Credential] = {}
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise CredentialsError(
+                f"credentials file {path}: `{name}` must be a table like [{name}] holding "
+                f"{', '.join(OAUTH1_KEYS)}"
+            )
+        unknown = sorted(set(table) - set(OAUTH1_KEYS) - set(OPTIONAL_KEYS))
+        if unknown:
+            raise CredentialsError(
+                f"credentials file {path}: [{name}] has unknown key(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(OAUTH1_KEYS + OPTIONAL_KEYS)}"
+            )
+        for key, value in table.items():
+            if not isinstance(value, str) or not value:
+                raise CredentialsError(
+                    f"credentials file {path}: [{name}] {key} must be a non-empty string"
+                )
+        present = [k for k in OAUTH1_KEYS if k in table]
+        if present and len(present) != len(OAUTH1_KEYS):
+            missing = [k for k in OAUTH1_KEYS if k not in table]
+            raise CredentialsError(
+                f"credentials file {path}: [{name}] is missing {', '.join(missing)}; "
+                "OAuth 1.0a needs all four keys"
+            )
+        if not present and "bearer_token" not in table:
+            raise CredentialsError(
+                f"credentials file {path}: [{name}] holds no keys; give the four OAuth 1.0a "
+                "keys (and/or bearer_token for API v2)"
+            )
+        creds[name] = Credential(name=name, **table)
+    return creds

@@ -1,0 +1,97 @@
+"""JSON log lines that survive logrotate.
+
+structlog renders; the stdlib's WatchedFileHandler writes. structlog's own file writer would
+keep writing into a rotated file forever (FACTS.md), so the file is a stdlib handler that
+notices a rename by itself and is also reopened explicitly on SIGHUP (logrotate's postrotate).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+import structlog
+
+_SHARED_PROCESSORS: list[structlog.typing.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+class LogFiles:
+    """The log handlers sfmd installed, so a signal handler can reopen them."""
+
+    def __init__(self, handlers: list[logging.handlers.WatchedFileHandler]) -> None:
+        self.handlers = handlers
+
+    def reopen(self) -> None:
+        for handler in self.handlers:
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+
+
+def setup_logging(
+    log_file: Path | None, *, stderr: bool | None = None, level: int = logging.INFO
+) -> LogFiles:
+    """Send every log event as one JSON line to `log_file`, and readably to a terminal.
+
+    `stderr=None` means: echo to stderr only when it is a terminal (or when there is no file).
+    """
+    structlog.configure(
+        processors=[
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.setLevel(level)
+
+    files: list[logging.handlers.WatchedFileHandler] = []
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
+        root.addHandler(handler)
+        files.append(handler)
+    if stderr is None:
+        stderr = log_file is None or sys.stderr.isatty()
+    if stderr:
+        console = logging.StreamHandler(sys.stderr)
+        renderer: structlog.typing.Processor
+        if sys.stderr.isatty():
+            renderer = structlog.dev.ConsoleRenderer(colors=False)
+        else:
+            renderer = structlog.processors.JSONRenderer()
+        console.setFormatter(_formatter(renderer))
+        root.addHandler(console)
+    # aiohttp's access log and asyncio's debug chatter are not operator events.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return LogFiles(files)
+
+
+def _formatter(renderer: structlog.typing.Processor) -> structlog.stdlib.ProcessorFormatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED_PROCESSORS,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+
+
+def get_logger(**bound: object) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger("sfmd").bind(**bound)
