@@ -81,15 +81,21 @@ def setup_logging(
             renderer = structlog.processors.JSONRenderer()
         console.setFormatter(_formatter(renderer))
         root.addHandler(console)
-    # aiohttp's access log and asyncio's debug chatter are not operator events.
+    # aiohttp's access log is not an operator event; oauthlib logs the access token at
+    # DEBUG while signing, and no secret may ever reach a log.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("oauthlib").setLevel(logging.WARNING)
     return LogFiles(files)
 
 
 def _formatter(renderer: structlog.typing.Processor) -> structlog.stdlib.ProcessorFormatter:
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED_PROCESSORS,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
     )
 
 

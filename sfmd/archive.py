@@ -1,0 +1,1185 @@
+"""One stream's archive: interval files that are safe to read the moment they carry a final name.
+
+The event loop only appends messages to an in-memory queue. One writer task per archive owns
+every file of the stream and hands one batch at a time to a worker thread (compression,
+writes, sha256 and fsync release the GIL), so a busy stream never stalls the loop and the
+bytes land in exactly the order they were given.
+
+Files rotate on UTC boundaries of `save_interval`, driven by the clock rather than by arriving
+data, so a quiet stream's file is still published on time. A file is written as `NAME.part`,
+completed, fsynced and renamed; only then is its line appended to `manifest.jsonl`. Nothing
+published is ever overwritten or appended to.
+
+What a crash can cost:
+
+* SIGKILL: only what sat in our memory: at most `flush_interval` seconds of messages (plus
+  the one batch being handed to the OS). Everything already handed to the OS is in the
+  `.part`, which the next `open()` cuts back to its last complete line and publishes.
+* Power loss: also what the OS had not yet put on disk; a `.part` is fsynced every
+  `fsync_interval` seconds and a published file always is.
+
+A failing disk (ENOSPC, EIO...) never publishes a torn file: the `.part` is cut back to its
+last whole batch and left for recovery, the unwritten batch is kept in memory and retried
+every `flush_interval` into a fresh `.part` (the next free `.N` name), and `write()` raises
+`ArchiveError`, refusing new messages, until a retry succeeds. Left-over `.part` files are
+published at the next successful rotation, at `close()`, or at the next `open()`.
+
+Intervals never go backwards: if the wall clock steps back, messages keep going to the open
+file until the clock passes its boundary again; a step forward is noticed within a few
+seconds. One archive at a time holds a stream's folder (an flock), so two processes can never
+write, or "recover", each other's open files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fcntl
+import hashlib
+import json
+import os
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import structlog
+import structlog.typing
+
+from sfmd.protocol import MAX_MESSAGE_BYTES, is_tweet
+
+MANIFEST_NAME = "manifest.jsonl"
+PART_SUFFIX = ".part"
+_TMP_SUFFIX = ".tmp"  # a repaired copy of a leftover, before it replaces the leftover
+_READ_CHUNK = 1 << 20
+_MAX_LINE = 2 * MAX_MESSAGE_BYTES  # a longer "line" in a leftover can only be garbage
+_STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+_GZIP_WBITS = 31  # zlib's gzip container, not a raw deflate stream
+
+
+class ArchiveError(Exception):
+    """A write or publish failed (disk full, permission...); the message says what and where."""
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A complete file under its final name, as described by its manifest line."""
+
+    path: Path
+    relpath: str  # relative to data_dir, with "/" separators: the manifest's "file"
+    start: datetime
+    end: datetime
+    messages: int
+    tweets: int
+    bytes: int  # uncompressed, line ends included
+    sha256: str  # of the file as stored
+
+    def manifest_line(self) -> bytes:
+        entry = {
+            "file": self.relpath,
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
+            "messages": self.messages,
+            "tweets": self.tweets,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+        return json.dumps(entry).encode() + b"\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Names and intervals: pure functions.
+
+
+def interval_start(t: float, save_interval: int) -> int:
+    """The UTC rotation boundary at or before `t` (epoch seconds)."""
+    return int(t // save_interval) * save_interval
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO-8601 in UTC with a fixed width (milliseconds, "Z"), easy to sort and to parse."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+@dataclass(frozen=True)
+class FileName:
+    """`{stream}-{YYYYMMDDTHHMMSSZ}[.{seq}].jsonl[.gz]`: the parts of an archive file's name."""
+
+    stream: str
+    start: int  # epoch seconds of the interval's start
+    seq: int  # 0 for the first file of an interval, then 1, 2, ... after restarts
+    compress: bool
+
+    @property
+    def filename(self) -> str:
+        stamp = _utc(self.start).strftime(_STAMP_FORMAT)
+        seq = f".{self.seq}" if self.seq else ""
+        return f"{self.stream}-{stamp}{seq}.jsonl{'.gz' if self.compress else ''}"
+
+    def directory(self, stream_dir: Path) -> Path:
+        day = _utc(self.start)
+        return stream_dir / f"{day.year:04d}" / f"{day.month:02d}" / f"{day.day:02d}"
+
+    def with_seq(self, seq: int) -> FileName:
+        return FileName(self.stream, self.start, seq, self.compress)
+
+    @classmethod
+    def parse(cls, filename: str) -> FileName | None:
+        """The parts of a final file name (without `.part`), or None if it is not one."""
+        compress = filename.endswith(".jsonl.gz")
+        if not compress and not filename.endswith(".jsonl"):
+            return None
+        stem = filename[: -len(".jsonl.gz" if compress else ".jsonl")]
+        stream, sep, rest = stem.rpartition("-")
+        stamp, _, seq_text = rest.partition(".")
+        if not sep or not stream or len(stamp) != 16 or stamp[8] != "T" or stamp[15] != "Z":
+            return None
+        if not (stamp[:8] + stamp[9:15]).isdigit():
+            return None
+        if seq_text and not (seq_text.isdigit() and seq_text[0] != "0"):
+            return None
+        try:
+            start = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return cls(stream, int(start.timestamp()), int(seq_text or 0), compress)
+
+
+def _part_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+def _taken(directory: Path, name: FileName) -> bool:
+    """Whether any file (either extension, final or `.part`) already claims this interval+seq."""
+    for compress in (True, False):
+        final = directory / FileName(name.stream, name.start, name.seq, compress).filename
+        if os.path.lexists(final) or os.path.lexists(_part_path(final)):
+            return True
+    return False
+
+
+def _next_free(directory: Path, name: FileName) -> FileName:
+    seq = name.seq
+    while _taken(directory, name.with_seq(seq)):
+        seq += 1
+    return name.with_seq(seq)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small blocking helpers (run in worker threads).
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in `directory` survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(directory: Path) -> None:
+    """mkdir -p, fsyncing each parent whose entries changed, so a new day's folder survives."""
+    missing: list[Path] = []
+    path = directory
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        _fsync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _lock_directory(stream_dir: Path) -> tuple[int, OSError | None]:
+    """Hold an exclusive flock on the stream's folder: one archive per stream, across processes.
+
+    Returns the fd to keep open, and the error if this filesystem cannot lock (we then carry
+    on unlocked). Raises ArchiveError if another archive holds the lock.
+    """
+    _makedirs_durable(stream_dir)
+    fd = os.open(stream_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ArchiveError(
+            f"{stream_dir} is in use by another archive (is another sfmd running this stream?)"
+        ) from None
+    except OSError as exc:
+        return fd, exc
+    return fd, None
+
+
+def append_manifest(manifest: Path, files: list[PublishedFile]) -> None:
+    """Append one line per file and fsync; a torn last line (crash mid-append) is left alone
+    and a new line is started after it, so what was recorded before is never rewritten."""
+    fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        data = (b"\n" if torn else b"") + b"".join(f.manifest_line() for f in files)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # don't leave half a line behind us
+            raise
+    finally:
+        os.close(fd)
+    if size == 0:
+        _fsync_dir(manifest.parent)
+
+
+def read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    """The manifest's entries; torn or foreign lines are skipped."""
+    try:
+        raw = manifest.read_bytes()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in raw.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            entries.append(entry)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back what a crash left: as far as the bytes allow, complete lines only.
+
+
+class _Lines:
+    """Splits a byte stream into complete lines and counts them; a torn last line is held back."""
+
+    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
+        self.messages = 0
+        self.tweets = 0
+        self.bytes = 0  # of complete lines, line ends included
+        self._sink = sink
+        self._tail: list[bytes] = []
+        self.tail_bytes = 0
+
+    @property
+    def overflow(self) -> bool:
+        return self.tail_bytes > _MAX_LINE
+
+    def feed(self, data: bytes) -> None:
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            if data:
+                self._tail.append(data)
+                self.tail_bytes += len(data)
+            return
+        whole = b"".join([*self._tail, data[:cut]]) if self._tail else data[:cut]
+        self._tail = [data[cut:]] if cut < len(data) else []
+        self.tail_bytes = len(data) - cut
+        lines = whole.split(b"\n")
+        lines.pop()
+        self.messages += len(lines)
+        self.tweets += sum(1 for line in lines if is_tweet(line))
+        self.bytes += len(whole)
+        if self._sink is not None:
+            self._sink(whole)
+
+
+class _Inflater:
+    """Decompresses gzip as far as it goes, stopping quietly at damage or at the end of the data.
+
+    Output decoded before the damage is kept: a failing chunk is replayed in small pieces from
+    a copy of the decoder's state taken before it.
+    """
+
+    def __init__(self) -> None:
+        self._d = zlib.decompressobj(_GZIP_WBITS)
+        self.damaged = False
+
+    @property
+    def complete(self) -> bool:
+        """Everything fed so far was whole gzip members, trailers and checksums included."""
+        return self._d.eof and not self.damaged
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        while data and not self.damaged:
+            if self._d.eof:  # another member follows (we never write one, gzip allows it)
+                self._d = zlib.decompressobj(_GZIP_WBITS)
+            saved = self._d.copy()
+            try:
+                out.append(self._d.decompress(data))
+            except zlib.error:
+                self._d = saved
+                out.append(self._salvage(data))
+                self.damaged = True
+                break
+            data = self._d.unused_data if self._d.eof else b""
+        return b"".join(out)
+
+    def _salvage(self, data: bytes) -> bytes:
+        out = []
+        pos, step = 0, 4096
+        while pos < len(data):
+            piece = data[pos : pos + step]
+            saved = self._d.copy()
+            try:
+                out.append(self._d.decompress(piece))
+            except zlib.error:
+                if step == 1:
+                    break
+                self._d, step = saved, 1  # replay the failing piece a byte at a time
+                continue
+            pos += len(piece)
+            if self._d.eof:
+                break
+        return b"".join(out)
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    while chunk := f.read(_READ_CHUNK):
+        yield chunk
+
+
+def _scan(path: Path, compress: bool) -> tuple[_Lines, str, bool]:
+    """Count a file's complete lines and hash it as stored; also say whether it is whole."""
+    lines = _Lines()
+    sha = hashlib.sha256()
+    inflater = _Inflater() if compress else None
+    with open(path, "rb") as f:
+        for chunk in _chunks(f):
+            sha.update(chunk)
+            lines.feed(inflater.feed(chunk) if inflater else chunk)
+    whole = lines.tail_bytes == 0 and (inflater is None or inflater.complete)
+    return lines, sha.hexdigest(), whole
+
+
+def _repair_plain(part: Path) -> tuple[_Lines, str] | None:
+    """Cut a plain leftover back to its last complete line, in place.
+
+    A NUL byte ends the good part: JSON never holds a raw NUL, and some filesystems fill the
+    unwritten tail of a file with zeros after a power loss.
+    """
+    sha = hashlib.sha256()
+    lines = _Lines(sha.update)
+    with open(part, "r+b") as f:
+        for chunk in _chunks(f):
+            nul = chunk.find(b"\0")
+            lines.feed(chunk if nul < 0 else chunk[:nul])
+            if nul >= 0 or lines.overflow:
+                break
+        if lines.messages == 0:
+            return None
+        if lines.bytes < os.fstat(f.fileno()).st_size:
+            f.truncate(lines.bytes)
+        os.fsync(f.fileno())
+    return lines, sha.hexdigest()
+
+
+def _repair_gzip(part: Path, level: int) -> tuple[_Lines, str] | None:
+    """Rewrite a gzip leftover as a fresh, complete gzip of its complete lines.
+
+    The copy is built under a temporary name, fsynced and renamed over the leftover, so a
+    crash during the repair leaves the old leftover or the repaired one, never neither.
+    """
+    tmp = part.with_name(part.name + _TMP_SUFFIX)
+    sha = hashlib.sha256()
+    compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+
+        def sink(data: bytes) -> None:
+            compressed = compressor.compress(data)
+            sha.update(compressed)
+            _write_all(out, compressed)
+
+        lines = _Lines(sink)
+        inflater = _Inflater()
+        with open(part, "rb") as src:
+            for chunk in _chunks(src):
+                lines.feed(inflater.feed(chunk))
+                if inflater.damaged or inflater.complete or lines.overflow:
+                    break
+        if lines.messages:
+            tail = compressor.flush(zlib.Z_FINISH)
+            sha.update(tail)
+            _write_all(out, tail)
+            os.fsync(out)
+    except BaseException:
+        os.close(out)
+        tmp.unlink()
+        raise
+    os.close(out)
+    if not lines.messages:
+        tmp.unlink()
+        return None
+    os.replace(tmp, part)
+    _fsync_dir(part.parent)
+    return lines, sha.hexdigest()
+
+
+def _rename_final(part: Path, name: FileName) -> Path:
+    """Rename a complete, fsynced `.part` to its final name (or the next free `.N`): the
+    moment it is published. The caller fsyncs the folder to make the rename durable."""
+    directory = part.parent
+    final = directory / name.filename
+    if os.path.lexists(final):
+        final = directory / _next_free(directory, name.with_seq(name.seq + 1)).filename
+    os.rename(part, final)
+    return final
+
+
+def recover_part(part: Path, data_dir: Path, compress_level: int) -> PublishedFile | None:
+    """Publish a leftover `.part` cut back to its last complete line; None if nothing was left
+    (the leftover is then removed). Raises OSError if the disk fails; the leftover then stays."""
+    name = FileName.parse(part.name.removesuffix(PART_SUFFIX))
+    if name is None:
+        raise ValueError(f"{part.name} is not an archive file name")
+    end = max(os.stat(part).st_mtime, name.start)
+    repaired = _repair_gzip(part, compress_level) if name.compress else _repair_plain(part)
+    if repaired is None:
+        part.unlink()
+        _fsync_dir(part.parent)
+        return None
+    lines, sha = repaired
+    final = _rename_final(part, name)
+    _fsync_dir(final.parent)
+    return PublishedFile(
+        path=final,
+        relpath=final.relative_to(data_dir).as_posix(),
+        start=_utc(name.start),
+        end=_utc(end),
+        messages=lines.messages,
+        tweets=lines.tweets,
+        bytes=lines.bytes,
+        sha256=sha,
+    )
+
+
+def _leftovers(stream_dir: Path, stream: str) -> tuple[list[Path], list[Path]]:
+    """Every `.part` under the stream's folder, oldest first, and the ones we don't recognise.
+
+    Stale repair copies are dropped first; one whose leftover is gone is the only copy left,
+    so it is put back in the leftover's place instead.
+    """
+    parts: list[tuple[int, int, str, Path]] = []
+    unknown: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(stream_dir):
+        dirnames.sort()
+        for filename in filenames:
+            path = Path(dirpath, filename)
+            if filename.endswith(PART_SUFFIX + _TMP_SUFFIX):
+                part = path.with_name(filename.removesuffix(_TMP_SUFFIX))
+                if os.path.lexists(part):
+                    path.unlink()
+                    continue
+                os.replace(path, part)
+                path, filename = part, part.name
+            if not filename.endswith(PART_SUFFIX):
+                continue
+            name = FileName.parse(filename.removesuffix(PART_SUFFIX))
+            if name is None or name.stream != stream:
+                unknown.append(path)
+            else:
+                parts.append((name.start, name.seq, filename, path))
+    return [p for *_, p in sorted(parts)], unknown
+
+
+def _unrecorded(data_dir: Path, stream_dir: Path, stream: str) -> list[PublishedFile]:
+    """Published files that have no manifest line (a crash between rename and append)."""
+    recorded = {entry["file"] for entry in read_manifest(stream_dir / MANIFEST_NAME)}
+    found: list[tuple[int, int, Path, FileName]] = []
+    for dirpath, _dirnames, filenames in os.walk(stream_dir):
+        for filename in filenames:
+            name = FileName.parse(filename)
+            path = Path(dirpath, filename)
+            if name is None or name.stream != stream:
+                continue
+            if path.relative_to(data_dir).as_posix() not in recorded:
+                found.append((name.start, name.seq, path, name))
+    files = []
+    for _start, _seq, path, name in sorted(found):
+        lines, sha, _whole = _scan(path, name.compress)
+        files.append(
+            PublishedFile(
+                path=path,
+                relpath=path.relative_to(data_dir).as_posix(),
+                start=_utc(name.start),
+                end=_utc(max(os.stat(path).st_mtime, name.start)),
+                messages=lines.messages,
+                tweets=lines.tweets,
+                bytes=lines.bytes,
+                sha256=sha,
+            )
+        )
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# The file being written.
+
+
+class _PartFile:
+    """One open `.part`. Its blocking methods run in a worker thread, one call at a time.
+
+    `committed` is the size after the last batch that was written whole: a failed write is
+    cut back to it, so the file always ends on a line end (and, gzipped, on a sync flush).
+    """
+
+    def __init__(self, path: Path, name: FileName, fd: int, level: int, fsync_every: float):
+        self.path = path
+        self.name = name
+        self._fd: int | None = fd
+        self._compressor = (
+            zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS) if name.compress else None
+        )
+        self._sha = hashlib.sha256()
+        self.sha256 = ""
+        self.messages = 0
+        self.tweets = 0
+        self.bytes = 0
+        self.committed = 0
+        self._fsync_every = fsync_every
+        self._synced_at = time.monotonic()
+        self._entry_synced = False
+
+    @classmethod
+    def create(
+        cls,
+        stream_dir: Path,
+        stream: str,
+        start: int,
+        compress: bool,
+        level: int,
+        fsync_every: float,
+    ) -> _PartFile:
+        name = FileName(stream, start, 0, compress)
+        directory = name.directory(stream_dir)
+        _makedirs_durable(directory)
+        while True:
+            name = _next_free(directory, name)
+            path = _part_path(directory / name.filename)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:  # claimed between the check and the open
+                name = name.with_seq(name.seq + 1)
+                continue
+            return cls(path, name, fd, level, fsync_every)
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        _write_all(self._fd, data)
+        self._sha.update(data)
+
+    def append(self, data: bytes, messages: int, tweets: int) -> None:
+        """Write whole lines; gzip is sync-flushed so that a crash leaves a readable prefix."""
+        if self._compressor is None:
+            self._write(data)
+            stored = len(data)
+        else:
+            head = self._compressor.compress(data)
+            tail = self._compressor.flush(zlib.Z_SYNC_FLUSH)
+            self._write(head)
+            self._write(tail)
+            stored = len(head) + len(tail)
+        self.committed += stored
+        self.messages += messages
+        self.tweets += tweets
+        self.bytes += len(data)
+        if time.monotonic() - self._synced_at >= self._fsync_every:
+            self._sync()
+
+    def _sync(self) -> None:
+        assert self._fd is not None
+        os.fsync(self._fd)
+        if not self._entry_synced:
+            _fsync_dir(self.path.parent)
+            self._entry_synced = True
+        self._synced_at = time.monotonic()
+
+    def finish(self) -> None:
+        """Complete the file (gzip trailer), fsync and close it: it may then be renamed."""
+        assert self._fd is not None
+        if self._compressor is not None:
+            self._write(self._compressor.flush(zlib.Z_FINISH))
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        self.sha256 = self._sha.hexdigest()
+
+    def abandon(self) -> bool:
+        """After a failure: cut back to the last whole batch and close. Returns whether the
+        file holds messages worth recovering; an empty one is removed."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.committed)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if self.messages:
+            return True
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        return False
+
+
+class _Segment:
+    """Messages of one interval waiting to be written: the unit handed to the worker thread."""
+
+    __slots__ = ("_payload", "bytes", "count", "lines", "since", "start", "tweets")
+
+    def __init__(self, start: int, since: float) -> None:
+        self.start = start
+        self.since = since  # loop time of its first message: the flush deadline counts from it
+        self.lines: list[bytes] = []
+        self.count = 0
+        self.tweets = 0
+        self.bytes = 0
+        self._payload: bytes | None = None
+
+    @property
+    def unwritten(self) -> bool:
+        """Never handed to the worker (a retried batch keeps its joined bytes as they were)."""
+        return self._payload is None
+
+    def merge(self, other: _Segment) -> None:
+        self.lines.extend(other.lines)
+        self.count += other.count
+        self.tweets += other.tweets
+        self.bytes += other.bytes
+
+    def payload(self) -> bytes:
+        """The bytes to write; joined once (in the worker thread) and kept for a retry."""
+        if self._payload is None:
+            self.lines.append(b"")
+            self._payload = b"\n".join(self.lines)
+            self.lines = []
+        return self._payload
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _wall_clock() -> float:
+    return time.time()  # looked up at each call, so a test may move the clock
+
+
+class Archive:
+    """The files of one stream. Not thread-safe: use it from one event loop.
+
+    `write()` returns once the messages are queued in memory; they reach the OS within
+    `flush_interval` seconds (sooner when a batch fills up), so a SIGKILL loses at most that
+    much. `on_publish` is called, on the loop, for every file this archive publishes,
+    recovered leftovers included.
+
+    Tuning: `fsync_interval` bounds what a power loss can take from an open file;
+    `batch_bytes` is the batch size that triggers a write before the flush deadline;
+    `write()` waits while `max_pending_bytes` are queued or in flight; `clock` replaces
+    `time.time` (tests move it across boundaries).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        name: str,
+        *,
+        save_interval: int,
+        compress: bool,
+        compress_level: int = 6,
+        flush_interval: float = 1.0,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+        on_publish: Callable[[PublishedFile], None] | None = None,
+        fsync_interval: float = 60.0,
+        batch_bytes: int = 1 << 20,
+        max_pending_bytes: int = 8 << 20,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if not isinstance(save_interval, int) or save_interval < 1:
+            raise ValueError("save_interval must be a whole number of seconds, at least 1")
+        if not 0 <= compress_level <= 9:
+            raise ValueError("compress_level must be between 0 and 9")
+        if flush_interval <= 0 or fsync_interval <= 0 or batch_bytes < 1:
+            raise ValueError("flush_interval, fsync_interval and batch_bytes must be positive")
+        self.data_dir = Path(data_dir)
+        self.name = name
+        self.stream_dir = self.data_dir / name
+        self.manifest = self.stream_dir / MANIFEST_NAME
+        self.current_file: Path | None = None
+        self.published = 0
+        self._save_interval = save_interval
+        self._compress = compress
+        self._level = compress_level
+        self._flush_interval = flush_interval
+        self._retry_interval = max(flush_interval, 0.1)
+        self._fsync_interval = fsync_interval
+        self._batch_bytes = batch_bytes
+        self._max_pending = max(max_pending_bytes, batch_bytes)
+        # Half: while one batch is with the worker, the stream can queue the next one.
+        self._max_batch = max(batch_bytes, self._max_pending // 2)
+        # Sleeps are cut short so that a wall clock that jumps ahead is noticed soon.
+        self._max_sleep = min(5.0, max(0.05, save_interval / 4))
+        self._clock = clock or _wall_clock
+        self._log = (log if log is not None else structlog.get_logger()).bind(stream=name)
+        self._on_publish = on_publish
+
+        self._state = _State.NEW
+        self._lock_fd: int | None = None
+        self._pending: deque[_Segment] = deque()
+        self._pending_bytes = 0
+        self._inflight_bytes = 0
+        self._last_start = 0  # intervals never go backwards, even if the clock does
+        self._part: _PartFile | None = None
+        self._orphans: list[Path] = []  # closed `.part` files left by a failure, to publish later
+        self._unrecorded: list[PublishedFile] = []  # published, manifest line not yet written
+        self._error: ArchiveError | None = None
+        self._retry_at = 0.0
+        self._closing = False
+        self._close_result: PublishedFile | None = None
+        self._close_error: ArchiveError | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def open(self) -> list[PublishedFile]:
+        """Publish what a crash left behind, then start writing and rotating."""
+        if self._state is not _State.NEW:
+            raise ArchiveError(f"the archive of stream {self.name!r} was already opened")
+        try:
+            return await self._open()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    async def _open(self) -> list[PublishedFile]:
+        try:
+            self._lock_fd, lock_error = await asyncio.to_thread(_lock_directory, self.stream_dir)
+            if lock_error is not None:
+                self._log.warning(
+                    "archive_unlocked", dir=str(self.stream_dir), error=str(lock_error)
+                )
+            parts, unknown = await asyncio.to_thread(_leftovers, self.stream_dir, self.name)
+        except OSError as exc:
+            raise self._failure("open", self.stream_dir, exc) from exc
+        for path in unknown:
+            self._log.warning("unknown_leftover", file=self._rel(path))
+        recovered = [f for part in parts if (f := await self._recover(part)) is not None]
+        try:
+            missing = await asyncio.to_thread(
+                _unrecorded, self.data_dir, self.stream_dir, self.name
+            )
+        except OSError as exc:
+            self._log.error("manifest_reconcile_failed", error=str(exc))
+            missing = []
+        owed = {f.relpath for f in self._unrecorded}  # already queued for the manifest
+        missing = [f for f in missing if f.relpath not in owed]
+        if missing:
+            await self._record(missing, "recovered", reason="no manifest line")
+        self._state = _State.OPEN
+        self._writer = asyncio.create_task(self._run(), name=f"archive-{self.name}")
+        return recovered + missing
+
+    async def write(self, messages: list[bytes], tweets: int) -> None:
+        """Queue messages (without line ends) for the current interval's file.
+
+        Waits while too much is pending (backpressure). Raises ArchiveError, without taking
+        the messages, when closed or while the disk refuses earlier messages.
+        """
+        self._check_writable()
+        if not messages:
+            return
+        while self._pending_bytes + self._inflight_bytes >= self._max_pending:
+            self._wake.set()
+            await self._progress.wait()
+            self._check_writable()
+        start = max(interval_start(self._clock(), self._save_interval), self._last_start)
+        self._last_start = start
+        size = sum(map(len, messages)) + len(messages)
+        segment = self._pending[-1] if self._pending else None
+        fresh = (
+            segment is None
+            or segment.start != start
+            or segment.bytes >= self._batch_bytes
+            or not segment.unwritten  # its bytes were already joined for a retry
+        )
+        if fresh:
+            segment = _Segment(start, asyncio.get_running_loop().time())
+            self._pending.append(segment)
+        assert segment is not None
+        segment.lines.extend(messages)
+        segment.count += len(messages)
+        segment.tweets += tweets
+        segment.bytes += size
+        self._pending_bytes += size
+        if fresh or segment.bytes >= self._batch_bytes:
+            self._wake.set()
+
+    async def close(self) -> PublishedFile | None:
+        """Write everything, publish the open file and stop. Idempotent.
+
+        Raises ArchiveError if something could not be written or published; what reached the
+        disk then stays as a `.part` for the next `open()`.
+        """
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return None
+        writer = self._writer
+        if self._state is _State.CLOSED:
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writer)
+            return None
+        self._state = _State.CLOSED
+        self._closing = True
+        self._wake.set()
+        assert writer is not None
+        try:
+            await asyncio.shield(writer)
+        except Exception as exc:  # the writer crashed: a bug, but the caller needs an answer
+            self._release_lock()
+            raise ArchiveError(
+                f"the archive writer of stream {self.name!r} failed: {exc!r}"
+            ) from exc
+        if self._close_error is not None:
+            raise self._close_error
+        return self._close_result
+
+    @property
+    def error(self) -> ArchiveError | None:
+        """The last write failure while messages wait for a retry; None when healthy."""
+        return self._error if self._pending else None
+
+    # -- the writer task ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._wake.clear()
+                closing = self._closing  # the closing pass must start after close() asked
+                await self._step(loop)
+                if closing:
+                    await self._close_out()
+                    return
+                if not self._closing:
+                    await self._sleep(loop)
+        except Exception as exc:
+            self._log.exception("archive_writer_crashed")
+            self._error = ArchiveError(
+                f"the archive writer of stream {self.name!r} failed: {exc!r}"
+            )
+            raise
+        finally:
+            if self._closing:
+                self._release_lock()
+            self._pulse()
+
+    async def _step(self, loop: asyncio.AbstractEventLoop) -> None:
+        current = interval_start(self._clock(), self._save_interval)
+        while self._pending and self._due(loop, current):
+            segment = self._take_batch()
+            self._pending_bytes -= segment.bytes
+            self._inflight_bytes = segment.bytes
+            try:
+                await self._write_segment(segment)
+            except ArchiveError as exc:
+                self._pending.appendleft(segment)
+                self._pending_bytes += segment.bytes
+                self._failed(exc, loop)
+                return
+            finally:
+                self._inflight_bytes = 0
+                self._pulse()
+            self._recovered()
+        part = self._part
+        if part is not None and part.name.start < current:
+            if not (self._pending and self._pending[0].start == part.name.start):
+                try:
+                    await self._publish(self._end(part.name.start))
+                except ArchiveError as exc:
+                    self._failed(exc, loop)
+                    return
+        if self._pending and self._part is None and self._error is None and not self._closing:
+            try:  # open eagerly so the file shows up (and current_file) as soon as data does
+                await self._open_part(self._pending[0].start)
+            except ArchiveError as exc:
+                self._failed(exc, loop)
+
+    def _take_batch(self) -> _Segment:
+        """Everything queued for the head's interval, as one batch.
+
+        When the worker falls behind, batches grow: fewer, larger hand-offs keep the cost per
+        byte low even when a busy event loop makes each return from a worker call slow.
+        """
+        batch = self._pending.popleft()
+        while (
+            self._pending
+            and self._pending[0].start == batch.start
+            and batch.bytes + self._pending[0].bytes <= self._max_batch
+            and batch.unwritten
+        ):
+            batch.merge(self._pending.popleft())
+        return batch
+
+    def _due(self, loop: asyncio.AbstractEventLoop, current: int) -> bool:
+        if self._closing:
+            return True
+        if self._error is not None:
+            return loop.time() >= self._retry_at
+        head = self._pending[0]
+        return (
+            len(self._pending) > 1
+            or head.bytes >= self._batch_bytes
+            or head.start < current
+            or loop.time() >= head.since + self._flush_interval
+        )
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop) -> None:
+        delays: list[float] = []
+        if self._pending:
+            if self._error is not None:
+                delays.append(self._retry_at - loop.time())
+            else:
+                delays.append(self._pending[0].since + self._flush_interval - loop.time())
+        watched = (
+            self._part.name.start
+            if self._part
+            else (self._pending[0].start if self._pending else None)
+        )
+        if watched is not None:
+            delays.append(watched + self._save_interval - self._clock())
+            delays.append(self._max_sleep)
+        if not delays:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(min(delays), 0.001)):
+                await self._wake.wait()
+
+    async def _write_segment(self, segment: _Segment) -> None:
+        if self._part is not None and self._part.name.start != segment.start:
+            await self._publish(self._end(self._part.name.start))
+        if self._part is None:
+            await self._open_part(segment.start)
+        part = self._part
+        assert part is not None
+        try:
+            await asyncio.to_thread(self._append, part, segment)
+        except OSError as exc:
+            await self._abandon(part)
+            raise self._failure("write", part.path, exc) from exc
+
+    @staticmethod
+    def _append(part: _PartFile, segment: _Segment) -> None:
+        part.append(segment.payload(), segment.count, segment.tweets)
+
+    async def _open_part(self, start: int) -> None:
+        try:
+            part = await asyncio.to_thread(
+                _PartFile.create,
+                self.stream_dir,
+                self.name,
+                start,
+                self._compress,
+                self._level,
+                self._fsync_interval,
+            )
+        except OSError as exc:
+            raise self._failure("create a file in", self.stream_dir, exc) from exc
+        self._part = part
+        self.current_file = part.path
+
+    async def _abandon(self, part: _PartFile) -> None:
+        self._part = None
+        self.current_file = None
+        if await asyncio.to_thread(part.abandon):
+            self._orphans.append(part.path)
+
+    async def _publish(self, end: float) -> PublishedFile:
+        part = self._part
+        assert part is not None
+        try:
+            await asyncio.to_thread(part.finish)
+        except OSError as exc:
+            await self._abandon(part)
+            raise self._failure("complete", part.path, exc) from exc
+        self._part = None
+        self.current_file = None
+        try:
+            final = await asyncio.to_thread(_rename_final, part.path, part.name)
+        except OSError as exc:
+            self._orphans.append(part.path)  # complete and fsynced; only the rename is missing
+            raise self._failure("publish", part.path, exc) from exc
+        try:
+            await asyncio.to_thread(_fsync_dir, final.parent)
+        except OSError as exc:  # published all the same; only a power loss could undo it
+            self._log.error("fsync_failed", dir=str(final.parent), error=str(exc))
+        published = PublishedFile(
+            path=final,
+            relpath=self._rel(final),
+            start=_utc(part.name.start),
+            end=_utc(end),
+            messages=part.messages,
+            tweets=part.tweets,
+            bytes=part.bytes,
+            sha256=part.sha256,
+        )
+        await self._record([published], "published")
+        if self._orphans:
+            await self._recover_orphans()
+        return published
+
+    async def _close_out(self) -> None:
+        if self._pending:  # the disk refused them even now
+            lost = sum(s.count for s in self._pending)
+            self._log.error("archive_messages_lost", messages=lost, error=str(self._error))
+            reason = self._error or "the disk refused them"
+            self._close_error = ArchiveError(
+                f"{reason}; {lost} queued messages of stream {self.name!r} were not stored"
+            )
+            self._pending.clear()
+            self._pending_bytes = 0
+        elif self._part is not None:
+            try:
+                self._close_result = await self._publish(self._end(self._part.name.start))
+            except ArchiveError as exc:
+                self._close_error = exc
+        if self._orphans:
+            await self._recover_orphans()
+        if self._unrecorded and self._close_error is None:
+            await self._record([], "published")
+            if self._unrecorded:
+                self._close_error = ArchiveError(
+                    f"could not append to {self.manifest}; "
+                    "the missing lines will be added at the next start"
+                )
+
+    # -- recovery and bookkeeping --------------------------------------------------------------
+
+    async def _recover(self, part: Path) -> PublishedFile | None:
+        try:
+            published = await asyncio.to_thread(recover_part, part, self.data_dir, self._level)
+        except OSError as exc:
+            self._log.error("recovery_failed", file=self._rel(part), error=str(exc))
+            gone = isinstance(exc, FileNotFoundError)  # already published, or removed by hand
+            if not gone and part not in self._orphans:
+                self._orphans.append(part)  # retried after the next publish, or at next start
+            return None
+        if published is None:
+            self._log.warning("recovered", file=self._rel(part), messages=0, removed=True)
+            return None
+        await self._record([published], "recovered", leftover=self._rel(part))
+        return published
+
+    async def _recover_orphans(self) -> None:
+        orphans, self._orphans = self._orphans, []
+        for part in orphans:
+            await self._recover(part)
+
+    async def _record(self, files: list[PublishedFile], event: str, **extra: Any) -> None:
+        """Manifest lines (with any still owed from before), then logs and callbacks."""
+        self._unrecorded.extend(files)
+        if self._unrecorded:
+            try:
+                await asyncio.to_thread(append_manifest, self.manifest, list(self._unrecorded))
+            except OSError as exc:
+                self._log.error(
+                    "manifest_write_failed",
+                    manifest=str(self.manifest),
+                    owed=len(self._unrecorded),
+                    error=str(exc),
+                )
+            else:
+                self._unrecorded.clear()
+        for published in files:
+            self.published += 1
+            self._log.info(
+                event,
+                file=published.relpath,
+                start=iso_utc(published.start),
+                end=iso_utc(published.end),
+                messages=published.messages,
+                tweets=published.tweets,
+                bytes=published.bytes,
+                **extra,
+            )
+            if self._on_publish is not None:
+                try:
+                    self._on_publish(published)
+                except Exception:
+                    self._log.exception("on_publish_failed", file=published.relpath)
+
+    def _failed(self, exc: ArchiveError, loop: asyncio.AbstractEventLoop) -> None:
+        if self._error is None or str(self._error) != str(exc):
+            self._log.error(
+                "archive_write_failed",
+                error=str(exc),
+                queued_messages=sum(s.count for s in self._pending),
+            )
+        self._error = exc
+        self._retry_at = loop.time() + self._retry_interval
+        self._pulse()
+
+    def _recovered(self) -> None:
+        if self._error is not None:
+            self._log.info("archive_write_resumed")
+            self._error = None
+
+    def _check_writable(self) -> None:
+        if self._state is not _State.OPEN:
+            raise ArchiveError(f"the archive of stream {self.name!r} is not open")
+        if self._writer is None or self._writer.done():
+            raise ArchiveError(f"the archive writer of stream {self.name!r} has stopped")
+        if self._error is not None and self._pending:
+            queued = sum(s.count for s in self._pending)
+            raise ArchiveError(f"{self._error} ({queued} earlier messages are held for a retry)")
+
+    def _pulse(self) -> None:
+        """Wake every write() waiting on backpressure so it re-checks."""
+        self._progress.set()
+        self._progress.clear()
+
+    def _end(self, start: int) -> float:
+        """When a file of this interval ends if closed now: never before its start, never after
+        its boundary (the clock may have jumped, or the timer run late)."""
+        return min(max(self._clock(), start), start + self._save_interval)
+
+    def _failure(self, action: str, path: Path, exc: OSError) -> ArchiveError:
+        reason = exc.strerror or str(exc)
+        return ArchiveError(f"stream {self.name!r}: cannot {action} {path}: {reason}")
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.data_dir).as_posix()
+        except ValueError:
+            return str(path)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None

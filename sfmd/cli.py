@@ -1,0 +1,140 @@
+"""`sfmd`: the command line. Thin by design: parse, load, hand over, turn errors into exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sfmd import __version__, fakeapi
+from sfmd.config import Config, ConfigError, load_config
+from sfmd.credentials import Credential, CredentialsError, load_credentials
+from sfmd.locks import CredentialBusy
+from sfmd.logs import LogFiles, get_logger, setup_logging
+from sfmd.registry import Registry, RegistryError, StreamSpec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class StartupError(Exception):
+    """Something an operator must fix before sfmd can start; the message says what."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StartupError as e:
+        print(f"sfmd: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfmd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sfmd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stream", help="run one registry stream in the foreground")
+    p.add_argument("name", help="the stream's name in the registry")
+    p.add_argument("--config", required=True, type=Path, help="the sfmd TOML config file")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("fakeapi", help="run the bundled simulated streaming API")
+    fakeapi.add_arguments(p)
+    p.set_defaults(func=fakeapi.run)
+
+    p = sub.add_parser("demo", help="a short demo against the bundled fake API, in a temp dir")
+    p.add_argument("--seconds", type=float, default=8.0, help="how long to stream (default 8)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def load_all(config_path: Path) -> tuple[Config, dict[str, Credential], Registry]:
+    """Config, credentials and registry, or one StartupError that says what to fix."""
+    try:
+        config = load_config(config_path)
+        credentials = load_credentials(config.twitter.credentials_file)
+        registry = Registry.load(config.daemon.state_dir, credentials=credentials.keys())
+    except (ConfigError, CredentialsError, RegistryError) as e:
+        raise StartupError(str(e)) from None
+    return config, credentials, registry
+
+
+def find_stream(
+    registry: Registry, credentials: dict[str, Credential], name: str
+) -> tuple[StreamSpec, Credential]:
+    try:
+        spec = registry.get(name)
+    except KeyError:
+        known = ", ".join(s.name for s in registry.list()) or "none"
+        raise StartupError(
+            f"no stream named '{name}' in the registry {registry.path} (known: {known})"
+        ) from None
+    return spec, credentials[spec.credential]
+
+
+# -- sfmd stream -------------------------------------------------------------------------
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    config, credentials, registry = load_all(args.config)
+    spec, credential = find_stream(registry, credentials, args.name)
+    log_files = setup_logging(config.daemon.log_dir / f"stream-{spec.name}.log")
+    return asyncio.run(run_stream(config, spec, credential, log_files))
+
+
+async def run_stream(
+    config: Config, spec: StreamSpec, credential: Credential, log_files: LogFiles
+) -> int:
+    """One stream until SIGTERM/SIGINT; then publish the open file and exit 0."""
+    from sfmd.runner import StreamRunner, new_session
+
+    log = get_logger(stream=spec.name)
+    stop = asyncio.Event()
+    install_signal_handlers(stop, log_files)
+    async with new_session() as session:
+        runner = StreamRunner(spec, credential, config, session)
+        try:
+            await runner.start()
+        except CredentialBusy as e:
+            log.error("credential_busy", error=str(e))
+            raise StartupError(str(e)) from None
+        await stop.wait()
+        log.info("shutdown", reason="signal")
+        await runner.stop()
+    return EXIT_OK
+
+
+def install_signal_handlers(stop: asyncio.Event, log_files: LogFiles) -> None:
+    loop = asyncio.get_running_loop()
+    log = get_logger()
+
+    def reopen() -> None:
+        log_files.reopen()
+        log.info("logs_reopened")
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reopen)
+
+
+# -- sfmd demo ---------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sfmd.demo import run_demo
+
+    return asyncio.run(run_demo(seconds=args.seconds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""The TOML config file: every key, its default, its rule and its doc in one table (`KEYS`).
+
+A bad value stops start-up with a message naming the key: a daemon that starts on a config it
+half understood fails much later, far from the cause. Adding a key is one `Key(...)` line in
+`KEYS` plus the matching field on its section's dataclass (a test checks the two agree).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+#: The contract's stop budget (SIGTERM to exit); the clean-stop timeout must leave room in it.
+STOP_BUDGET = 10.0
+
+#: Longest AF_UNIX socket path Linux accepts (sun_path is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or holds a bad key; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    data_dir: Path
+    state_dir: Path
+    log_dir: Path
+    control_socket: Path
+    socket_mode: int
+    save_interval: int
+    compress: bool
+    compress_level: int
+
+
+@dataclass(frozen=True)
+class TwitterConfig:
+    stream_url: str
+    rest_url: str
+    credentials_file: Path
+    default_credential: str
+    delimited: bool
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    stall_timeout: float
+    tcp_backoff_step: float
+    tcp_backoff_max: float
+    http_backoff_start: float
+    http_backoff_max: float
+    ratelimit_backoff_start: float
+    ratelimit_backoff_max: float
+    connect_timeout: float
+    flush_interval: float
+    shutdown_timeout: float
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    server_url: str
+    conf_dir: Path
+    program_prefix: str
+    user: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None  # the file it came from (absolute), None for `default_config`
+    daemon: DaemonConfig
+    twitter: TwitterConfig
+    timing: TimingConfig
+    supervisor: SupervisorConfig
+
+
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "twitter": TwitterConfig,
+    "timing": TimingConfig,
+    "supervisor": SupervisorConfig,
+}
+
+
+class _Bad(Exception):
+    """A value broke its key's rule; the text completes "[table] key ...", e.g. "must be ..."."""
+
+
+# A parser turns the TOML value into the typed value, resolving paths against `base`.
+Parser = Callable[[Any, Path], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    table: str
+    name: str
+    default: Any  # as written in TOML
+    parse: Parser
+    doc: str
+    local: str | None = None  # for paths: the default under `default_config`'s base_dir
+
+
+# --- parsers ---------------------------------------------------------------------------------
+
+
+def _path(value: Any, base: Path) -> Path:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _Bad("must be a non-empty path string")
+    return Path(os.path.normpath(base / value))
+
+
+def _socket_path(value: Any, base: Path) -> Path:
+    path = _path(value, base)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise _Bad(
+            f"resolves to {str(path)!r}, longer than the {MAX_SOCKET_PATH} bytes a Unix "
+            "socket path may have; choose a shorter path"
+        )
+    return path
+
+
+def _flag(value: Any, base: Path) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("must be true or false")
+    return value
+
+
+def _text(pattern: str, rule: str) -> Parser:
+    regex = re.compile(pattern)
+
+    def parse(value: Any, base: Path) -> str:
+        if not isinstance(value, str) or not regex.fullmatch(value):
+            raise _Bad(f"must be {rule}")
+        return value
+
+    return parse
+
+
+def _url(value: Any, base: Path) -> str:
+    """An http(s) base URL; a trailing slash is dropped so callers can append `/path`."""
+    rule = 'must be an http:// or https:// base URL like "https://stream.twitter.com/1.1"'
+    if not isinstance(value, str):
+        raise _Bad(rule)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _Bad(rule) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Bad(rule)
+    if parts.query or parts.fragment:
+        raise _Bad(f"{rule}, without ?query or #fragment")
+    return value.rstrip("/")
+
+
+def _supervisor_url(value: Any, base: Path) -> str:
+    rule = 'must be "unix:///absolute/path.sock" or an http:// URL of supervisord\'s XML-RPC'
+    if isinstance(value, str) and value.startswith("unix://"):
+        if not value.startswith("unix:///") or len(value) == len("unix:///"):
+            raise _Bad(rule)
+        return value
+    try:
+        return _url(value, base)
+    except _Bad:
+        raise _Bad(rule) from None
+
+
+def _integer(low: int, high: int | None = None) -> Parser:
+    if high is None:
+        rule = f"must be a whole number of at least {low}"
+    else:
+        rule = f"must be a whole number from {low} to {high}"
+
+    def parse(value: Any, base: Path) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(rule)
+        if value < low or (high is not None and value > high):
+            raise _Bad(rule)
+        return value
+
+    return parse
+
+
+def _save_interval(value: Any, base: Path) -> int:
+    seconds = _integer(1)(value, base)
+    if 86400 % seconds:
+        raise _Bad(
+            "must divide 86400 (one day) evenly, so files rotate on the same UTC boundaries "
+            "every day (e.g. 60, 300, 900, 3600)"
+        )
+    return seconds
+
+
+def _seconds(value: Any, base: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad("must be a positive number (seconds)")
+    if not math.isfinite(value) or value <= 0:
+        raise _Bad("must be a positive number (seconds)")
+    return float(value)
+
+
+def _shutdown_timeout(value: Any, base: Path) -> float:
+    seconds = _seconds(value, base)
+    if seconds >= STOP_BUDGET:
+        raise _Bad(f"must be under {STOP_BUDGET:g} seconds, the contract's budget for a clean stop")
+    return seconds
+
+
+def _octal_mode(value: Any, base: Path) -> int:
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise _Bad('must be an octal permission string like "0660" (quoted, so it stays octal)')
+    mode = int(value, 8)
+    if mode & 0o600 != 0o600:
+        raise _Bad("must give the owner read and write (0600 at least): clients connect by writing")
+    return mode
+
+
+# --- the table -------------------------------------------------------------------------------
+
+# fmt: off
+KEYS: tuple[Key, ...] = (
+    Key("daemon", "data_dir", "/var/lib/sfm/data", _path,
+        "stream output: {data_dir}/{name}/{YYYY}/{MM}/{DD}/...", local="data"),
+    Key("daemon", "state_dir", "/var/lib/sfm/state", _path,
+        "the stream registry (streams.json) and credential locks; survives restarts",
+        local="state"),
+    Key("daemon", "log_dir", "/var/log/sfm", _path,
+        "sfmd.log, and one log per process-isolated stream", local="log"),
+    Key("daemon", "control_socket", "/run/sfm/sfmd.sock", _socket_path,
+        "the control API: HTTP over this Unix socket (sfmctl --socket)", local="sfmd.sock"),
+    Key("daemon", "socket_mode", "0660", _octal_mode,
+        "permissions of the control socket; whoever can write to it controls sfmd"),
+    Key("daemon", "save_interval", 900, _save_interval,
+        "seconds; files rotate on UTC boundaries of this, so it must divide 86400"),
+    Key("daemon", "compress", True, _flag, "gzip the output files (.jsonl.gz, else .jsonl)"),
+    Key("daemon", "compress_level", 6, _integer(1, 9),
+        "gzip level 1 (fastest) to 9 (smallest); 6 is gzip's own default"),
+    Key("twitter", "stream_url", "https://stream.twitter.com/1.1", _url,
+        "the v1.1 streaming API; point it at `sfmd fakeapi` for tests"),
+    Key("twitter", "rest_url", "https://api.twitter.com/1.1", _url,
+        "the v1.1 REST API, for users/lookup (turns `people` into follow ids)"),
+    Key("twitter", "credentials_file", "/etc/sfm/credentials.toml", _path,
+        "named OAuth keys; must be mode 0600 or stricter", local="credentials.toml"),
+    Key("twitter", "default_credential", "default",
+        _text(r"[^\x00-\x1f\x7f-\x9f]{1,64}", "a credential name of 1-64 characters"),
+        "what a stream uses when it names no credential"),
+    Key("twitter", "delimited", False, _flag,
+        "ask for delimited=length framing (a byte count before each message)"),
+    Key("timing", "stall_timeout", 90, _seconds,
+        "seconds with no byte at all, keep-alives included, before reconnecting"),
+    Key("timing", "tcp_backoff_step", 0.25, _seconds,
+        "network errors: wait this much longer per consecutive error (linear)"),
+    Key("timing", "tcp_backoff_max", 16, _seconds, "cap on the network-error wait"),
+    Key("timing", "http_backoff_start", 5, _seconds,
+        "HTTP errors: first wait, doubling per consecutive error"),
+    Key("timing", "http_backoff_max", 320, _seconds, "cap on the HTTP-error wait"),
+    Key("timing", "ratelimit_backoff_start", 60, _seconds,
+        "HTTP 420/429: first wait, doubling per consecutive refusal"),
+    Key("timing", "ratelimit_backoff_max", 960, _seconds, "cap on the rate-limit wait"),
+    Key("timing", "connect_timeout", 30, _seconds,
+        "seconds to open a connection and receive the response headers"),
+    Key("timing", "flush_interval", 1.0, _seconds,
+        "seconds between pushes of buffered output to the OS"),
+    Key("timing", "shutdown_timeout", 8, _shutdown_timeout,
+        "budget for the clean stop on SIGTERM; must stay under the contract's 10 s"),
+    Key("supervisor", "server_url", "unix:///var/run/supervisor.sock", _supervisor_url,
+        "supervisord's XML-RPC endpoint (unix:///path or http://host:port)"),
+    Key("supervisor", "conf_dir", "/etc/supervisor/conf.d", _path,
+        "where per-stream [program:...] confs are written", local="supervisor"),
+    Key("supervisor", "program_prefix", "sfm-stream-",
+        _text(r"[A-Za-z0-9_.-]{1,64}", "1-64 characters of A-Z a-z 0-9 _ . - (a program name)"),
+        "supervisor program name = prefix + stream name"),
+    Key("supervisor", "user", "sfm",
+        _text(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", "a user name of 1-32 of A-Z a-z 0-9 _ . -"),
+        "the Unix user isolated streams run as"),
+)
+# fmt: on
+
+#: (key, key it must be at least): a cap below its start would make the backoff shrink.
+AT_LEAST: tuple[tuple[str, str], ...] = (
+    ("timing.tcp_backoff_max", "timing.tcp_backoff_step"),
+    ("timing.http_backoff_max", "timing.http_backoff_start"),
+    ("timing.ratelimit_backoff_max", "timing.ratelimit_backoff_start"),
+)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, check and resolve the config file; every mistake raises ConfigError."""
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: config file not found") from None
+    except (PermissionError, IsADirectoryError) as e:
+        raise ConfigError(f"{source}: config file cannot be read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    absolute = Path(os.path.abspath(path))
+    return _build(data, base=absolute.parent, source=source, path=absolute)
+
+
+def default_config(base_dir: Path) -> Config:
+    """Every default, with the paths under base_dir: for demos and tests."""
+    tables: dict[str, dict[str, Any]] = {}
+    for key in KEYS:
+        if key.local is not None:
+            tables.setdefault(key.table, {})[key.name] = key.local
+    return _build(tables, base=Path(os.path.abspath(base_dir)), source="default config", path=None)
+
+
+def _build(data: Mapping[str, Any], *, base: Path, source: str, path: Path | None) -> Config:
+    _refuse_unknown(data, source)
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        raw = data.get(key.table, {}).get(key.name, key.default)
+        try:
+            values[f"{key.table}.{key.name}"] = key.parse(raw, base)
+        except _Bad as e:
+            raise ConfigError(f"{source}: [{key.table}] {key.name} {e}, got {_show(raw)}") from None
+    for high, low in AT_LEAST:
+        if values[high] < values[low]:
+            table, name = high.split(".")
+            raise ConfigError(
+                f"{source}: [{table}] {name} must be at least {low.split('.')[1]} "
+                f"({values[low]:g}), got {values[high]:g}"
+            )
+    sections = {
+        table: cls(**{f.name: values[f"{table}.{f.name}"] for f in fields(cls)})
+        for table, cls in SECTIONS.items()
+    }
+    return Config(path=path, **sections)
+
+
+def _refuse_unknown(data: Mapping[str, Any], source: str) -> None:
+    for table, content in data.items():
+        if table not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown table [{table}]{_did_you_mean(table, SECTIONS)}; "
+                f"known tables: {', '.join(f'[{t}]' for t in SECTIONS)}"
+            )
+        if not isinstance(content, dict):
+            raise ConfigError(f"{source}: [{table}] must be a table, got {_show(content)}")
+        known = [k.name for k in KEYS if k.table == table]
+        for name in content:
+            if name not in known:
+                raise ConfigError(
+                    f"{source}: [{table}] unknown key {name!r}{_did_you_mean(name, known)}; "
+                    f"known keys: {', '.join(known)}"
+                )
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def render_toml(config: Config) -> str:
+    """The config as a TOML file that loads back equal (paths absolute): for demos and children."""
+    lines: list[str] = []
+    for table in SECTIONS:
+        lines.append(f"[{table}]")
+        section = getattr(config, table)
+        for key in (k for k in KEYS if k.table == table):
+            lines.append(f"{key.name} = {_toml_value(key, getattr(section, key.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(key: Key, value: Any) -> str:
+    if key.parse is _octal_mode:
+        return f'"{value:04o}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # JSON's escapes are all valid TOML; TOML also wants DEL escaped.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")

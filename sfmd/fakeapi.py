@@ -1,0 +1,1146 @@
+"""A simulated Twitter v1.1 streaming API on loopback, for tests, demos and benchmarks.
+
+It speaks the real wire protocol (OAuth 1.0a, chunked bodies, `\\r\\n` framing or
+`delimited=length`, keep-alives, notices, the one-connection-per-credential rule) so the
+collector is exercised exactly as in production, and it misbehaves on request: each connection
+attempt may take one scripted fault (an HTTP status, a cut mid-message, a stall, a disconnect
+message, an oversized or malformed line).
+
+Every message carries a server-wide sequence number (a tweet's `id`, a notice's `seq`) and
+every connection attempt leaves a `ConnectionRecord`, so a test can prove that what reached
+the archive is exactly what was fully sent, in order, with nothing lost or duplicated.
+
+Speed matters because benchmarks must measure the client, not this server: tweets come from a
+precomputed template in which only the id digits change, and are written in blocks of about
+256 KiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from oauthlib.common import safe_string_equals
+from oauthlib.oauth1.rfc5849 import signature as oauth_signature
+
+from sfmd.credentials import Credential, CredentialsError, load_credentials
+
+#: The first sequence number: ids above 2^53 catch clients that parse ids as floats.
+FIRST_SEQ = 1_500_000_000_000_000_000
+#: Hosts a client may have signed for instead of ours (twarc signs for the real host).
+TWITTER_HOSTS = ("stream.twitter.com", "api.twitter.com")
+#: Bytes per body write when streaming flat out: big writes keep the server off the profile.
+BLOCK_BYTES = 256 * 1024
+
+MAX_TRACK = 400
+MAX_TRACK_BYTES = 60
+MAX_FOLLOW = 5000
+MAX_BOXES = 25
+
+DISCONNECT_REASONS = {
+    1: "shutdown",
+    2: "duplicate stream",
+    3: "control request",
+    4: "stall",
+    5: "normal",
+    6: "token revoked",
+    7: "admin logout",
+    8: "max message limit",
+    9: "max message limit",
+    10: "stream exception",
+    11: "broker stall",
+    12: "shed load",
+}
+
+STREAM_PATHS = {
+    "/1.1/statuses/filter.json": "filter",
+    "/1.1/statuses/sample.json": "sample",
+}
+LOOKUP_PATH = "/1.1/users/lookup.json"
+
+_TRIGGERS = ("cut_after", "stall_after", "disconnect_after", "oversized_after", "malformed_after")
+_FAULT_KEYS = frozenset(
+    {*_TRIGGERS, "status", "body", "headers", "code", "size", "delay", "endpoint"}
+)
+_ENDPOINTS = frozenset({"stream", "filter", "sample", "users/lookup"})
+
+_UNAUTHORIZED_HTML = (
+    '<html>\n<head>\n<meta http-equiv="Content-Type" content="text/html; charset=utf-8"/>\n'
+    "<title>Error 401 Unauthorized</title>\n</head>\n<body>\n<h2>HTTP ERROR: 401</h2>\n"
+    "<p>Problem accessing '{path}'. Reason:\n<pre>    Unauthorized</pre>\n</body>\n</html>\n"
+)
+
+
+class FakeAPIError(ValueError):
+    """A fault script or setting is malformed; the message names the key."""
+
+
+# --------------------------------------------------------------------------- settings, faults
+
+
+@dataclass
+class Settings:
+    """What every connection reads on each step, so `configure` takes effect at once."""
+
+    message_size: int = 4800
+    rate: float = 0.0
+    total: int | None = None
+    keepalive_interval: float = 30.0
+    delete_every: int = 0
+    limit_every: int = 0
+    record_bytes: bool = False
+
+    def updated(self, changes: dict[str, Any]) -> Settings:
+        """A checked copy with `changes` applied; a bad key or value raises FakeAPIError."""
+        new = dataclasses.replace(self)
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise FakeAPIError(f"unknown setting {key!r}; known: {', '.join(sorted(names))}")
+            setattr(new, key, _check_setting(key, value))
+        return new
+
+
+def _check_setting(key: str, value: Any) -> Any:
+    if key == "record_bytes":
+        if not isinstance(value, bool):
+            raise FakeAPIError("record_bytes must be true or false")
+        return value
+    if key == "total" and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FakeAPIError(f"{key} must be a number")
+    if key in ("message_size", "total", "delete_every", "limit_every"):
+        if value != int(value) or value < 0:
+            raise FakeAPIError(f"{key} must be a whole number >= 0")
+        return int(value)
+    if key == "keepalive_interval" and value <= 0:
+        raise FakeAPIError("keepalive_interval must be > 0")
+    if value < 0:
+        raise FakeAPIError(f"{key} must be >= 0")
+    return float(value)
+
+
+def check_fault(fault: Any) -> dict[str, Any]:
+    """Refuse typos in a fault script early: a silently ignored fault makes a test lie."""
+    if not isinstance(fault, dict):
+        raise FakeAPIError(f"a fault must be a JSON object, not {type(fault).__name__}")
+    unknown = sorted(set(fault) - _FAULT_KEYS)
+    if unknown:
+        raise FakeAPIError(f"unknown fault key(s) {', '.join(unknown)}")
+    triggers = [k for k in _TRIGGERS if k in fault]
+    if len(triggers) + ("status" in fault) > 1:
+        raise FakeAPIError("a fault takes at most one of status, " + ", ".join(_TRIGGERS))
+    for key in (*_TRIGGERS, "status", "code", "size"):
+        if key in fault and (
+            not isinstance(fault[key], int) or isinstance(fault[key], bool) or fault[key] < 0
+        ):
+            raise FakeAPIError(f"fault {key} must be a whole number >= 0")
+    if "status" in fault and not 100 <= fault["status"] <= 599:
+        raise FakeAPIError("fault status must be an HTTP status code")
+    if "delay" in fault and (not isinstance(fault["delay"], int | float) or fault["delay"] < 0):
+        raise FakeAPIError("fault delay must be a number of seconds >= 0")
+    if "body" in fault and not isinstance(fault["body"], str):
+        raise FakeAPIError("fault body must be a string")
+    if "headers" in fault and not (
+        isinstance(fault["headers"], dict)
+        and all(isinstance(v, str) for v in fault["headers"].values())
+    ):
+        raise FakeAPIError("fault headers must be an object of strings")
+    if fault.get("endpoint", "stream") not in _ENDPOINTS:
+        raise FakeAPIError(f"fault endpoint must be one of {', '.join(sorted(_ENDPOINTS))}")
+    return dict(fault)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class ConnectionRecord:
+    """One connection attempt, as a test wants to see it afterwards."""
+
+    conn: int
+    method: str
+    path: str
+    endpoint: str
+    params: dict[str, str] = field(default_factory=dict)
+    credential: str | None = None
+    auth_ok: bool = False
+    signed_host: str | None = None
+    status: int | None = None
+    fault: dict[str, Any] | None = None
+    opened: float = 0.0
+    closed: float | None = None
+    first_byte: float | None = None
+    sent_count: int = 0
+    sent_seqs: list[list[int]] = field(default_factory=list)
+    partial_seq: int | None = None
+    close_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def add_seqs(self, first: int, last: int) -> None:
+        """Merge consecutive runs so a flat-out stream stays a handful of ranges."""
+        if self.sent_seqs and self.sent_seqs[-1][1] + 1 == first:
+            self.sent_seqs[-1][1] = last
+        else:
+            self.sent_seqs.append([first, last])
+
+
+def seq_of(message: bytes) -> int:
+    """The sequence number of a message this server sent: a notice's `seq`, else the tweet id."""
+    for key in (b'"seq":', b'"id":'):
+        start = message.find(key)
+        if start >= 0:
+            start += len(key)
+            end = start
+            while end < len(message) and message[end : end + 1].isdigit():
+                end += 1
+            return int(message[start:end])
+    raise ValueError("no sequence number in message")
+
+
+# --------------------------------------------------------------------------- messages
+
+_ID_MARK = 9_999_999_999_999_999_901  # 19 digits like every real id we hand out
+_ID_DIGITS = len(str(_ID_MARK))
+assert len(str(FIRST_SEQ)) == _ID_DIGITS  # ids stay 19 digits for the life of a run
+_FILLER = (
+    "Simulated tweet text for load and fault testing; every byte here is padding so that "
+    "messages reach a realistic size. "
+)
+
+
+def _tweet_json(id_value: int, size: int, now: float) -> bytes:
+    """A realistic v1.1 tweet of `size` bytes (or its minimum size if that is larger)."""
+    text = "Fake tweet from sfmd fakeapi \u2014 caf\u00e9 \u2615 #fakeapi"
+    created = time.strftime("%a %b %d %H:%M:%S +0000 %Y", time.gmtime(now))
+    obj: dict[str, Any] = {
+        "created_at": created,
+        "id": id_value,
+        "id_str": str(id_value),
+        "text": text,
+        "source": '<a href="https://example.org" rel="nofollow">sfmd fakeapi</a>',
+        "truncated": True,
+        "in_reply_to_status_id": None,
+        "in_reply_to_status_id_str": None,
+        "in_reply_to_user_id": None,
+        "in_reply_to_user_id_str": None,
+        "in_reply_to_screen_name": None,
+        "user": {
+            "id": 2244994945,
+            "id_str": "2244994945",
+            "name": "Fake API",
+            "screen_name": "sfmd_fakeapi",
+            "location": "Loopback",
+            "url": None,
+            "description": "A simulated account.\nIt never sleeps.",
+            "protected": False,
+            "verified": False,
+            "followers_count": 1234,
+            "friends_count": 56,
+            "listed_count": 7,
+            "favourites_count": 89,
+            "statuses_count": 4321,
+            "created_at": "Mon Jan 01 00:00:00 +0000 2018",
+            "geo_enabled": False,
+            "lang": None,
+            "profile_image_url_https": "https://example.org/profile_normal.png",
+            "default_profile": True,
+        },
+        "geo": None,
+        "coordinates": None,
+        "place": None,
+        "contributors": None,
+        "is_quote_status": False,
+        "extended_tweet": {"full_text": "", "display_text_range": [0, 140]},
+        "quote_count": 0,
+        "reply_count": 0,
+        "retweet_count": 0,
+        "favorite_count": 0,
+        "entities": {
+            "hashtags": [{"text": "fakeapi", "indices": [38, 46]}],
+            "urls": [],
+            "user_mentions": [],
+            "symbols": [],
+        },
+        "favorited": False,
+        "retweeted": False,
+        "filter_level": "low",
+        "lang": "en",
+        "timestamp_ms": str(int(now * 1000)),
+    }
+    pad = size - len(_dumps(obj))
+    if pad > 0:
+        obj["extended_tweet"]["full_text"] = (_FILLER * (pad // len(_FILLER) + 1))[:pad]
+    return _dumps(obj)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _frame(message: bytes, delimited: bool) -> bytes:
+    if delimited:
+        return b"%d\r\n%s\r\n" % (len(message) + 2, message)
+    return message + b"\r\n"
+
+
+@dataclass(frozen=True)
+class _TweetShape:
+    """A tweet cut around its two id fields: a message is head + id + mid + id + tail."""
+
+    head: bytes
+    mid: bytes
+    tail: bytes
+    framed_head: bytes
+    framed_tail: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes in one tweet, framing aside (ids all have the same number of digits)."""
+        return len(self.head) + len(self.mid) + len(self.tail) + 2 * _ID_DIGITS
+
+    @property
+    def prefix_size(self) -> int:
+        return len(self.framed_head) - len(self.head)
+
+    @property
+    def framed_size(self) -> int:
+        return self.prefix_size + self.size + 2
+
+
+class MessageFactory:
+    """Builds framed blocks of messages; only the id digits change between tweets."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[int, bool], tuple[int, _TweetShape]] = {}
+
+    def shape(self, size: int, delimited: bool) -> _TweetShape:
+        second = int(time.time())
+        cached = self._shapes.get((size, delimited))
+        if cached is not None and cached[0] == second:
+            return cached[1]
+        head, mid, tail = _tweet_json(_ID_MARK, size, second).split(str(_ID_MARK).encode())
+        length = len(head) + len(mid) + len(tail) + 2 * _ID_DIGITS
+        prefix = b"%d\r\n" % (length + 2) if delimited else b""
+        shape = _TweetShape(head, mid, tail, prefix + head, tail + b"\r\n")
+        self._shapes[(size, delimited)] = (second, shape)
+        return shape
+
+    def tweet(self, seq: int, size: int) -> bytes:
+        shape = self.shape(size, False)
+        digits = b"%d" % seq
+        return shape.head + digits + shape.mid + digits + shape.tail
+
+    @staticmethod
+    def delete(seq: int) -> bytes:
+        ms = int(time.time() * 1000)
+        return (
+            b'{"delete":{"status":{"id":%d,"id_str":"%d","user_id":2244994945,'
+            b'"user_id_str":"2244994945"},"timestamp_ms":"%d"},"seq":%d}'
+            % (seq - 1, seq - 1, ms, seq)
+        )
+
+    @staticmethod
+    def limit(seq: int, undelivered: int) -> bytes:
+        ms = int(time.time() * 1000)
+        return b'{"limit":{"track":%d,"timestamp_ms":"%d"},"seq":%d}' % (undelivered, ms, seq)
+
+    @staticmethod
+    def disconnect(seq: int, code: int, stream_name: str) -> bytes:
+        body = {
+            "disconnect": {
+                "code": code,
+                "stream_name": stream_name,
+                "reason": DISCONNECT_REASONS.get(code, "unknown"),
+            },
+            "seq": seq,
+        }
+        return _dumps(body)
+
+    @staticmethod
+    def malformed(seq: int) -> bytes:
+        return b'{"created_at":"broken","id":%d,"id_str":"%d","text":"this object never ends' % (
+            seq,
+            seq,
+        )
+
+    def block(
+        self, first_seq: int, index: int, count: int, delimited: bool, settings: Settings
+    ) -> tuple[bytes, list[bytes] | None]:
+        """`count` framed messages from `first_seq`, and the bare messages when recording.
+
+        `index` messages went before on this connection: notices are placed by position."""
+        shape = self.shape(settings.message_size, delimited)
+        every_delete, every_limit = settings.delete_every, settings.limit_every
+        if not every_delete and not every_limit:
+            # The hot path: one join over shared pieces, no per-message objects.
+            head, mid, tail = shape.framed_head, shape.mid, shape.framed_tail
+            pieces: list[bytes] = []
+            extend = pieces.extend
+            for seq in range(first_seq, first_seq + count):
+                digits = b"%d" % seq
+                extend((head, digits, mid, digits, tail))
+            data = b"".join(pieces)
+            if not settings.record_bytes:
+                return data, None
+            step, skip, size = shape.framed_size, shape.prefix_size, shape.size
+            return data, [data[i * step + skip : i * step + skip + size] for i in range(count)]
+        messages = []
+        for offset in range(count):
+            seq = first_seq + offset
+            position = index + offset + 1
+            if every_delete and position % every_delete == 0:
+                messages.append(self.delete(seq))
+            elif every_limit and position % every_limit == 0:
+                messages.append(self.limit(seq, position // every_limit * 3))
+            else:
+                digits = b"%d" % seq
+                messages.append(shape.head + digits + shape.mid + digits + shape.tail)
+        data = b"".join(_frame(m, delimited) for m in messages)
+        return data, messages if settings.record_bytes else None
+
+
+def block_count(message_size: int) -> int:
+    return max(1, BLOCK_BYTES // max(1, message_size + 8))
+
+
+# --------------------------------------------------------------------------- OAuth
+
+
+@dataclass(frozen=True)
+class _SigningSecrets:
+    """The two attributes oauthlib's signing helpers read from a client."""
+
+    client_secret: str = field(repr=False)
+    resource_owner_secret: str = field(repr=False)
+
+
+@dataclass
+class AuthResult:
+    ok: bool
+    credential: str | None = None
+    signed_host: str | None = None
+    token: str | None = None
+
+
+def verify_oauth(
+    method: str,
+    url_host: str,
+    scheme: str,
+    path: str,
+    query_string: str,
+    body: str,
+    authorization: str,
+    credentials: dict[tuple[str, str], Credential],
+) -> AuthResult:
+    """Check an OAuth 1.0a HMAC-SHA1 signature made for our URL or for Twitter's host."""
+    try:
+        params = oauth_signature.collect_parameters(
+            uri_query=query_string,
+            body=body,
+            headers={"Authorization": authorization} if authorization else None,
+            exclude_oauth_signature=False,
+        )
+    except ValueError:
+        return AuthResult(False)
+    oauth = dict(p for p in params if p[0].startswith("oauth_"))
+    key = (oauth.get("oauth_consumer_key", ""), oauth.get("oauth_token", ""))
+    cred = credentials.get(key)
+    if cred is None or oauth.get("oauth_signature_method") != "HMAC-SHA1":
+        return AuthResult(False, token=key[1] or None)
+    # verify_hmac_sha1() would log the base string (with the access token) on a mismatch,
+    # so the same steps are taken here through oauthlib's quiet helpers.
+    normalized = oauth_signature.normalize_parameters(
+        [p for p in params if p[0] != "oauth_signature"]
+    )
+    given = oauth.get("oauth_signature", "")
+    secrets = _SigningSecrets(cred.consumer_secret, cred.access_token_secret)
+    for host, uri_scheme in ((url_host, scheme), *((h, "https") for h in TWITTER_HOSTS)):
+        base_uri = oauth_signature.base_string_uri(f"{uri_scheme}://{host}{path}")
+        base = oauth_signature.signature_base_string(method.upper(), base_uri, normalized)
+        expected = oauth_signature.sign_hmac_sha1_with_client(base, secrets)
+        if safe_string_equals(expected, given):
+            return AuthResult(True, cred.name, host, cred.access_token)
+    return AuthResult(False, cred.name, token=cred.access_token)
+
+
+def user_id_for(screen_name: str) -> int:
+    """A stable fake user id per screen name, so lookups agree across runs."""
+    digest = hashlib.sha256(screen_name.lower().encode()).digest()
+    return int.from_bytes(digest[:6], "big") + 1
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class _Stream:
+    """One open request on a stream endpoint: the handle `stop`, `reset` and rivals use."""
+
+    def __init__(self, record: ConnectionRecord) -> None:
+        self.record = record
+        self.task = asyncio.current_task()
+        self.wake = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.done = asyncio.Event()
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.wake.set()
+
+    async def sleep_until(self, deadline: float | None) -> None:
+        """Sleep to `deadline` (loop time; None = forever) unless woken first."""
+        loop = asyncio.get_running_loop()
+        if deadline is not None and deadline <= loop.time():
+            await asyncio.sleep(0)  # still yield: a caller's loop must never starve the others
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self.wake.wait()
+        self.wake.clear()
+
+
+class FakeAPI:
+    """The simulated API. `start()` binds; `log`, `sent_messages` and `wait_for` observe it."""
+
+    def __init__(
+        self,
+        credentials: dict[str, Credential] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        message_size: int = 4800,
+        rate: float = 0.0,
+        total: int | None = None,
+        keepalive_interval: float = 30.0,
+        delete_every: int = 0,
+        limit_every: int = 0,
+        record_bytes: bool = False,
+    ) -> None:
+        self._credentials = None
+        if credentials is not None:
+            self._credentials = {
+                (c.consumer_key, c.access_token): c for c in credentials.values() if c.has_oauth1
+            }
+        self._host = host
+        self._port = port
+        self._initial = Settings().updated(
+            {
+                "message_size": message_size,
+                "rate": rate,
+                "total": total,
+                "keepalive_interval": keepalive_interval,
+                "delete_every": delete_every,
+                "limit_every": limit_every,
+                "record_bytes": record_bytes,
+            }
+        )
+        self.settings = self._initial
+        self.log: list[ConnectionRecord] = []
+        self._faults: list[dict[str, Any]] = []
+        self._recorded: dict[int, list[bytes]] = {}
+        self._streams: set[_Stream] = set()
+        self._holders: dict[str, _Stream] = {}
+        self._next_seq = FIRST_SEQ
+        self._factory = MessageFactory()
+        self._changed: asyncio.Event | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # ---- lifecycle
+
+    @property
+    def stream_url(self) -> str:
+        return self.url + "/1.1"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        for path in (*STREAM_PATHS, LOOKUP_PATH):
+            app.router.add_route("GET", path, self._handle)
+            app.router.add_route("POST", path, self._handle)
+        app.router.add_post("/_fake/script", self._control_script)
+        app.router.add_post("/_fake/configure", self._control_configure)
+        app.router.add_get("/_fake/log", self._control_log)
+        app.router.add_get("/_fake/sent/{conn}", self._control_sent)
+        app.router.add_post("/_fake/reset", self._control_reset)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Close every stream (no disconnect message), then the listening socket."""
+        await self._close_streams("server_stop")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _close_streams(self, reason: str, grace: float = 1.0) -> None:
+        streams = list(self._streams)
+        for stream in streams:
+            stream.request_stop(reason)
+        waits = [asyncio.ensure_future(s.done.wait()) for s in streams]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for fut in pending:
+                fut.cancel()
+        for stream in streams:
+            # A client that reads nothing keeps its writer blocked: cut it loose.
+            if not stream.done.is_set() and stream.task is not None:
+                stream.task.cancel()
+        for stream in streams:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await stream.done.wait()
+
+    # ---- the test-facing API
+
+    def script(self, *faults: dict[str, Any]) -> None:
+        """Queue behaviours; each connection attempt on a matching endpoint takes the first.
+
+        A fault's optional "endpoint" ("stream" by default, meaning filter or sample; or
+        "filter", "sample", "users/lookup") says which attempts may take it.
+        """
+        self._faults.extend(check_fault(f) for f in faults)
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings now; open streams see them on their next step."""
+        self.settings = self.settings.updated(settings)
+        for stream in self._streams:
+            stream.wake.set()
+
+    @property
+    def pending_faults(self) -> list[dict[str, Any]]:
+        return [dict(f) for f in self._faults]
+
+    def sent_messages(self, conn: int) -> list[bytes]:
+        """The messages fully sent on connection `conn`, without framing, if recording was on."""
+        return list(self._recorded.get(conn, []))
+
+    async def reset(self) -> None:
+        """Close every stream, forget the log, the script and recordings; restore settings."""
+        await self._close_streams("reset")
+        self._faults.clear()
+        self.log.clear()
+        self._recorded.clear()
+        self.settings = self._initial
+        self._notify()
+
+    async def wait_for(
+        self,
+        predicate: Callable[[FakeAPI], bool],
+        timeout: float,  # noqa: ASYNC109 - the deadline is the point of this helper
+    ) -> None:
+        """Wait until `predicate(self)` holds, re-checking whenever the log changes."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self._changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    # ---- request handling
+
+    def _take_fault(self, endpoint: str) -> dict[str, Any] | None:
+        for i, fault in enumerate(self._faults):
+            wanted = fault.get("endpoint", "stream")
+            if wanted == endpoint or (wanted == "stream" and endpoint in ("filter", "sample")):
+                return self._faults.pop(i)
+        return None
+
+    def _authenticate(self, request: web.Request, body: str) -> AuthResult:
+        authorization = request.headers.get("Authorization", "")
+        if self._credentials is None:
+            token = None
+            with contextlib.suppress(ValueError):
+                header = (
+                    oauth_signature.collect_parameters(headers={"Authorization": authorization})
+                    if authorization
+                    else []
+                )
+                token = dict(header).get("oauth_token")
+            return AuthResult(True, token=token)
+        return verify_oauth(
+            request.method,
+            request.host,
+            request.scheme,
+            request.path,
+            request.query_string,
+            body,
+            authorization,
+            self._credentials,
+        )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        endpoint = STREAM_PATHS.get(request.path, "users/lookup")
+        record = ConnectionRecord(
+            conn=len(self.log),
+            method=request.method,
+            path=request.path,
+            endpoint=endpoint,
+            opened=time.monotonic(),
+        )
+        self.log.append(record)
+        self._notify()
+        stream = _Stream(record)
+        self._streams.add(stream)
+        try:
+            return await self._serve(request, stream)
+        except asyncio.CancelledError:
+            # Cancelled by aiohttp when the client went away, or by stop() after its grace.
+            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
+            raise
+        finally:
+            record.closed = time.monotonic()
+            if record.close_reason is None:
+                record.close_reason = stream.stop_reason or (
+                    "answered" if record.status == 200 else f"status_{record.status}"
+                )
+            self._streams.discard(stream)
+            for token, holder in list(self._holders.items()):
+                if holder is stream:
+                    del self._holders[token]
+            stream.done.set()
+            self._notify()
+
+    async def _serve(self, request: web.Request, stream: _Stream) -> web.StreamResponse:
+        record = stream.record
+        raw = await request.read()
+        is_form = request.content_type == "application/x-www-form-urlencoded"
+        body = raw.decode("utf-8", "replace") if is_form else ""
+        params = dict(parse_qsl(request.query_string, keep_blank_values=True))
+        params.update(parse_qsl(body, keep_blank_values=True))
+        record.params = {k: v for k, v in params.items() if not k.startswith("oauth_")}
+        fault = self._take_fault(record.endpoint)
+        record.fault = fault
+        if fault and fault.get("delay"):
+            loop = asyncio.get_running_loop()
+            await stream.sleep_until(loop.time() + fault["delay"])
+            if stream.stop_reason:
+                return self._answer(record, 503, "Service Unavailable")
+        if fault and "status" in fault:
+            status = fault["status"]
+            text = fault.get("body", _reason_phrase(status))
+            return self._answer(record, status, text, fault.get("headers"))
+
+        auth = self._authenticate(request, body)
+        record.auth_ok = auth.ok
+        record.credential = auth.credential
+        record.signed_host = auth.signed_host
+        if record.endpoint == "users/lookup":
+            if not auth.ok:
+                error = {"errors": [{"code": 32, "message": "Could not authenticate you."}]}
+                return self._answer_json(record, 401, error)
+            return self._lookup(record)
+        if not auth.ok:
+            html = _UNAUTHORIZED_HTML.format(path=request.path)
+            return self._answer(record, 401, html, content_type="text/html")
+        refusal = _check_stream_params(record.endpoint, params)
+        if refusal is not None:
+            return self._answer(record, *refusal)
+        return await self._stream(request, stream, params.get("delimited") == "length", auth)
+
+    def _answer(
+        self,
+        record: ConnectionRecord,
+        status: int,
+        text: str,
+        headers: dict[str, str] | None = None,
+        content_type: str = "text/plain",
+    ) -> web.Response:
+        record.status = status
+        record.first_byte = time.monotonic()
+        headers = dict(headers or {})
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = f"{content_type}; charset=utf-8"
+        response = web.Response(status=status, body=text.encode(), headers=headers)
+        response.force_close()
+        return response
+
+    def _answer_json(self, record: ConnectionRecord, status: int, body: Any) -> web.Response:
+        record.status = status
+        record.first_byte = time.monotonic()
+        return web.json_response(body, status=status)
+
+    def _lookup(self, record: ConnectionRecord) -> web.Response:
+        names = [n.strip() for n in record.params.get("screen_name", "").split(",") if n.strip()]
+        users = [
+            {
+                "id": user_id_for(n),
+                "id_str": str(user_id_for(n)),
+                "screen_name": n,
+                "name": n.title(),
+            }
+            for n in names
+            if not n.lower().startswith("nosuch")
+        ]
+        if not users:
+            error = {"errors": [{"code": 17, "message": "No user matches for specified terms."}]}
+            return self._answer_json(record, 404, error)
+        return self._answer_json(record, 200, users)
+
+    # ---- streaming
+
+    async def _stream(
+        self, request: web.Request, stream: _Stream, delimited: bool, auth: AuthResult
+    ) -> web.StreamResponse:
+        record = stream.record
+        if auth.token is not None:
+            rival = self._holders.get(auth.token)
+            if rival is not None:
+                rival.request_stop("replaced")
+            self._holders[auth.token] = stream
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "application/json",
+                "X-Connection-Hash": hashlib.sha1(b"%d" % record.conn).hexdigest(),
+            },
+        )
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            record.status = 200
+            record.first_byte = time.monotonic()
+            self._notify()
+            await self._pump(request, stream, response, delimited)
+        except ConnectionError:
+            # The client went away mid-write. Returning (not raising) keeps aiohttp quiet.
+            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
+        return response
+
+    def _allocate(self, count: int) -> int:
+        first = self._next_seq
+        self._next_seq += count
+        return first
+
+    async def _send(
+        self,
+        stream: _Stream,
+        response: web.StreamResponse,
+        messages: list[bytes],
+        delimited: bool,
+    ) -> None:
+        """Send a few special messages one by one (never the hot path)."""
+        record = stream.record
+        for message in messages:
+            await response.write(_frame(message, delimited))
+            seq = seq_of(message)
+            record.sent_count += 1
+            record.add_seqs(seq, seq)
+            if self.settings.record_bytes:
+                self._recorded.setdefault(record.conn, []).append(message)
+        self._notify()
+
+    async def _pump(
+        self,
+        request: web.Request,
+        stream: _Stream,
+        response: web.StreamResponse,
+        delimited: bool,
+    ) -> None:
+        """Send messages, keep-alives and the scripted fault until the stream must end."""
+        loop = asyncio.get_running_loop()
+        record = stream.record
+        fault = record.fault or {}
+        trigger = next((k for k in _TRIGGERS if k in fault), None)
+        trigger_at: int | None = fault[trigger] if trigger else None
+        stream_name = f"{record.credential or 'anonymous'}-statuses{record.conn}"
+        last_write = loop.time()
+        rate_seen, rate_start, rate_base = -1.0, 0.0, 0
+
+        while True:
+            if stream.stop_reason:
+                if stream.stop_reason == "replaced":
+                    message = self._factory.disconnect(self._allocate(1), 7, stream_name)
+                    await self._send(stream, response, [message], delimited)
+                    response.force_close()
+                return
+            settings = self.settings
+            sent = record.sent_count
+            if trigger_at is not None and sent == trigger_at:
+                trigger_at = None
+                if trigger == "cut_after":
+                    await self._cut(request, stream, response, delimited)
+                    return
+                if trigger == "stall_after":
+                    while not stream.stop_reason:
+                        await stream.sleep_until(None)
+                    return
+                if trigger == "disconnect_after":
+                    code = fault.get("code", 10)
+                    message = self._factory.disconnect(self._allocate(1), code, stream_name)
+                    await self._send(stream, response, [message], delimited)
+                    record.close_reason = f"disconnect_{code}"
+                    response.force_close()
+                    return
+                if trigger == "oversized_after":
+                    seq = self._allocate(1)
+                    message = _tweet_json(seq, fault.get("size", 600_000), time.time())
+                else:
+                    message = self._factory.malformed(self._allocate(1))
+                await self._send(stream, response, [message], delimited)
+                last_write = loop.time()
+                continue
+
+            count = block_count(settings.message_size)
+            if trigger_at is not None:
+                count = min(count, trigger_at - sent)
+            if settings.total is not None:
+                count = min(count, settings.total - sent)
+            wake_at: float | None = None
+            if settings.rate <= 0:
+                rate_seen = -1.0  # pacing restarts from now if a rate is set again
+            elif count > 0:
+                now = loop.time()
+                if settings.rate != rate_seen:
+                    rate_seen, rate_start, rate_base = settings.rate, now, sent
+                due = int((now - rate_start) * settings.rate) - (sent - rate_base)
+                if due <= 0:
+                    wake_at = rate_start + (sent - rate_base + 1) / settings.rate
+                count = min(count, due)
+            if count <= 0:
+                keepalive_at = last_write + settings.keepalive_interval
+                await stream.sleep_until(
+                    keepalive_at if wake_at is None else min(wake_at, keepalive_at)
+                )
+                if not stream.stop_reason and loop.time() >= keepalive_at:
+                    await response.write(b"\r\n")
+                    last_write = loop.time()
+                continue
+
+            first = self._allocate(count)
+            data, messages = self._factory.block(first, sent, count, delimited, settings)
+            await response.write(data)
+            record.sent_count += count
+            record.add_seqs(first, first + count - 1)
+            if messages is not None:
+                self._recorded.setdefault(record.conn, []).extend(messages)
+            self._notify()
+            last_write = loop.time()
+            await asyncio.sleep(0)  # a fast reader never blocks the write: let others run
+
+    async def _cut(
+        self,
+        request: web.Request,
+        stream: _Stream,
+        response: web.StreamResponse,
+        delimited: bool,
+    ) -> None:
+        """Half a message, then a dropped connection: what a network failure looks like."""
+        record = stream.record
+        seq = self._allocate(1)
+        framed = _frame(self._factory.tweet(seq, self.settings.message_size), delimited)
+        await response.write(framed[: len(framed) // 2])
+        record.partial_seq = seq
+        record.close_reason = "cut"
+        transport = request.transport
+        if transport is None:
+            return
+        # asyncio has no "buffer flushed" callback: poll, so the abort loses nothing we wrote.
+        while not transport.is_closing() and not stream.stop_reason:
+            if transport.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.002)
+        transport.abort()
+
+    # ---- control endpoints
+
+    async def _control_script(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            faults = body if isinstance(body, list) else [body]
+            self.script(*faults)
+        except (ValueError, FakeAPIError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"queued": len(self._faults)})
+
+    async def _control_configure(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise FakeAPIError("settings must be a JSON object")
+            self.configure(**body)
+        except (ValueError, FakeAPIError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(dataclasses.asdict(self.settings))
+
+    async def _control_log(self, request: web.Request) -> web.Response:
+        return web.json_response([r.to_dict() for r in self.log])
+
+    async def _control_sent(self, request: web.Request) -> web.Response:
+        try:
+            conn = int(request.match_info["conn"])
+        except ValueError:
+            return web.json_response({"error": "conn must be a number"}, status=400)
+        if conn not in self._recorded and not 0 <= conn < len(self.log):
+            return web.json_response({"error": f"no connection {conn}"}, status=404)
+        return web.json_response([m.decode() for m in self.sent_messages(conn)])
+
+    async def _control_reset(self, request: web.Request) -> web.Response:
+        await self.reset()
+        return web.json_response({"reset": True})
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _check_stream_params(endpoint: str, params: dict[str, str]) -> tuple[int, str] | None:
+    """Twitter's parameter rules: a (status, body) refusal, or None when acceptable."""
+    delimited = params.get("delimited")
+    if delimited is not None and delimited != "length":
+        return 406, "Parameter delimited must be 'length'\r\n"
+    if endpoint != "filter":
+        return None
+    track = [t for t in params.get("track", "").split(",") if t.strip()]
+    follow = [f for f in params.get("follow", "").split(",") if f.strip()]
+    locations = [c for c in params.get("locations", "").split(",") if c.strip()]
+    if not (track or follow or locations):
+        return 406, (
+            "No filter parameters found. Expect at least one parameter: follow track locations\r\n"
+        )
+    if len(track) > MAX_TRACK:
+        return 413, f"Parameter track item count {len(track)} exceeds {MAX_TRACK}\r\n"
+    for i, phrase in enumerate(track):
+        if len(phrase.strip().encode()) > MAX_TRACK_BYTES:
+            return 406, f"Parameter track item index {i} too long: {phrase[:20]}...\r\n"
+    if len(follow) > MAX_FOLLOW:
+        return 413, f"Parameter follow item count {len(follow)} exceeds {MAX_FOLLOW}\r\n"
+    for i, user in enumerate(follow):
+        if not user.strip().isdigit():
+            return 406, f"Parameter follow item index {i} is not a user id\r\n"
+    if len(locations) % 4:
+        return 406, "Parameter locations must hold groups of four coordinates\r\n"
+    if len(locations) // 4 > MAX_BOXES:
+        boxes = len(locations) // 4
+        return 413, f"Parameter locations holds {boxes} boxes; at most {MAX_BOXES}\r\n"
+    try:
+        [float(c) for c in locations]
+    except ValueError:
+        return 406, "Parameter locations must be numbers\r\n"
+    return None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one; printed)")
+    parser.add_argument(
+        "--credentials",
+        metavar="FILE",
+        help="credentials TOML to check signatures against (default: accept any)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="messages per second per connection (0: as fast as possible)",
+    )
+    parser.add_argument(
+        "--total",
+        type=int,
+        default=None,
+        help="messages per connection, then only keep-alives (default: endless)",
+    )
+    parser.add_argument("--message-size", type=int, default=4800, help="tweet size in bytes")
+    parser.add_argument(
+        "--keepalive", type=float, default=30.0, help="seconds of silence before a keep-alive line"
+    )
+    parser.add_argument(
+        "--delete-every", type=int, default=0, help="make every Nth message a delete notice"
+    )
+    parser.add_argument(
+        "--limit-every", type=int, default=0, help="make every Nth message a limit notice"
+    )
+    parser.add_argument(
+        "--script",
+        metavar="FILE.json",
+        help="JSON list of faults, one per connection attempt, in order",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="keep every sent message for GET /_fake/sent/CONN (memory grows)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; print the base URL first so scripts can find it."""
+    try:
+        credentials = load_credentials(args.credentials) if args.credentials else None
+        faults = json.loads(Path(args.script).read_text()) if args.script else []
+        if not isinstance(faults, list):
+            raise FakeAPIError("the script file must hold a JSON list of faults")
+        api = FakeAPI(
+            credentials,
+            host=args.host,
+            port=args.port,
+            message_size=args.message_size,
+            rate=args.rate,
+            total=args.total,
+            keepalive_interval=args.keepalive,
+            delete_every=args.delete_every,
+            limit_every=args.limit_every,
+            record_bytes=args.record,
+        )
+        api.script(*faults)
+    except (OSError, ValueError, CredentialsError) as e:
+        print(f"sfmd fakeapi: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve_forever(api))
+
+
+async def _serve_forever(api: FakeAPI) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await api.start()
+    except OSError as e:
+        print(f"sfmd fakeapi: cannot listen: {e}", file=sys.stderr)
+        return 1
+    print(api.url, flush=True)
+    print(f"sfmd fakeapi: stream_url = {api.stream_url}", file=sys.stderr, flush=True)
+    await stopping.wait()
+    await api.stop()
+    return 0

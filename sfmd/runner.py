@@ -1,0 +1,109 @@
+"""One registry stream brought to life: its credential lock, its archive, its connection task.
+
+The daemon keeps one StreamRunner per active task-isolated stream; `sfmd stream NAME` runs a
+single one in the foreground. Start and stop are the only ways in, and stop always publishes
+the open file and releases the credential, whatever state the connection was in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sfmd.archive import Archive
+from sfmd.backoff import BackoffPolicy
+from sfmd.config import Config, TimingConfig
+from sfmd.credentials import Credential
+from sfmd.locks import CredentialLock
+from sfmd.logs import get_logger
+from sfmd.registry import StreamSpec
+from sfmd.stream import Stream, StreamTarget, StreamTiming
+
+
+def stream_timing(timing: TimingConfig) -> StreamTiming:
+    return StreamTiming(
+        stall_timeout=timing.stall_timeout,
+        connect_timeout=timing.connect_timeout,
+        backoff=BackoffPolicy(
+            tcp_step=timing.tcp_backoff_step,
+            tcp_max=timing.tcp_backoff_max,
+            http_start=timing.http_backoff_start,
+            http_max=timing.http_backoff_max,
+            ratelimit_start=timing.ratelimit_backoff_start,
+            ratelimit_max=timing.ratelimit_backoff_max,
+        ),
+    )
+
+
+def lock_dir(config: Config) -> Path:
+    return config.daemon.state_dir / "locks"
+
+
+def new_session() -> aiohttp.ClientSession:
+    """One session for many long-lived streams: no pool cap (FACTS.md: the default is 100)
+    and no total timeout (the default would cut every stream after five minutes)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        spec: StreamSpec,
+        credential: Credential,
+        config: Config,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.log = get_logger(stream=spec.name)
+        self.lock = CredentialLock(lock_dir(config), credential.name)
+        self.archive = Archive(
+            config.daemon.data_dir,
+            spec.name,
+            save_interval=config.daemon.save_interval,
+            compress=config.daemon.compress,
+            compress_level=config.daemon.compress_level,
+            flush_interval=config.timing.flush_interval,
+            log=self.log,
+        )
+        self.stream = Stream(
+            StreamTarget(spec.name, spec.endpoint, spec.wire_params(), credential),
+            stream_url=config.twitter.stream_url,
+            session=session,
+            sink=self.archive,
+            timing=stream_timing(config.timing),
+            delimited=config.twitter.delimited,
+        )
+
+    async def start(self) -> None:
+        """Take the credential (CredentialBusy if another stream has it), recover, connect."""
+        self.lock.acquire(self.spec.name)
+        try:
+            await self.archive.open()
+        except BaseException:
+            self.lock.release()
+            raise
+        self.stream.start()
+        self.log.info("stream_started", endpoint=self.spec.endpoint)
+
+    async def stop(self) -> None:
+        """Close the connection, publish the open file, release the credential."""
+        try:
+            await self.stream.stop(grace=self.config.timing.shutdown_timeout / 2)
+            await self.archive.close()
+        finally:
+            self.lock.release()
+        self.log.info("stream_stopped", messages=self.stream.status.messages)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self.stream.task
+
+    def status_dict(self) -> dict[str, Any]:
+        return self.stream.status_dict()

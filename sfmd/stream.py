@@ -1,0 +1,394 @@
+"""One stream's life: connect, read, hand messages to the archive, back off, reconnect.
+
+A Stream knows nothing of the control API, supervisor or the registry's file: it gets its
+settings, a credential, an HTTP session and an archive, and it reports status. That is what
+lets the same code run as a task in the daemon or alone under `sfmd stream`.
+
+It never exits on a transient error: every failure becomes a logged wait by Twitter's rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+
+from sfmd import oauth
+from sfmd.archive import ArchiveError
+from sfmd.backoff import Backoff, BackoffPolicy, Failure
+from sfmd.credentials import Credential
+from sfmd.logs import get_logger
+from sfmd.protocol import (
+    FramingError,
+    LengthFramer,
+    LineFramer,
+    MessageKind,
+    classify,
+    disconnect_reason,
+    parse_notice,
+)
+
+# Answers that no amount of retrying will fix: a person must act. They are still retried (at
+# the HTTP rate, never faster) so the stream heals by itself once the cause is fixed.
+NEEDS_A_PERSON: dict[int, str] = {
+    401: "unauthorized: check the credential's keys and this machine's clock",
+    403: "forbidden: this credential may not use this endpoint",
+    404: "not found: check twitter.stream_url",
+    406: "not acceptable: the filter's parameters were refused",
+    413: "too long: too many track phrases, follow ids or location boxes",
+    416: "range unacceptable",
+}
+RATE_LIMITED = (420, 429)
+# Disconnects that mean a person or a second collector is involved: reconnecting at once
+# would only fight the other connection, so these wait at the HTTP rate without a reset.
+STICKY_DISCONNECTS = (2, 6, 7)
+READ_BUFSIZE = 1 << 20
+
+
+class State(enum.Enum):
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+
+
+class Sink(Protocol):
+    """Where messages go: the archive, in production."""
+
+    async def write(self, messages: list[bytes], tweets: int) -> None: ...
+
+    @property
+    def current_file(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StreamTarget:
+    """What one connection asks for: everything the stream sends to Twitter."""
+
+    name: str
+    endpoint: str  # "filter" | "sample"
+    params: dict[str, str]
+    credential: Credential
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    stall_timeout: float = 90.0
+    connect_timeout: float = 30.0
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+
+
+@dataclass
+class StreamStatus:
+    state: State = State.STOPPED
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+    messages: int = 0
+    tweets: int = 0
+    bytes: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    limit_undelivered: int = 0  # undelivered tweets Twitter reported in limit notices
+    next_attempt_in: float | None = None
+
+    def to_dict(self, current_file: str | None) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "since": self.since.isoformat().replace("+00:00", "Z"),
+            "messages": self.messages,
+            "tweets": self.tweets,
+            "bytes": self.bytes,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+            "current_file": current_file,
+        }
+
+
+class _Ended(Exception):
+    """One connection ended; carries how to back off and what to report."""
+
+    def __init__(self, kind: Failure, reason: str, *, reset_ok: bool = True) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.reset_ok = reset_ok
+
+
+class Stream:
+    def __init__(
+        self,
+        target: StreamTarget,
+        *,
+        stream_url: str,
+        session: aiohttp.ClientSession,
+        sink: Sink,
+        timing: StreamTiming | None = None,
+        delimited: bool = False,
+        on_state: Callable[[Stream], None] | None = None,
+    ) -> None:
+        self.target = target
+        self.stream_url = stream_url.rstrip("/")
+        self.session = session
+        self.sink = sink
+        self.timing = timing or StreamTiming()
+        self.delimited = delimited
+        self.status = StreamStatus()
+        self.backoff = Backoff(self.timing.backoff)
+        self.log = get_logger(stream=target.name)
+        self._on_state = on_state
+        self._connections = 0
+        self._task: asyncio.Task[None] | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._stopping = False
+
+    # -- start and stop --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self.run(), name=f"stream:{self.target.name}")
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """End the connection without losing what was already read.
+
+        While reading, the response is closed so the read loop ends after handing its last
+        batch to the sink; cancelling there could drop a batch mid-write. Anywhere else
+        (connecting, backing off) nothing is in flight and the task is simply cancelled.
+        Whatever happens, the task is gone within `grace` seconds.
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        if self._response is not None:
+            self._response.close()
+        else:
+            task.cancel()
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(task)
+        except TimeoutError:
+            self.log.error("stop_timed_out", grace=grace)
+            task.cancel()
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # our caller was cancelled, not the task
+        finally:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- the main loop -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stream until cancelled. Cancelling closes the connection; the caller closes the sink."""
+        try:
+            while True:
+                try:
+                    await self._connect_and_read()
+                    ended = _Ended(Failure.NETWORK, "the server ended the stream")
+                except _Ended as e:
+                    ended = e
+                except aiohttp.ServerTimeoutError:
+                    ended = _Ended(
+                        Failure.NETWORK,
+                        f"stall: no data for {self.timing.stall_timeout:g} s "
+                        "(keep-alives included)",
+                    )
+                except TimeoutError:
+                    ended = _Ended(Failure.NETWORK, "connect timed out")
+                except (aiohttp.ClientError, OSError) as e:
+                    ended = _Ended(Failure.NETWORK, f"network error: {_describe(e)}")
+                except FramingError as e:
+                    ended = _Ended(Failure.NETWORK, f"framing error: {e}")
+                except ArchiveError as e:
+                    # Nothing can be stored: drop the connection rather than pretend, and try
+                    # again at the HTTP rate so a freed disk is picked up within minutes.
+                    self.log.error("archive_error", error=str(e))
+                    ended = _Ended(Failure.HTTP, f"archive: {e}", reset_ok=False)
+                if self._stopping:
+                    self.log.info("disconnected", reason="stopping")
+                    return
+                await self._wait_after(ended)
+        finally:
+            self._set_state(State.STOPPED)
+
+    async def _wait_after(self, ended: _Ended) -> None:
+        if ended.reset_ok and self._healthy:
+            self.backoff.reset()
+        wait = self.backoff.failure(ended.kind)
+        self.status.next_attempt_in = wait
+        self.log.warning(
+            "disconnected", reason=ended.reason, failure=ended.kind.value, wait=round(wait, 3)
+        )
+        self._set_state(State.BACKOFF, error=ended.reason)
+        self.log.info("backoff", wait=round(wait, 3), failure=ended.kind.value)
+        await asyncio.sleep(wait)
+
+    # -- one connection --------------------------------------------------------------------
+
+    async def _connect_and_read(self) -> None:
+        self._healthy = False
+        if self._connections:
+            self.status.reconnects += 1
+        self._connections += 1
+        self._set_state(State.CONNECTING)
+        method, url, headers, body = self._request()
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self.timing.connect_timeout,
+            sock_read=self.timing.stall_timeout,
+        )
+        self.log.info("connecting", endpoint=self.target.endpoint, url=url.split("?")[0])
+        async with self.session.request(
+            method, url, data=body, headers=headers, timeout=timeout, read_bufsize=READ_BUFSIZE
+        ) as resp:
+            if resp.status != 200:
+                raise await self._http_error(resp)
+            self.log.info("connected", status=resp.status)
+            self._set_state(State.STREAMING)
+            self._response = resp
+            try:
+                await self._read(resp)
+            finally:
+                self._response = None
+
+    def _request(self) -> tuple[str, str, dict[str, str], str | None]:
+        params = dict(self.target.params)
+        params["stall_warnings"] = "true"
+        if self.delimited:
+            params["delimited"] = "length"
+        url = f"{self.stream_url}/statuses/{self.target.endpoint}.json"
+        method = "POST" if self.target.endpoint == "filter" else "GET"
+        signed_url, headers, body = oauth.sign(self.target.credential, method, url, params)
+        return method, signed_url, headers, body
+
+    async def _http_error(self, resp: aiohttp.ClientResponse) -> _Ended:
+        snippet = await _body_snippet(resp)
+        status = resp.status
+        if status in RATE_LIMITED:
+            self.log.warning("rate_limited", status=status, body=snippet)
+            return _Ended(Failure.RATE_LIMIT, f"HTTP {status}: rate limited ({snippet})")
+        hint = NEEDS_A_PERSON.get(status)
+        if hint:
+            self.log.error("http_error", status=status, needs_a_person=hint, body=snippet)
+            return _Ended(Failure.HTTP, f"HTTP {status}: {hint}")
+        self.log.warning("http_error", status=status, body=snippet)
+        return _Ended(Failure.HTTP, f"HTTP {status} {resp.reason or ''}".strip())
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+        framer = LengthFramer() if self.delimited else LineFramer()
+        status = self.status
+        disconnect: dict[str, Any] | None = None
+        sink = self.sink
+        try:
+            async for chunk in resp.content.iter_any():
+                messages = framer.feed(chunk)
+                if not messages:
+                    continue
+                tweets = 0
+                size = len(messages)
+                for message in messages:
+                    kind = classify(message)
+                    if kind is MessageKind.TWEET:
+                        tweets += 1
+                    elif kind is not MessageKind.DELETE:
+                        notice = self._notice(kind, message)
+                        if notice is not None:
+                            disconnect = notice
+                    size += len(message)
+                await sink.write(messages, tweets)
+                status.messages += len(messages)
+                status.tweets += tweets
+                status.bytes += size
+                self._healthy = True
+        except aiohttp.ClientPayloadError as e:
+            if disconnect is None:
+                raise _Ended(Failure.NETWORK, f"connection cut mid-body: {_describe(e)}") from None
+        finally:
+            if framer.pending:
+                self.log.warning("partial_message_dropped", bytes=framer.pending)
+        if disconnect is not None:
+            code = disconnect.get("code")
+            reason = f"disconnect message code {code}: {disconnect_reason(code)}"
+            raise _Ended(
+                Failure.HTTP if code in STICKY_DISCONNECTS else Failure.NETWORK,
+                reason,
+                reset_ok=code not in STICKY_DISCONNECTS,
+            )
+
+    def _notice(self, kind: MessageKind, message: bytes) -> dict[str, Any] | None:
+        """Log a control message; return the disconnect payload if it is one."""
+        if kind is MessageKind.OTHER:
+            if not message.lstrip().startswith(b"{"):
+                self.log.warning("malformed_message", bytes=len(message))
+            return None
+        notice = parse_notice(message)
+        body = notice.get(kind.value)
+        if not isinstance(body, dict):
+            self.log.warning("malformed_message", kind=kind.value, bytes=len(message))
+            return None
+        if kind is MessageKind.LIMIT:
+            track = body.get("track")
+            if isinstance(track, int):
+                self.status.limit_undelivered = max(self.status.limit_undelivered, track)
+            self.log.info("limit_notice", undelivered=track)
+        elif kind is MessageKind.WARNING:
+            self.log.warning(
+                "stall_warning",
+                code=body.get("code"),
+                percent_full=body.get("percent_full"),
+                message=str(body.get("message", ""))[:200],
+            )
+        elif kind is MessageKind.DISCONNECT:
+            code = body.get("code")
+            self.log.warning(
+                "disconnect_message",
+                code=code,
+                meaning=disconnect_reason(code),
+                reason=str(body.get("reason", ""))[:200],
+            )
+            return body
+        return None
+
+    # -- status ----------------------------------------------------------------------------
+
+    _healthy = False
+
+    def _set_state(self, state: State, *, error: str | None = None) -> None:
+        """Move to `state`; `last_error` keeps the latest failure until a new one replaces it."""
+        if state is not State.BACKOFF:
+            self.status.next_attempt_in = None
+        changed = state is not self.status.state
+        self.status.state = state
+        if error is not None:
+            self.status.last_error = error
+        if changed:
+            self.status.since = datetime.now(UTC)
+            if self._on_state is not None:
+                self._on_state(self)
+
+    def status_dict(self) -> dict[str, Any]:
+        current = self.sink.current_file
+        return self.status.to_dict(str(current) if current is not None else None)
+
+
+async def _body_snippet(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
+    """The start of an error body, on one line, for the log (Twitter's 401 body is HTML)."""
+    with contextlib.suppress(Exception):
+        raw = await resp.content.read(limit)
+        return " ".join(raw.decode("utf-8", "replace").split())[:limit]
+    return ""
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text
