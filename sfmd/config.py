@@ -63,6 +63,8 @@ class TimingConfig:
     connect_timeout: float
     flush_interval: float
     shutdown_timeout: float
+    start_jitter: float
+    reconcile_interval: float
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,10 @@ KEYS: tuple[Key, ...] = (
         "seconds between pushes of buffered output to the OS"),
     Key("timing", "shutdown_timeout", 8, _shutdown_timeout,
         "budget for the clean stop on SIGTERM; must stay under the contract's 10 s"),
+    Key("timing", "start_jitter", 5, _seconds,
+        "at daemon start-up, streams connect at random moments over this many seconds"),
+    Key("timing", "reconcile_interval", 30, _seconds,
+        "seconds between the daemon's checks that running streams match the registry"),
     Key("supervisor", "server_url", "unix:///var/run/supervisor.sock", _supervisor_url,
         "supervisord's XML-RPC endpoint (unix:///path or http://host:port)"),
     Key("supervisor", "conf_dir", "/etc/supervisor/conf.d", _path,

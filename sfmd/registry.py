@@ -11,13 +11,15 @@ Choices the contract leaves open:
 - Exact duplicates in track/follow/locations/people/language are dropped, first one kept, order
   kept: Twitter ORs them anyway, and the stored settings show what is really sent. Limits count
   the list as sent, duplicates included, so the schema's maxItems says the same as the checks.
-- `people` is not sent to Twitter: the stream resolves it to ids through users/lookup and adds
-  them to follow, so follow plus people must fit in follow's 5,000.
+- `people` is not sent to Twitter: the control API resolves it to ids through users/lookup when
+  it is set or changed and keeps the answer in `people_ids` (screen name → id), which sfmd
+  alone writes; those ids join follow on the wire, so follow plus people must fit in 5,000.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -455,10 +457,17 @@ class StreamSpec:
     credential: str
     active: bool = True
     isolation: str = "task"
+    people_ids: tuple[tuple[str, str], ...] = ()  # (screen name, id) pairs, set by sfmd
 
     @property
     def endpoint(self) -> str:
         return self.kind
+
+    @property
+    def people_unresolved(self) -> list[str]:
+        """Screen names users/lookup did not know, for the API to report."""
+        found = {name.lower() for name, _ in self.people_ids}
+        return [name for name in self.people if name.lower() not in found]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as the control API returns and the registry file stores it."""
@@ -475,11 +484,17 @@ class StreamSpec:
             "isolation": self.isolation,
         }
 
+    def to_record(self) -> dict[str, Any]:
+        """The settings plus what sfmd derived (people_ids): the registry file and API answers."""
+        return {**self.to_dict(), "people_ids": dict(self.people_ids)}
+
     def wire_params(self) -> dict[str, str]:
         """The v1.1 request parameters; `people` is resolved to follow ids by the stream."""
+        follow = list(self.follow)
+        follow += [i for _, i in self.people_ids if i not in self.follow]
         params = {
             "track": ",".join(self.track),
-            "follow": ",".join(self.follow),
+            "follow": ",".join(follow),
             "locations": ",".join(_coordinate(c) for box in self.locations for c in box),
             "language": ",".join(self.language),
         }
@@ -585,9 +600,29 @@ def apply_patch(
                 f"{name} is fixed once created (it is {current[name]!r}); "
                 "create a new stream instead",
             )
-    return validate_stream(
+    changed = validate_stream(
         {**current, **patch}, credentials=credentials if "credential" in patch else None
     )
+    if changed.people == spec.people:
+        changed = dataclasses.replace(changed, people_ids=spec.people_ids)
+    return changed
+
+
+def with_people_ids(spec: StreamSpec, ids: Mapping[str, str]) -> StreamSpec:
+    """The spec with users/lookup's answer (screen name → id) for its people."""
+    pairs = tuple((name, ids[name]) for name in spec.people if name in ids)
+    return dataclasses.replace(spec, people_ids=pairs)
+
+
+def _people_ids(value: object) -> dict[str, str]:
+    """The registry's people_ids: screen name → numeric id string, as sfmd wrote it."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.isdigit() for k, v in value.items()
+    ):
+        raise ValidationError(
+            "invalid", "people_ids", "people_ids must map screen names to numeric id strings"
+        )
+    return value
 
 
 # --- the file --------------------------------------------------------------------------------
@@ -675,7 +710,7 @@ class Registry:
     def _write(self, streams: dict[str, StreamSpec]) -> None:
         document = {
             "version": FORMAT_VERSION,
-            "streams": [streams[name].to_dict() for name in sorted(streams)],
+            "streams": [streams[name].to_record() for name in sorted(streams)],
         }
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         write_atomically(self.path, text.encode("utf-8"))
@@ -706,7 +741,11 @@ def _parse(path: Path, raw: bytes, credentials: Collection[str] | None) -> dict[
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             label += f" ({entry['name']!r})"
         try:
-            spec = validate_stream(entry, credentials=credentials)
+            ids: dict[str, str] = {}
+            if isinstance(entry, dict) and "people_ids" in entry:
+                entry = dict(entry)
+                ids = _people_ids(entry.pop("people_ids"))
+            spec = with_people_ids(validate_stream(entry, credentials=credentials), ids)
         except ValidationError as e:
             raise RegistryError(
                 f"registry {path}: {label} is refused: {e.message}; {fix}"

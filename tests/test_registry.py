@@ -24,6 +24,7 @@ from sfmd.registry import (
     apply_patch,
     json_schema,
     validate_stream,
+    with_people_ids,
 )
 
 CREDS = ["default", "research"]
@@ -516,7 +517,7 @@ def test_the_json_schema_comes_from_the_same_table() -> None:
     assert (
         list(schema["properties"])
         == list(FIELDS)
-        == [f.name for f in dataclasses.fields(StreamSpec)]
+        == [f.name for f in dataclasses.fields(StreamSpec) if f.name != "people_ids"]
     )
     assert schema["required"] == ["name", "kind"]
     assert schema["additionalProperties"] is False
@@ -555,7 +556,7 @@ def test_changes_are_on_disk_before_returning_and_load_back(tmp_path: Path) -> N
     document = json.loads(registry.path.read_text())
     assert document["version"] == 1
     assert [s["name"] for s in document["streams"]] == ["alpha", "zeta"]
-    assert document["streams"][0] == registry.get("alpha").to_dict()
+    assert document["streams"][0] == registry.get("alpha").to_record()
 
     registry.replace(dataclasses.replace(registry.get("zeta"), track=("changed",)))
     registry.remove("alpha")
@@ -784,3 +785,29 @@ def test_an_unreadable_registry_is_refused(tmp_path: Path) -> None:
     (tmp_path / "streams.json").mkdir()
     with pytest.raises(RegistryError, match="cannot be read"):
         Registry.load(tmp_path)
+
+
+def test_people_ids_are_kept_in_the_file_and_join_follow_on_the_wire(tmp_path: Path) -> None:
+    spec = validate_stream(
+        {"name": "p", "kind": "filter", "follow": ["5"], "people": ["Alice", "nosuch", "bob"]},
+        credentials=CREDS,
+        default_credential="default",
+    )
+    spec = with_people_ids(spec, {"Alice": "11", "bob": "5"})
+    assert spec.people_unresolved == ["nosuch"]
+    assert spec.wire_params()["follow"] == "5,11"  # an id already followed is sent once
+    registry = Registry(tmp_path / "streams.json")
+    registry.add(spec)
+    loaded = Registry.load(tmp_path, credentials=CREDS).get("p")
+    assert loaded == spec
+    assert loaded.to_record()["people_ids"] == {"Alice": "11", "bob": "5"}
+    # A patch that leaves people alone keeps the ids; one that changes them drops the old ones.
+    assert apply_patch(spec, {"track": ["x"]}).people_ids == spec.people_ids
+    assert apply_patch(spec, {"people": ["carol"]}).people_ids == ()
+
+
+def test_a_hand_edited_people_ids_must_be_ids(tmp_path: Path) -> None:
+    entry = {**GOOD_ENTRY, "people_ids": {"alice": "not-a-number"}}
+    (tmp_path / "streams.json").write_text(json.dumps({"version": 1, "streams": [entry]}))
+    with pytest.raises(RegistryError, match="people_ids"):
+        Registry.load(tmp_path, credentials=CREDS)
