@@ -11,16 +11,15 @@ from pathlib import Path
 
 from sfmd import __version__, fakeapi
 from sfmd.config import Config, ConfigError, load_config
+from sfmd.control import ControlServer
 from sfmd.credentials import Credential, CredentialsError, load_credentials
+from sfmd.daemon import Daemon, StartupError
 from sfmd.locks import CredentialBusy
 from sfmd.logs import LogFiles, get_logger, setup_logging
 from sfmd.registry import Registry, RegistryError, StreamSpec
+from sfmd.runner import StreamRunner, new_session
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class StartupError(Exception):
-    """Something an operator must fix before sfmd can start; the message says what."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfmd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sfmd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the daemon: every stream, and the control socket")
+    p.add_argument("--config", required=True, type=Path, help="the sfmd TOML config file")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stream", help="run one registry stream in the foreground")
     p.add_argument("name", help="the stream's name in the registry")
@@ -82,6 +85,41 @@ def find_stream(
     return spec, credentials[spec.credential]
 
 
+# -- sfmd run ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+    log_files = setup_logging(config.daemon.log_dir / "sfmd.log")
+    return asyncio.run(run_daemon(config, log_files))
+
+
+async def run_daemon(config: Config, log_files: LogFiles) -> int:
+    """The daemon until SIGTERM/SIGINT; then stop every stream, publish, exit 0."""
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    install_signal_handlers(stop, log_files)
+    control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
+
+    async def stop_on_signal() -> None:
+        await stop.wait()
+        get_logger().info("signal_received")
+        daemon.request_stop()
+
+    waiter = asyncio.create_task(stop_on_signal())
+    try:
+        await daemon.serve(control)
+    except StartupError:
+        await daemon.shutdown(None)
+        raise
+    finally:
+        waiter.cancel()
+    return EXIT_OK
+
+
 # -- sfmd stream -------------------------------------------------------------------------
 
 
@@ -96,8 +134,6 @@ async def run_stream(
     config: Config, spec: StreamSpec, credential: Credential, log_files: LogFiles
 ) -> int:
     """One stream until SIGTERM/SIGINT; then publish the open file and exit 0."""
-    from sfmd.runner import StreamRunner, new_session
-
     log = get_logger(stream=spec.name)
     stop = asyncio.Event()
     install_signal_handlers(stop, log_files)

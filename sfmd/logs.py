@@ -100,4 +100,6 @@ def _formatter(renderer: structlog.typing.Processor) -> structlog.stdlib.Process
 
 
 def get_logger(**bound: object) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger("sfmd").bind(**bound)
+    """A lazy logger: safe at import time, it takes the configuration in force when it logs."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("sfmd", **bound)
+    return logger

@@ -81,7 +81,7 @@ class StreamRunner:
             delimited=config.twitter.delimited,
         )
 
-    async def start(self) -> None:
+    async def start(self, delay: float = 0.0) -> None:
         """Take the credential (CredentialBusy if another stream has it), recover, connect."""
         self.lock.acquire(self.spec.name)
         try:
@@ -89,7 +89,7 @@ class StreamRunner:
         except BaseException:
             self.lock.release()
             raise
-        self.stream.start()
+        self.stream.start(delay)
         self.log.info("stream_started", endpoint=self.spec.endpoint)
 
     async def stop(self) -> None:

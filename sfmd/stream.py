@@ -149,9 +149,11 @@ class Stream:
 
     # -- start and stop --------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, delay: float = 0.0) -> None:
+        """Run in a task; `delay` spreads many streams' first connections (start-up jitter)."""
         self._stopping = False
-        self._task = asyncio.create_task(self.run(), name=f"stream:{self.target.name}")
+        self._set_state(State.CONNECTING)
+        self._task = asyncio.create_task(self.run(delay), name=f"stream:{self.target.name}")
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -188,9 +190,11 @@ class Stream:
 
     # -- the main loop -----------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Stream until cancelled. Cancelling closes the connection; the caller closes the sink."""
+    async def run(self, delay: float = 0.0) -> None:
+        """Stream until stopped. Cancelling closes the connection; the caller closes the sink."""
         try:
+            if delay > 0:
+                await asyncio.sleep(delay)
             while True:
                 try:
                     await self._connect_and_read()

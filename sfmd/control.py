@@ -1,0 +1,243 @@
+"""The control API: JSON over HTTP on a Unix socket.
+
+Handlers only parse, call the daemon and answer; every rule lives in the registry (what is
+valid) or the daemon (what happens). One middleware turns every refusal into the contract's
+error body, `{"error": CODE, "message": SENTENCE}`, so no path can answer HTML or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sfmd import openapi
+from sfmd.daemon import Daemon, NotFound, StartupError
+from sfmd.logs import get_logger
+from sfmd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sfmd.people import LookupFailed
+from sfmd.registry import ValidationError
+
+MAX_BODY = 1 << 20
+STATUS_OF_CODE = {
+    "bad_request": 400,
+    "invalid": 422,
+    "name_taken": 409,
+    "credential_in_use": 409,
+}
+log = get_logger()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.code, e.message)
+    except ValidationError as e:
+        return error_response(STATUS_OF_CODE.get(e.code, 422), e.code, e.message)
+    except NotFound as e:
+        return error_response(404, "not_found", str(e))
+    except LookupFailed as e:
+        return error_response(502, "lookup_failed", f"{e}; nothing was changed")
+    except web.HTTPException as e:
+        if e.status == 404:
+            return error_response(404, "not_found", f"no such path: {request.path}")
+        if e.status == 405:
+            return error_response(
+                405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+            )
+        if e.status == 413:
+            return error_response(
+                413, "too_large", f"the body is larger than {MAX_BODY} bytes (1 MiB)"
+            )
+        return error_response(e.status, "bad_request", e.reason)
+    except Exception:
+        log.exception("api_error", method=request.method, path=request.path)
+        return error_response(
+            500, "internal", "sfmd hit an unexpected error; nothing is known to have changed; "
+            "see sfmd.log"
+        )
+
+
+def peer_uid(request: web.Request) -> int | None:
+    """The caller's uid from SO_PEERCRED, for the audit line; None off a Unix socket."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", raw)[1])
+
+
+async def json_body(request: web.Request) -> object:
+    if request.content_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type",
+            f"the body must be application/json, got {request.content_type or 'nothing'}",
+        )
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "too_large", f"the body is larger than {MAX_BODY} bytes (1 MiB)")
+    raw = await request.read()  # the app's client_max_size answers 413 for chunked bodies
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, "bad_request", f"the body is not valid JSON: {e}") from None
+
+
+class ControlApi:
+    """The routes, bound to one daemon."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._openapi = json.dumps(openapi.document()).encode()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/streams", self.list_streams)
+        app.router.add_post("/streams", self.create)
+        app.router.add_get("/streams/{name}", self.show)
+        app.router.add_patch("/streams/{name}", self.modify)
+        app.router.add_delete("/streams/{name}", self.delete)
+        app.router.add_post("/streams/{name}/start", self.start)
+        app.router.add_post("/streams/{name}/stop", self.stop)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
+        return app
+
+    def _audit(self, request: web.Request, name: str, status: int, **extra: Any) -> None:
+        log.info(
+            "api_change", method=request.method, path=request.path, stream=name,
+            status=status, uid=peer_uid(request), **extra,
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.daemon.health())
+
+    async def list_streams(self, request: web.Request) -> web.Response:
+        streams = [self.daemon.view(spec) for spec in self.daemon.specs()]
+        return web.json_response({"streams": streams})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return web.json_response(self.daemon.view(self.daemon.spec(request.match_info["name"])))
+
+    async def create(self, request: web.Request) -> web.Response:
+        spec = await self.daemon.create(await json_body(request))
+        self._audit(request, spec.name, 201, settings=spec.to_dict())
+        return web.json_response(self.daemon.view(spec), status=201)
+
+    async def modify(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.daemon.spec(name)  # 404 before 415/400 for a stream that does not exist
+        body = await json_body(request)
+        spec = await self.daemon.modify(name, body)
+        self._audit(request, name, 200, change=body)
+        return web.json_response(self.daemon.view(spec))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        await self.daemon.delete(name)
+        self._audit(request, name, 204)
+        return web.Response(status=204)
+
+    async def start(self, request: web.Request) -> web.Response:
+        return await self._set_active(request, True)
+
+    async def stop(self, request: web.Request) -> web.Response:
+        return await self._set_active(request, False)
+
+    async def _set_active(self, request: web.Request, active: bool) -> web.Response:
+        name = request.match_info["name"]
+        spec = await self.daemon.modify(name, {"active": active})
+        self._audit(request, name, 200, active=active)
+        return web.json_response(self.daemon.view(spec))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.daemon.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+
+class ControlServer:
+    """The API on the Unix socket: claimed safely, chmodded, closed first at shutdown."""
+
+    def __init__(self, daemon: Daemon, path: Path, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+        self.api = ControlApi(daemon)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        claim_socket(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        # Bind under a umask that already gives the configured mode: no moment of looser access.
+        old = os.umask(0o777 & ~self.mode)
+        try:
+            await web.UnixSite(self._runner, str(self.path)).start()
+        finally:
+            os.umask(old)
+        os.chmod(self.path, self.mode)
+        log.info("control_socket", path=str(self.path), mode=f"{self.mode:04o}")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def claim_socket(path: Path) -> None:
+    """Refuse a live socket (another daemon) or a non-socket; remove a stale one.
+
+    asyncio would unlink whatever is there and bind anew, silently stealing a running
+    daemon's socket (FACTS.md), so ask first: a connection that succeeds means someone is home.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(
+            f"{path} exists and is not a socket; move it away or set daemon.control_socket"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # stale: its daemon is gone
+        log.info("stale_socket_removed", path=str(path))
+        return
+    except OSError as e:
+        raise StartupError(f"cannot check control socket {path}: {e.strerror}") from None
+    finally:
+        probe.close()
+    raise StartupError(
+        f"another sfmd is already running: something answers on {path}; stop it first "
+        "or point daemon.control_socket elsewhere"
+    )

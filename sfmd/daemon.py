@@ -1,0 +1,339 @@
+"""The daemon: every task-isolated stream in one process, kept equal to the registry.
+
+The registry is the desired state; the reconciler makes the running streams match it at
+start-up, after every change through the control API, and on a timer. Nothing depends on
+remembering what was half-done: after any failure, reconciling again puts things right.
+
+Lifecycle, as uvicorn names it: `startup()` (load, claim the socket, start streams),
+`main_loop()` (reconcile on a timer until told to stop), `shutdown()` (close the socket, stop
+every stream, publishing its open file). `serve()` runs the three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from sfmd.archive import ArchiveError
+from sfmd.backoff import Backoff, Failure
+from sfmd.config import Config
+from sfmd.credentials import Credential, CredentialsError, load_credentials
+from sfmd.locks import CredentialBusy
+from sfmd.logs import get_logger
+from sfmd.metrics import Metrics, StreamSample
+from sfmd.people import lookup_ids
+from sfmd.registry import (
+    Registry,
+    RegistryError,
+    StreamSpec,
+    ValidationError,
+    apply_patch,
+    validate_stream,
+    with_people_ids,
+)
+from sfmd.runner import StreamRunner, new_session, stream_timing
+
+log = get_logger()
+
+
+class StartupError(Exception):
+    """Something an operator must fix before sfmd can start; the message says what."""
+
+
+class NotFound(Exception):
+    """No stream by that name (the API's 404)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        self.credentials: dict[str, Credential] = {}
+        self.registry: Registry | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.runners: dict[str, StreamRunner] = {}
+        # Streams that should run but cannot (credential held elsewhere, disk refused...).
+        self.failed: dict[str, dict[str, Any]] = {}
+        # The last status of streams that stopped, so counters survive a stop for `show`.
+        self.last_status: dict[str, dict[str, Any]] = {}
+        self.metrics = Metrics(self._samples, self.started)
+        self._lock = asyncio.Lock()  # one change or reconcile at a time
+        self._crashes: dict[str, Backoff] = {}
+        self._restarting: set[str] = set()
+        self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def serve(self, control: Any = None) -> None:
+        """startup → main_loop → shutdown; `control` is the API server (started after load)."""
+        await self.startup(control)
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown(control)
+
+    async def startup(self, control: Any = None) -> None:
+        try:
+            self.credentials = load_credentials(self.config.twitter.credentials_file)
+            self.registry = Registry.load(
+                self.config.daemon.state_dir, credentials=self.credentials.keys()
+            )
+        except (CredentialsError, RegistryError) as e:
+            raise StartupError(str(e)) from None
+        for folder in (self.config.daemon.data_dir, self.config.daemon.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.session = new_session()
+        if control is not None:
+            await control.start()  # before any stream: a second daemon stops here
+        log.info("startup", streams=len(self.registry), config=str(self.config.path))
+        async with self._lock:
+            await self._reconcile(jitter=self.config.timing.start_jitter)
+
+    async def main_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.timing.reconcile_interval):
+                    await self._stop.wait()
+            if not self._stop.is_set():
+                await self.reconcile()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self, control: Any = None) -> None:
+        """Close the socket first (no change may start mid-shutdown), then stop every stream."""
+        log.info("shutdown", streams=len(self.runners))
+        if control is not None:
+            await control.stop()
+        for task in list(self._background):
+            task.cancel()
+        async with self._lock:
+            names = list(self.runners)
+            await asyncio.gather(*(self._stop_runner(n, "daemon shutdown") for n in names))
+        if self.session is not None:
+            await self.session.close()
+        log.info("stopped")
+
+    # -- reconciling -------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        async with self._lock:
+            await self._reconcile()
+
+    async def _reconcile(self, jitter: float = 0.0) -> None:
+        """Make running streams match the registry. Call with the lock held."""
+        assert self.registry is not None
+        desired = {
+            s.name: s for s in self.registry.list() if s.active and s.isolation == "task"
+        }
+        for name, runner in list(self.runners.items()):
+            spec = desired.get(name)
+            if spec is None:
+                await self._stop_runner(name, "stopped in the registry")
+            elif spec.connection_key() != runner.spec.connection_key():
+                await self._stop_runner(name, "its connection settings changed")
+            else:
+                runner.spec = spec  # a change Twitter never sees: no reconnect
+        for name in list(self.failed):
+            if name not in desired:
+                del self.failed[name]
+        for name, spec in desired.items():
+            if name not in self.runners and name not in self._restarting:
+                await self._start_runner(spec, delay=random.uniform(0, jitter))
+
+    async def _start_runner(self, spec: StreamSpec, delay: float = 0.0) -> None:
+        assert self.session is not None
+        credential = self.credentials[spec.credential]
+        runner = StreamRunner(spec, credential, self.config, self.session)
+        try:
+            await runner.start(delay=delay)
+        except (CredentialBusy, ArchiveError) as e:
+            if self.failed.get(spec.name, {}).get("last_error") != str(e):
+                get_logger(stream=spec.name).error("stream_failed", reason=str(e))
+            self.failed[spec.name] = {"since": self.failed.get(spec.name, {}).get(
+                "since", _now()), "last_error": str(e)}
+            return
+        self.failed.pop(spec.name, None)
+        self.runners[spec.name] = runner
+        get_logger(stream=spec.name).info("stream_state", state="started", delay=round(delay, 3))
+        task = runner.task
+        if task is not None:
+            task.add_done_callback(lambda t, r=runner: self._task_ended(r, t))
+
+    async def _stop_runner(self, name: str, reason: str) -> None:
+        runner = self.runners.pop(name)
+        get_logger(stream=name).info("stream_state", state="stopping", reason=reason)
+        try:
+            await runner.stop()
+        except ArchiveError as e:
+            get_logger(stream=name).error("stop_failed", error=str(e))
+        status = runner.status_dict()
+        status.update(state="stopped", since=_now())
+        self.last_status[name] = status
+
+    def _task_ended(self, runner: StreamRunner, task: asyncio.Task[None]) -> None:
+        """A stream task ended by itself: a bug. Log it with its traceback; restart later."""
+        if task.cancelled() or self.runners.get(runner.spec.name) is not runner:
+            return
+        error = task.exception()
+        if error is None:
+            return
+        name = runner.spec.name
+        backoff = self._crashes.setdefault(name, Backoff(stream_timing(self.config.timing).backoff))
+        wait = backoff.failure(Failure.HTTP)
+        get_logger(stream=name).error(
+            "stream_crashed", error=f"{type(error).__name__}: {error}", restart_in=wait,
+            exc_info=error,
+        )
+        self._spawn(self._restart_later(name, runner, wait))
+
+    async def _restart_later(self, name: str, runner: StreamRunner, wait: float) -> None:
+        self._restarting.add(name)
+        try:
+            async with self._lock:
+                if self.runners.get(name) is runner:
+                    await self._stop_runner(name, "crashed")
+                    self.failed[name] = {"since": _now(), "last_error": "crashed; restarting"}
+            await asyncio.sleep(wait)
+        finally:
+            self._restarting.discard(name)
+        await self.reconcile()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- changes (the control API calls these) ------------------------------------------------
+
+    async def create(self, body: object) -> StreamSpec:
+        async with self._lock:
+            registry = self._registry()
+            spec = validate_stream(
+                body,
+                credentials=self.credentials.keys(),
+                default_credential=self.config.twitter.default_credential,
+            )
+            if spec.name in registry:
+                raise ValidationError(
+                    "name_taken", "name", f"a stream named {spec.name!r} already exists; "
+                    "choose another name or change that stream with PATCH"
+                )
+            registry.check_credential_free(spec)
+            spec = await self._resolve_people(spec)
+            registry.add(spec)
+            self.last_status.pop(spec.name, None)
+            await self._reconcile()
+            return spec
+
+    async def modify(self, name: str, body: object) -> StreamSpec:
+        async with self._lock:
+            registry = self._registry()
+            old = self.spec(name)
+            new = apply_patch(old, body, credentials=self.credentials.keys())
+            registry.check_credential_free(new)
+            if new.people != old.people:
+                new = await self._resolve_people(new)
+            if new != old:
+                registry.replace(new)
+                await self._reconcile()
+            return new
+
+    async def set_active(self, name: str, active: bool) -> StreamSpec:
+        return await self.modify(name, {"active": active})
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            self.spec(name)  # 404 before anything changes
+            self._registry().remove(name)
+            await self._reconcile()
+            self.last_status.pop(name, None)
+            self._crashes.pop(name, None)
+
+    async def _resolve_people(self, spec: StreamSpec) -> StreamSpec:
+        if not spec.people:
+            return with_people_ids(spec, {})
+        assert self.session is not None
+        ids = await lookup_ids(
+            self.session,
+            self.config.twitter.rest_url,
+            self.credentials[spec.credential],
+            spec.people,
+            request_timeout=self.config.timing.connect_timeout,
+        )
+        resolved = with_people_ids(spec, ids)
+        if resolved.people_unresolved:
+            get_logger(stream=spec.name).warning(
+                "people_unresolved", names=resolved.people_unresolved
+            )
+        return resolved
+
+    def _registry(self) -> Registry:
+        assert self.registry is not None, "startup() loads the registry"
+        return self.registry
+
+    # -- views -------------------------------------------------------------------------------
+
+    def spec(self, name: str) -> StreamSpec:
+        try:
+            return self._registry().get(name)
+        except KeyError:
+            raise NotFound(f"no stream named {name!r}") from None
+
+    def specs(self) -> list[StreamSpec]:
+        return self._registry().list()
+
+    def view(self, spec: StreamSpec) -> dict[str, Any]:
+        """A STREAM as the API returns it: settings, what sfmd derived, and status."""
+        return {
+            **spec.to_record(),
+            "people_unresolved": spec.people_unresolved,
+            "status": self.status_of(spec.name),
+        }
+
+    def status_of(self, name: str) -> dict[str, Any]:
+        runner = self.runners.get(name)
+        if runner is not None:
+            return runner.status_dict()
+        base = self.last_status.get(name) or {
+            "state": "stopped", "since": _now(), "messages": 0, "tweets": 0, "bytes": 0,
+            "reconnects": 0, "last_error": None, "current_file": None,
+        }
+        failure = self.failed.get(name)
+        if failure is not None:
+            return {**base, "state": "failed", "current_file": None, **failure}
+        return base
+
+    def _samples(self) -> Iterator[StreamSample]:
+        for spec in self._registry().list() if self.registry else []:
+            runner = self.runners.get(spec.name)
+            status = self.status_of(spec.name)
+            yield StreamSample(
+                name=spec.name,
+                state=status["state"],
+                messages=status["messages"],
+                tweets=status["tweets"],
+                bytes=status["bytes"],
+                reconnects=status["reconnects"],
+                limit_undelivered=runner.stream.status.limit_undelivered if runner else 0,
+                files_published=runner.archive.published if runner else 0,
+            )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "streams": len(self._registry()),
+            "uptime": round(time.monotonic() - self.started, 3),
+        }

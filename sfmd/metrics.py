@@ -1,0 +1,87 @@
+"""Prometheus metrics, read from the streams' own counters at scrape time.
+
+Nothing on the byte path touches a metric object: the streams already count messages, tweets
+and bytes for their status, and a collector turns those counters into metric families when
+/metrics is asked. That keeps the hot path free and the numbers identical to `sfmctl status`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from sfmd import __version__
+
+STATES = ("stopped", "connecting", "streaming", "backoff", "failed")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class StreamSample:
+    """One stream's numbers at scrape time."""
+
+    name: str
+    state: str
+    messages: int
+    tweets: int
+    bytes: int
+    reconnects: int
+    limit_undelivered: int
+    files_published: int
+
+
+class SfmdCollector(Collector):
+    def __init__(self, samples: Callable[[], Iterable[StreamSample]], started: float) -> None:
+        self._samples = samples
+        self._started = started
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        counters = {
+            "messages": ("Messages received and stored, keep-alives aside", "messages"),
+            "tweets": ("Tweets received and stored", "tweets"),
+            "bytes": ("Bytes of messages stored, uncompressed", "bytes"),
+            "reconnects": ("Connections opened after the first", "reconnects"),
+            "files_published": ("Files published (renamed from .part)", "files_published"),
+        }
+        families = {
+            key: CounterMetricFamily(f"sfmd_stream_{key}", doc, labels=["stream"])
+            for key, (doc, _) in counters.items()
+        }
+        state = GaugeMetricFamily(
+            "sfmd_stream_state", "1 for the stream's current state", labels=["stream", "state"]
+        )
+        limit = GaugeMetricFamily(
+            "sfmd_stream_limit_undelivered",
+            "Undelivered tweets Twitter reported in limit notices on the current connection",
+            labels=["stream"],
+        )
+        for sample in self._samples():
+            for key, (_, attr) in counters.items():
+                families[key].add_metric([sample.name], getattr(sample, attr))
+            for name in STATES:
+                state.add_metric([sample.name, name], 1.0 if sample.state == name else 0.0)
+            limit.add_metric([sample.name], sample.limit_undelivered)
+        yield from families.values()
+        yield state
+        yield limit
+        yield GaugeMetricFamily(
+            "sfmd_uptime_seconds", "Seconds since the daemon started",
+            value=time.monotonic() - self._started,
+        )
+        info = InfoMetricFamily("sfmd_build", "sfmd's version")
+        info.add_metric([], {"version": __version__})
+        yield info
+
+
+class Metrics:
+    def __init__(self, samples: Callable[[], Iterable[StreamSample]], started: float) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SfmdCollector(samples, started))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,191 @@
+"""The control API's OpenAPI 3.1 document, built from the registry's own rule table.
+
+The STREAM schemas come from `registry.json_schema()`, the same table that validates request
+bodies, so the document cannot promise what the API refuses or the reverse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sfmd import __version__
+from sfmd.registry import json_schema
+
+ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "name_taken | credential_in_use",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    502: "lookup_failed",
+}
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "state", "since", "messages", "tweets", "bytes", "reconnects", "last_error",
+        "current_file",
+    ],
+    "properties": {
+        "state": {"enum": ["stopped", "connecting", "streaming", "backoff", "failed"]},
+        "since": {"type": "string", "format": "date-time"},
+        "messages": {"type": "integer", "minimum": 0},
+        "tweets": {"type": "integer", "minimum": 0},
+        "bytes": {"type": "integer", "minimum": 0},
+        "reconnects": {"type": "integer", "minimum": 0},
+        "last_error": {"type": ["string", "null"]},
+        "current_file": {"type": ["string", "null"]},
+    },
+}
+
+
+def _strip(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "$schema"}
+
+
+def stream_schema() -> dict[str, Any]:
+    settings = _strip(json_schema())
+    properties = {
+        **settings["properties"],
+        "people_ids": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "pattern": "^[0-9]+$"},
+            "description": "Screen names users/lookup resolved, with their ids (set by sfmd).",
+        },
+        "people_unresolved": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Screen names users/lookup did not know; they are not followed.",
+        },
+        "status": {"$ref": "#/components/schemas/Status"},
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [*settings["properties"], "people_ids", "people_unresolved", "status"],
+    }
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    return {
+        "description": f"error {ERROR_CODES[status]}",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+def document() -> dict[str, Any]:
+    name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "the stream's name",
+    }
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/StreamSettings"}}
+        },
+    }
+    patch_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/StreamPatch"}}
+        },
+    }
+    write_errors = {str(s): _error_response(s) for s in (400, 404, 409, 413, 415, 422, 502)}
+    stream = _json("Stream", "the stream, with its status")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sfmd control API",
+            "version": __version__,
+            "description": "JSON over HTTP on sfmd's Unix socket. A refused request changes "
+            "nothing. Bodies must be application/json and at most 1 MiB.",
+        },
+        "paths": {
+            "/health": {"get": {"operationId": "health", "responses": {
+                "200": _json("Health", "the daemon is up")}}},
+            "/streams": {
+                "get": {"operationId": "listStreams", "responses": {
+                    "200": _json("StreamList", "every stream")}},
+                "post": {
+                    "operationId": "createStream",
+                    "requestBody": body,
+                    "responses": {"201": _json("Stream", "created"), **{
+                        k: v for k, v in write_errors.items() if k != "404"}},
+                },
+            },
+            "/streams/{name}": {
+                "parameters": [name_param],
+                "get": {"operationId": "showStream", "responses": {
+                    "200": stream, "404": _error_response(404)}},
+                "patch": {
+                    "operationId": "modifyStream",
+                    "requestBody": patch_body,
+                    "responses": {"200": stream, **write_errors},
+                },
+                "delete": {"operationId": "deleteStream", "responses": {
+                    "204": {"description": "deleted; its published files stay"},
+                    "404": _error_response(404)}},
+            },
+            "/streams/{name}/start": {
+                "parameters": [name_param],
+                "post": {"operationId": "startStream", "responses": {
+                    "200": stream, "404": _error_response(404), "409": _error_response(409)}},
+            },
+            "/streams/{name}/stop": {
+                "parameters": [name_param],
+                "post": {"operationId": "stopStream", "responses": {
+                    "200": stream, "404": _error_response(404)}},
+            },
+            "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": {
+                "description": "this document",
+                "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        },
+        "components": {
+            "schemas": {
+                "StreamSettings": _strip(json_schema()),
+                "StreamPatch": _strip(json_schema(for_patch=True)),
+                "Stream": stream_schema(),
+                "StreamList": {
+                    "type": "object",
+                    "required": ["streams"],
+                    "properties": {
+                        "streams": {"type": "array",
+                                    "items": {"$ref": "#/components/schemas/Stream"}}
+                    },
+                },
+                "Status": STATUS_SCHEMA,
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "streams", "uptime"],
+                    "properties": {
+                        "status": {"const": "ok"},
+                        "streams": {"type": "integer", "minimum": 0},
+                        "uptime": {"type": "number", "minimum": 0},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            }
+        },
+    }
