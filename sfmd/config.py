@@ -209,6 +209,14 @@ def _seconds(value: Any, base: Path) -> float:
     return float(value)
 
 
+def _seconds_or_zero(value: Any, base: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad("must be a number of seconds, 0 or more")
+    if not math.isfinite(value) or value < 0:
+        raise _Bad("must be a number of seconds, 0 or more")
+    return float(value)
+
+
 def _shutdown_timeout(value: Any, base: Path) -> float:
     seconds = _seconds(value, base)
     if seconds >= STOP_BUDGET:
@@ -273,7 +281,7 @@ KEYS: tuple[Key, ...] = (
         "seconds between pushes of buffered output to the OS"),
     Key("timing", "shutdown_timeout", 8, _shutdown_timeout,
         "budget for the clean stop on SIGTERM; must stay under the contract's 10 s"),
-    Key("timing", "start_jitter", 5, _seconds,
+    Key("timing", "start_jitter", 5, _seconds_or_zero,
         "at daemon start-up, streams connect at random moments over this many seconds"),
     Key("timing", "reconcile_interval", 30, _seconds,
         "seconds between the daemon's checks that running streams match the registry"),

@@ -95,8 +95,10 @@ class StreamRunner:
     async def stop(self) -> None:
         """Close the connection, publish the open file, release the credential."""
         try:
-            await self.stream.stop(grace=self.config.timing.shutdown_timeout / 2)
-            await self.archive.close()
+            try:
+                await self.stream.stop(grace=self.config.timing.shutdown_timeout / 2)
+            finally:
+                await self.archive.close()
         finally:
             self.lock.release()
         self.log.info("stream_stopped", messages=self.stream.status.messages)

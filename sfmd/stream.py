@@ -184,6 +184,8 @@ class Stream:
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # our caller was cancelled, not the task
+        except Exception:
+            pass  # the task died of a bug earlier; its owner logged it from the task
         finally:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

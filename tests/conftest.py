@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sfmd.credentials import Credential, load_credentials
@@ -211,3 +212,70 @@ class SfmdProcess:
             self.proc.kill()
             self.proc.wait()
         self._stderr.close()
+
+
+class Api:
+    """A client for the control socket: real HTTP over the real Unix socket."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Api:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.socket_path))
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._session is not None
+        await self._session.close()
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+        content_type: str | None = "application/json",
+    ) -> tuple[int, Any]:
+        assert self._session is not None
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = {"Content-Type": content_type} if content_type and data is not None else {}
+        async with self._session.request(
+            method, f"http://sfmd{path}", data=data, headers=headers
+        ) as resp:
+            text = await resp.read()
+            if resp.content_type == "application/json" and text:
+                return resp.status, json.loads(text)
+            return resp.status, text.decode()
+
+    async def ok(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        got, answer = await self.call(method, path, body)
+        assert got == status, (method, path, got, answer)
+        return answer
+
+
+def write_daemon_config(tmp_path: Path, fake_api: FakeAPI, **kwargs: Any) -> Path:
+    """A daemon config against the fake API: REST calls go to it too, no start-up jitter."""
+    twitter = {"rest_url": fake_api.stream_url, **kwargs.pop("twitter", {})}
+    timing = {"start_jitter": 0, "reconcile_interval": 1, **kwargs.pop("timing", {})}
+    return write_config(tmp_path, fake_api.stream_url, twitter=twitter, timing=timing, **kwargs)
+
+
+async def start_daemon(tmp_path: Path, config: Path) -> SfmdProcess:
+    """`sfmd run` as a child process, returned once its socket answers /health."""
+    proc = SfmdProcess("run", "--config", str(config), cwd=tmp_path)
+    socket_path = tmp_path / "sfmd.sock"
+    deadline = time.monotonic() + 15
+    while True:
+        if proc.proc.poll() is not None:
+            raise AssertionError(f"sfmd run exited early: {proc.stderr}")
+        if socket_path.exists():
+            try:
+                async with Api(socket_path) as api:
+                    status, _ = await api.call("GET", "/health")
+                if status == 200:
+                    return proc
+            except aiohttp.ClientError:
+                pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("sfmd run did not answer on its socket within 15 s")
+        await asyncio.sleep(0.05)
