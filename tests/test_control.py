@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -137,7 +138,7 @@ async def test_two_streams_on_one_credential_409_and_never_two_connections(
         await wait_until(lambda: len(open_connections(fake_api)) == 1
                          and open_connections(fake_api)[0].endpoint == "sample")
     connections = stream_connections(fake_api)
-    for a, b in zip(connections, connections[1:], strict=False):
+    for a, b in itertools.pairwise(connections):
         assert a.closed is not None and a.closed <= b.opened  # never two at once
     assert not any(r.close_reason == "replaced" for r in fake_api.log)
 
