@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -130,7 +129,6 @@ class Stream:
         sink: Sink,
         timing: StreamTiming | None = None,
         delimited: bool = False,
-        on_state: Callable[[Stream], None] | None = None,
     ) -> None:
         self.target = target
         self.stream_url = stream_url.rstrip("/")
@@ -141,7 +139,6 @@ class Stream:
         self.status = StreamStatus()
         self.backoff = Backoff(self.timing.backoff)
         self.log = get_logger(stream=target.name)
-        self._on_state = on_state
         self._connections = 0
         self._task: asyncio.Task[None] | None = None
         self._response: aiohttp.ClientResponse | None = None
@@ -152,7 +149,7 @@ class Stream:
     def start(self, delay: float = 0.0) -> None:
         """Run in a task; `delay` spreads many streams' first connections (start-up jitter)."""
         self._stopping = False
-        self._set_state(State.CONNECTING)
+        self._set_state(State.CONNECTING, reason="started")
         self._task = asyncio.create_task(self.run(delay), name=f"stream:{self.target.name}")
 
     @property
@@ -225,7 +222,7 @@ class Stream:
                     return
                 await self._wait_after(ended)
         finally:
-            self._set_state(State.STOPPED)
+            self._set_state(State.STOPPED, reason="stopped")
 
     async def _wait_after(self, ended: _Ended) -> None:
         if ended.reset_ok and self._healthy:
@@ -235,7 +232,7 @@ class Stream:
         self.log.warning(
             "disconnected", reason=ended.reason, failure=ended.kind.value, wait=round(wait, 3)
         )
-        self._set_state(State.BACKOFF, error=ended.reason)
+        self._set_state(State.BACKOFF, reason=ended.reason, error=ended.reason)
         self.log.info("backoff", wait=round(wait, 3), failure=ended.kind.value)
         await asyncio.sleep(wait)
 
@@ -246,7 +243,7 @@ class Stream:
         if self._connections:
             self.status.reconnects += 1
         self._connections += 1
-        self._set_state(State.CONNECTING)
+        self._set_state(State.CONNECTING, reason="reconnecting after backoff")
         method, url, headers, body = self._request()
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -260,7 +257,7 @@ class Stream:
             if resp.status != 200:
                 raise await self._http_error(resp)
             self.log.info("connected", status=resp.status)
-            self._set_state(State.STREAMING)
+            self._set_state(State.STREAMING, reason="HTTP 200")
             self._response = resp
             try:
                 await self._read(resp)
@@ -369,8 +366,8 @@ class Stream:
 
     _healthy = False
 
-    def _set_state(self, state: State, *, error: str | None = None) -> None:
-        """Move to `state`; `last_error` keeps the latest failure until a new one replaces it."""
+    def _set_state(self, state: State, *, reason: str, error: str | None = None) -> None:
+        """Move to `state` and log why; `last_error` keeps the latest failure until replaced."""
         if state is not State.BACKOFF:
             self.status.next_attempt_in = None
         changed = state is not self.status.state
@@ -378,9 +375,8 @@ class Stream:
         if error is not None:
             self.status.last_error = error
         if changed:
+            self.log.info("stream_state", state=state.value, reason=reason)
             self.status.since = datetime.now(UTC)
-            if self._on_state is not None:
-                self._on_state(self)
 
     def status_dict(self) -> dict[str, Any]:
         current = self.sink.current_file
