@@ -1,0 +1,591 @@
+"""`sfmctl`: the admin client for sfmd's control socket.
+
+A short-lived command, so it stays light: the standard library's http.client over an AF_UNIX
+socket, and none of the daemon's modules (sfmd.config only when --config is given). Every
+rule about what a stream may be lives in the daemon; sfmctl turns friendly options into the
+API's JSON, shows the answer, and maps the outcome to an exit code:
+
+    0  done
+    1  the daemon refused (its message on stderr), answered oddly, or could not be reached
+    2  usage error: bad options, or a --config file that cannot be read
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_SOCKET = "/run/sfm/sfmd.sock"
+SOCKET_ENV = "SFMCTL_SOCKET"
+DEFAULT_TIMEOUT = 30.0
+
+#: Settings whose values are lists; an option given only as '' clears its list.
+LIST_FIELDS = ("track", "follow", "locations", "people", "language")
+
+#: States whose row in `status` gets a line with the last error under it.
+TROUBLED = ("failed", "backoff")
+#: States with no connection to measure, so no MSG/S.
+IDLE = ("stopped", "failed")
+
+
+class CtlError(Exception):
+    """The command could not be carried out; `message` is what the operator reads."""
+
+    def __init__(self, message: str, code: str | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.body = body  # the daemon's error body, for --json
+
+    def line(self) -> str:
+        suffix = f" ({self.code})" if self.code else ""
+        return f"sfmctl: {self.message}{suffix}"
+
+
+class UsageError(Exception):
+    """A mistake in the invocation that argparse cannot see (exit 2)."""
+
+
+# --- talking to the daemon -------------------------------------------------------------------
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("sfmd", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """One request per call, each on its own connection: simple, and sfmctl makes few."""
+
+    def __init__(self, socket_path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The decoded JSON answer (None for 204); CtlError for anything else."""
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except OSError as e:
+            raise CtlError(self._unreachable(e)) from None
+        except http.client.HTTPException as e:
+            raise CtlError(
+                f"{self.socket_path} did not answer in HTTP ({type(e).__name__}); "
+                "is it sfmd's control socket?"
+            ) from None
+        finally:
+            conn.close()
+        return self._decode(method, path, resp.status, raw)
+
+    def _unreachable(self, error: OSError) -> str:
+        where = f"cannot reach sfmd at {self.socket_path}"
+        hint = "; is sfmd running? (point sfmctl at its socket with --socket or --config)"
+        if isinstance(error, FileNotFoundError):
+            return f"{where}: no such socket{hint}"
+        if isinstance(error, ConnectionRefusedError):
+            return f"{where}: nothing is listening there{hint}"
+        if isinstance(error, PermissionError):
+            return (
+                f"{where}: permission denied; the socket's mode lets only its owner and group "
+                "in (see daemon.socket_mode)"
+            )
+        if isinstance(error, TimeoutError):
+            return f"{where}: no answer within {self.timeout:g} s; sfmd may be overloaded or hung"
+        return f"{where}: {error.strerror or error}{hint}"
+
+    def _decode(self, method: str, path: str, status: int, raw: bytes) -> Any:
+        if status == 204:
+            return None
+        try:
+            answer = json.loads(raw) if raw else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            answer = None
+        if 200 <= status < 300 and answer is not None:
+            return answer
+        if isinstance(answer, dict) and "message" in answer:
+            raise CtlError(str(answer["message"]), str(answer.get("error", status)), answer)
+        snippet = " ".join(raw[:200].decode("utf-8", "replace").split())
+        raise CtlError(f"unexpected answer to {method} {path}: HTTP {status} {snippet}".rstrip())
+
+
+def resolve_socket(socket_arg: str | None, config_arg: str | None) -> str:
+    """--socket, else the --config file's daemon.control_socket, else $SFMCTL_SOCKET, else
+    the contract's default: explicit beats implicit."""
+    if socket_arg:
+        return socket_arg
+    if config_arg:
+        from sfmd.config import ConfigError, load_config  # only here: keeps start-up light
+
+        try:
+            return str(load_config(config_arg).daemon.control_socket)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def stream_path(name: str, action: str = "") -> str:
+    return f"/streams/{quote(name, safe='')}" + (f"/{action}" if action else "")
+
+
+# --- option values ---------------------------------------------------------------------------
+
+
+def _split(value: str, separators: str) -> list[str]:
+    return [part.strip() for part in re.split(separators, value) if part.strip()]
+
+
+def phrases(value: str) -> list[str]:
+    """Track phrases: commas separate them (as on Twitter's wire); spaces stay inside (AND)."""
+    return _split(value, ",")
+
+
+def words(value: str) -> list[str]:
+    """Ids and codes: commas or spaces separate them."""
+    return _split(value, r"[,\s]+")
+
+
+def screen_names(value: str) -> list[str]:
+    """Screen names, with or without their @."""
+    return [name.removeprefix("@") for name in words(value)]
+
+
+def boxes(value: str) -> list[list[float | int]]:
+    """`west,south,east,north`, or several boxes' numbers in a row (Twitter's own form)."""
+    parts = words(value)
+    if len(parts) % 4:
+        raise argparse.ArgumentTypeError(
+            f"a box is 4 numbers west,south,east,north; got {len(parts)} in {value!r}"
+        )
+    numbers: list[float | int] = []
+    for part in parts:
+        try:
+            numbers.append(int(part) if re.fullmatch(r"-?\d+", part) else float(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a number (in {value!r})") from None
+    return [numbers[i : i + 4] for i in range(0, len(numbers), 4)]
+
+
+def _glue_values(argv: Sequence[str]) -> list[str]:
+    """`--locations -74,40,-73,41` reads as an option to argparse; join it to its value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--locations" and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"--locations={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the options name; a list option given only as '' becomes []."""
+    body: dict[str, Any] = {}
+    for field in LIST_FIELDS:
+        given = getattr(args, field, None)
+        if given is not None:
+            body[field] = [item for values in given for item in values]
+    for field in ("credential", "isolation"):
+        value = getattr(args, field, None)
+        if value is not None:
+            body[field] = value
+    if getattr(args, "inactive", False):
+        body["active"] = False
+    return body
+
+
+# --- showing answers -------------------------------------------------------------------------
+
+
+def duration(seconds: float) -> str:
+    """Like `3m12s`: the two largest units, as supervisorctl-style tables show uptime."""
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{s:02d}s"
+    return f"{s}s"
+
+
+def since(iso: str | None, now: datetime | None = None) -> str:
+    if not iso:
+        return "-"
+    try:
+        then = datetime.fromisoformat(iso)
+    except ValueError:
+        return "?"
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return duration(((now or datetime.now(UTC)) - then).total_seconds())
+
+
+def rates(
+    before: list[dict[str, Any]], after: list[dict[str, Any]], seconds: float
+) -> dict[str, float]:
+    """Messages per second between two samples; a stream whose counter went back (restarted)
+    or that is new has no rate rather than a wrong one."""
+    first = {s["name"]: s["status"]["messages"] for s in before}
+    out: dict[str, float] = {}
+    for s in after:
+        old = first.get(s["name"])
+        delta = s["status"]["messages"] - old if old is not None else -1
+        if delta >= 0 and seconds > 0:
+            out[s["name"]] = delta / seconds
+    return out
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns; the last one unpadded so long file names do not pad every row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    ]
+
+
+def render_status(
+    streams: list[dict[str, Any]], rate: dict[str, float] | None, now: datetime | None = None
+) -> str:
+    """The `status` table; `rate` None means one sample, so MSG/S shows '-'."""
+    if not streams:
+        return "no streams"
+    header = ["NAME", "KIND", "STATE", "SINCE", "TWEETS", "MSG/S", "RECONNECTS", "CURRENT FILE"]
+    rows = [header]
+    for s in streams:
+        st = s["status"]
+        r = (rate or {}).get(s["name"]) if st["state"] not in IDLE else None
+        rows.append([
+            s["name"],
+            s["kind"],
+            st["state"],
+            since(st.get("since"), now),
+            str(st["tweets"]),
+            f"{r:.1f}" if r is not None else "-",
+            str(st["reconnects"]),
+            os.path.basename(st["current_file"]) if st.get("current_file") else "-",
+        ])
+    lines = table(rows)
+    out = [lines[0]]
+    for s, line in zip(streams, lines[1:], strict=True):
+        out.append(line.rstrip())
+        error = s["status"].get("last_error")
+        if error and s["status"]["state"] in TROUBLED:
+            out.append(f"    last error: {error}")
+    return "\n".join(out)
+
+
+def render_list(streams: list[dict[str, Any]]) -> str:
+    if not streams:
+        return "no streams"
+    rows = [["NAME", "KIND", "STATE"]]
+    rows += [[s["name"], s["kind"], s["status"]["state"]] for s in streams]
+    return "\n".join(line.rstrip() for line in table(rows))
+
+
+def _items(values: list[Any]) -> str:
+    return ", ".join(str(v) for v in values) if values else "-"
+
+
+def render_show(stream: dict[str, Any], now: datetime | None = None) -> str:
+    st = stream["status"]
+    ids = stream.get("people_ids", {})
+    unresolved = set(stream.get("people_unresolved", []))
+    people = [
+        f"{p} (not found)" if p in unresolved else f"{p} (id {ids[p]})" if p in ids else p
+        for p in stream.get("people", [])
+    ]
+    pairs = [
+        ("name", stream["name"]),
+        ("kind", stream["kind"]),
+        ("track", _items(stream.get("track", []))),
+        ("follow", _items(stream.get("follow", []))),
+        ("locations", _items([",".join(f"{c:g}" for c in box) for box in stream.get(
+            "locations", [])]).replace(", ", "  ")),
+        ("people", _items(people)),
+        ("language", _items(stream.get("language", []))),
+        ("credential", stream.get("credential") or "-"),
+        ("active", "yes" if stream.get("active") else "no"),
+        ("isolation", stream.get("isolation", "-")),
+        ("state", st["state"]),
+        ("since", f"{st.get('since') or '-'} ({since(st.get('since'), now)} ago)"),
+        ("messages", str(st["messages"])),
+        ("tweets", str(st["tweets"])),
+        ("bytes", str(st["bytes"])),
+        ("reconnects", str(st["reconnects"])),
+        ("last_error", st.get("last_error") or "-"),
+        ("current_file", st.get("current_file") or "-"),
+    ]
+    width = max(len(key) for key, _ in pairs) + 1
+    return "\n".join(f"{(key + ':').ljust(width)} {value}" for key, value in pairs)
+
+
+def warn_unresolved(stream: dict[str, Any]) -> None:
+    missing = stream.get("people_unresolved") or []
+    if missing:
+        print(
+            f"sfmctl: warning: not found on Twitter: {', '.join(missing)} (not followed)",
+            file=sys.stderr,
+        )
+
+
+def print_json(answer: Any) -> None:
+    if answer is not None:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+
+
+# --- the verbs -------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    started = time.monotonic()
+    streams = client.call("GET", "/streams")["streams"]
+    if args.json:
+        print_json({"streams": _only(streams, args.names)})
+        return EXIT_OK
+    rate = None
+    if not args.once:
+        time.sleep(args.interval)  # the rate needs two samples some time apart
+        later = client.call("GET", "/streams")["streams"]
+        rate = rates(streams, later, time.monotonic() - started)
+        streams = later
+    print(render_status(_only(streams, args.names), rate))
+    return EXIT_OK
+
+
+def _only(streams: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    if not names:
+        return streams
+    known = {s["name"] for s in streams}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise CtlError(f"no such stream: {', '.join(missing)}", "not_found")
+    return [s for s in streams if s["name"] in names]
+
+
+def cmd_list(args: argparse.Namespace, client: Client) -> int:
+    answer = client.call("GET", "/streams")
+    if args.json:
+        print_json(answer)
+    else:
+        print(render_list(answer["streams"]))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, client: Client) -> int:
+    answer = client.call("GET", stream_path(args.name))
+    if args.json:
+        print_json(answer)
+    else:
+        print(render_show(answer))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, answer: dict[str, Any], done: str) -> int:
+    warn_unresolved(answer)
+    if args.json:
+        print_json(answer)
+    else:
+        active = "active" if answer.get("active") else "inactive"
+        print(f"{answer['name']}: {done} ({answer['kind']}, {active}, {answer['status']['state']})")
+    return EXIT_OK
+
+
+def cmd_add(args: argparse.Namespace, client: Client) -> int:
+    body = {"name": args.name, "kind": "filter", **settings_from(args)}
+    return _report(args, client.call("POST", "/streams", body), "added")
+
+
+def cmd_sample(args: argparse.Namespace, client: Client) -> int:
+    body = {"name": args.name, "kind": "sample", **settings_from(args)}
+    return _report(args, client.call("POST", "/streams", body), "added")
+
+
+def cmd_modify(args: argparse.Namespace, client: Client) -> int:
+    body = settings_from(args)
+    if not body:
+        raise UsageError("modify: nothing to change; give at least one option (see --help)")
+    return _report(args, client.call("PATCH", stream_path(args.name), body), "modified")
+
+
+def cmd_start(args: argparse.Namespace, client: Client) -> int:
+    return _report(args, client.call("POST", stream_path(args.name, "start")), "started")
+
+
+def cmd_stop(args: argparse.Namespace, client: Client) -> int:
+    return _report(args, client.call("POST", stream_path(args.name, "stop")), "stopped")
+
+
+def cmd_delete(args: argparse.Namespace, client: Client) -> int:
+    client.call("DELETE", stream_path(args.name))
+    if not args.json:
+        print(f"{args.name}: deleted (its published files stay)")
+    return EXIT_OK
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return number
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the verb; after it, they must not reset the first."""
+    keep = {} if defaults else {"default": argparse.SUPPRESS}
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--socket", metavar="PATH", help=(
+        f"the control socket (default: the --config file's daemon.control_socket, "
+        f"else ${SOCKET_ENV}, else {DEFAULT_SOCKET})"), **keep)
+    p.add_argument("--config", metavar="FILE", help="sfmd's config file, to find its socket",
+                   **keep)
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer", **keep)
+    p.add_argument("--timeout", type=_positive, metavar="S", help=(
+        f"seconds to wait for the daemon's answer (default {DEFAULT_TIMEOUT:g})"),
+        **(keep or {"default": DEFAULT_TIMEOUT}))
+    return p
+
+
+def _settings_options(
+    p: argparse.ArgumentParser, *, filter_fields: bool, creating: bool = True
+) -> None:
+    if filter_fields:
+        p.add_argument("--track", action="append", type=phrases, metavar="PHRASES", help=(
+            "phrases to match, comma-separated or repeated; a space inside a phrase means AND"))
+        p.add_argument("--follow", action="append", type=words, metavar="IDS",
+                       help="numeric user ids, comma-separated or repeated")
+        p.add_argument("--locations", action="append", type=boxes, metavar="W,S,E,N",
+                       help="a bounding box, longitude first; repeat for several boxes")
+        p.add_argument("--people", action="append", type=screen_names, metavar="NAMES",
+                       help="screen names to follow (looked up by sfmd), comma-separated")
+        p.add_argument("--language", action="append", type=words, metavar="CODES",
+                       help="BCP 47 language codes, e.g. en,pt-BR")
+    p.add_argument("--credential", metavar="C", help="the credential to connect with" + (
+        " (default: sfmd's [twitter] default_credential)" if creating else ""))
+    p.add_argument("--isolation", choices=("task", "process"), help=(
+        "run as a task in sfmd" + (" (the default)" if creating else "")
+        + " or as its own process under supervisord"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfmctl",
+        description="Control a running sfmd through its control socket.",
+        epilog="Exit status: 0 done; 1 sfmd refused or could not be reached; 2 usage error. "
+        "List options take comma-separated values and may be repeated; give '' to clear a "
+        "list in modify.",
+        parents=[_common(defaults=True)],
+    )
+    common = _common(defaults=False)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, func: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("status", cmd_status, "a table of every stream's state and counters")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these streams")
+    p.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+                   help="seconds between the two samples MSG/S is measured over (default 1)")
+    p.add_argument("--once", action="store_true", help="one sample, no wait; MSG/S shows '-'")
+
+    verb("list", cmd_list, "stream names with their kind and state")
+
+    p = verb("show", cmd_show, "one stream's settings and status")
+    p.add_argument("name", metavar="NAME")
+
+    p = verb("add", cmd_add, "create a filter stream (statuses/filter)")
+    p.add_argument("name", metavar="NAME")
+    _settings_options(p, filter_fields=True)
+    p.add_argument("--inactive", action="store_true", help="create it stopped")
+
+    p = verb("sample", cmd_sample, "create a sample stream (statuses/sample)")
+    p.add_argument("name", metavar="NAME")
+    _settings_options(p, filter_fields=False)
+    p.add_argument("--inactive", action="store_true", help="create it stopped")
+
+    p = verb("modify", cmd_modify, "change a stream's settings; only the options given change, "
+             "a list option replaces the whole list, and '' empties it")
+    p.add_argument("name", metavar="NAME")
+    _settings_options(p, filter_fields=True, creating=False)
+
+    for name, func, text in (
+        ("start", cmd_start, "make a stream active"),
+        ("stop", cmd_stop, "make a stream inactive; its open file is published"),
+        ("delete", cmd_delete, "remove a stream; its published files stay"),
+    ):
+        p = verb(name, func, text)
+        p.add_argument("name", metavar="NAME")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_glue_values(sys.argv[1:] if argv is None else argv))
+    try:
+        client = Client(resolve_socket(args.socket, args.config), args.timeout)
+        return int(args.func(args, client))
+    except UsageError as e:
+        _usage_exit(parser, str(e))
+    except CtlError as e:
+        if args.json and e.body is not None:
+            print_json(e.body)
+        print(e.line(), file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `sfmctl status | head -1`: the reader left; say nothing more, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _usage_exit(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.print_usage(sys.stderr)
+    print(f"sfmctl: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
