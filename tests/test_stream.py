@@ -44,6 +44,15 @@ def start_stream(tmp_path: Path, name: str, config: Path) -> SfmdProcess:
     return SfmdProcess("stream", name, "--config", str(config), cwd=tmp_path)
 
 
+def start_filter(
+    tmp_path: Path, api: FakeAPI, credentials: dict[str, Credential], **config: Any
+) -> tuple[Path, SfmdProcess]:
+    """The FILTER stream, registered and running as `sfmd stream f1` against `api`."""
+    path = write_config(tmp_path, api.stream_url, **config)
+    register(tmp_path, credentials, **FILTER)
+    return path, start_stream(tmp_path, "f1", path)
+
+
 async def stop_cleanly(proc: SfmdProcess) -> None:
     proc.signal(signal.SIGTERM)
     assert await proc.wait(10) == 0, proc.stderr
@@ -76,9 +85,7 @@ async def test_filter_stream_stores_every_message_sent_byte_exact(
     tmp_path: Path, fake_api: FakeAPI, credentials: dict[str, Credential]
 ) -> None:
     fake_api.configure(total=300, delete_every=7, limit_every=50)
-    config = write_config(tmp_path, fake_api.stream_url)
-    register(tmp_path, credentials, **FILTER)
-    proc = start_stream(tmp_path, "f1", config)
+    _, proc = start_filter(tmp_path, fake_api, credentials)
     try:
         await wait_until(lambda: messages_on_disk(tmp_path / "data", "f1") == 300,
                          what="300 messages on disk")
@@ -138,10 +145,8 @@ async def test_files_rotate_on_the_clock_while_flowing_and_while_quiet(
     tmp_path: Path, fake_api: FakeAPI, credentials: dict[str, Credential], compress: bool
 ) -> None:
     fake_api.configure(total=200, rate=100)  # two seconds of data, then only keep-alives
-    config = write_config(tmp_path, fake_api.stream_url, save_interval=1, compress=compress)
-    register(tmp_path, credentials, **FILTER)
+    _, proc = start_filter(tmp_path, fake_api, credentials, save_interval=1, compress=compress)
     data = tmp_path / "data"
-    proc = start_stream(tmp_path, "f1", config)
     try:
         # Every message is published by the clock alone: no stop, no further data needed.
         await wait_until(
@@ -185,9 +190,7 @@ async def test_fault_is_survived_with_the_right_wait_and_nothing_lost(
 ) -> None:
     fake_api.configure(total=100)
     fake_api.script(fault)
-    config = write_config(tmp_path, fake_api.stream_url)
-    register(tmp_path, credentials, **FILTER)
-    proc = start_stream(tmp_path, "f1", config)
+    _, proc = start_filter(tmp_path, fake_api, credentials)
     try:
         await wait_until(
             lambda: len(fake_api.log) >= 2 and fake_api.log[1].sent_count == 100
@@ -227,9 +230,7 @@ async def test_odd_messages_are_stored_without_reconnecting(
 ) -> None:
     fake_api.configure(total=60)
     fake_api.script(fault)
-    config = write_config(tmp_path, fake_api.stream_url)
-    register(tmp_path, credentials, **FILTER)
-    proc = start_stream(tmp_path, "f1", config)
+    _, proc = start_filter(tmp_path, fake_api, credentials)
     try:
         await wait_until(
             lambda: fake_api.log and fake_api.log[0].sent_count == 60
@@ -252,10 +253,8 @@ async def test_sigkill_then_restart_recovers_and_resumes(
     tmp_path: Path, fake_api: FakeAPI, credentials: dict[str, Credential]
 ) -> None:
     fake_api.configure(rate=2000)
-    config = write_config(tmp_path, fake_api.stream_url)
-    register(tmp_path, credentials, **FILTER)
+    config, proc = start_filter(tmp_path, fake_api, credentials)
     data = tmp_path / "data"
-    proc = start_stream(tmp_path, "f1", config)
     try:
         await wait_until(lambda: fake_api.log and fake_api.log[0].sent_count > 2000)
         await wait_until(lambda: any(p.stat().st_size > 0 for p in data.rglob("*.part")))
@@ -296,10 +295,8 @@ async def test_sigkill_then_restart_recovers_and_resumes(
 async def test_sighup_reopens_the_log_after_logrotate_renames_it(
     tmp_path: Path, fake_api: FakeAPI, credentials: dict[str, Credential]
 ) -> None:
-    config = write_config(tmp_path, fake_api.stream_url)
-    register(tmp_path, credentials, **FILTER)
+    _, proc = start_filter(tmp_path, fake_api, credentials)
     log = tmp_path / "log" / "stream-f1.log"
-    proc = start_stream(tmp_path, "f1", config)
     try:
         await wait_until(lambda: log.exists() and '"connected"' in log.read_text())
         log.rename(log.with_suffix(".log.1"))
