@@ -16,6 +16,7 @@ from sfmd.credentials import Credential, CredentialsError, load_credentials
 from sfmd.daemon import Daemon, StartupError
 from sfmd.locks import CredentialBusy
 from sfmd.logs import LogFiles, get_logger, setup_logging
+from sfmd.notify import Notifier
 from sfmd.registry import Registry, RegistryError, StreamSpec
 from sfmd.runner import StreamRunner, new_session
 
@@ -111,7 +112,7 @@ async def run_daemon(config: Config, log_files: LogFiles) -> int:
 
     waiter = asyncio.create_task(stop_on_signal())
     try:
-        await daemon.serve(control)
+        await daemon.serve(control, Notifier.from_env())
     except StartupError:
         await daemon.shutdown(None)
         raise

@@ -28,6 +28,7 @@ from sfmd.credentials import Credential, CredentialsError, load_credentials
 from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
 from sfmd.metrics import Metrics, StreamSample
+from sfmd.notify import Notifier, describe_states, watchdog_loop
 from sfmd.people import lookup_ids
 from sfmd.registry import (
     Registry,
@@ -76,13 +77,21 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def serve(self, control: Any = None) -> None:
-        """startup → main_loop → shutdown; `control` is the API server (started after load)."""
+    async def serve(self, control: Any = None, notifier: Notifier | None = None) -> None:
+        """startup → main_loop → shutdown; `control` is the API server (started after load),
+        `notifier` tells systemd (READY, STATUS, WATCHDOG, STOPPING) when it asked to know."""
+        notifier = notifier or Notifier(None)
         await self.startup(control)
+        notifier.ready(self.status_line())
+        pinger = asyncio.create_task(watchdog_loop(notifier, self.status_line))
         try:
             await self.main_loop()
         finally:
-            await self.shutdown(control)
+            notifier.stopping(f"stopping {len(self.runners)} streams")
+            try:
+                await self.shutdown(control)
+            finally:
+                pinger.cancel()
 
     async def startup(self, control: Any = None) -> None:
         try:
@@ -330,6 +339,10 @@ class Daemon:
                 limit_undelivered=runner.stream.status.limit_undelivered if runner else 0,
                 files_published=runner.archive.published if runner else 0,
             )
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS, e.g. "12 streams: 11 streaming, 1 backoff"."""
+        return describe_states(self.status_of(s.name)["state"] for s in self.specs())
 
     def health(self) -> dict[str, Any]:
         return {
