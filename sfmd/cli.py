@@ -18,7 +18,9 @@ from sfmd.locks import CredentialBusy
 from sfmd.logs import LogFiles, get_logger, setup_logging
 from sfmd.notify import Notifier
 from sfmd.registry import Registry, RegistryError, StreamSpec
-from sfmd.runner import StreamRunner, new_session
+from sfmd.runner import StreamRunner, new_session, write_status_file
+from sfmd.supervisor import ProcessStreams
+from sfmd.supervisor_conf import ConfError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the stream's name in the registry")
     p.add_argument("--config", required=True, type=Path, help="the sfmd TOML config file")
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser(
+        "supervisor-conf", help="print the supervisor [program:...] conf of an isolated stream"
+    )
+    p.add_argument("name", nargs="?", help="the stream's name in the registry")
+    p.add_argument("--all", action="store_true", help="one conf per process-isolated stream")
+    p.add_argument("--config", required=True, type=Path, help="the sfmd TOML config file")
+    p.set_defaults(func=cmd_supervisor_conf)
 
     p = sub.add_parser("fakeapi", help="run the bundled simulated streaming API")
     fakeapi.add_arguments(p)
@@ -145,10 +155,20 @@ async def run_stream(
         except CredentialBusy as e:
             log.error("credential_busy", error=str(e))
             raise StartupError(str(e)) from None
+        reporter = asyncio.create_task(report_status(config, runner))
         await stop.wait()
         log.info("shutdown", reason="signal")
+        reporter.cancel()
         await runner.stop()
+        write_status_file(config.daemon.state_dir, spec.name, runner.status_dict())
     return EXIT_OK
+
+
+async def report_status(config: Config, runner: StreamRunner) -> None:
+    """Publish this stream's counters for the daemon (isolated streams live in another process)."""
+    while True:
+        write_status_file(config.daemon.state_dir, runner.spec.name, runner.status_dict())
+        await asyncio.sleep(config.timing.status_interval)
 
 
 def install_signal_handlers(stop: asyncio.Event, log_files: LogFiles) -> None:
@@ -162,6 +182,27 @@ def install_signal_handlers(stop: asyncio.Event, log_files: LogFiles) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reopen)
+
+
+# -- sfmd supervisor-conf ----------------------------------------------------------------
+
+
+def cmd_supervisor_conf(args: argparse.Namespace) -> int:
+    """Print confs for people who manage supervisor with their own tooling."""
+    if bool(args.name) == bool(args.all):
+        print("sfmd supervisor-conf: give a stream NAME or --all", file=sys.stderr)
+        return EXIT_USAGE
+    config, credentials, registry = load_all(args.config)
+    processes = ProcessStreams(config)
+    if args.all:
+        specs = [s for s in registry.list() if s.isolation == "process"]
+    else:
+        specs = [find_stream(registry, credentials, args.name)[0]]
+    try:
+        print("\n".join(processes.render(spec) for spec in specs), end="")
+    except ConfError as e:
+        raise StartupError(str(e)) from None
+    return EXIT_OK
 
 
 # -- sfmd demo ---------------------------------------------------------------------------

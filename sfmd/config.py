@@ -65,6 +65,7 @@ class TimingConfig:
     shutdown_timeout: float
     start_jitter: float
     reconcile_interval: float
+    status_interval: float
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,8 @@ KEYS: tuple[Key, ...] = (
         "at daemon start-up, streams connect at random moments over this many seconds"),
     Key("timing", "reconcile_interval", 30, _seconds,
         "seconds between the daemon's checks that running streams match the registry"),
+    Key("timing", "status_interval", 2, _seconds,
+        "seconds between status reports of a process-isolated stream to the daemon"),
     Key("supervisor", "server_url", "unix:///var/run/supervisor.sock", _supervisor_url,
         "supervisord's XML-RPC endpoint (unix:///path or http://host:port)"),
     Key("supervisor", "conf_dir", "/etc/supervisor/conf.d", _path,

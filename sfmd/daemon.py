@@ -39,9 +39,14 @@ from sfmd.registry import (
     validate_stream,
     with_people_ids,
 )
-from sfmd.runner import StreamRunner, new_session, stream_timing
+from sfmd.runner import StreamRunner, new_session, read_status_file, stream_timing
+from sfmd.supervisor import ProcessStreams, SupervisorError
+from sfmd.supervisor_conf import ConfError
 
 log = get_logger()
+STATUS_KEYS = (
+    "state", "since", "messages", "tweets", "bytes", "reconnects", "last_error", "current_file",
+)
 
 
 class StartupError(Exception):
@@ -74,6 +79,10 @@ class Daemon:
         self._restarting: set[str] = set()
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        # The process back end: streams with isolation = "process", run by supervisord.
+        self.processes = ProcessStreams(config)
+        self.process_status: dict[str, dict[str, Any]] = {}  # from supervisord, per reconcile
+        self.process_problem: str | None = None  # "waiting for supervisord: ..." or an error
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -131,6 +140,8 @@ class Daemon:
         async with self._lock:
             names = list(self.runners)
             await asyncio.gather(*(self._stop_runner(n, "daemon shutdown") for n in names))
+        # Process-isolated streams keep running: supervisord owns them, not this process.
+        await self.processes.close()
         if self.session is not None:
             await self.session.close()
         log.info("stopped")
@@ -158,9 +169,38 @@ class Daemon:
         for name in list(self.failed):
             if name not in desired:
                 del self.failed[name]
+        # Between the stops and the starts: a stream moving between task and process isolation
+        # has let go of its credential on one side before the other side takes it.
+        await self._reconcile_processes()
         for name, spec in desired.items():
             if name not in self.runners and name not in self._restarting:
                 await self._start_runner(spec, delay=random.uniform(0, jitter))
+
+    async def _reconcile_processes(self) -> None:
+        """Bring confs and supervisord to the registry; remember what supervisord says."""
+        try:
+            report = await self.processes.reconcile(self._registry().list())
+        except ConfError as e:
+            problem: str | None = f"cannot write supervisor confs: {e}"
+            report = {}
+        else:
+            problem = report.get("waiting") or report.get("error")
+        if problem != self.process_problem:
+            if problem:
+                log.warning("supervisor_problem", problem=problem)
+            elif self.process_problem:
+                log.info("supervisor_reachable")
+            self.process_problem = problem
+        changes = {k: v for k, v in report.items() if k not in ("waiting", "error") and v}
+        if changes:
+            log.info("supervisor_applied", **changes)
+        if problem is None and self.processes.wanted(self._registry().list()):
+            try:
+                self.process_status = await self.processes.statuses()
+            except SupervisorError as e:
+                self.process_problem = f"waiting for supervisord: {e}"
+        elif problem is None:
+            self.process_status = {}
 
     async def _start_runner(self, spec: StreamSpec, delay: float = 0.0) -> None:
         assert self.session is not None
@@ -313,6 +353,9 @@ class Daemon:
         }
 
     def status_of(self, name: str) -> dict[str, Any]:
+        spec = self._registry().get(name) if name in self._registry() else None
+        if spec is not None and spec.isolation == "process":
+            return self._process_view(spec)
         runner = self.runners.get(name)
         if runner is not None:
             return runner.status_dict()
@@ -324,6 +367,30 @@ class Daemon:
         if failure is not None:
             return {**base, "state": "failed", "current_file": None, **failure}
         return base
+
+    def _process_view(self, spec: StreamSpec) -> dict[str, Any]:
+        """An isolated stream: supervisord's process state, the stream's own counters."""
+        own = read_status_file(self.config.daemon.state_dir, spec.name) or {
+            "state": "stopped", "since": _now(), "messages": 0, "tweets": 0, "bytes": 0,
+            "reconnects": 0, "last_error": None, "current_file": None,
+        }
+        supervised = self.process_status.get(spec.name)
+        status = {key: own.get(key) for key in STATUS_KEYS}
+        status["process"] = {
+            "program": f"{self.config.supervisor.program_prefix}{spec.name}",
+            **(supervised or {"state": "absent", "pid": None}),
+        }
+        if not spec.active:
+            status.update(state="stopped", current_file=None)
+        elif self.process_problem:
+            status.update(state="stopped" if supervised is None else status["state"],
+                          last_error=self.process_problem)
+        elif supervised is None or supervised.get("pid") != own.get("pid"):
+            # The status file is from an earlier process (or none yet): supervisord's word.
+            state = supervised["state"] if supervised else "connecting"
+            status.update(state=state, last_error=(supervised or {}).get("last_error")
+                          or status["last_error"])
+        return status
 
     def _samples(self) -> Iterator[StreamSample]:
         for spec in self._registry().list() if self.registry else []:

@@ -8,6 +8,8 @@ the open file and releases the credential, whatever state the connection was in.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,30 @@ def new_session() -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None),
     )
+
+
+def status_path(state_dir: Path, name: str) -> Path:
+    return state_dir / "status" / f"{name}.json"
+
+
+def write_status_file(state_dir: Path, name: str, status: dict[str, Any]) -> None:
+    """Where a process-isolated stream tells the daemon its counters (rename: never torn).
+
+    No fsync: the file is a live view, rewritten every few seconds, worthless after a crash.
+    """
+    path = status_path(state_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**status, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+def read_status_file(state_dir: Path, name: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(status_path(state_dir, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class StreamRunner:
