@@ -158,7 +158,7 @@ def stored_messages(data_dir: Path, name: str) -> list[bytes]:
 def messages_on_disk(data_dir: Path, name: str) -> int:
     """Complete lines in published and open (.part) files: what a stop can no longer lose."""
     total = 0
-    for path in (data_dir / name).rglob("*.jsonl*"):
+    for path in (data_dir / name).rglob(f"{name}-*.jsonl*"):  # not manifest.jsonl
         raw = path.read_bytes()
         if ".gz" in path.name:
             raw = zlib.decompressobj(wbits=31).decompress(raw)  # a sync-flushed prefix

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from sfmd.fakeapi import FakeAPI
-from tests.conftest import Api, SfmdProcess, start_daemon, wait_until, write_daemon_config
+from tests.conftest import (
+    Api,
+    SfmdProcess,
+    messages_on_disk,
+    sent_messages,
+    start_daemon,
+    stored_messages,
+    wait_until,
+    write_daemon_config,
+)
 from tests.supervisord_fixture import (  # noqa: F401 - fixtures
     Supervisord,
     idle_supervisord_fixture,
@@ -55,8 +64,13 @@ async def stop_daemon(proc: SfmdProcess) -> None:
 async def test_an_isolated_stream_s_life_and_moves_between_modes(
     tmp_path: Path, fake_api: FakeAPI, supervisord: Supervisord
 ) -> None:
-    fake_api.configure(rate=50)
+    fake_api.configure(total=30)  # each connection: 30 messages, then only keep-alives
     config = isolated_config(tmp_path, fake_api, supervisord)
+    data = tmp_path / "data"
+
+    def all_stored() -> bool:  # everything fully sent so far is on disk: safe to move
+        return messages_on_disk(data, "p1") == sum(r.sent_count for r in connections(fake_api))
+
     proc = await start_daemon(tmp_path, config)
     conf = supervisord.conf_dir / f"{PROGRAM}.conf"
     try:
@@ -82,6 +96,9 @@ async def test_an_isolated_stream_s_life_and_moves_between_modes(
             assert shown["status"]["process"]["state"] in ("connecting", "streaming")
             assert shown["status"]["process"]["pid"] == supervisord.info(PROGRAM)["pid"]
 
+            # A change Twitter would not see restarts nothing.
+            await api.ok("PATCH", "/streams/p1", {"track": ["archive"]})
+            await wait_until(all_stored)
             # A wire change restarts that program only: a new connection, new parameters.
             await api.ok("PATCH", "/streams/p1", {"track": ["archive", "museum"]})
             await wait_until(lambda: len(connections(fake_api)) == 2
@@ -89,16 +106,19 @@ async def test_an_isolated_stream_s_life_and_moves_between_modes(
             assert live(fake_api)[0].params["track"] == "archive,museum"
 
             # Process → task → process while the API watches: never two at once.
+            await wait_until(all_stored)
             await api.ok("PATCH", "/streams/p1", {"isolation": "task"})
             await wait_until(lambda: len(connections(fake_api)) == 3
                              and len(live(fake_api)) == 1, timeout=20)
             assert not conf.exists() and program_state(supervisord) is None
+            await wait_until(all_stored)
             await api.ok("PATCH", "/streams/p1", {"isolation": "process"})
             await wait_until(lambda: len(connections(fake_api)) == 4
                              and len(live(fake_api)) == 1, timeout=20)
             assert conf.exists()
 
             # Stop: the program goes, its conf goes, its file is published.
+            await wait_until(all_stored)
             await api.ok("POST", "/streams/p1/stop")
             assert program_state(supervisord) is None and not conf.exists()
             await wait_until(lambda: not live(fake_api), timeout=15)
@@ -110,9 +130,10 @@ async def test_an_isolated_stream_s_life_and_moves_between_modes(
     for a, b in itertools.pairwise(connections(fake_api)):
         assert a.closed is not None and a.closed <= b.opened, "two connections on one token"
     assert not any(r.close_reason == "replaced" for r in fake_api.log)
-    data = tmp_path / "data" / "p1"
-    assert (data / "manifest.jsonl").exists()
     assert not list(data.rglob("*.part"))
+    # Nothing the API fully sent was lost across the restarts and moves, nothing doubled.
+    assert stored_messages(data, "p1") == sent_messages(fake_api)
+    assert len(sent_messages(fake_api)) == 30 * 4
 
 
 async def test_a_change_made_while_supervisord_is_down_is_applied_when_it_returns(
