@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -105,7 +106,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise StartupError(str(e)) from None
     log_files = setup_logging(config.daemon.log_dir / "sfmd.log")
+    raise_file_limit()
     return asyncio.run(run_daemon(config, log_files))
+
+
+def raise_file_limit() -> None:
+    """Lift the soft open-files limit to the hard one: each stream holds about four
+    descriptors (socket, .part, folder lock, manifest), and 1,024 is a common soft default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+        get_logger().info("open_files_limit", soft=target, hard=hard)
 
 
 async def run_daemon(config: Config, log_files: LogFiles) -> int:

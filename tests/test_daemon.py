@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -319,3 +322,18 @@ def test_a_torn_registry_stops_startup_plainly(tmp_path: Path) -> None:
     (tmp_path / "streams.json").write_text('{"version": 1, "streams": [')
     with pytest.raises(RegistryError, match="not valid JSON"):
         Registry.load(tmp_path)
+
+
+def test_the_open_files_limit_is_lifted_for_many_streams() -> None:
+    code = (
+        "import resource\n"
+        "from sfmd.cli import raise_file_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "raise_file_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    soft, hard = (int(x) for x in done.stdout.split())
+    assert soft > 256 and (soft == hard or hard == resource.RLIM_INFINITY)
