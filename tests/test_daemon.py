@@ -335,5 +335,5 @@ def test_the_open_files_limit_is_lifted_for_many_streams() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
-    soft, hard = (int(x) for x in done.stdout.split())
+    soft, hard = (int(x) for x in done.stdout.splitlines()[-1].split())
     assert soft > 256 and (soft == hard or hard == resource.RLIM_INFINITY)
