@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 import structlog
 import structlog.typing
 
-from sfmd.protocol import MAX_MESSAGE_BYTES, is_tweet
+from sfmd.protocol import MAX_MESSAGE_BYTES, triage
 
 MANIFEST_NAME = "manifest.jsonl"
 PART_SUFFIX = ".part"
@@ -297,7 +297,7 @@ class _Lines:
         lines = whole.split(b"\n")
         lines.pop()
         self.messages += len(lines)
-        self.tweets += sum(1 for line in lines if is_tweet(line))
+        self.tweets += triage(lines)[0]
         self.bytes += len(whole)
         if self._sink is not None:
             self._sink(whole)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+from itertools import repeat
 from typing import Any
 
 #: A message larger than this with no delimiter in sight means a broken peer, not a big tweet.
@@ -58,6 +59,32 @@ def is_tweet(message: bytes) -> bool:
     return classify(message) is MessageKind.TWEET
 
 
+# Every v1.1 tweet starts with this key; checking it with C-level calls (map/startswith) costs
+# a tenth of a `classify` call per message. Anything else goes through `classify`.
+_TWEET_START = b'{"created_at":'
+
+
+def triage(messages: list[bytes]) -> tuple[int, list[tuple[MessageKind, bytes]]]:
+    """The number of tweets among `messages`, and every other message with its kind, in order.
+
+    Gives exactly what `classify` gives on each message, but a batch of tweets costs no
+    Python-level work per message: the hot path of a stream is nearly all tweets.
+    """
+    starts = sum(map(bytes.startswith, messages, repeat(_TWEET_START)))
+    if starts == len(messages):
+        return starts, []
+    tweets = starts
+    others: list[tuple[MessageKind, bytes]] = []
+    for message in messages:
+        if not message.startswith(_TWEET_START):
+            kind = classify(message)
+            if kind is MessageKind.TWEET:
+                tweets += 1
+            else:
+                others.append((kind, message))
+    return tweets, others
+
+
 def parse_notice(message: bytes) -> dict[str, Any]:
     """Decode a rare control message (limit, disconnect, warning) for logging; {} if malformed."""
     try:
@@ -94,34 +121,65 @@ class LineFramer:
 
     Messages end in CRLF; a bare LF is treated as an end too so that every stored line is
     exactly one message. Blank lines are keep-alives and are counted, not returned.
+
+    Speed: line ends are found with `bytes.find` (memchr), each message is copied once out of
+    the chunk, and only the first line of a chunk is joined with what the previous chunk left
+    over. (`bytes.split(b"\n")` scans byte by byte, several times slower on 4.8 KB lines.)
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE_BYTES) -> None:
-        self._tail = b""
+        self._tail: list[bytes] = []  # pieces of a message begun but not finished
+        self._pending = 0
         self._max = max_message
         self.keepalives = 0
 
     @property
     def pending(self) -> int:
         """Bytes of a message begun but not finished: what a cut would lose."""
-        return len(self._tail)
+        return self._pending
 
     def feed(self, data: bytes) -> list[bytes]:
-        if self._tail:
-            data = self._tail + data
-        parts = data.split(b"\n")
-        self._tail = parts.pop()
-        if len(self._tail) > self._max:
-            raise FramingError(f"a message grew past {self._max} bytes without a line end")
         out: list[bytes] = []
-        for part in parts:
-            if part.endswith(b"\r"):
-                part = part[:-1]
-            if part:
-                out.append(part)
+        find = data.find
+        nl = find(b"\n")
+        if nl < 0:
+            if data:
+                self._tail.append(data)
+                self._pending += len(data)
+                self._check_pending()
+            return out
+        append = out.append
+        pos = 0
+        if self._tail:  # finish the message the last chunk began
+            self._tail.append(data[:nl])
+            line = b"".join(self._tail)
+            self._tail = []
+            self._pending = 0
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if line:
+                append(line)
             else:
                 self.keepalives += 1
+            pos = nl + 1
+            nl = find(b"\n", pos)
+        while nl >= 0:
+            end = nl - 1 if nl > pos and data[nl - 1] == 13 else nl  # 13: "\r"
+            if end > pos:
+                append(data[pos:end])
+            else:
+                self.keepalives += 1
+            pos = nl + 1
+            nl = find(b"\n", pos)
+        if pos < len(data):
+            self._tail.append(data[pos:])
+            self._pending = len(data) - pos
+            self._check_pending()
         return out
+
+    def _check_pending(self) -> None:
+        if self._pending > self._max:
+            raise FramingError(f"a message grew past {self._max} bytes without a line end")
 
 
 class LengthFramer:

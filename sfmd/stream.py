@@ -28,9 +28,9 @@ from sfmd.protocol import (
     LengthFramer,
     LineFramer,
     MessageKind,
-    classify,
     disconnect_reason,
     parse_notice,
+    triage,
 )
 
 # Answers that no amount of retrying will fix: a person must act. They are still retried (at
@@ -297,17 +297,13 @@ class Stream:
                 messages = framer.feed(chunk)
                 if not messages:
                     continue
-                tweets = 0
-                size = len(messages)
-                for message in messages:
-                    kind = classify(message)
-                    if kind is MessageKind.TWEET:
-                        tweets += 1
-                    elif kind is not MessageKind.DELETE:
+                tweets, others = triage(messages)  # no per-message Python work for tweets
+                for kind, message in others:
+                    if kind is not MessageKind.DELETE:
                         notice = self._notice(kind, message)
                         if notice is not None:
                             disconnect = notice
-                    size += len(message)
+                size = sum(map(len, messages)) + len(messages)
                 await sink.write(messages, tweets)
                 status.messages += len(messages)
                 status.tweets += tweets

@@ -17,6 +17,7 @@ from sfmd.protocol import (
     disconnect_reason,
     is_tweet,
     parse_notice,
+    triage,
 )
 
 TWEET = json.dumps({"created_at": "Sat Nov 28 00:00:00 +0000 2026", "id": 2**62, "text": "é\r\n"})
@@ -143,3 +144,12 @@ def test_notices_and_disconnect_codes() -> None:
     assert "admin logout" in disconnect_reason(7)
     assert "unknown" in disconnect_reason(99)
     assert all(disconnect_reason(c) != disconnect_reason(99) for c in range(1, 13))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*MESSAGES[:-1], b'{"created_at":"x","id":1}', b"{}"]),
+                max_size=40))
+def test_triage_says_what_classify_says(messages: list[bytes]) -> None:
+    tweets, others = triage(messages)
+    assert tweets == sum(1 for m in messages if classify(m) is MessageKind.TWEET)
+    assert others == [(classify(m), m) for m in messages if classify(m) is not MessageKind.TWEET]
