@@ -51,6 +51,7 @@ from typing import Any, BinaryIO
 import structlog
 import structlog.typing
 
+from sfmd.durable import fsync_dir
 from sfmd.protocol import MAX_MESSAGE_BYTES, triage
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -178,15 +179,6 @@ def _next_free(directory: Path, name: FileName) -> FileName:
 # Small blocking helpers (run in worker threads).
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in `directory` survive a power loss."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _makedirs_durable(directory: Path) -> None:
     """mkdir -p, fsyncing each parent whose entries changed, so a new day's folder survives."""
     missing: list[Path] = []
@@ -197,7 +189,7 @@ def _makedirs_durable(directory: Path) -> None:
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -245,7 +237,7 @@ def append_manifest(manifest: Path, files: list[PublishedFile]) -> None:
     finally:
         os.close(fd)
     if size == 0:
-        _fsync_dir(manifest.parent)
+        fsync_dir(manifest.parent)
 
 
 def read_manifest(manifest: Path) -> list[dict[str, Any]]:
@@ -434,7 +426,7 @@ def _repair_gzip(part: Path, level: int) -> tuple[_Lines, str] | None:
         tmp.unlink()
         return None
     os.replace(tmp, part)
-    _fsync_dir(part.parent)
+    fsync_dir(part.parent)
     return lines, sha.hexdigest()
 
 
@@ -459,11 +451,11 @@ def recover_part(part: Path, data_dir: Path, compress_level: int) -> PublishedFi
     repaired = _repair_gzip(part, compress_level) if name.compress else _repair_plain(part)
     if repaired is None:
         part.unlink()
-        _fsync_dir(part.parent)
+        fsync_dir(part.parent)
         return None
     lines, sha = repaired
     final = _rename_final(part, name)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return PublishedFile(
         path=final,
         relpath=final.relative_to(data_dir).as_posix(),
@@ -613,7 +605,7 @@ class _PartFile:
         assert self._fd is not None
         os.fsync(self._fd)
         if not self._entry_synced:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             self._entry_synced = True
         self._synced_at = time.monotonic()
 
@@ -1035,7 +1027,7 @@ class Archive:
             self._orphans.append(part.path)  # complete and fsynced; only the rename is missing
             raise self._failure("publish", part.path, exc) from exc
         try:
-            await asyncio.to_thread(_fsync_dir, final.parent)
+            await asyncio.to_thread(fsync_dir, final.parent)
         except OSError as exc:  # published all the same; only a power loss could undo it
             self._log.error("fsync_failed", dir=str(final.parent), error=str(exc))
         published = PublishedFile(

@@ -18,17 +18,16 @@ Choices the contract leaves open:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import re
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from sfmd.durable import write_atomically
 
 FILE_NAME = "streams.json"
 FORMAT_VERSION = 1
@@ -754,28 +753,3 @@ def _parse(path: Path, raw: bytes, credentials: Collection[str] | None) -> dict[
             raise RegistryError(f"registry {path}: {label} repeats the name; {fix}")
         streams[spec.name] = spec
     return streams
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` so a crash at any moment leaves the old file or the new one, never a mix.
-
-    If syncing the folder fails, the error propagates although the new file may already be in
-    place: the caller keeps its old state, and its next write puts the whole state down again.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)

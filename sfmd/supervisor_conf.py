@@ -17,9 +17,10 @@ import os
 import pwd
 import re
 import shlex
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from sfmd.durable import fsync_dir, write_atomically
 
 #: The first line of every conf sfmd writes; a file without it is never touched.
 MARKER = "; managed by sfmd: do not edit"
@@ -204,19 +205,7 @@ def write_conf(path: Path, text: str) -> bool:
                 f"{path} exists and was not written by sfmd (no marker line): "
                 "rename that program or change [supervisor] program_prefix"
             )
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, text.encode("ascii"), temp_prefix=_temp_prefix(path), mode=0o644)
     return True
 
 
@@ -226,7 +215,7 @@ def remove_conf(path: Path) -> bool:
         return False
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
     return False
 
@@ -285,11 +274,3 @@ def check_host(user: str, log_dir: Path) -> None:
             "refuse the conf (and with it every program's reload)"
         ) from None
     log_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
