@@ -50,13 +50,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchlib import append_section, cpu_seconds, pinned
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,13 +87,8 @@ class BenchError(Exception):
 
 # --------------------------------------------------------------------------- process facts
 
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+sys of a live process, all threads (from /proc, 1/CLK_TCK resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -109,10 +105,6 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def pinned(core: int | None) -> Callable[[], None] | None:
-    if core is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {core})
 
 
 def start_profile(
@@ -819,11 +811,7 @@ def append_doc(doc: Path, facts: dict[str, str], body: str, args: argparse.Names
         body,
         "",
     ]
-    if not doc.exists():
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text("# Benchmarks\n")
-    with doc.open("a") as f:
-        f.write("\n".join(lines))
+    append_section(doc, lines)
 
 
 # --------------------------------------------------------------------------- main

@@ -49,6 +49,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from benchlib import append_section, cpu_seconds, cpu_times, pinned  # noqa: E402
+
 from sfmd import oauth  # noqa: E402
 from sfmd.credentials import load_credentials  # noqa: E402
 from sfmd.registry import Registry, validate_stream  # noqa: E402
@@ -109,17 +111,10 @@ class Summary:
 
 # --------------------------------------------------------------------------- process facts
 
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, sys) seconds of a live process, all threads (from /proc, 1/CLK_TCK resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_times(pid))
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -163,10 +158,6 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT)
         time.sleep(POLL)
 
 
-def pinned(core: int | None) -> Callable[[], None] | None:
-    if core is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {core})
 
 
 # --------------------------------------------------------------------------- the fake API
@@ -663,11 +654,7 @@ def append_doc(doc: Path, title: str, facts: dict[str, str], body: str, args: An
         body,
         "",
     ]
-    if not doc.exists():
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text("# Benchmarks\n")
-    with doc.open("a") as f:
-        f.write("\n".join(lines))
+    append_section(doc, lines)
 
 
 # --------------------------------------------------------------------------- main
