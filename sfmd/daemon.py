@@ -282,7 +282,9 @@ class Daemon:
                 )
             registry.check_credential_free(spec)
             spec = await self._resolve_people(spec)
-            registry.add(spec)
+            # Written (and fsynced) in a thread: the loop keeps serving streams and readers,
+            # who see the old registry or the new one, never a half (the lock orders writers).
+            await asyncio.to_thread(registry.add, spec)
             self.last_status.pop(spec.name, None)
             await self._reconcile()
             return spec
@@ -296,7 +298,7 @@ class Daemon:
             if new.people != old.people:
                 new = await self._resolve_people(new)
             if new != old:
-                registry.replace(new)
+                await asyncio.to_thread(registry.replace, new)
                 await self._reconcile()
             return new
 
@@ -306,7 +308,7 @@ class Daemon:
     async def delete(self, name: str) -> None:
         async with self._lock:
             self.spec(name)  # 404 before anything changes
-            self._registry().remove(name)
+            await asyncio.to_thread(self._registry().remove, name)
             await self._reconcile()
             self.last_status.pop(name, None)
             self._crashes.pop(name, None)

@@ -1,0 +1,33 @@
+"""Metrics are read from the streams' counters at scrape time, and rendered at most once per
+max_age so a busy scraper cannot eat the event loop."""
+
+from __future__ import annotations
+
+import time
+
+from sfmd.metrics import Metrics, StreamSample
+
+
+def sample(messages: int) -> StreamSample:
+    return StreamSample("s1", "streaming", messages, messages, 10 * messages, 0, 7, 2)
+
+
+def test_counters_render_as_prometheus_text() -> None:
+    text = Metrics(lambda: [sample(5)], time.monotonic()).render().decode()
+    assert 'sfmd_stream_messages_total{stream="s1"} 5.0' in text
+    assert 'sfmd_stream_state{state="streaming",stream="s1"} 1.0' in text
+    assert 'sfmd_stream_state{state="backoff",stream="s1"} 0.0' in text
+    assert 'sfmd_stream_limit_undelivered{stream="s1"} 7.0' in text
+    assert 'sfmd_stream_files_published_total{stream="s1"} 2.0' in text
+
+
+def test_a_page_is_reused_within_max_age_and_fresh_after() -> None:
+    counter = {"n": 1}
+    cached = Metrics(lambda: [sample(counter["n"])], time.monotonic(), max_age=3600)
+    first = cached.render()
+    counter["n"] = 2
+    assert cached.render() == first
+    fresh = Metrics(lambda: [sample(counter["n"])], time.monotonic(), max_age=0)
+    assert b'messages_total{stream="s1"} 2.0' in fresh.render()
+    counter["n"] = 3
+    assert b'messages_total{stream="s1"} 3.0' in fresh.render()
