@@ -202,20 +202,23 @@ def _save_interval(value: Any, base: Path) -> int:
     return seconds
 
 
-def _seconds(value: Any, base: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad("must be a positive number (seconds)")
-    if not math.isfinite(value) or value <= 0:
-        raise _Bad("must be a positive number (seconds)")
-    return float(value)
+def _duration(*, allow_zero: bool) -> Parser:
+    rule = "must be a number of seconds, 0 or more" if allow_zero else (
+        "must be a positive number (seconds)"
+    )
+
+    def parse(value: Any, base: Path) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Bad(rule)
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise _Bad(rule)
+        return float(value)
+
+    return parse
 
 
-def _seconds_or_zero(value: Any, base: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad("must be a number of seconds, 0 or more")
-    if not math.isfinite(value) or value < 0:
-        raise _Bad("must be a number of seconds, 0 or more")
-    return float(value)
+_seconds = _duration(allow_zero=False)
+_seconds_or_zero = _duration(allow_zero=True)
 
 
 def _shutdown_timeout(value: Any, base: Path) -> float:

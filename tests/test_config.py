@@ -226,6 +226,10 @@ BAD_VALUES = [
     ("timing", "tcp_backoff_step", "-0.25", "positive number"),
     ("timing", "connect_timeout", "0", "positive number"),
     ("timing", "flush_interval", "-1.0", "positive number"),
+    ("timing", "start_jitter", "-1", "0 or more"),
+    ("timing", "start_jitter", "true", "0 or more"),
+    ("timing", "reconcile_interval", "0", "positive number"),
+    ("timing", "status_interval", "-2", "positive number"),
     ("timing", "shutdown_timeout", "10", "under 10 seconds"),
     ("timing", "shutdown_timeout", "0", "positive number"),
     ("daemon", "save_interval", "7", "divide 86400"),
@@ -334,3 +338,8 @@ def test_boundary_values_are_accepted(
 def test_timings_are_floats_even_when_written_as_integers(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[timing]\nstall_timeout = 2\n"))
     assert isinstance(config.timing.stall_timeout, float)
+
+
+def test_start_jitter_may_be_zero(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[timing]\nstart_jitter = 0\n"))
+    assert config.timing.start_jitter == 0.0
