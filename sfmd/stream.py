@@ -94,7 +94,6 @@ class StreamStatus:
     reconnects: int = 0
     last_error: str | None = None
     limit_undelivered: int = 0  # undelivered tweets Twitter reported in limit notices
-    next_attempt_in: float | None = None
 
     def to_dict(self, current_file: str | None) -> dict[str, Any]:
         return {
@@ -140,6 +139,7 @@ class Stream:
         self.backoff = Backoff(self.timing.backoff)
         self.log = get_logger(stream=target.name)
         self._connections = 0
+        self._healthy = False  # this connection delivered a message: backoff may reset
         self._task: asyncio.Task[None] | None = None
         self._response: aiohttp.ClientResponse | None = None
         self._stopping = False
@@ -228,7 +228,6 @@ class Stream:
         if ended.reset_ok and self._healthy:
             self.backoff.reset()
         wait = self.backoff.failure(ended.kind)
-        self.status.next_attempt_in = wait
         self.log.warning(
             "disconnected", reason=ended.reason, failure=ended.kind.value, wait=round(wait, 3)
         )
@@ -360,12 +359,8 @@ class Stream:
 
     # -- status ----------------------------------------------------------------------------
 
-    _healthy = False
-
     def _set_state(self, state: State, *, reason: str, error: str | None = None) -> None:
         """Move to `state` and log why; `last_error` keeps the latest failure until replaced."""
-        if state is not State.BACKOFF:
-            self.status.next_attempt_in = None
         changed = state is not self.status.state
         self.status.state = state
         if error is not None:
