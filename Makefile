@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sfmd tests bench
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/ingest.py
 
 clean:
