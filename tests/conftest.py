@@ -31,12 +31,14 @@ consumer_key = "ck-alpha-SECRET"
 consumer_secret = "cs-alpha-SECRET"
 access_token = "at-alpha-SECRET"
 access_token_secret = "ats-alpha-SECRET"
+bearer_token = "bt-alpha-SECRET"
 
 [beta]
 consumer_key = "ck-beta-SECRET"
 consumer_secret = "cs-beta-SECRET"
 access_token = "at-beta-SECRET"
 access_token_secret = "ats-beta-SECRET"
+bearer_token = "bt-beta-SECRET"
 """
 
 # Short versions of Twitter's timings, so fault tests run in seconds.
