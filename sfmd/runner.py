@@ -95,6 +95,7 @@ class StreamRunner:
             save_interval=config.daemon.save_interval,
             compress=config.daemon.compress,
             compress_level=config.daemon.compress_level,
+            compress_window=config.daemon.compress_window,
             flush_interval=config.timing.flush_interval,
             log=self.log,
         )

@@ -25,6 +25,7 @@ from sfmd import archive as archive_module
 from sfmd.archive import (
     Archive,
     ArchiveError,
+    Deflate,
     FileName,
     PublishedFile,
     interval_start,
@@ -442,7 +443,7 @@ def test_torn_gzip_at_every_offset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(cuts) > 150
     for cut in cuts:
         part = leftover(tmp_path, start, data[:cut], compress=True)
-        result = recover_part(part, tmp_path, 6)
+        result = recover_part(part, tmp_path, Deflate(6))
         assert not part.exists()
         must_have = sum(1 for end in flushed if end <= cut)  # lines fully flushed before the cut
         if result is None:
@@ -469,7 +470,7 @@ def test_damaged_leftovers_keep_what_came_before_the_damage(tmp_path: Path) -> N
     }
     for n, (torn, compress, expect) in enumerate(cases.values()):
         part = leftover(tmp_path, 1_600_000_000 + 3600 * n, torn, compress)
-        result = recover_part(part, tmp_path, 1)
+        result = recover_part(part, tmp_path, Deflate(1))
         assert result is not None
         got = content(result.path)
         if expect is None:  # plain: everything before the first NUL, to the last line end
@@ -702,3 +703,21 @@ def test_published_file_times_are_utc() -> None:
     moment = datetime(2024, 5, 1, 12, 15, tzinfo=UTC)
     line = PublishedFile(Path("x"), "x", moment, moment, 0, 0, 0, "").manifest_line()
     assert json.loads(line)["start"] == "2024-05-01T12:15:00.000Z"
+
+
+def test_compress_window_reaches_the_compressor(tmp_path: Path) -> None:
+    """Repeats 8 KiB apart are found by a 32 KiB window and missed by a 1 KiB one."""
+    block = os.urandom(4096).hex().encode() + b"\n"  # 8 KiB, incompressible within itself
+    sizes = {}
+    for bits in (10, 15):
+        compressor = Deflate(6, bits).compressor()
+        data = compressor.compress(block * 20) + compressor.flush()
+        assert gzip.decompress(data) == block * 20
+        sizes[bits] = len(data)
+    assert sizes[15] * 5 < sizes[10]
+
+
+@pytest.mark.parametrize(("level", "bits"), [(0, 12), (10, 12), (6, 9), (6, 16)])
+def test_deflate_refuses_out_of_range(level: int, bits: int) -> None:
+    with pytest.raises(ValueError, match="between"):
+        Deflate(level, bits)
