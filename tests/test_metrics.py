@@ -3,6 +3,7 @@ max_age so a busy scraper cannot eat the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from sfmd.metrics import Metrics, StreamSample
@@ -31,3 +32,17 @@ def test_a_page_is_reused_within_max_age_and_fresh_after() -> None:
     assert b'messages_total{stream="s1"} 2.0' in fresh.render()
     counter["n"] = 3
     assert b'messages_total{stream="s1"} 3.0' in fresh.render()
+
+
+async def test_page_renders_off_the_loop_and_is_shared() -> None:
+    calls = {"n": 0}
+
+    def samples() -> list[StreamSample]:
+        calls["n"] += 1
+        return [sample(calls["n"])]
+
+    metrics = Metrics(samples, time.monotonic(), max_age=3600)
+    pages = await asyncio.gather(*(metrics.page() for _ in range(5)))
+    assert calls["n"] == 1
+    assert all(page == pages[0] for page in pages)
+    assert b'messages_total{stream="s1"} 1.0' in pages[0]
