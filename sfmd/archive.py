@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -43,10 +45,11 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import structlog
 import structlog.typing
@@ -85,6 +88,21 @@ class Deflate:
     def compressor(self) -> zlib._Compress:
         mem_level = max(1, min(8, self.window_bits - 8))
         return zlib.compressobj(self.level, zlib.DEFLATED, 16 + self.window_bits, mem_level)
+
+
+#: Archive I/O has threads of its own. At a rotation boundary every stream publishes at once
+#: (finish, fsync, rename); on the loop's default pool that queue would delay everything else
+#: the daemon does in threads, registry writes behind API answers included.
+_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="archive")
+
+_T = TypeVar("_T")
+
+
+async def _io(func: Callable[..., _T], *args: Any) -> _T:
+    """`asyncio.to_thread`, on the archive's own pool."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, func, *args)
+    return await loop.run_in_executor(_POOL, call)
 
 
 class ArchiveError(Exception):
@@ -792,19 +810,19 @@ class Archive:
 
     async def _open(self) -> list[PublishedFile]:
         try:
-            self._lock_fd, lock_error = await asyncio.to_thread(_lock_directory, self.stream_dir)
+            self._lock_fd, lock_error = await _io(_lock_directory, self.stream_dir)
             if lock_error is not None:
                 self._log.warning(
                     "archive_unlocked", dir=str(self.stream_dir), error=str(lock_error)
                 )
-            parts, unknown = await asyncio.to_thread(_leftovers, self.stream_dir, self.name)
+            parts, unknown = await _io(_leftovers, self.stream_dir, self.name)
         except OSError as exc:
             raise self._failure("open", self.stream_dir, exc) from exc
         for path in unknown:
             self._log.warning("unknown_leftover", file=self._rel(path))
         recovered = [f for part in parts if (f := await self._recover(part)) is not None]
         try:
-            missing = await asyncio.to_thread(
+            missing = await _io(
                 _unrecorded, self.data_dir, self.stream_dir, self.name
             )
         except OSError as exc:
@@ -1003,7 +1021,7 @@ class Archive:
         part = self._part
         assert part is not None
         try:
-            await asyncio.to_thread(self._append, part, segment)
+            await _io(self._append, part, segment)
         except OSError as exc:
             await self._abandon(part)
             raise self._failure("write", part.path, exc) from exc
@@ -1014,7 +1032,7 @@ class Archive:
 
     async def _open_part(self, start: int) -> None:
         try:
-            part = await asyncio.to_thread(
+            part = await _io(
                 _PartFile.create,
                 self.stream_dir,
                 self.name,
@@ -1031,26 +1049,26 @@ class Archive:
     async def _abandon(self, part: _PartFile) -> None:
         self._part = None
         self.current_file = None
-        if await asyncio.to_thread(part.abandon):
+        if await _io(part.abandon):
             self._orphans.append(part.path)
 
     async def _publish(self, end: float) -> PublishedFile:
         part = self._part
         assert part is not None
         try:
-            await asyncio.to_thread(part.finish)
+            await _io(part.finish)
         except OSError as exc:
             await self._abandon(part)
             raise self._failure("complete", part.path, exc) from exc
         self._part = None
         self.current_file = None
         try:
-            final = await asyncio.to_thread(_rename_final, part.path, part.name)
+            final = await _io(_rename_final, part.path, part.name)
         except OSError as exc:
             self._orphans.append(part.path)  # complete and fsynced; only the rename is missing
             raise self._failure("publish", part.path, exc) from exc
         try:
-            await asyncio.to_thread(fsync_dir, final.parent)
+            await _io(fsync_dir, final.parent)
         except OSError as exc:  # published all the same; only a power loss could undo it
             self._log.error("fsync_failed", dir=str(final.parent), error=str(exc))
         published = PublishedFile(
@@ -1097,7 +1115,7 @@ class Archive:
 
     async def _recover(self, part: Path) -> PublishedFile | None:
         try:
-            published = await asyncio.to_thread(recover_part, part, self.data_dir, self._deflate)
+            published = await _io(recover_part, part, self.data_dir, self._deflate)
         except OSError as exc:
             self._log.error("recovery_failed", file=self._rel(part), error=str(exc))
             gone = isinstance(exc, FileNotFoundError)  # already published, or removed by hand
@@ -1120,7 +1138,7 @@ class Archive:
         self._unrecorded.extend(files)
         if self._unrecorded:
             try:
-                await asyncio.to_thread(append_manifest, self.manifest, list(self._unrecorded))
+                await _io(append_manifest, self.manifest, list(self._unrecorded))
             except OSError as exc:
                 self._log.error(
                     "manifest_write_failed",

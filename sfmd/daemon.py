@@ -163,7 +163,10 @@ class Daemon:
             if spec is None:
                 await self._stop_runner(name, "stopped in the registry")
             elif spec.connection_key() != runner.spec.connection_key():
-                await self._stop_runner(name, "its connection settings changed")
+                if runner.can_retarget(spec):
+                    await self._retarget_runner(runner, spec)
+                else:
+                    await self._stop_runner(name, "its credential or endpoint changed")
             else:
                 runner.spec = spec  # a change Twitter never sees: no reconnect
         for name in list(self.failed):
@@ -217,6 +220,17 @@ class Daemon:
         self.failed.pop(spec.name, None)
         self.runners[spec.name] = runner
         get_logger(stream=spec.name).info("stream_state", state="started", delay=round(delay, 3))
+        self._watch(runner)
+
+    async def _retarget_runner(self, runner: StreamRunner, spec: StreamSpec) -> None:
+        get_logger(stream=spec.name).info(
+            "stream_state", state="reconnecting", reason="its filter settings changed"
+        )
+        await runner.retarget(spec)
+        self._watch(runner)
+
+    def _watch(self, runner: StreamRunner) -> None:
+        """Hear about the runner's task ending by itself (a bug): `_task_ended` restarts it."""
         task = runner.task
         if task is not None:
             task.add_done_callback(lambda t, r=runner: self._task_ended(r, t))

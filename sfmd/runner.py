@@ -130,6 +130,17 @@ class StreamRunner:
             self.lock.release()
         self.log.info("stream_stopped", messages=self.stream.status.messages)
 
+    def can_retarget(self, spec: StreamSpec) -> bool:
+        """A new filter on the same credential needs a new connection, not a new archive."""
+        return spec.credential == self.spec.credential and spec.endpoint == self.spec.endpoint
+
+    async def retarget(self, spec: StreamSpec) -> None:
+        """Reconnect with `spec`'s parameters; the open file and the credential lock stay."""
+        credential = self.stream.target.credential
+        target = StreamTarget(spec.name, spec.endpoint, spec.wire_params(), credential)
+        await self.stream.retarget(target, grace=self.config.timing.shutdown_timeout / 2)
+        self.spec = spec
+
     @property
     def task(self) -> asyncio.Task[None] | None:
         return self.stream.task

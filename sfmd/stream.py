@@ -187,6 +187,16 @@ class Stream:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    async def retarget(self, target: StreamTarget, grace: float = 5.0) -> None:
+        """Reconnect at once with new settings, keeping the counters and the sink open.
+
+        The old connection ends as in `stop` (what was read is handed over first), so a
+        filter change costs one reconnect and no file: the archive never notices.
+        """
+        await self.stop(grace)
+        self.target = target
+        self.start()
+
     # -- the main loop -----------------------------------------------------------------
 
     async def run(self, delay: float = 0.0) -> None:

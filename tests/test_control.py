@@ -99,7 +99,11 @@ async def test_a_stream_s_whole_life_through_the_api(
         "POST", "PATCH", "PATCH", "PATCH", "POST", "POST", "DELETE"]
     assert all(isinstance(c["uid"], int) for c in changes)
     states = [x for x in log_lines if x["event"] == "stream_state"]
-    assert any(x.get("reason") == "its connection settings changed" for x in states)
+    assert any(x.get("reason") == "its filter settings changed" for x in states)
+    # The track change reconnected without stopping the runner (its open file stayed open):
+    # only the stop and the delete closed an archive.
+    stops = [x["reason"] for x in states if x.get("state") == "stopping"]
+    assert stops == ["stopped in the registry", "stopped in the registry"]
 
 
 async def test_people_are_resolved_and_unknown_names_reported(
