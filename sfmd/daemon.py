@@ -362,11 +362,7 @@ class Daemon:
 
     def view(self, spec: StreamSpec) -> dict[str, Any]:
         """A STREAM as the API returns it: settings, what sfmd derived, and status."""
-        return {
-            **spec.to_record(),
-            "people_unresolved": spec.people_unresolved,
-            "status": self.status_of(spec.name),
-        }
+        return {**spec.view(), "status": self.status_of(spec.name)}
 
     def status_of(self, name: str) -> dict[str, Any]:
         spec = self._registry().get(name) if name in self._registry() else None

@@ -19,6 +19,7 @@ Choices the contract leaves open:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Collection, Mapping
@@ -486,6 +487,18 @@ class StreamSpec:
     def to_record(self) -> dict[str, Any]:
         """The settings plus what sfmd derived (people_ids): the registry file and API answers."""
         return {**self.to_dict(), "people_ids": dict(self.people_ids)}
+
+    def view(self) -> dict[str, Any]:
+        """The record plus `people_unresolved`: the settings part of the API's STREAM.
+
+        Built once per spec (a spec never changes) because GET /streams shows every stream:
+        the nested lists are shared between calls, so callers must not change them.
+        """
+        return dict(self._view)
+
+    @functools.cached_property
+    def _view(self) -> dict[str, Any]:
+        return {**self.to_record(), "people_unresolved": self.people_unresolved}
 
     def wire_params(self) -> dict[str, str]:
         """The v1.1 request parameters; `people` is resolved to follow ids by the stream."""
