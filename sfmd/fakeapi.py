@@ -1,4 +1,8 @@
-"""A simulated Twitter v1.1 streaming API on loopback, for tests, demos and benchmarks.
+"""A simulated Twitter streaming API on loopback, for tests, demos and benchmarks.
+
+This module is the server and its v1.1 half; `fakeapi_v2` mounts the API v2 paths (bearer
+auth, filtered-stream rules, the filtered and sample streams) on the same server, with the
+same settings, sequence numbers, fault script and log.
 
 It speaks the real wire protocol (OAuth 1.0a, chunked bodies, `\\r\\n` framing or
 `delimited=length`, keep-alives, notices, the one-connection-per-credential rule) so the
@@ -28,7 +32,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -38,13 +41,26 @@ from oauthlib.common import safe_string_equals
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 
 from sfmd.credentials import Credential, CredentialsError, load_credentials
+from sfmd.fakeapi_common import (
+    TRIGGERS,
+    ConnectionRecord,
+    FakeAPIError,
+    Pacer,
+    Settings,
+    StreamHandle,
+    abort_when_flushed,
+    block_count,
+    check_fault,
+    dumps,
+    fault_matches,
+    reason_phrase,
+)
+from sfmd.fakeapi_v2 import API_PATHS, V2API
 
 #: The first sequence number: ids above 2^53 catch clients that parse ids as floats.
 FIRST_SEQ = 1_500_000_000_000_000_000
 #: Hosts a client may have signed for instead of ours (twarc signs for the real host).
 TWITTER_HOSTS = ("stream.twitter.com", "api.twitter.com")
-#: Bytes per body write when streaming flat out: big writes keep the server off the profile.
-BLOCK_BYTES = 256 * 1024
 
 MAX_TRACK = 400
 MAX_TRACK_BYTES = 60
@@ -72,12 +88,6 @@ STREAM_PATHS = {
 }
 LOOKUP_PATH = "/1.1/users/lookup.json"
 
-_TRIGGERS = ("cut_after", "stall_after", "disconnect_after", "oversized_after", "malformed_after")
-_FAULT_KEYS = frozenset(
-    {*_TRIGGERS, "status", "body", "headers", "code", "size", "delay", "endpoint"}
-)
-_ENDPOINTS = frozenset({"stream", "filter", "sample", "users/lookup"})
-
 _UNAUTHORIZED_HTML = (
     '<html>\n<head>\n<meta http-equiv="Content-Type" content="text/html; charset=utf-8"/>\n'
     "<title>Error 401 Unauthorized</title>\n</head>\n<body>\n<h2>HTTP ERROR: 401</h2>\n"
@@ -85,137 +95,25 @@ _UNAUTHORIZED_HTML = (
 )
 
 
-class FakeAPIError(ValueError):
-    """A fault script or setting is malformed; the message names the key."""
-
-
-# --------------------------------------------------------------------------- settings, faults
-
-
-@dataclass
-class Settings:
-    """What every connection reads on each step, so `configure` takes effect at once."""
-
-    message_size: int = 4800
-    rate: float = 0.0
-    total: int | None = None
-    keepalive_interval: float = 30.0
-    delete_every: int = 0
-    limit_every: int = 0
-    record_bytes: bool = False
-
-    def updated(self, changes: dict[str, Any]) -> Settings:
-        """A checked copy with `changes` applied; a bad key or value raises FakeAPIError."""
-        new = dataclasses.replace(self)
-        names = {f.name for f in dataclasses.fields(self)}
-        for key, value in changes.items():
-            if key not in names:
-                raise FakeAPIError(f"unknown setting {key!r}; known: {', '.join(sorted(names))}")
-            setattr(new, key, _check_setting(key, value))
-        return new
-
-
-def _check_setting(key: str, value: Any) -> Any:
-    if key == "record_bytes":
-        if not isinstance(value, bool):
-            raise FakeAPIError("record_bytes must be true or false")
-        return value
-    if key == "total" and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FakeAPIError(f"{key} must be a number")
-    if key in ("message_size", "total", "delete_every", "limit_every"):
-        if value != int(value) or value < 0:
-            raise FakeAPIError(f"{key} must be a whole number >= 0")
-        return int(value)
-    if key == "keepalive_interval" and value <= 0:
-        raise FakeAPIError("keepalive_interval must be > 0")
-    if value < 0:
-        raise FakeAPIError(f"{key} must be >= 0")
-    return float(value)
-
-
-def check_fault(fault: Any) -> dict[str, Any]:
-    """Refuse typos in a fault script early: a silently ignored fault makes a test lie."""
-    if not isinstance(fault, dict):
-        raise FakeAPIError(f"a fault must be a JSON object, not {type(fault).__name__}")
-    unknown = sorted(set(fault) - _FAULT_KEYS)
-    if unknown:
-        raise FakeAPIError(f"unknown fault key(s) {', '.join(unknown)}")
-    triggers = [k for k in _TRIGGERS if k in fault]
-    if len(triggers) + ("status" in fault) > 1:
-        raise FakeAPIError("a fault takes at most one of status, " + ", ".join(_TRIGGERS))
-    for key in (*_TRIGGERS, "status", "code", "size"):
-        if key in fault and (
-            not isinstance(fault[key], int) or isinstance(fault[key], bool) or fault[key] < 0
-        ):
-            raise FakeAPIError(f"fault {key} must be a whole number >= 0")
-    if "status" in fault and not 100 <= fault["status"] <= 599:
-        raise FakeAPIError("fault status must be an HTTP status code")
-    if "delay" in fault and (not isinstance(fault["delay"], int | float) or fault["delay"] < 0):
-        raise FakeAPIError("fault delay must be a number of seconds >= 0")
-    if "body" in fault and not isinstance(fault["body"], str):
-        raise FakeAPIError("fault body must be a string")
-    if "headers" in fault and not (
-        isinstance(fault["headers"], dict)
-        and all(isinstance(v, str) for v in fault["headers"].values())
-    ):
-        raise FakeAPIError("fault headers must be an object of strings")
-    if fault.get("endpoint", "stream") not in _ENDPOINTS:
-        raise FakeAPIError(f"fault endpoint must be one of {', '.join(sorted(_ENDPOINTS))}")
-    return dict(fault)
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass
-class ConnectionRecord:
-    """One connection attempt, as a test wants to see it afterwards."""
-
-    conn: int
-    method: str
-    path: str
-    endpoint: str
-    params: dict[str, str] = field(default_factory=dict)
-    credential: str | None = None
-    auth_ok: bool = False
-    signed_host: str | None = None
-    status: int | None = None
-    fault: dict[str, Any] | None = None
-    opened: float = 0.0
-    closed: float | None = None
-    first_byte: float | None = None
-    sent_count: int = 0
-    sent_seqs: list[list[int]] = field(default_factory=list)
-    partial_seq: int | None = None
-    close_reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def add_seqs(self, first: int, last: int) -> None:
-        """Merge consecutive runs so a flat-out stream stays a handful of ranges."""
-        if self.sent_seqs and self.sent_seqs[-1][1] + 1 == first:
-            self.sent_seqs[-1][1] = last
-        else:
-            self.sent_seqs.append([first, last])
+# --------------------------------------------------------------------------- messages
 
 
 def seq_of(message: bytes) -> int:
-    """The sequence number of a message this server sent: a notice's `seq`, else the tweet id."""
+    """The sequence number of a message this server sent: a notice's `seq`, else the tweet id.
+
+    A v2 tweet's id is a string (`"data":{"id":"..."`); the first `"id":` is still its id."""
     for key in (b'"seq":', b'"id":'):
         start = message.find(key)
         if start >= 0:
             start += len(key)
+            if message[start : start + 1] == b'"':
+                start += 1
             end = start
             while end < len(message) and message[end : end + 1].isdigit():
                 end += 1
             return int(message[start:end])
     raise ValueError("no sequence number in message")
 
-
-# --------------------------------------------------------------------------- messages
 
 _ID_MARK = 9_999_999_999_999_999_901  # 19 digits like every real id we hand out
 _ID_DIGITS = len(str(_ID_MARK))
@@ -285,14 +183,10 @@ def _tweet_json(id_value: int, size: int, now: float) -> bytes:
         "lang": "en",
         "timestamp_ms": str(int(now * 1000)),
     }
-    pad = size - len(_dumps(obj))
+    pad = size - len(dumps(obj))
     if pad > 0:
         obj["extended_tweet"]["full_text"] = (_FILLER * (pad // len(_FILLER) + 1))[:pad]
-    return _dumps(obj)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return dumps(obj)
 
 
 def _frame(message: bytes, delimited: bool) -> bytes:
@@ -372,7 +266,7 @@ class MessageFactory:
             },
             "seq": seq,
         }
-        return _dumps(body)
+        return dumps(body)
 
     @staticmethod
     def malformed(seq: int) -> bytes:
@@ -415,10 +309,6 @@ class MessageFactory:
                 messages.append(shape.head + digits + shape.mid + digits + shape.tail)
         data = b"".join(_frame(m, delimited) for m in messages)
         return data, messages if settings.record_bytes else None
-
-
-def block_count(message_size: int) -> int:
-    return max(1, BLOCK_BYTES // max(1, message_size + 8))
 
 
 # --------------------------------------------------------------------------- OAuth
@@ -490,33 +380,6 @@ def user_id_for(screen_name: str) -> int:
 # --------------------------------------------------------------------------- the server
 
 
-class _Stream:
-    """One open request on a stream endpoint: the handle `stop`, `reset` and rivals use."""
-
-    def __init__(self, record: ConnectionRecord) -> None:
-        self.record = record
-        self.task = asyncio.current_task()
-        self.wake = asyncio.Event()
-        self.stop_reason: str | None = None
-        self.done = asyncio.Event()
-
-    def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self.wake.set()
-
-    async def sleep_until(self, deadline: float | None) -> None:
-        """Sleep to `deadline` (loop time; None = forever) unless woken first."""
-        loop = asyncio.get_running_loop()
-        if deadline is not None and deadline <= loop.time():
-            await asyncio.sleep(0)  # still yield: a caller's loop must never starve the others
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                await self.wake.wait()
-        self.wake.clear()
-
-
 class FakeAPI:
     """The simulated API. `start()` binds; `log`, `sent_messages` and `wait_for` observe it."""
 
@@ -556,25 +419,33 @@ class FakeAPI:
         self.log: list[ConnectionRecord] = []
         self._faults: list[dict[str, Any]] = []
         self._recorded: dict[int, list[bytes]] = {}
-        self._streams: set[_Stream] = set()
-        self._holders: dict[str, _Stream] = {}
+        self._streams: set[StreamHandle] = set()
+        self._holders: dict[str, StreamHandle] = {}
         self._next_seq = FIRST_SEQ
         self._factory = MessageFactory()
         self._changed: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.v2 = V2API(self, credentials)
 
     # ---- lifecycle
 
     @property
     def stream_url(self) -> str:
+        """What `[twitter] stream_url` (and `rest_url`) point at: the v1.1 API."""
         return self.url + "/1.1"
+
+    @property
+    def api_url(self) -> str:
+        """What `[twitter] api_url` points at: the v2 paths start with /2/ under it."""
+        return self.url
 
     async def start(self) -> None:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         for path in (*STREAM_PATHS, LOOKUP_PATH):
             app.router.add_route("GET", path, self._handle)
             app.router.add_route("POST", path, self._handle)
+        self.v2.add_routes(app, self._handle)
         app.router.add_post("/_fake/script", self._control_script)
         app.router.add_post("/_fake/configure", self._control_configure)
         app.router.add_get("/_fake/log", self._control_log)
@@ -628,7 +499,8 @@ class FakeAPI:
         """Queue behaviours; each connection attempt on a matching endpoint takes the first.
 
         A fault's optional "endpoint" ("stream" by default, meaning filter or sample; or
-        "filter", "sample", "users/lookup") says which attempts may take it.
+        "filter", "sample", "users/lookup"; for v2 "v2/stream", meaning v2/filter or
+        v2/sample, or "v2/filter", "v2/sample", "v2/rules") says which attempts may take it.
         """
         self._faults.extend(check_fault(f) for f in faults)
 
@@ -644,16 +516,27 @@ class FakeAPI:
 
     def sent_messages(self, conn: int) -> list[bytes]:
         """The messages fully sent on connection `conn`, without framing, if recording was on."""
-        return list(self._recorded.get(conn, []))
+        if conn in self._recorded:
+            return list(self._recorded[conn])
+        return [message for message, _ in self.v2.sent(conn)]
+
+    def v2_sent(self, conn: int) -> list[tuple[bytes, list[str]]]:
+        """Each message fully sent on v2 connection `conn` with the rule ids it matched."""
+        return self.v2.sent(conn)
+
+    def rules(self, credential: str) -> list[dict[str, str]]:
+        """The v2 rules of a credential's app (`app-N` when serving without credentials)."""
+        return self.v2.rules(credential)
 
     async def reset(self) -> None:
-        """Close every stream, forget the log, the script and recordings; restore settings."""
+        """Close every stream; forget the log, script, recordings and rules; restore settings."""
         await self._close_streams("reset")
         self._faults.clear()
         self.log.clear()
         self._recorded.clear()
+        self.v2.reset()
         self.settings = self._initial
-        self._notify()
+        self.notify()
 
     async def wait_for(
         self,
@@ -667,17 +550,18 @@ class FakeAPI:
                     self._changed = asyncio.Event()
                 await self._changed.wait()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Wake `wait_for` callers: the log, a recording or the rules changed."""
         if self._changed is not None:
             self._changed.set()
             self._changed = None
 
     # ---- request handling
 
-    def _take_fault(self, endpoint: str) -> dict[str, Any] | None:
+    def take_fault(self, endpoint: str) -> dict[str, Any] | None:
+        """The first scripted fault for an attempt on `endpoint`, removed from the script."""
         for i, fault in enumerate(self._faults):
-            wanted = fault.get("endpoint", "stream")
-            if wanted == endpoint or (wanted == "stream" and endpoint in ("filter", "sample")):
+            if fault_matches(fault.get("endpoint", "stream"), endpoint):
                 return self._faults.pop(i)
         return None
 
@@ -705,7 +589,7 @@ class FakeAPI:
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        endpoint = STREAM_PATHS.get(request.path, "users/lookup")
+        endpoint = STREAM_PATHS.get(request.path) or API_PATHS.get(request.path, "users/lookup")
         record = ConnectionRecord(
             conn=len(self.log),
             method=request.method,
@@ -714,8 +598,8 @@ class FakeAPI:
             opened=time.monotonic(),
         )
         self.log.append(record)
-        self._notify()
-        stream = _Stream(record)
+        self.notify()
+        stream = StreamHandle(record)
         self._streams.add(stream)
         try:
             return await self._serve(request, stream)
@@ -726,25 +610,28 @@ class FakeAPI:
         finally:
             record.closed = time.monotonic()
             if record.close_reason is None:
+                answered = record.status is not None and 200 <= record.status < 300
                 record.close_reason = stream.stop_reason or (
-                    "answered" if record.status == 200 else f"status_{record.status}"
+                    "answered" if answered else f"status_{record.status}"
                 )
             self._streams.discard(stream)
             for token, holder in list(self._holders.items()):
                 if holder is stream:
                     del self._holders[token]
             stream.done.set()
-            self._notify()
+            self.notify()
 
-    async def _serve(self, request: web.Request, stream: _Stream) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, stream: StreamHandle) -> web.StreamResponse:
         record = stream.record
+        if record.endpoint.startswith("v2/"):
+            return await self.v2.serve(request, stream)
         raw = await request.read()
         is_form = request.content_type == "application/x-www-form-urlencoded"
         body = raw.decode("utf-8", "replace") if is_form else ""
         params = dict(parse_qsl(request.query_string, keep_blank_values=True))
         params.update(parse_qsl(body, keep_blank_values=True))
         record.params = {k: v for k, v in params.items() if not k.startswith("oauth_")}
-        fault = self._take_fault(record.endpoint)
+        fault = self.take_fault(record.endpoint)
         record.fault = fault
         if fault and fault.get("delay"):
             loop = asyncio.get_running_loop()
@@ -753,7 +640,7 @@ class FakeAPI:
                 return self._answer(record, 503, "Service Unavailable")
         if fault and "status" in fault:
             status = fault["status"]
-            text = fault.get("body", _reason_phrase(status))
+            text = fault.get("body", reason_phrase(status))
             return self._answer(record, status, text, fault.get("headers"))
 
         auth = self._authenticate(request, body)
@@ -815,7 +702,7 @@ class FakeAPI:
     # ---- streaming
 
     async def _stream(
-        self, request: web.Request, stream: _Stream, delimited: bool, auth: AuthResult
+        self, request: web.Request, stream: StreamHandle, delimited: bool, auth: AuthResult
     ) -> web.StreamResponse:
         record = stream.record
         if auth.token is not None:
@@ -835,21 +722,22 @@ class FakeAPI:
             await response.prepare(request)
             record.status = 200
             record.first_byte = time.monotonic()
-            self._notify()
+            self.notify()
             await self._pump(request, stream, response, delimited)
         except ConnectionError:
             # The client went away mid-write. Returning (not raising) keeps aiohttp quiet.
             record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
         return response
 
-    def _allocate(self, count: int) -> int:
+    def allocate(self, count: int) -> int:
+        """`count` fresh server-wide sequence numbers; the first is returned."""
         first = self._next_seq
         self._next_seq += count
         return first
 
     async def _send(
         self,
-        stream: _Stream,
+        stream: StreamHandle,
         response: web.StreamResponse,
         messages: list[bytes],
         delimited: bool,
@@ -863,12 +751,12 @@ class FakeAPI:
             record.add_seqs(seq, seq)
             if self.settings.record_bytes:
                 self._recorded.setdefault(record.conn, []).append(message)
-        self._notify()
+        self.notify()
 
     async def _pump(
         self,
         request: web.Request,
-        stream: _Stream,
+        stream: StreamHandle,
         response: web.StreamResponse,
         delimited: bool,
     ) -> None:
@@ -876,16 +764,16 @@ class FakeAPI:
         loop = asyncio.get_running_loop()
         record = stream.record
         fault = record.fault or {}
-        trigger = next((k for k in _TRIGGERS if k in fault), None)
+        trigger = next((k for k in TRIGGERS if k in fault), None)
         trigger_at: int | None = fault[trigger] if trigger else None
         stream_name = f"{record.credential or 'anonymous'}-statuses{record.conn}"
         last_write = loop.time()
-        rate_seen, rate_start, rate_base = -1.0, 0.0, 0
+        pacer = Pacer()
 
         while True:
             if stream.stop_reason:
                 if stream.stop_reason == "replaced":
-                    message = self._factory.disconnect(self._allocate(1), 7, stream_name)
+                    message = self._factory.disconnect(self.allocate(1), 7, stream_name)
                     await self._send(stream, response, [message], delimited)
                     response.force_close()
                 return
@@ -902,16 +790,16 @@ class FakeAPI:
                     return
                 if trigger == "disconnect_after":
                     code = fault.get("code", 10)
-                    message = self._factory.disconnect(self._allocate(1), code, stream_name)
+                    message = self._factory.disconnect(self.allocate(1), code, stream_name)
                     await self._send(stream, response, [message], delimited)
                     record.close_reason = f"disconnect_{code}"
                     response.force_close()
                     return
                 if trigger == "oversized_after":
-                    seq = self._allocate(1)
+                    seq = self.allocate(1)
                     message = _tweet_json(seq, fault.get("size", 600_000), time.time())
                 else:
-                    message = self._factory.malformed(self._allocate(1))
+                    message = self._factory.malformed(self.allocate(1))
                 await self._send(stream, response, [message], delimited)
                 last_write = loop.time()
                 continue
@@ -921,17 +809,7 @@ class FakeAPI:
                 count = min(count, trigger_at - sent)
             if settings.total is not None:
                 count = min(count, settings.total - sent)
-            wake_at: float | None = None
-            if settings.rate <= 0:
-                rate_seen = -1.0  # pacing restarts from now if a rate is set again
-            elif count > 0:
-                now = loop.time()
-                if settings.rate != rate_seen:
-                    rate_seen, rate_start, rate_base = settings.rate, now, sent
-                due = int((now - rate_start) * settings.rate) - (sent - rate_base)
-                if due <= 0:
-                    wake_at = rate_start + (sent - rate_base + 1) / settings.rate
-                count = min(count, due)
+            count, wake_at = pacer.allow(count, sent, settings.rate, loop.time())
             if count <= 0:
                 keepalive_at = last_write + settings.keepalive_interval
                 await stream.sleep_until(
@@ -942,40 +820,32 @@ class FakeAPI:
                     last_write = loop.time()
                 continue
 
-            first = self._allocate(count)
+            first = self.allocate(count)
             data, messages = self._factory.block(first, sent, count, delimited, settings)
             await response.write(data)
             record.sent_count += count
             record.add_seqs(first, first + count - 1)
             if messages is not None:
                 self._recorded.setdefault(record.conn, []).extend(messages)
-            self._notify()
+            self.notify()
             last_write = loop.time()
             await asyncio.sleep(0)  # a fast reader never blocks the write: let others run
 
     async def _cut(
         self,
         request: web.Request,
-        stream: _Stream,
+        stream: StreamHandle,
         response: web.StreamResponse,
         delimited: bool,
     ) -> None:
         """Half a message, then a dropped connection: what a network failure looks like."""
         record = stream.record
-        seq = self._allocate(1)
+        seq = self.allocate(1)
         framed = _frame(self._factory.tweet(seq, self.settings.message_size), delimited)
         await response.write(framed[: len(framed) // 2])
         record.partial_seq = seq
         record.close_reason = "cut"
-        transport = request.transport
-        if transport is None:
-            return
-        # asyncio has no "buffer flushed" callback: poll, so the abort loses nothing we wrote.
-        while not transport.is_closing() and not stream.stop_reason:
-            if transport.get_write_buffer_size() == 0:
-                break
-            await asyncio.sleep(0.002)
-        transport.abort()
+        await abort_when_flushed(request, stream)
 
     # ---- control endpoints
 
@@ -1013,13 +883,6 @@ class FakeAPI:
     async def _control_reset(self, request: web.Request) -> web.Response:
         await self.reset()
         return web.json_response({"reset": True})
-
-
-def _reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 def _check_stream_params(endpoint: str, params: dict[str, str]) -> tuple[int, str] | None:
@@ -1067,7 +930,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--credentials",
         metavar="FILE",
-        help="credentials TOML to check signatures against (default: accept any)",
+        help="credentials TOML to check signatures and bearer tokens against (default: accept any)",
     )
     parser.add_argument(
         "--rate",
@@ -1141,6 +1004,7 @@ async def _serve_forever(api: FakeAPI) -> int:
         return 1
     print(api.url, flush=True)
     print(f"sfmd fakeapi: stream_url = {api.stream_url}", file=sys.stderr, flush=True)
+    print(f"sfmd fakeapi: api_url = {api.api_url}", file=sys.stderr, flush=True)
     await stopping.wait()
     await api.stop()
     return 0
