@@ -25,6 +25,7 @@ from sfmd.archive import ArchiveError
 from sfmd.backoff import Backoff, Failure
 from sfmd.config import Config
 from sfmd.credentials import Credential, CredentialsError, load_credentials
+from sfmd.heap import Heap
 from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
 from sfmd.metrics import Metrics, StreamSample
@@ -75,6 +76,7 @@ class Daemon:
         self.last_status: dict[str, dict[str, Any]] = {}
         self.metrics = Metrics(self._samples, self.started)
         self._lock = asyncio.Lock()  # one change or reconcile at a time
+        self.heap = Heap(config.timing.gc_interval)
         self._crashes: dict[str, Backoff] = {}
         self._restarting: set[str] = set()
         self._stop = asyncio.Event()
@@ -118,6 +120,7 @@ class Daemon:
         log.info("startup", streams=len(self.registry), config=str(self.config.path))
         async with self._lock:
             await self._reconcile(jitter=self.config.timing.start_jitter)
+        self.heap.settle()
 
     async def main_loop(self) -> None:
         while not self._stop.is_set():
@@ -126,6 +129,10 @@ class Daemon:
                     await self._stop.wait()
             if not self._stop.is_set():
                 await self.reconcile()
+                collection = self.heap.tick()
+                if collection is not None:
+                    log.info("gc_full", collected=collection.collected,
+                             seconds=round(collection.seconds, 3), frozen=collection.frozen)
 
     def request_stop(self) -> None:
         self._stop.set()
