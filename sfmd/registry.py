@@ -720,11 +720,13 @@ class Registry:
         self._write({**self._streams, spec.name: spec})
 
     def _write(self, streams: dict[str, StreamSpec]) -> None:
-        document = {
-            "version": FORMAT_VERSION,
-            "streams": [streams[name].to_record() for name in sorted(streams)],
-        }
-        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        # One stream per line: still easy to read and diff, and encoded by json's C encoder
+        # (any `indent` falls back to the pure-Python one, ten times slower: 90 ms for 1,000
+        # streams, all of it holding the GIL while API calls wait).
+        lines = ",\n".join(
+            json.dumps(streams[name].to_record(), ensure_ascii=False) for name in sorted(streams)
+        )
+        text = f'{{"version": {FORMAT_VERSION}, "streams": [\n{lines}\n]}}\n'
         write_atomically(self.path, text.encode("utf-8"))
         self._streams = streams
 
