@@ -50,6 +50,14 @@ class TwitterConfig:
     credentials_file: Path
     default_credential: str
     delimited: bool
+    api_url: str
+    v2_tweet_fields: tuple[str, ...]
+    v2_expansions: tuple[str, ...]
+    v2_user_fields: tuple[str, ...]
+    v2_media_fields: tuple[str, ...]
+    v2_place_fields: tuple[str, ...]
+    v2_poll_fields: tuple[str, ...]
+    v2_prune_foreign_rules: bool
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,43 @@ def _supervisor_url(value: Any, base: Path) -> str:
         raise _Bad(rule) from None
 
 
+def _names(value: Any, base: Path) -> tuple[str, ...]:
+    """A list of v2 field or expansion names, as the API spells them (joined by commas)."""
+    rule = 'must be a list of names like ["author_id", "created_at"] (may be empty)'
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.]{1,64}", v) for v in value
+    ):
+        raise _Bad(rule)
+    return tuple(dict.fromkeys(value))
+
+
+V2_TWEET_FIELDS = (
+    "attachments", "author_id", "context_annotations", "conversation_id", "created_at",
+    "edit_controls", "edit_history_tweet_ids", "entities", "geo", "id", "in_reply_to_user_id",
+    "lang", "possibly_sensitive", "public_metrics", "referenced_tweets", "reply_settings",
+    "source", "text", "withheld",
+)
+V2_EXPANSIONS = (
+    "author_id", "in_reply_to_user_id", "referenced_tweets.id",
+    "referenced_tweets.id.author_id", "entities.mentions.username", "attachments.poll_ids",
+    "attachments.media_keys", "geo.place_id", "edit_history_tweet_ids",
+)
+V2_USER_FIELDS = (
+    "created_at", "description", "entities", "id", "location", "name", "pinned_tweet_id",
+    "profile_image_url", "protected", "public_metrics", "url", "username", "verified",
+    "verified_type", "withheld",
+)
+V2_MEDIA_FIELDS = (
+    "alt_text", "duration_ms", "height", "media_key", "preview_image_url", "public_metrics",
+    "type", "url", "variants", "width",
+)
+V2_PLACE_FIELDS = (
+    "contained_within", "country", "country_code", "full_name", "geo", "id", "name",
+    "place_type",
+)
+V2_POLL_FIELDS = ("duration_minutes", "end_datetime", "id", "options", "voting_status")
+
+
 def _integer(low: int, high: int | None = None) -> Parser:
     if high is None:
         rule = f"must be a whole number of at least {low}"
@@ -273,6 +318,17 @@ KEYS: tuple[Key, ...] = (
         "what a stream uses when it names no credential"),
     Key("twitter", "delimited", False, _flag,
         "ask for delimited=length framing (a byte count before each message)"),
+    Key("twitter", "api_url", "https://api.twitter.com", _url,
+        "the v2 API (/2/tweets/search/stream, /2/tweets/sample/stream, the rules API)"),
+    # The v2 defaults ask for everything, as twarc2 does: a collector keeps what it can get.
+    Key("twitter", "v2_tweet_fields", V2_TWEET_FIELDS, _names, "v2 tweet.fields"),
+    Key("twitter", "v2_expansions", V2_EXPANSIONS, _names, "v2 expansions"),
+    Key("twitter", "v2_user_fields", V2_USER_FIELDS, _names, "v2 user.fields"),
+    Key("twitter", "v2_media_fields", V2_MEDIA_FIELDS, _names, "v2 media.fields"),
+    Key("twitter", "v2_place_fields", V2_PLACE_FIELDS, _names, "v2 place.fields"),
+    Key("twitter", "v2_poll_fields", V2_POLL_FIELDS, _names, "v2 poll.fields"),
+    Key("twitter", "v2_prune_foreign_rules", False, _flag,
+        "delete rules on the API that no sfmd stream owns (otherwise only reported)"),
     Key("timing", "stall_timeout", 90, _seconds,
         "seconds with no byte at all, keep-alives included, before reconnecting"),
     Key("timing", "tcp_backoff_step", 0.25, _seconds,
@@ -395,6 +451,8 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
@@ -421,6 +479,8 @@ def render_toml(config: Config) -> str:
 def _toml_value(key: Key, value: Any) -> str:
     if key.parse is _octal_mode:
         return f'"{value:04o}"'
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

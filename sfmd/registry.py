@@ -38,6 +38,9 @@ MAX_FOLLOW = 5000
 MAX_LOCATIONS = 25
 MAX_PEOPLE = 100  # users/lookup takes 100 screen names per call
 MAX_LANGUAGE = 100
+MAX_RULES = 1000  # v2: rules per app at the highest access level; the API enforces its own cap
+MAX_RULE_CHARS = 1024  # v2: 512 at the basic access level, 1,024 at the higher ones
+APIS = ("v1.1", "v2")
 
 #: The fields a filter needs at least one of, and a sample may not have.
 FILTER_FIELDS = ("track", "follow", "locations", "people")
@@ -233,8 +236,49 @@ class Box:
 
 
 @dataclass(frozen=True)
+class RuleValue:
+    """A v2 rule as the API takes it, `{"value": "..."}`; sfmd sets the tag itself."""
+
+    text: Text = Text(
+        rf"^(?=.*\S)[^{_NO_CONTROL}]+$",
+        MAX_RULE_CHARS,
+        f"1-{MAX_RULE_CHARS} characters with no control character, not only spaces",
+    )
+
+    @property
+    def rule(self) -> str:
+        return f'an object {{"value": ...}} whose value is {self.text.rule}'
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {"value": self.text.schema()},
+            "required": ["value"],
+            "additionalProperties": False,
+        }
+
+    def check(self, value: object, field: str, label: str, subject: str) -> str:
+        if not isinstance(value, dict):
+            raise ValidationError(
+                "bad_request",
+                field,
+                f'{label} must be an object like {{"value": "cats has:images"}}, '
+                f"got {_json_type(value)}",
+            )
+        extra = sorted(set(value) - {"value"})
+        if extra:
+            hint = " (sfmd tags each rule with its stream's name)" if "tag" in extra else ""
+            raise ValidationError(
+                "invalid", field, f"{label} has unknown key(s) {', '.join(extra)}{hint}"
+            )
+        if "value" not in value:
+            raise ValidationError("invalid", field, f'{label} needs a "value"')
+        return self.text.check(value["value"], field, f"{label} value", "each rule value")
+
+
+@dataclass(frozen=True)
 class ListOf:
-    item: Text | Box
+    item: Text | Box | RuleValue
     noun: str
     plural: str
     max_items: int
@@ -303,7 +347,8 @@ FIELDS: dict[str, Field] = {
         Field(
             "kind",
             Choice(("filter", "sample")),
-            "statuses/filter.json or statuses/sample.json. Fixed once created.",
+            "statuses/filter.json or statuses/sample.json (with api v2: the filtered stream"
+            " with rules, or the sample stream). Fixed once created.",
         ),
         Field(
             "track",
@@ -393,13 +438,32 @@ FIELDS: dict[str, Field] = {
             "Run as a task in the daemon, or as its own process under supervisord.",
             "task",
         ),
+        Field(
+            "api",
+            Choice(APIS),
+            "Twitter's API version. v2 filters on one credential share one connection, each"
+            " message going to the streams whose rules it matched. Fixed once created.",
+            "v1.1",
+        ),
+        Field(
+            "rules",
+            ListOf(RuleValue(), "rule", "rules", MAX_RULES),
+            "v2 filters only: the rules to collect, each tagged by sfmd with the stream's name.",
+            (),
+        ),
     )
 }
 
+V1_ONLY = (*FILTER_FIELDS, "language")
+
 CROSS_RULES = (
-    f"A filter needs at least one of {', '.join(FILTER_FIELDS)}; a sample has none of them.",
+    f"A v1.1 filter needs at least one of {', '.join(FILTER_FIELDS)}; a v1.1 sample has none"
+    " of them.",
+    f"A v2 filter needs rules and has none of {', '.join(V1_ONLY)}; a v2 sample has none of"
+    " them and no rules; v2 filters run as tasks (isolation = task).",
     f"follow ids plus people must not exceed {MAX_FOLLOW} (each person becomes one follow id).",
-    "At most one active stream per credential.",
+    "At most one active v1.1 stream per credential, and one active v2 sample; any number of"
+    " v2 filters.",
 )
 
 
@@ -422,18 +486,32 @@ def json_schema(*, for_patch: bool = False) -> dict[str, Any]:
     if for_patch:
         return schema
     schema["required"] = [f.name for f in FIELDS.values() if f.required]
+    v2 = {"properties": {"api": {"const": "v2"}}, "required": ["api"]}
+    none_of = {"properties": {name: {"maxItems": 0} for name in (*FILTER_FIELDS, "rules")}}
     schema["allOf"] = [
         {
             "if": {"properties": {"kind": {"const": "sample"}}, "required": ["kind"]},
-            "then": {"properties": {name: {"maxItems": 0} for name in FILTER_FIELDS}},
+            "then": none_of,
         },
         {
             "if": {"properties": {"kind": {"const": "filter"}}, "required": ["kind"]},
             "then": {
-                "anyOf": [
-                    {"required": [name], "properties": {name: {"minItems": 1}}}
-                    for name in FILTER_FIELDS
-                ]
+                "if": v2,
+                "then": {
+                    "required": ["rules"],
+                    "properties": {
+                        "rules": {"minItems": 1},
+                        "isolation": {"const": "task"},
+                        **{name: {"maxItems": 0} for name in V1_ONLY},
+                    },
+                },
+                "else": {
+                    "properties": {"rules": {"maxItems": 0}},
+                    "anyOf": [
+                        {"required": [name], "properties": {name: {"minItems": 1}}}
+                        for name in FILTER_FIELDS
+                    ],
+                },
             },
         },
     ]
@@ -457,6 +535,8 @@ class StreamSpec:
     credential: str
     active: bool = True
     isolation: str = "task"
+    api: str = "v1.1"
+    rules: tuple[str, ...] = ()  # v2 rule values
     people_ids: tuple[tuple[str, str], ...] = ()  # (screen name, id) pairs, set by sfmd
 
     @property
@@ -482,6 +562,8 @@ class StreamSpec:
             "credential": self.credential,
             "active": self.active,
             "isolation": self.isolation,
+            "api": self.api,
+            "rules": [{"value": value} for value in self.rules],
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -513,8 +595,24 @@ class StreamSpec:
         return {key: value for key, value in params.items() if value}
 
     def connection_key(self) -> tuple[object, ...]:
-        """What the connection depends on: a change here (and only here) means reconnecting."""
+        """What the connection depends on: a change here (and only here) means reconnecting.
+
+        A v2 filter's rules change on the API while its shared connection stays up.
+        """
+        if self.api == "v2":
+            return (self.api, self.endpoint, self.credential)
         return (self.endpoint, sorted(self.wire_params().items()), self.people, self.credential)
+
+    @property
+    def connection_group(self) -> str | None:
+        """Which one-connection-per-credential rule this stream falls under, if any.
+
+        v1.1 streams share the user tokens' rule; a v2 sample holds the app's one sample
+        connection; v2 filters share one connection, so any number may be active.
+        """
+        if self.api == "v1.1":
+            return "v1.1"
+        return "v2 sample" if self.kind == "sample" else None
 
 
 def _coordinate(value: float) -> str:
@@ -560,6 +658,13 @@ def validate_stream(
 
 
 def _check_cross_rules(spec: StreamSpec) -> None:
+    if spec.api == "v2":
+        _check_v2(spec)
+        return
+    if spec.rules:
+        raise ValidationError(
+            "invalid", "rules", 'rules are for v2 filters; set "api": "v2" or use track/follow'
+        )
     given = [name for name in FILTER_FIELDS if getattr(spec, name)]
     if spec.kind == "filter" and not given:
         raise ValidationError(
@@ -579,6 +684,28 @@ def _check_cross_rules(spec: StreamSpec) -> None:
             "follow",
             f"follow has {len(spec.follow)} ids and people {len(spec.people)} screen names; "
             f"together they must not exceed {MAX_FOLLOW} (each person becomes one follow id)",
+        )
+
+
+def _check_v2(spec: StreamSpec) -> None:
+    given = [name for name in V1_ONLY if getattr(spec, name)]
+    if given:
+        raise ValidationError(
+            "invalid",
+            given[0],
+            f"a v2 stream takes none of {', '.join(V1_ONLY)} (got {', '.join(given)}); "
+            "write them as rules, e.g. {\"value\": \"cats lang:en\"}",
+        )
+    if spec.kind == "sample" and spec.rules:
+        raise ValidationError("invalid", "rules", "a v2 sample stream takes no rules")
+    if spec.kind == "filter" and not spec.rules:
+        raise ValidationError("invalid", "rules", "a v2 filter stream needs at least one rule")
+    if spec.kind == "filter" and spec.isolation != "task":
+        raise ValidationError(
+            "invalid",
+            "isolation",
+            "v2 filters on one credential share one connection in the daemon, so they run as "
+            'tasks; isolation must be "task"',
         )
 
 
@@ -605,7 +732,7 @@ def apply_patch(
         )
     current = spec.to_dict()
     for name, value in patch.items():
-        if name in ("name", "kind") and value != current[name]:
+        if name in ("name", "kind", "api") and value != current[name]:
             raise ValidationError(
                 "invalid",
                 name,
@@ -698,21 +825,30 @@ class Registry:
         del streams[name]
         self._write(streams)
 
-    def holder_of(self, credential: str, *, besides: str | None = None) -> StreamSpec | None:
-        """The active stream using `credential`, other than `besides`, if any."""
-        for spec in self._streams.values():
-            if spec.active and spec.credential == credential and spec.name != besides:
-                return spec
+    def holder_of(self, spec: StreamSpec) -> StreamSpec | None:
+        """Another active stream holding the connection `spec` would need, if any."""
+        group = spec.connection_group
+        if group is None:
+            return None
+        for other in self._streams.values():
+            if (
+                other.active
+                and other.credential == spec.credential
+                and other.connection_group == group
+                and other.name != spec.name
+            ):
+                return other
         return None
 
     def check_credential_free(self, spec: StreamSpec) -> None:
         """Refuse making `spec` active on a credential another active stream holds (API 409)."""
-        holder = self.holder_of(spec.credential, besides=spec.name) if spec.active else None
+        holder = self.holder_of(spec) if spec.active else None
         if holder is not None:
+            what = "the v2 sample connection of" if spec.api == "v2" else "credential"
             raise ValidationError(
                 "credential_in_use",
                 "credential",
-                f"credential {spec.credential!r} is in use by active stream {holder.name!r}; "
+                f"{what} {spec.credential!r} is in use by active stream {holder.name!r}; "
                 "stop that stream or choose another credential",
             )
 

@@ -386,6 +386,8 @@ def test_to_dict_holds_every_field_as_json_lists() -> None:
         "credential": "default",
         "active": True,
         "isolation": "task",
+        "api": "v1.1",
+        "rules": [],
     }
     assert list(spec.to_dict()) == list(FIELDS)
 
@@ -606,7 +608,7 @@ def test_one_active_stream_per_credential_is_checked_on_request(tmp_path: Path) 
     registry.add(spec_of("second", active=False))
     registry.replace(dataclasses.replace(registry.get("first"), active=False))
     registry.check_credential_free(dataclasses.replace(registry.get("second"), active=True))
-    assert registry.holder_of("default") is None
+    assert registry.holder_of(registry.get("first")) is None
 
 
 def test_the_registry_stores_a_conflict_it_is_given(tmp_path: Path) -> None:
@@ -778,7 +780,8 @@ def test_a_corrupt_registry_file_is_refused_naming_file_and_problem(
 
 def test_a_valid_hand_written_file_loads(tmp_path: Path) -> None:
     (tmp_path / "streams.json").write_text(json.dumps({"version": 1, "streams": [GOOD_ENTRY]}))
-    assert Registry.load(tmp_path, credentials=CREDS).get("news").to_dict() == GOOD_ENTRY
+    loaded = Registry.load(tmp_path, credentials=CREDS).get("news").to_dict()
+    assert loaded == {**GOOD_ENTRY, "api": "v1.1", "rules": []}  # written before v2 existed
 
 
 def test_an_unreadable_registry_is_refused(tmp_path: Path) -> None:
