@@ -24,6 +24,7 @@ from sfmd.logs import get_logger
 from sfmd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sfmd.people import LookupFailed
 from sfmd.registry import ValidationError
+from sfmd.rules import RulesUnavailable
 
 MAX_BODY = 1 << 20
 STATUS_OF_CODE = {
@@ -61,6 +62,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(404, "not_found", str(e))
     except LookupFailed as e:
         return error_response(502, "lookup_failed", f"{e}; nothing was changed")
+    except RulesUnavailable as e:
+        return error_response(502, "rules_unavailable", f"{e}; nothing was changed")
     except web.HTTPException as e:
         if e.status == 404:
             return error_response(404, "not_found", f"no such path: {request.path}")

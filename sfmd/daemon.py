@@ -29,6 +29,7 @@ from sfmd.heap import Heap
 from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
 from sfmd.metrics import Metrics, StreamSample
+from sfmd.multiplex import FilterGroup
 from sfmd.notify import Notifier, describe_states, watchdog_loop
 from sfmd.people import lookup_ids
 from sfmd.registry import (
@@ -40,7 +41,15 @@ from sfmd.registry import (
     validate_stream,
     with_people_ids,
 )
-from sfmd.runner import StreamRunner, new_session, read_status_file, stream_timing
+from sfmd.rules import RulesApi, RulesRejected
+from sfmd.runner import (
+    StreamRunner,
+    lock_dir,
+    new_archive,
+    new_session,
+    read_status_file,
+    stream_timing,
+)
 from sfmd.supervisor import ProcessStreams, SupervisorError
 from sfmd.supervisor_conf import ConfError
 
@@ -70,6 +79,9 @@ class Daemon:
         self.registry: Registry | None = None
         self.session: aiohttp.ClientSession | None = None
         self.runners: dict[str, StreamRunner] = {}
+        # v2 filters: one shared connection per credential, by credential name.
+        self.groups: dict[str, FilterGroup] = {}
+        self._forgotten: set[str] = set()  # v2 filters deleted while running: their tags
         # Streams that should run but cannot (credential held elsewhere, disk refused...).
         self.failed: dict[str, dict[str, Any]] = {}
         # The last status of streams that stopped, so counters survive a stop for `show`.
@@ -146,7 +158,11 @@ class Daemon:
             task.cancel()
         async with self._lock:
             names = list(self.runners)
-            await asyncio.gather(*(self._stop_runner(n, "daemon shutdown") for n in names))
+            await asyncio.gather(
+                *(self._stop_runner(n, "daemon shutdown") for n in names),
+                *(group.stop() for group in self.groups.values()),  # rules stay at the API
+            )
+            self.groups.clear()
         # Process-isolated streams keep running: supervisord owns them, not this process.
         await self.processes.close()
         if self.session is not None:
@@ -162,8 +178,11 @@ class Daemon:
     async def _reconcile(self, jitter: float = 0.0) -> None:
         """Make running streams match the registry. Call with the lock held."""
         assert self.registry is not None
+        everything = self.registry.list()
         desired = {
-            s.name: s for s in self.registry.list() if s.active and s.isolation == "task"
+            s.name: s
+            for s in everything
+            if s.active and s.isolation == "task" and s.connection_group is not None
         }
         for name, runner in list(self.runners.items()):
             spec = desired.get(name)
@@ -185,6 +204,46 @@ class Daemon:
         for name, spec in desired.items():
             if name not in self.runners and name not in self._restarting:
                 await self._start_runner(spec, delay=random.uniform(0, jitter))
+        await self._reconcile_groups(everything)
+
+    async def _reconcile_groups(self, everything: list[StreamSpec]) -> None:
+        """v2 filters: one group per credential with active ones; rules synced each time."""
+        wanted: dict[str, list[StreamSpec]] = {}
+        for spec in everything:
+            if spec.api == "v2" and spec.kind == "filter" and spec.active:
+                wanted.setdefault(spec.credential, []).append(spec)
+        known = {s.name for s in everything} | self._forgotten
+        for credential, group in list(self.groups.items()):
+            staying = {s.name for s in wanted.get(credential, [])}
+            for name in list(group.router.members):
+                if name not in staying:
+                    self._keep_last_status(name, group.member_status(name))
+            if credential not in wanted:
+                await group.update([], known)  # delete the stopped streams' rules
+                await group.stop()
+                del self.groups[credential]
+                log.info("v2_connection_stopped", connection=group.name)
+        for credential, specs in wanted.items():
+            group = self.groups.get(credential)
+            if group is None:
+                group = FilterGroup(
+                    self.credentials[credential], self.config, self.session, lock_dir(self.config),
+                    archive_factory=lambda spec: new_archive(self.config, spec.name),
+                    stream_timing=stream_timing(self.config.timing),
+                )
+                try:
+                    await group.start()
+                except CredentialBusy as e:
+                    for spec in specs:
+                        self._mark_failed(spec.name, str(e))
+                    continue
+                self.groups[credential] = group
+            failed = await group.update(specs, known)
+            for spec in specs:
+                if spec.name in failed:
+                    self._mark_failed(spec.name, str(failed[spec.name]))
+                else:
+                    self.failed.pop(spec.name, None)
 
     async def _reconcile_processes(self) -> None:
         """Bring confs and supervisord to the registry; remember what supervisord says."""
@@ -219,15 +278,19 @@ class Daemon:
         try:
             await runner.start(delay=delay)
         except (CredentialBusy, ArchiveError) as e:
-            if self.failed.get(spec.name, {}).get("last_error") != str(e):
-                get_logger(stream=spec.name).error("stream_failed", reason=str(e))
-            self.failed[spec.name] = {"since": self.failed.get(spec.name, {}).get(
-                "since", _now()), "last_error": str(e)}
+            self._mark_failed(spec.name, str(e))
             return
         self.failed.pop(spec.name, None)
         self.runners[spec.name] = runner
         get_logger(stream=spec.name).info("stream_state", state="started", delay=round(delay, 3))
         self._watch(runner)
+
+    def _mark_failed(self, name: str, reason: str) -> None:
+        if self.failed.get(name, {}).get("last_error") != reason:
+            get_logger(stream=name).error("stream_failed", reason=reason)
+        self.failed[name] = {
+            "since": self.failed.get(name, {}).get("since", _now()), "last_error": reason
+        }
 
     async def _retarget_runner(self, runner: StreamRunner, spec: StreamSpec) -> None:
         get_logger(stream=spec.name).info(
@@ -249,9 +312,12 @@ class Daemon:
             await runner.stop()
         except ArchiveError as e:
             get_logger(stream=name).error("stop_failed", error=str(e))
-        status = runner.status_dict()
-        status.update(state="stopped", since=_now())
-        self.last_status[name] = status
+        self._keep_last_status(name, runner.status_dict())
+
+    def _keep_last_status(self, name: str, status: dict[str, Any]) -> None:
+        """A stopped stream's counters, so `show` still tells what it collected."""
+        status = {key: value for key, value in status.items() if key != "connection"}
+        self.last_status[name] = {**status, "state": "stopped", "since": _now()}
 
     def _task_ended(self, runner: StreamRunner, task: asyncio.Task[None]) -> None:
         """A stream task ended by itself: a bug. Log it with its traceback; restart later."""
@@ -302,6 +368,7 @@ class Daemon:
                     "choose another name or change that stream with PATCH"
                 )
             registry.check_credential_free(spec)
+            await self._check_v2(spec, None)
             spec = await self._resolve_people(spec)
             # Written (and fsynced) in a thread: the loop keeps serving streams and readers,
             # who see the old registry or the new one, never a half (the lock orders writers).
@@ -316,6 +383,7 @@ class Daemon:
             old = self.spec(name)
             new = apply_patch(old, body, credentials=self.credentials.keys())
             registry.check_credential_free(new)
+            await self._check_v2(new, old)
             if new.people != old.people:
                 new = await self._resolve_people(new)
             if new != old:
@@ -328,11 +396,40 @@ class Daemon:
 
     async def delete(self, name: str) -> None:
         async with self._lock:
-            self.spec(name)  # 404 before anything changes
+            if self.spec(name).api == "v2":  # 404 before anything changes
+                self._forgotten.add(name)  # its rules' tags stay recognisably sfmd's
             await asyncio.to_thread(self._registry().remove, name)
             await self._reconcile()
             self.last_status.pop(name, None)
             self._crashes.pop(name, None)
+
+    async def _check_v2(self, spec: StreamSpec, old: StreamSpec | None) -> None:
+        """A v2 stream needs a bearer token; new rule values must pass the API's dry run."""
+        if spec.api != "v2":
+            return
+        credential = self.credentials[spec.credential]
+        if not credential.bearer_token:
+            raise ValidationError(
+                "invalid", "credential",
+                f"credential {spec.credential!r} has no bearer_token, which v2 streams need; "
+                "add one to its table in the credentials file (and restart sfmd)",
+            )
+        if spec.kind != "filter" or not spec.active:
+            return
+        group = self.groups.get(spec.credential)
+        in_use = set(group.wanted_rules()) if group is not None else set()
+        new_values = [v for v in spec.rules if v not in in_use]
+        if not new_values:
+            return
+        assert self.session is not None
+        api = RulesApi(self.session, self.config.twitter.api_url, credential,
+                       timeout=self.config.timing.connect_timeout)
+        try:
+            await api.check(new_values)
+        except RulesRejected as e:
+            raise ValidationError(
+                "invalid", "rules", f"the API refused: {'; '.join(e.reasons)}"
+            ) from None
 
     async def _resolve_people(self, spec: StreamSpec) -> StreamSpec:
         if not spec.people:
@@ -375,6 +472,9 @@ class Daemon:
         spec = self._registry().get(name) if name in self._registry() else None
         if spec is not None and spec.isolation == "process":
             return self._process_view(spec)
+        group = self.groups.get(spec.credential) if spec is not None else None
+        if group is not None and name in group and name not in self.failed:
+            return group.member_status(name)
         runner = self.runners.get(name)
         if runner is not None:
             return runner.status_dict()
@@ -423,8 +523,13 @@ class Daemon:
                 bytes=status["bytes"],
                 reconnects=status["reconnects"],
                 limit_undelivered=runner.stream.status.limit_undelivered if runner else 0,
-                files_published=runner.archive.published if runner else 0,
+                files_published=runner.archive.published if runner else self._v2_published(spec),
             )
+
+    def _v2_published(self, spec: StreamSpec) -> int:
+        group = self.groups.get(spec.credential)
+        member = group.router.members.get(spec.name) if group is not None else None
+        return member.archive.published if member is not None else 0
 
     def status_line(self) -> str:
         """One line for systemd's STATUS, e.g. "12 streams: 11 streaming, 1 backoff"."""

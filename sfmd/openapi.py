@@ -19,7 +19,7 @@ ERROR_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid",
-    502: "lookup_failed",
+    502: "lookup_failed | rules_unavailable",
 }
 
 STATUS_SCHEMA: dict[str, Any] = {
@@ -37,6 +37,11 @@ STATUS_SCHEMA: dict[str, Any] = {
         "reconnects": {"type": "integer", "minimum": 0},
         "last_error": {"type": ["string", "null"]},
         "current_file": {"type": ["string", "null"]},
+        "connection": {
+            "type": "object",
+            "description": "v2 filters: the connection they share with the credential's other"
+            " v2 filters (its state and counters, its rules at the API, rules no stream owns).",
+        },
     },
 }
 

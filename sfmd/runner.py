@@ -23,6 +23,7 @@ from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
 from sfmd.registry import StreamSpec
 from sfmd.stream import Stream, StreamTarget, StreamTiming
+from sfmd.v2 import V2Stream, stream_params
 
 
 def stream_timing(timing: TimingConfig) -> StreamTiming:
@@ -77,6 +78,19 @@ def read_status_file(state_dir: Path, name: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def new_archive(config: Config, name: str, log: Any = None) -> Archive:
+    return Archive(
+        config.daemon.data_dir,
+        name,
+        save_interval=config.daemon.save_interval,
+        compress=config.daemon.compress,
+        compress_level=config.daemon.compress_level,
+        compress_window=config.daemon.compress_window,
+        flush_interval=config.timing.flush_interval,
+        log=log if log is not None else get_logger(stream=name),
+    )
+
+
 class StreamRunner:
     def __init__(
         self,
@@ -88,25 +102,27 @@ class StreamRunner:
         self.spec = spec
         self.config = config
         self.log = get_logger(stream=spec.name)
-        self.lock = CredentialLock(lock_dir(config), credential.name)
-        self.archive = Archive(
-            config.daemon.data_dir,
-            spec.name,
-            save_interval=config.daemon.save_interval,
-            compress=config.daemon.compress,
-            compress_level=config.daemon.compress_level,
-            compress_window=config.daemon.compress_window,
-            flush_interval=config.timing.flush_interval,
-            log=self.log,
-        )
-        self.stream = Stream(
-            StreamTarget(spec.name, spec.endpoint, spec.wire_params(), credential),
-            stream_url=config.twitter.stream_url,
-            session=session,
-            sink=self.archive,
-            timing=stream_timing(config.timing),
-            delimited=config.twitter.delimited,
-        )
+        self.archive = new_archive(config, spec.name, self.log)
+        self.stream: Stream
+        if spec.api == "v2":  # the v2 sample stream: the app's one sample connection
+            self.lock = CredentialLock(lock_dir(config), f"{credential.name}.v2-sample")
+            self.stream = V2Stream(
+                StreamTarget(spec.name, spec.endpoint, stream_params(config.twitter), credential),
+                stream_url=config.twitter.api_url,
+                session=session,
+                sink=self.archive,
+                timing=stream_timing(config.timing),
+            )
+        else:
+            self.lock = CredentialLock(lock_dir(config), credential.name)
+            self.stream = Stream(
+                StreamTarget(spec.name, spec.endpoint, spec.wire_params(), credential),
+                stream_url=config.twitter.stream_url,
+                session=session,
+                sink=self.archive,
+                timing=stream_timing(config.timing),
+                delimited=config.twitter.delimited,
+            )
 
     async def start(self, delay: float = 0.0) -> None:
         """Take the credential (CredentialBusy if another stream has it), recover, connect."""

@@ -108,7 +108,7 @@ class StreamStatus:
         }
 
 
-class _Ended(Exception):
+class Ended(Exception):
     """One connection ended; carries how to back off and what to report."""
 
     def __init__(self, kind: Failure, reason: str, *, reset_ok: bool = True) -> None:
@@ -207,26 +207,26 @@ class Stream:
             while True:
                 try:
                     await self._connect_and_read()
-                    ended = _Ended(Failure.NETWORK, "the server ended the stream")
-                except _Ended as e:
+                    ended = Ended(Failure.NETWORK, "the server ended the stream")
+                except Ended as e:
                     ended = e
                 except aiohttp.ServerTimeoutError:
-                    ended = _Ended(
+                    ended = Ended(
                         Failure.NETWORK,
                         f"stall: no data for {self.timing.stall_timeout:g} s "
                         "(keep-alives included)",
                     )
                 except TimeoutError:
-                    ended = _Ended(Failure.NETWORK, "connect timed out")
+                    ended = Ended(Failure.NETWORK, "connect timed out")
                 except (aiohttp.ClientError, OSError) as e:
-                    ended = _Ended(Failure.NETWORK, f"network error: {_describe(e)}")
+                    ended = Ended(Failure.NETWORK, f"network error: {_describe(e)}")
                 except FramingError as e:
-                    ended = _Ended(Failure.NETWORK, f"framing error: {e}")
+                    ended = Ended(Failure.NETWORK, f"framing error: {e}")
                 except ArchiveError as e:
                     # Nothing can be stored: drop the connection rather than pretend, and try
                     # again at the HTTP rate so a freed disk is picked up within minutes.
                     self.log.error("archive_error", error=str(e))
-                    ended = _Ended(Failure.HTTP, f"archive: {e}", reset_ok=False)
+                    ended = Ended(Failure.HTTP, f"archive: {e}", reset_ok=False)
                 if self._stopping:
                     self.log.info("disconnected", reason="stopping")
                     return
@@ -234,7 +234,7 @@ class Stream:
         finally:
             self._set_state(State.STOPPED, reason="stopped")
 
-    async def _wait_after(self, ended: _Ended) -> None:
+    async def _wait_after(self, ended: Ended) -> None:
         if ended.reset_ok and self._healthy:
             self.backoff.reset()
         wait = self.backoff.failure(ended.kind)
@@ -283,35 +283,31 @@ class Stream:
         signed_url, headers, body = oauth.sign(self.target.credential, method, url, params)
         return method, signed_url, headers, body
 
-    async def _http_error(self, resp: aiohttp.ClientResponse) -> _Ended:
+    async def _http_error(self, resp: aiohttp.ClientResponse) -> Ended:
         snippet = await _body_snippet(resp)
         status = resp.status
         if status in RATE_LIMITED:
             self.log.warning("rate_limited", status=status, body=snippet)
-            return _Ended(Failure.RATE_LIMIT, f"HTTP {status}: rate limited ({snippet})")
+            return Ended(Failure.RATE_LIMIT, f"HTTP {status}: rate limited ({snippet})")
         hint = NEEDS_A_PERSON.get(status)
         if hint:
             self.log.error("http_error", status=status, needs_a_person=hint, body=snippet)
-            return _Ended(Failure.HTTP, f"HTTP {status}: {hint}")
+            return Ended(Failure.HTTP, f"HTTP {status}: {hint}")
         self.log.warning("http_error", status=status, body=snippet)
-        return _Ended(Failure.HTTP, f"HTTP {status} {resp.reason or ''}".strip())
+        return Ended(Failure.HTTP, f"HTTP {status} {resp.reason or ''}".strip())
 
     async def _read(self, resp: aiohttp.ClientResponse) -> None:
         framer = LengthFramer() if self.delimited else LineFramer()
         status = self.status
-        disconnect: dict[str, Any] | None = None
+        ending: Ended | None = None  # a message announced the end: raised once it comes
         sink = self.sink
         try:
             async for chunk in resp.content.iter_any():
                 messages = framer.feed(chunk)
                 if not messages:
                     continue
-                tweets, others = triage(messages)  # no per-message Python work for tweets
-                for kind, message in others:
-                    if kind is not MessageKind.DELETE:
-                        notice = self._notice(kind, message)
-                        if notice is not None:
-                            disconnect = notice
+                tweets, announced = self._examine(messages)
+                ending = announced or ending
                 size = sum(map(len, messages)) + len(messages)
                 await sink.write(messages, tweets)
                 status.messages += len(messages)
@@ -319,19 +315,31 @@ class Stream:
                 status.bytes += size
                 self._healthy = True
         except aiohttp.ClientPayloadError as e:
-            if disconnect is None:
-                raise _Ended(Failure.NETWORK, f"connection cut mid-body: {_describe(e)}") from None
+            if ending is None:
+                raise Ended(Failure.NETWORK, f"connection cut mid-body: {_describe(e)}") from None
         finally:
             if framer.pending:
                 self.log.warning("partial_message_dropped", bytes=framer.pending)
-        if disconnect is not None:
-            code = disconnect.get("code")
-            reason = f"disconnect message code {code}: {disconnect_reason(code)}"
-            raise _Ended(
-                Failure.HTTP if code in STICKY_DISCONNECTS else Failure.NETWORK,
-                reason,
-                reset_ok=code not in STICKY_DISCONNECTS,
-            )
+        if ending is not None:
+            raise ending
+
+    def _examine(self, messages: list[bytes]) -> tuple[int, Ended | None]:
+        """Count the tweets in a batch and act on notices; a disconnect message announces
+        the end of the connection (the server closes it next)."""
+        tweets, others = triage(messages)  # no per-message Python work for tweets
+        ending = None
+        for kind, message in others:
+            if kind is MessageKind.DELETE:
+                continue
+            disconnect = self._notice(kind, message)
+            if disconnect is not None:
+                code = disconnect.get("code")
+                ending = Ended(
+                    Failure.HTTP if code in STICKY_DISCONNECTS else Failure.NETWORK,
+                    f"disconnect message code {code}: {disconnect_reason(code)}",
+                    reset_ok=code not in STICKY_DISCONNECTS,
+                )
+        return tweets, ending
 
     def _notice(self, kind: MessageKind, message: bytes) -> dict[str, Any] | None:
         """Log a control message; return the disconnect payload if it is one."""

@@ -256,7 +256,9 @@ class Api:
 
 def write_daemon_config(tmp_path: Path, fake_api: FakeAPI, **kwargs: Any) -> Path:
     """A daemon config against the fake API: REST calls go to it too, no start-up jitter."""
-    twitter = {"rest_url": fake_api.stream_url, **kwargs.pop("twitter", {})}
+    twitter = {
+        "rest_url": fake_api.stream_url, "api_url": fake_api.api_url, **kwargs.pop("twitter", {})
+    }
     timing = {"start_jitter": 0, "reconcile_interval": 1, **kwargs.pop("timing", {})}
     return write_config(tmp_path, fake_api.stream_url, twitter=twitter, timing=timing, **kwargs)
 

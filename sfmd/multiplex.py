@@ -1,0 +1,273 @@
+"""Many v2 filter streams over one connection: a FilterGroup per credential.
+
+v2 allows one filtered-stream connection per app, and the rules belong to the app. So each
+credential with active v2 filters gets one FilterGroup: one V2Stream whose sink is a Router,
+an Archive per member stream, and the rules at the API kept equal to what the members want.
+Each message is stored, byte for byte, in the archive of every stream its `matching_rules`
+name (found by rule id; by tag for a rule whose id is not known yet, as when a message beats
+the answer to the add that created its rule). Members come and go without reconnecting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from sfmd.archive import Archive, ArchiveError
+from sfmd.config import Config
+from sfmd.credentials import Credential
+from sfmd.locks import CredentialLock
+from sfmd.logs import get_logger
+from sfmd.registry import StreamSpec
+from sfmd.rules import Plan, Rule, RulesApi, RulesRejected, RulesUnavailable, plan
+from sfmd.stream import StreamTarget
+from sfmd.v2 import V2Stream, stream_params
+
+
+def connection_name(credential: str) -> str:
+    """The shared connection's name in logs and locks (not a stream name: those have no @)."""
+    return f"v2-filter@{credential}"
+
+
+@dataclass
+class Member:
+    """One v2 filter stream inside a group: its archive and what was routed to it."""
+
+    spec: StreamSpec
+    archive: Archive
+    messages: int = 0
+    bytes: int = 0
+
+
+class Router:
+    """The shared connection's sink: each message to the archives its rules name."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, Member] = {}
+        self.routes: dict[str, tuple[str, ...]] = {}  # rule id → member names
+        self.unrouted = 0  # messages no member wanted (an old rule, an errors object)
+
+    @property
+    def current_file(self) -> None:
+        return None  # the connection has no file; each member's archive has its own
+
+    def names_for(self, message: bytes) -> set[str]:
+        try:
+            rules = json.loads(message).get("matching_rules")
+        except (ValueError, AttributeError):
+            return set()
+        names: set[str] = set()
+        for rule in rules if isinstance(rules, list) else ():
+            if not isinstance(rule, dict):
+                continue
+            routed = self.routes.get(str(rule.get("id")))
+            if routed is None and isinstance(rule.get("tag"), str):
+                routed = tuple(rule["tag"].split(","))
+            names.update(routed or ())
+        return names
+
+    async def write(self, messages: list[bytes], tweets: int) -> None:
+        batches: dict[str, list[bytes]] = {}
+        for message in messages:
+            wanted = [n for n in self.names_for(message) if n in self.members]
+            if not wanted:
+                self.unrouted += 1
+            for name in wanted:
+                batches.setdefault(name, []).append(message)
+        for name, batch in batches.items():
+            member = self.members.get(name)
+            if member is None:
+                continue  # left the group while an earlier archive was writing
+            await member.archive.write(batch, len(batch))
+            member.messages += len(batch)
+            member.bytes += sum(map(len, batch)) + len(batch)
+
+
+class FilterGroup:
+    """One credential's v2 filtered-stream connection, its member streams and their rules."""
+
+    def __init__(
+        self,
+        credential: Credential,
+        config: Config,
+        session: aiohttp.ClientSession,
+        lock_dir: Any,
+        *,
+        archive_factory: Callable[[StreamSpec], Archive],
+        stream_timing: Any,
+    ) -> None:
+        self.credential = credential
+        self.config = config
+        self.name = connection_name(credential.name)
+        self.log = get_logger(stream=self.name)
+        self.lock = CredentialLock(lock_dir, f"{credential.name}.v2-filter")
+        self.router = Router()
+        self.rules = RulesApi(
+            session, config.twitter.api_url, credential, timeout=config.timing.connect_timeout
+        )
+        self.stream = V2Stream(
+            StreamTarget(self.name, "filter", stream_params(config.twitter), credential),
+            stream_url=config.twitter.api_url,
+            session=session,
+            sink=self.router,
+            timing=stream_timing,
+        )
+        self.held: list[Rule] = []
+        self.foreign: list[Rule] = []
+        self.problem: str | None = None  # the last rules sync's failure, until one succeeds
+        self.known_names: set[str] = set()  # every name sfmd has tagged rules with
+        self._archive_factory = archive_factory
+        self._started = False
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take the credential's v2 filter connection (CredentialBusy if another process has
+        it) and connect."""
+        self.lock.acquire(self.name)
+        self.stream.start()
+        self._started = True
+        self.log.info("v2_connection_started", credential=self.credential.name)
+
+    async def stop(self) -> None:
+        """Close the connection and every member's archive; the rules stay at the API."""
+        try:
+            await self.stream.stop(grace=self.config.timing.shutdown_timeout / 2)
+            for name in list(self.router.members):
+                await self._drop(name)
+        finally:
+            if self._started:
+                self.lock.release()
+                self._started = False
+
+    # -- members and rules -----------------------------------------------------------------
+
+    async def update(
+        self, specs: Iterable[StreamSpec], known: Iterable[str]
+    ) -> dict[str, ArchiveError]:
+        """Members and API rules made to match `specs` (the active v2 filters on this
+        credential); `known` names every stream whose tag is sfmd's (the registry's).
+        Returns the members whose archive would not open: they stay out, their rules too."""
+        wanted = {spec.name: spec for spec in specs}
+        self.known_names |= set(known) | set(wanted)
+        for name in list(self.router.members):
+            if name not in wanted:
+                await self._drop(name)
+        failed: dict[str, ArchiveError] = {}
+        for name, spec in wanted.items():
+            member = self.router.members.get(name)
+            if member is not None:
+                member.spec = spec
+                continue
+            archive = self._archive_factory(spec)
+            try:
+                await archive.open()
+            except ArchiveError as e:
+                failed[name] = e
+                continue
+            self.router.members[name] = Member(spec, archive)
+        await self.sync_rules()
+        return failed
+
+    async def sync_rules(self) -> None:
+        """Bring the API's rules to the members' (dry run first); never raises, sets
+        `problem` instead, so a rules API outage is retried by the next reconcile."""
+        wanted = self.wanted_rules()
+        try:
+            steps = plan(
+                wanted,
+                await self.rules.get(),
+                is_ours=self._is_ours,
+                prune_foreign=self.config.twitter.v2_prune_foreign_rules,
+            )
+            await self._apply(steps)
+            self.held = await self.rules.get() if not steps.empty else steps.keep
+            self.foreign = steps.foreign
+        except (RulesUnavailable, RulesRejected) as e:
+            if str(e) != self.problem:
+                self.log.error("rules_sync_failed", error=str(e))
+            self.problem = f"rules not in sync: {e}"
+            return
+        self.router.routes = {
+            rule.id: tuple(wanted[rule.value]) for rule in self.held if rule.value in wanted
+        }
+        if self.problem is not None:
+            self.log.info("rules_in_sync")
+        self.problem = None
+
+    def wanted_rules(self) -> dict[str, list[str]]:
+        wanted: dict[str, list[str]] = {}
+        for name, member in sorted(self.router.members.items()):
+            for value in member.spec.rules:
+                wanted.setdefault(value, []).append(name)
+        return wanted
+
+    async def _apply(self, steps: Plan) -> None:
+        if steps.validate:
+            await self.rules.check(steps.validate)
+        if steps.delete:
+            await self.rules.delete([rule.id for rule in steps.delete])
+        if steps.add:
+            created = await self.rules.add(steps.add)
+            # Routes for the new ids at once: messages matching them may already be flowing.
+            wanted = self.wanted_rules()
+            for rule in created:
+                if rule.value in wanted:
+                    self.router.routes[rule.id] = tuple(wanted[rule.value])
+        if not steps.empty:
+            self.log.info(
+                "rules_changed",
+                added=[value for value, _ in steps.add],
+                deleted=[rule.value for rule in steps.delete],
+            )
+
+    def _is_ours(self, rule: Rule) -> bool:
+        return bool(rule.names) and set(rule.names) <= self.known_names
+
+    async def _drop(self, name: str) -> None:
+        member = self.router.members.pop(name)
+        await member.archive.close()
+
+    # -- status ----------------------------------------------------------------------------
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.router.members
+
+    @property
+    def empty(self) -> bool:
+        return not self.router.members
+
+    def member_status(self, name: str) -> dict[str, Any]:
+        """A member's STREAM status: the connection's state, the member's own counts."""
+        member = self.router.members[name]
+        conn = self.stream.status
+        current = member.archive.current_file
+        return {
+            "state": conn.state.value,
+            "since": conn.since.isoformat().replace("+00:00", "Z"),
+            "messages": member.messages,
+            "tweets": member.messages,
+            "bytes": member.bytes,
+            "reconnects": conn.reconnects,
+            "last_error": self.problem or conn.last_error,
+            "current_file": str(current) if current is not None else None,
+            "connection": self.connection_status(),
+        }
+
+    def connection_status(self) -> dict[str, Any]:
+        conn = self.stream.status
+        return {
+            "name": self.name,
+            "state": conn.state.value,
+            "messages": conn.messages,
+            "unrouted": self.router.unrouted,
+            "errors": self.stream.errors,
+            "reconnects": conn.reconnects,
+            "rules": len(self.held),
+            "foreign_rules": [{"id": r.id, "value": r.value, "tag": r.tag} for r in self.foreign],
+            "rules_problem": self.problem,
+        }

@@ -1,0 +1,91 @@
+"""Twitter API v2 streams on the wire: the request, and what a batch of messages means.
+
+The connection's life (backoff, stall detection, graceful stop) is the v1.1 Stream's; only
+three things differ. The request is a GET with the app's bearer token and the field lists
+from the config. Messages are `{"data": ..., "includes": ..., "matching_rules": ...}`; an
+object holding only `errors` is the API talking (logged and counted, and stored like any
+message), and an operational disconnect, in either spelling the API uses (`title`
+"operational-disconnect" or `disconnect_type` "OperationalDisconnect"), ends the connection:
+reconnect as after a network error. 429 is rate limiting, as 420 was on v1.1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from sfmd.backoff import Failure
+from sfmd.config import TwitterConfig
+from sfmd.stream import Ended, Stream
+
+PATHS = {"filter": "/2/tweets/search/stream", "sample": "/2/tweets/sample/stream"}
+_TWEET_START = b'{"data"'
+
+
+def stream_params(twitter: TwitterConfig) -> dict[str, str]:
+    """The query every v2 stream connection sends: what each message should carry."""
+    lists = {
+        "tweet.fields": twitter.v2_tweet_fields,
+        "expansions": twitter.v2_expansions,
+        "user.fields": twitter.v2_user_fields,
+        "media.fields": twitter.v2_media_fields,
+        "place.fields": twitter.v2_place_fields,
+        "poll.fields": twitter.v2_poll_fields,
+    }
+    return {key: ",".join(values) for key, values in lists.items() if values}
+
+
+def is_operational_disconnect(error: Any) -> bool:
+    return isinstance(error, dict) and (
+        error.get("title") == "operational-disconnect"
+        or error.get("disconnect_type") == "OperationalDisconnect"
+    )
+
+
+class V2Stream(Stream):
+    """A v2 filtered or sample stream connection; `stream_url` is `twitter.api_url`."""
+
+    errors = 0  # `errors` objects the API sent on this stream, for status and metrics
+
+    def _request(self) -> tuple[str, str, dict[str, str], str | None]:
+        credential = self.target.credential
+        url = self.stream_url + PATHS[self.target.endpoint]
+        query = urlencode(self.target.params)
+        headers = {"Authorization": f"Bearer {credential.bearer_token}"}
+        return "GET", f"{url}?{query}" if query else url, headers, None
+
+    def _examine(self, messages: list[bytes]) -> tuple[int, Ended | None]:
+        tweets = 0
+        ending: Ended | None = None
+        for message in messages:
+            if message.startswith(_TWEET_START):
+                tweets += 1
+                continue
+            try:
+                body = json.loads(message)
+            except ValueError:
+                self.log.warning("malformed_message", bytes=len(message))
+                continue
+            if not isinstance(body, dict):
+                self.log.warning("malformed_message", bytes=len(message))
+                continue
+            if "data" in body:
+                tweets += 1  # a tweet with partial errors (say, a deleted quoted tweet)
+                continue
+            errors = body.get("errors")
+            if not isinstance(errors, list):
+                self.log.warning("unknown_message", keys=sorted(map(str, body))[:10])
+                continue
+            self.errors += len(errors)
+            for error in errors[:5]:
+                shown = error if isinstance(error, dict) else {"detail": error}
+                self.log.warning(
+                    "api_error_message",
+                    title=str(shown.get("title", ""))[:100],
+                    detail=str(shown.get("detail", ""))[:200],
+                    type=str(shown.get("type", ""))[:200],
+                )
+            if any(is_operational_disconnect(e) for e in errors):
+                ending = Ended(Failure.NETWORK, "operational disconnect from the API")
+        return tweets, ending
