@@ -22,6 +22,7 @@ from sfmd.registry import Registry, RegistryError, StreamSpec
 from sfmd.runner import StreamRunner, new_session, write_status_file
 from sfmd.supervisor import ProcessStreams
 from sfmd.supervisor_conf import ConfError
+from sfmd.v2 import bearer_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -94,7 +95,16 @@ def find_stream(
         raise StartupError(
             f"no stream named '{name}' in the registry {registry.path} (known: {known})"
         ) from None
-    return spec, credentials[spec.credential]
+    credential = credentials[spec.credential]
+    if spec.api == "v2" and spec.kind == "filter":
+        raise StartupError(
+            f"stream '{name}' is a v2 filter: v2 filters share one connection per credential, "
+            "so they run inside `sfmd run`, not as a process of their own"
+        )
+    problem = bearer_problem(credential) if spec.api == "v2" else None
+    if problem:
+        raise StartupError(problem)
+    return spec, credential
 
 
 # -- sfmd run ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from sfmd.credentials import Credential, CredentialsError, load_credentials
 from sfmd.heap import Heap
 from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
-from sfmd.metrics import Metrics, StreamSample
+from sfmd.metrics import ConnectionSample, Metrics, StreamSample
 from sfmd.multiplex import FilterGroup
 from sfmd.notify import Notifier, describe_states, watchdog_loop
 from sfmd.people import lookup_ids
@@ -52,6 +52,7 @@ from sfmd.runner import (
 )
 from sfmd.supervisor import ProcessStreams, SupervisorError
 from sfmd.supervisor_conf import ConfError
+from sfmd.v2 import bearer_problem
 
 log = get_logger()
 STATUS_KEYS = (
@@ -86,7 +87,7 @@ class Daemon:
         self.failed: dict[str, dict[str, Any]] = {}
         # The last status of streams that stopped, so counters survive a stop for `show`.
         self.last_status: dict[str, dict[str, Any]] = {}
-        self.metrics = Metrics(self._samples, self.started)
+        self.metrics = Metrics(self._samples, self.started, connections=self._connections)
         self._lock = asyncio.Lock()  # one change or reconcile at a time
         self.heap = Heap(config.timing.gc_interval)
         self._crashes: dict[str, Backoff] = {}
@@ -203,6 +204,10 @@ class Daemon:
         await self._reconcile_processes()
         for name, spec in desired.items():
             if name not in self.runners and name not in self._restarting:
+                problem = bearer_problem(self.credentials[spec.credential])
+                if spec.api == "v2" and problem:  # a hand-edited registry, or a changed file
+                    self._mark_failed(name, problem)
+                    continue
                 await self._start_runner(spec, delay=random.uniform(0, jitter))
         await self._reconcile_groups(everything)
 
@@ -225,6 +230,11 @@ class Daemon:
                 log.info("v2_connection_stopped", connection=group.name)
         for credential, specs in wanted.items():
             group = self.groups.get(credential)
+            problem = bearer_problem(self.credentials[credential])
+            if problem:
+                for spec in specs:
+                    self._mark_failed(spec.name, problem)
+                continue
             if group is None:
                 group = FilterGroup(
                     self.credentials[credential], self.config, self.session, lock_dir(self.config),
@@ -408,12 +418,9 @@ class Daemon:
         if spec.api != "v2":
             return
         credential = self.credentials[spec.credential]
-        if not credential.bearer_token:
-            raise ValidationError(
-                "invalid", "credential",
-                f"credential {spec.credential!r} has no bearer_token, which v2 streams need; "
-                "add one to its table in the credentials file (and restart sfmd)",
-            )
+        problem = bearer_problem(credential)
+        if problem:
+            raise ValidationError("invalid", "credential", problem)
         if spec.kind != "filter" or not spec.active:
             return
         group = self.groups.get(spec.credential)
@@ -524,6 +531,18 @@ class Daemon:
                 reconnects=status["reconnects"],
                 limit_undelivered=runner.stream.status.limit_undelivered if runner else 0,
                 files_published=runner.archive.published if runner else self._v2_published(spec),
+            )
+
+    def _connections(self) -> Iterator[ConnectionSample]:
+        for group in self.groups.values():
+            status = group.connection_status()
+            yield ConnectionSample(
+                name=group.name,
+                messages=status["messages"],
+                unrouted=status["unrouted"],
+                errors=status["errors"],
+                reconnects=status["reconnects"],
+                rules=status["rules"],
             )
 
     def _v2_published(self, spec: StreamSpec) -> int:

@@ -36,11 +36,30 @@ class StreamSample:
     files_published: int
 
 
+@dataclass(frozen=True)
+class ConnectionSample:
+    """A shared v2 filter connection's numbers (its streams' are StreamSamples)."""
+
+    name: str
+    messages: int
+    unrouted: int
+    errors: int
+    reconnects: int
+    rules: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    streams: list[StreamSample]
+    connections: list[ConnectionSample]
+
+
 class SfmdCollector(Collector):
     """Metric families for one snapshot of the streams' numbers."""
 
-    def __init__(self, samples: list[StreamSample], started: float) -> None:
-        self._samples = samples
+    def __init__(self, snapshot: Snapshot, started: float) -> None:
+        self._samples = snapshot.streams
+        self._connections = snapshot.connections
         self._started = started
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
@@ -72,6 +91,7 @@ class SfmdCollector(Collector):
         yield from families.values()
         yield state
         yield limit
+        yield from self._connection_families()
         yield GaugeMetricFamily(
             "sfmd_uptime_seconds", "Seconds since the daemon started",
             value=time.monotonic() - self._started,
@@ -81,10 +101,32 @@ class SfmdCollector(Collector):
         yield info
 
 
-def render_page(samples: list[StreamSample], started: float) -> bytes:
+    def _connection_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        counters = {
+            "messages": "Messages received on the shared v2 filter connection",
+            "unrouted": "Messages no stream's rules claimed (old rules, errors objects)",
+            "errors": "errors objects the v2 API sent in the stream",
+            "reconnects": "Connections opened after the first",
+        }
+        families = {
+            key: CounterMetricFamily(f"sfmd_v2_connection_{key}", doc, labels=["connection"])
+            for key, doc in counters.items()
+        }
+        rules = GaugeMetricFamily(
+            "sfmd_v2_connection_rules", "Rules sfmd holds at the API", labels=["connection"]
+        )
+        for conn in self._connections:
+            for key in counters:
+                families[key].add_metric([conn.name], getattr(conn, key))
+            rules.add_metric([conn.name], conn.rules)
+        yield from families.values()
+        yield rules
+
+
+def render_page(snapshot: Snapshot, started: float) -> bytes:
     """Prometheus text for one snapshot; pure, so it can run in a worker thread."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SfmdCollector(samples, started))
+    registry.register(SfmdCollector(snapshot, started))
     return generate_latest(registry)
 
 
@@ -101,13 +143,18 @@ class Metrics:
         samples: Callable[[], Iterable[StreamSample]],
         started: float,
         max_age: float = 1.0,
+        connections: Callable[[], Iterable[ConnectionSample]] = list,
     ) -> None:
         self._samples = samples
+        self._connections = connections
         self._started = started
         self.max_age = max_age
         self._page = b""
         self._rendered = -float("inf")
         self._rendering = asyncio.Lock()  # concurrent scrapes share one render
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(list(self._samples()), list(self._connections()))
 
     def _fresh(self) -> bool:
         return time.monotonic() - self._rendered < self.max_age
@@ -115,7 +162,7 @@ class Metrics:
     async def page(self) -> bytes:
         async with self._rendering:
             if not self._fresh():
-                snapshot = list(self._samples())
+                snapshot = self._snapshot()
                 taken = time.monotonic()
                 self._page = await asyncio.to_thread(render_page, snapshot, self._started)
                 self._rendered = taken
@@ -124,6 +171,6 @@ class Metrics:
     def render(self) -> bytes:
         """The same page, rendered on the caller's thread (for callers without a loop)."""
         if not self._fresh():
-            self._page = render_page(list(self._samples()), self._started)
+            self._page = render_page(self._snapshot(), self._started)
             self._rendered = time.monotonic()
         return self._page

@@ -181,17 +181,18 @@ class FilterGroup:
             steps = plan(
                 wanted,
                 await self.rules.get(),
-                is_ours=self._is_ours,
+                known_names=self.known_names,
                 prune_foreign=self.config.twitter.v2_prune_foreign_rules,
             )
             await self._apply(steps)
-            self.held = await self.rules.get() if not steps.empty else steps.keep
-            self.foreign = steps.foreign
+            now = await self.rules.get() if not steps.empty else [*steps.keep, *steps.foreign]
         except (RulesUnavailable, RulesRejected) as e:
             if str(e) != self.problem:
                 self.log.error("rules_sync_failed", error=str(e))
             self.problem = f"rules not in sync: {e}"
             return
+        self.held = [rule for rule in now if rule.value in wanted]
+        self.foreign = [rule for rule in now if rule.value not in wanted]
         self.router.routes = {
             rule.id: tuple(wanted[rule.value]) for rule in self.held if rule.value in wanted
         }
@@ -224,9 +225,6 @@ class FilterGroup:
                 added=[value for value, _ in steps.add],
                 deleted=[rule.value for rule in steps.delete],
             )
-
-    def _is_ours(self, rule: Rule) -> bool:
-        return bool(rule.names) and set(rule.names) <= self.known_names
 
     async def _drop(self, name: str) -> None:
         member = self.router.members.pop(name)

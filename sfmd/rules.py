@@ -17,7 +17,7 @@ rule comes back to the caller, and nothing changes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,10 @@ class Rule:
     def names(self) -> tuple[str, ...]:
         return tuple(n for n in self.tag.split(",") if n) if self.tag else ()
 
+    def is_ours(self, known_names: Collection[str]) -> bool:
+        """sfmd tags every rule it makes with stream names; an untagged rule is foreign."""
+        return bool(self.names) and all(name in known_names for name in self.names)
+
 
 def tag_for(names: Iterable[str]) -> str:
     return ",".join(sorted(set(names)))
@@ -75,13 +79,14 @@ def plan(
     wanted: Mapping[str, Collection[str]],
     held: Iterable[Rule],
     *,
-    is_ours: Callable[[Rule], bool],
+    known_names: Collection[str],
     prune_foreign: bool,
 ) -> Plan:
     """The steps from `held` to `wanted` (rule value → names of the streams that want it).
 
     A held rule with a wanted value but another tag is replaced (tags cannot be edited); a
-    held rule nobody wants is deleted if it is sfmd's, or if foreign rules are to be pruned.
+    held rule nobody wants is deleted if it is sfmd's (its tag names only `known_names`), or
+    if foreign rules are to be pruned.
     """
     result = Plan()
     held_values: set[str] = set()
@@ -90,7 +95,7 @@ def plan(
         if names is not None and rule.tag == tag_for(names):
             result.keep.append(rule)
             held_values.add(rule.value)
-        elif names is not None or is_ours(rule) or prune_foreign:
+        elif names is not None or rule.is_ours(known_names) or prune_foreign:
             result.delete.append(rule)
             if names is not None:
                 held_values.add(rule.value)  # known valid: no dry run needed to re-add it

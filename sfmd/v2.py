@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from sfmd.backoff import Failure
 from sfmd.config import TwitterConfig
+from sfmd.credentials import Credential
 from sfmd.stream import Ended, Stream
 
 PATHS = {"filter": "/2/tweets/search/stream", "sample": "/2/tweets/sample/stream"}
@@ -34,6 +35,16 @@ def stream_params(twitter: TwitterConfig) -> dict[str, str]:
         "poll.fields": twitter.v2_poll_fields,
     }
     return {key: ",".join(values) for key, values in lists.items() if values}
+
+
+def bearer_problem(credential: Credential) -> str | None:
+    """Why this credential cannot open a v2 stream, if it cannot."""
+    if credential.bearer_token:
+        return None
+    return (
+        f"credential {credential.name!r} has no bearer_token, which v2 streams need; "
+        "add one to its table in the credentials file (and restart sfmd)"
+    )
 
 
 def is_operational_disconnect(error: Any) -> bool:

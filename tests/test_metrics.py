@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sfmd.metrics import Metrics, StreamSample
+from sfmd.metrics import ConnectionSample, Metrics, StreamSample
 
 
 def sample(messages: int) -> StreamSample:
@@ -46,3 +46,13 @@ async def test_page_renders_off_the_loop_and_is_shared() -> None:
     assert calls["n"] == 1
     assert all(page == pages[0] for page in pages)
     assert b'messages_total{stream="s1"} 1.0' in pages[0]
+
+
+def test_shared_v2_connections_have_metrics_of_their_own() -> None:
+    conn = ConnectionSample("v2-filter@alpha", messages=9, unrouted=2, errors=1, reconnects=0,
+                            rules=3)
+    text = Metrics(lambda: [sample(5)], time.monotonic(), connections=lambda: [conn])
+    page = text.render().decode()
+    assert 'sfmd_v2_connection_messages_total{connection="v2-filter@alpha"} 9.0' in page
+    assert 'sfmd_v2_connection_unrouted_total{connection="v2-filter@alpha"} 2.0' in page
+    assert 'sfmd_v2_connection_rules{connection="v2-filter@alpha"} 3.0' in page
