@@ -215,7 +215,10 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         given = getattr(args, field, None)
         if given is not None:
             body[field] = [item for values in given for item in values]
-    for field in ("credential", "isolation"):
+    rules = getattr(args, "rule", None)
+    if rules is not None:
+        body["rules"] = [{"value": value} for value in rules if value != ""]
+    for field in ("credential", "isolation", "api"):
         value = getattr(args, field, None)
         if value is not None:
             body[field] = value
@@ -500,6 +503,11 @@ def _settings_options(
                        help="screen names to follow (looked up by sfmd), comma-separated")
         p.add_argument("--language", action="append", type=words, metavar="CODES",
                        help="BCP 47 language codes, e.g. en,pt-BR")
+        p.add_argument("--rule", action="append", metavar="RULE", help=(
+            "a v2 filter rule, e.g. 'cats has:images' (repeat for several; not split on"
+            " commas)"))
+    if creating:
+        p.add_argument("--api", choices=("v1.1", "v2"), help="Twitter's API (default v1.1)")
     p.add_argument("--credential", metavar="C", help="the credential to connect with" + (
         " (default: sfmd's [twitter] default_credential)" if creating else ""))
     p.add_argument("--isolation", choices=("task", "process"), help=(

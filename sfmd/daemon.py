@@ -414,10 +414,17 @@ class Daemon:
             self._crashes.pop(name, None)
 
     async def _check_v2(self, spec: StreamSpec, old: StreamSpec | None) -> None:
-        """A v2 stream needs a bearer token; new rule values must pass the API's dry run."""
-        if spec.api != "v2":
-            return
+        """A v2 stream needs a bearer token (v1.1 the OAuth keys); new rule values must pass
+        the API's dry run."""
         credential = self.credentials[spec.credential]
+        if spec.api != "v2":
+            if not credential.has_oauth1:
+                raise ValidationError(
+                    "invalid", "credential",
+                    f"credential {spec.credential!r} has only a bearer_token; v1.1 streams need "
+                    'the four OAuth 1.0a keys (or set "api": "v2")',
+                )
+            return
         problem = bearer_problem(credential)
         if problem:
             raise ValidationError("invalid", "credential", problem)

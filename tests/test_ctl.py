@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 
 from sfmd.credentials import load_credentials
-from sfmd.ctl import boxes, duration, rates, render_status
+from sfmd.ctl import boxes, build_parser, duration, rates, render_status, settings_from
 from sfmd.fakeapi import ConnectionRecord, FakeAPI, user_id_for
 from tests.conftest import (
     CREDENTIALS_TOML,
@@ -447,3 +447,14 @@ def test_status_table_without_streams_and_with_an_error() -> None:
     lines = render_status([stream], None, now).splitlines()
     assert lines[1].split() == ["x", "sample", "failed", "1m15s", "2", "-", "4", "-"]
     assert lines[2] == "    last error: HTTP 401"
+
+
+def test_v2_options_become_api_and_rules() -> None:
+    args = build_parser().parse_args(
+        ["add", "cats", "--api", "v2", "--rule", "cats has:images, ok", "--rule", "#caturday"]
+    )
+    assert settings_from(args) == {
+        "api": "v2", "rules": [{"value": "cats has:images, ok"}, {"value": "#caturday"}]
+    }
+    cleared = build_parser().parse_args(["modify", "cats", "--rule", ""])
+    assert settings_from(cleared) == {"rules": []}
