@@ -186,13 +186,15 @@ async def test_refusals_before_the_api_is_asked(
 ) -> None:
     with open(credentials_file, "a") as f:
         f.write('\n[gamma]\nconsumer_key = "ck"\nconsumer_secret = "cs"\n'
-                'access_token = "at"\naccess_token_secret = "ats"\n')
+                'access_token = "at"\naccess_token_secret = "ats"\n'
+                '\n[delta]\nbearer_token = "bt"\n')
     os.chmod(credentials_file, 0o600)
     proc = await start_daemon(tmp_path, write_daemon_config(tmp_path, fake_api))
     try:
         async with Api(tmp_path / "sfmd.sock") as api:
             cases = [
                 (v2_filter("n", "cats", credential="gamma"), "bearer_token"),
+                ({"name": "n", "kind": "sample", "credential": "delta"}, "OAuth 1.0a keys"),
                 (v2_filter("n"), "at least one rule"),
                 (v2_filter("n", "cats", track=["x"]), "rules"),
                 ({"name": "n", "kind": "filter", "track": ["x"], "rules": [{"value": "x"}]},
