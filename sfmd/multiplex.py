@@ -41,6 +41,8 @@ class Member:
     archive: Archive
     messages: int = 0
     bytes: int = 0
+    refused: int = 0  # messages its archive could not take (a full disk), lost
+    error: str | None = None  # the archive's refusal, until it takes messages again
 
 
 class Router:
@@ -54,6 +56,10 @@ class Router:
     @property
     def current_file(self) -> None:
         return None  # the connection has no file; each member's archive has its own
+
+    @property
+    def error(self) -> None:
+        return None  # one member's full disk must not stop the others' connection
 
     def names_for(self, message: bytes) -> set[str]:
         try:
@@ -82,7 +88,19 @@ class Router:
             member = self.members.get(name)
             if member is None:
                 continue  # left the group while an earlier archive was writing
-            await member.archive.write(batch, len(batch))
+            try:
+                await member.archive.write(batch, len(batch))
+            except ArchiveError as e:
+                # The archive keeps what it already took and retries by itself; these
+                # messages it refused. The member's status says why (`last_error`).
+                if member.error is None:
+                    get_logger(stream=name).error("archive_refused", error=str(e))
+                member.refused += len(batch)
+                member.error = str(e)
+                continue
+            if member.error is not None:
+                get_logger(stream=name).info("archive_takes_messages_again")
+            member.error = None
             member.messages += len(batch)
             member.bytes += sum(map(len, batch)) + len(batch)
 
@@ -251,7 +269,7 @@ class FilterGroup:
             "tweets": member.messages,
             "bytes": member.bytes,
             "reconnects": conn.reconnects,
-            "last_error": self.problem or conn.last_error,
+            "last_error": member.error or self.problem or conn.last_error,
             "current_file": str(current) if current is not None else None,
             "connection": self.connection_status(),
         }

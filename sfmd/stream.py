@@ -66,6 +66,11 @@ class Sink(Protocol):
     @property
     def current_file(self) -> Any: ...
 
+    @property
+    def error(self) -> ArchiveError | None:
+        """Why the sink refuses messages now (a full disk), or None when it takes them."""
+        ...
+
 
 @dataclass(frozen=True)
 class StreamTarget:
@@ -231,6 +236,7 @@ class Stream:
                     self.log.info("disconnected", reason="stopping")
                     return
                 await self._wait_after(ended)
+                await self._until_sink_takes_messages()
         finally:
             self._set_state(State.STOPPED, reason="stopped")
 
@@ -244,6 +250,16 @@ class Stream:
         self._set_state(State.BACKOFF, reason=ended.reason, error=ended.reason)
         self.log.info("backoff", wait=round(wait, 3), failure=ended.kind.value)
         await asyncio.sleep(wait)
+
+    async def _until_sink_takes_messages(self) -> None:
+        """Connect only once the archive can store again: a connection opened while the
+        disk is full would lose its first reads (the archive retries by itself)."""
+        while self.sink.error is not None:
+            wait = self.backoff.failure(Failure.HTTP)
+            self.log.warning("waiting_for_archive", error=str(self.sink.error), wait=round(wait, 3))
+            self._set_state(State.BACKOFF, reason="the archive refuses writes",
+                            error=f"archive: {self.sink.error}")
+            await asyncio.sleep(wait)
 
     # -- one connection --------------------------------------------------------------------
 
