@@ -125,6 +125,8 @@ class Daemon:
             )
         except (CredentialsError, RegistryError) as e:
             raise StartupError(str(e)) from None
+        for leftover in self.registry.remove_leftovers():
+            log.info("registry_leftover_removed", file=leftover.name)
         for folder in (self.config.daemon.data_dir, self.config.daemon.state_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.session = new_session()

@@ -795,6 +795,15 @@ class Registry:
             raise RegistryError(f"registry {path} cannot be read: {e.strerror}") from None
         return cls(path, _parse(path, raw, credentials))
 
+    def remove_leftovers(self) -> list[Path]:
+        """Delete temp files of registry writes a crash interrupted (the registry itself is
+        the old or the new one). Only the daemon, the one writer, may call this at start-up:
+        anyone else could delete a write in progress."""
+        leftovers = sorted(self.path.parent.glob(f".{self.path.name}.*.tmp"))
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        return leftovers
+
     def get(self, name: str) -> StreamSpec:
         return self._streams[name]
 

@@ -814,3 +814,15 @@ def test_a_hand_edited_people_ids_must_be_ids(tmp_path: Path) -> None:
     (tmp_path / "streams.json").write_text(json.dumps({"version": 1, "streams": [entry]}))
     with pytest.raises(RegistryError, match="people_ids"):
         Registry.load(tmp_path, credentials=CREDS)
+
+
+def test_leftovers_of_interrupted_writes_are_removed_on_request(tmp_path: Path) -> None:
+    registry = Registry.load(tmp_path)
+    registry.add(spec_of("first"))
+    leftover = tmp_path / f".{registry.path.name}.abc123.tmp"
+    leftover.write_text("{half")
+    unrelated = tmp_path / "notes.tmp"
+    unrelated.write_text("keep")
+    assert Registry.load(tmp_path).remove_leftovers() == [leftover]
+    assert not leftover.exists() and unrelated.exists()
+    assert [s.name for s in Registry.load(tmp_path).list()] == ["first"]
