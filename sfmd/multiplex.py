@@ -10,6 +10,7 @@ the answer to the add that created its rule). Members come and go without reconn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -261,16 +262,16 @@ class FilterGroup:
         """A member's STREAM status: the connection's state, the member's own counts."""
         member = self.router.members[name]
         conn = self.stream.status
+        own = dataclasses.replace(
+            conn,
+            messages=member.messages,
+            tweets=member.messages,  # only tweets match rules
+            bytes=member.bytes,
+            last_error=member.error or self.problem or conn.last_error,
+        )
         current = member.archive.current_file
         return {
-            "state": conn.state.value,
-            "since": conn.since.isoformat().replace("+00:00", "Z"),
-            "messages": member.messages,
-            "tweets": member.messages,
-            "bytes": member.bytes,
-            "reconnects": conn.reconnects,
-            "last_error": member.error or self.problem or conn.last_error,
-            "current_file": str(current) if current is not None else None,
+            **own.to_dict(str(current) if current is not None else None),
             "connection": self.connection_status(),
         }
 
