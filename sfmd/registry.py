@@ -597,8 +597,13 @@ class StreamSpec:
     def connection_key(self) -> tuple[object, ...]:
         """What the connection depends on: a change here (and only here) means reconnecting.
 
-        A v2 filter's rules change on the API while its shared connection stays up.
+        A v2 filter's rules change on the API while its shared connection stays up. Kept
+        once computed: every reconcile compares it for every running stream.
         """
+        return self._connection_key
+
+    @functools.cached_property
+    def _connection_key(self) -> tuple[object, ...]:
         if self.api == "v2":
             return (self.api, self.endpoint, self.credential)
         return (self.endpoint, sorted(self.wire_params().items()), self.people, self.credential)
