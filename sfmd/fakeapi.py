@@ -53,6 +53,7 @@ from sfmd.fakeapi_common import (
     check_fault,
     dumps,
     fault_matches,
+    next_batch,
     reason_phrase,
 )
 from sfmd.fakeapi_v2 import API_PATHS, V2API
@@ -804,20 +805,11 @@ class FakeAPI:
                 last_write = loop.time()
                 continue
 
-            count = block_count(settings.message_size)
-            if trigger_at is not None:
-                count = min(count, trigger_at - sent)
-            if settings.total is not None:
-                count = min(count, settings.total - sent)
-            count, wake_at = pacer.allow(count, sent, settings.rate, loop.time())
+            count, last_write = await next_batch(
+                stream, response, pacer, settings, want=block_count(settings.message_size),
+                sent=sent, trigger_at=trigger_at, last_write=last_write,
+            )
             if count <= 0:
-                keepalive_at = last_write + settings.keepalive_interval
-                await stream.sleep_until(
-                    keepalive_at if wake_at is None else min(wake_at, keepalive_at)
-                )
-                if not stream.stop_reason and loop.time() >= keepalive_at:
-                    await response.write(b"\r\n")
-                    last_write = loop.time()
                 continue
 
             first = self.allocate(count)

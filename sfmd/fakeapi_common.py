@@ -274,6 +274,36 @@ class Pacer:
         return min(count, due), wake_at
 
 
+async def next_batch(
+    stream: StreamHandle,
+    response: web.StreamResponse,
+    pacer: Pacer,
+    settings: Settings,
+    *,
+    want: int,
+    sent: int,
+    trigger_at: int | None,
+    last_write: float,
+) -> tuple[int, float]:
+    """How many of `want` messages may go now: up to a scripted trigger, the total and the
+    rate. When none may, wait for the rate or a change, sending a keep-alive when one is due
+    (the caller loops). Returns the count and when the connection was last written to."""
+    loop = asyncio.get_running_loop()
+    count = want
+    if trigger_at is not None:
+        count = min(count, trigger_at - sent)
+    if settings.total is not None:
+        count = min(count, settings.total - sent)
+    count, wake_at = pacer.allow(count, sent, settings.rate, loop.time())
+    if count <= 0:
+        keepalive_at = last_write + settings.keepalive_interval
+        await stream.sleep_until(keepalive_at if wake_at is None else min(wake_at, keepalive_at))
+        if not stream.stop_reason and loop.time() >= keepalive_at:
+            await response.write(b"\r\n")
+            last_write = loop.time()
+    return count, last_write
+
+
 async def abort_when_flushed(request: web.Request, stream: StreamHandle) -> None:
     """Drop the connection once what was written has left, so a cut loses nothing sent."""
     transport = request.transport
