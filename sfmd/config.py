@@ -353,8 +353,8 @@ KEYS: tuple[Key, ...] = (
     Key("timing", "status_interval", 2, _seconds,
         "seconds between status reports of a process-isolated stream to the daemon"),
     Key("timing", "gc_interval", 3600, _seconds,
-        "seconds between full garbage collections; between them, settled objects are frozen "
-        "so that collections do not pause the daemon (about 0.1-0.4 s at 1,000 streams)"),
+        "seconds between full garbage collections; after start-up and after each, what the "
+        "streams hold is frozen so that routine collections do not pause the daemon"),
     Key("supervisor", "server_url", "unix:///var/run/supervisor.sock", _supervisor_url,
         "supervisord's XML-RPC endpoint (unix:///path or http://host:port)"),
     Key("supervisor", "conf_dir", "/etc/supervisor/conf.d", _path,

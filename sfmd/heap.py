@@ -3,9 +3,10 @@
 A full collection walks every tracked object. With 1,000 streams that is about 200,000
 objects and, measured in the fan-out benchmark, pauses of 100-400 ms several times a minute:
 every API call waiting at that moment waits too. Nearly all of those objects live as long as
-their stream, so they are moved out of the collector's sight (`gc.freeze`) once they have
-settled, and a full collection over everything, frozen objects included, runs rarely and on
-a schedule (`timing.gc_interval`) so that garbage cycles among them are still reclaimed.
+their stream, so once the streams have started they are moved out of the collector's sight
+(`gc.freeze`), and a full collection over everything, frozen objects included, runs rarely
+and on a schedule (`timing.gc_interval`): it reclaims garbage frozen with them, and settles
+what streams created since then hold.
 """
 
 from __future__ import annotations
@@ -29,18 +30,24 @@ class Heap:
         self.full_interval = full_interval
         self._last_full = time.monotonic()
 
-    def settle(self) -> None:
-        """Everything alive now is long-lived: keep it out of routine collections."""
+    def settle(self) -> int:
+        """Collect what is garbage now, then keep everything alive out of routine
+        collections: it is long-lived. Returns how many objects were collected."""
+        collected = gc.collect()
         gc.freeze()
+        return collected
 
     def tick(self) -> Collection | None:
-        """Call now and then: settles new objects; once per interval, collects everything."""
+        """Call now and then: once per interval, collects everything and settles again.
+
+        Nothing is frozen in between: that would freeze fresh garbage too (the soak saw RSS
+        climb 16 % in 10 minutes that way), and what is made after start-up is mostly
+        short-lived, which the routine collections handle cheaply.
+        """
         now = time.monotonic()
         if now - self._last_full < self.full_interval:
-            self.settle()
             return None
         self._last_full = now
         gc.unfreeze()
-        collected = gc.collect()
-        self.settle()
+        collected = self.settle()
         return Collection(collected, time.monotonic() - now, gc.get_freeze_count())

@@ -1,4 +1,4 @@
-"""Frozen objects stay out of routine collections; the scheduled full one reclaims them."""
+"""Settled objects stay out of routine collections; the scheduled full one reclaims them."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ class Node:
         self.other: Node | None = None
 
 
-def cycle() -> weakref.ref[Node]:
-    """A two-object cycle only the collector can free; a weak reference to watch it."""
+def cycle() -> Node:
+    """A two-object cycle: once dropped, only the collector can free it."""
     a, b = Node(), Node()
     a.other, b.other = b, a
-    return weakref.ref(a)
+    return a
 
 
 @pytest.fixture(autouse=True)
@@ -29,15 +29,20 @@ def unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
-def test_settled_cycles_survive_routine_collections_until_the_full_one() -> None:
+def test_settling_collects_garbage_first_then_freezes_the_living() -> None:
     heap = Heap(full_interval=3600)
-    watched = cycle()
+    dropped = weakref.ref(cycle())
+    kept = cycle()
     heap.settle()
+    assert dropped() is None  # garbage at settle time is not frozen
     assert gc.get_freeze_count() > 0
-    gc.collect()
-    assert watched() is not None  # frozen: out of the collector's sight
 
-    assert heap.tick() is None  # not due: only settles
+    watched = weakref.ref(kept)
+    del kept  # garbage now, but frozen: routine and explicit collections pass it by
+    gc.collect()
+    assert watched() is not None
+
+    assert heap.tick() is None  # not due
     heap.full_interval = 0
     done = heap.tick()
     assert done is not None and done.collected >= 2 and done.frozen > 0
