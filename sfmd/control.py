@@ -178,7 +178,7 @@ class ControlApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=await self.daemon.metrics.page(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            body=self.daemon.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
     async def openapi(self, request: web.Request) -> web.Response:

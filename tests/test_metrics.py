@@ -3,8 +3,9 @@ max_age so a busy scraper cannot eat the event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import time
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from sfmd.metrics import ConnectionSample, Metrics, StreamSample
 
@@ -34,18 +35,16 @@ def test_a_page_is_reused_within_max_age_and_fresh_after() -> None:
     assert b'messages_total{stream="s1"} 3.0' in fresh.render()
 
 
-async def test_page_renders_off_the_loop_and_is_shared() -> None:
-    calls = {"n": 0}
-
-    def samples() -> list[StreamSample]:
-        calls["n"] += 1
-        return [sample(calls["n"])]
-
-    metrics = Metrics(samples, time.monotonic(), max_age=3600)
-    pages = await asyncio.gather(*(metrics.page() for _ in range(5)))
-    assert calls["n"] == 1
-    assert all(page == pages[0] for page in pages)
-    assert b'messages_total{stream="s1"} 1.0' in pages[0]
+def test_the_page_parses_as_prometheus_text_with_every_sample() -> None:
+    streams = [sample(i) for i in range(3)]
+    odd = ConnectionSample('v2-filter@a "quoted" \\ name', 1, 0, 0, 0, 1)
+    page = Metrics(lambda: streams, time.monotonic(), connections=lambda: [odd]).render()
+    families = {f.name: f for f in text_string_to_metric_families(page.decode())}
+    assert families["sfmd_stream_messages"].type == "counter"
+    assert [s.value for s in families["sfmd_stream_messages"].samples] == [0, 1, 2]
+    assert len(families["sfmd_stream_state"].samples) == 3 * 5
+    assert families["sfmd_v2_connection_rules"].samples[0].labels == {"connection": odd.name}
+    assert families["sfmd_build_info"].samples[0].labels["version"]
 
 
 def test_shared_v2_connections_have_metrics_of_their_own() -> None:
