@@ -175,10 +175,11 @@ class Daemon:
     # -- reconciling -------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
+        """The periodic check: also asks the v2 rules API whether its rules drifted."""
         async with self._lock:
-            await self._reconcile()
+            await self._reconcile(check_rules=True)
 
-    async def _reconcile(self, jitter: float = 0.0) -> None:
+    async def _reconcile(self, jitter: float = 0.0, *, check_rules: bool = False) -> None:
         """Make running streams match the registry. Call with the lock held."""
         assert self.registry is not None
         everything = self.registry.list()
@@ -211,9 +212,9 @@ class Daemon:
                     self._mark_failed(name, problem)
                     continue
                 await self._start_runner(spec, delay=random.uniform(0, jitter))
-        await self._reconcile_groups(everything)
+        await self._reconcile_groups(everything, check_rules)
 
-    async def _reconcile_groups(self, everything: list[StreamSpec]) -> None:
+    async def _reconcile_groups(self, everything: list[StreamSpec], check_rules: bool) -> None:
         """v2 filters: one group per credential with active ones; rules synced each time."""
         wanted: dict[str, list[StreamSpec]] = {}
         for spec in everything:
@@ -250,7 +251,7 @@ class Daemon:
                         self._mark_failed(spec.name, str(e))
                     continue
                 self.groups[credential] = group
-            failed = await group.update(specs, known)
+            failed = await group.update(specs, known, check_rules=check_rules)
             for spec in specs:
                 if spec.name in failed:
                     self._mark_failed(spec.name, str(failed[spec.name]))

@@ -139,6 +139,7 @@ class FilterGroup:
         self.foreign: list[Rule] = []
         self.problem: str | None = None  # the last rules sync's failure, until one succeeds
         self.known_names: set[str] = set()  # every name sfmd has tagged rules with
+        self._synced: dict[str, list[str]] | None = None  # the wanted rules last applied
         self._archive_factory = archive_factory
         self._started = False
 
@@ -166,11 +167,14 @@ class FilterGroup:
     # -- members and rules -----------------------------------------------------------------
 
     async def update(
-        self, specs: Iterable[StreamSpec], known: Iterable[str]
+        self, specs: Iterable[StreamSpec], known: Iterable[str], *, check_rules: bool = False
     ) -> dict[str, ArchiveError]:
         """Members and API rules made to match `specs` (the active v2 filters on this
         credential); `known` names every stream whose tag is sfmd's (the registry's).
-        Returns the members whose archive would not open: they stay out, their rules too."""
+        The rules API is asked when the wanted rules changed, after a failed sync, or with
+        `check_rules` (the periodic check for drift): a change to some other stream never
+        waits on it. Returns the members whose archive would not open: they stay out, their
+        rules too."""
         wanted = {spec.name: spec for spec in specs}
         self.known_names |= set(known) | set(wanted)
         for name in list(self.router.members):
@@ -189,7 +193,8 @@ class FilterGroup:
                 failed[name] = e
                 continue
             self.router.members[name] = Member(spec, archive)
-        await self.sync_rules()
+        if check_rules or self.problem is not None or self.wanted_rules() != self._synced:
+            await self.sync_rules()
         return failed
 
     async def sync_rules(self) -> None:
@@ -218,6 +223,7 @@ class FilterGroup:
         if self.problem is not None:
             self.log.info("rules_in_sync")
         self.problem = None
+        self._synced = wanted
 
     def wanted_rules(self) -> dict[str, list[str]]:
         wanted: dict[str, list[str]] = {}
