@@ -391,6 +391,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{source}: config file cannot be read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not valid TOML: the file is not UTF-8 text") from None
     absolute = Path(os.path.abspath(path))
     return _build(data, base=absolute.parent, source=source, path=absolute)
 

@@ -68,9 +68,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if e.status == 404:
             return error_response(404, "not_found", f"no such path: {request.path}")
         if e.status == 405:
-            return error_response(
+            answer = error_response(
                 405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
             )
+            if "Allow" in e.headers:  # RFC 9110: a 405 names the methods that are allowed
+                answer.headers["Allow"] = e.headers["Allow"]
+            return answer
         if e.status == 413:
             return error_response(
                 413, "too_large", f"the body is larger than {MAX_BODY} bytes (1 MiB)"
@@ -104,7 +107,9 @@ async def json_body(request: web.Request) -> object:
     raw = await request.read()  # the app's client_max_size answers 413 for chunked bodies
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise ApiError(400, "bad_request", "the body is nested too deeply to read") from None
+    except ValueError as e:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
         raise ApiError(400, "bad_request", f"the body is not valid JSON: {e}") from None
 
 
@@ -212,6 +217,7 @@ class ControlServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+            self.path.unlink(missing_ok=True)  # ours: claim_socket made sure at start
 
 
 def claim_socket(path: Path) -> None:

@@ -71,9 +71,17 @@ def load_credentials(
         ) from None
     except PermissionError:
         raise CredentialsError(f"credentials file {path} cannot be read by this user") from None
+    except IsADirectoryError:
+        raise CredentialsError(
+            f"credentials file {path} is a folder; point [twitter] credentials_file at the file"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         # The decoder's message quotes a position, not the text, so no secret leaks here.
         raise CredentialsError(f"credentials file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:  # its message would quote the bytes: say less
+        raise CredentialsError(
+            f"credentials file {path} is not valid TOML: the file is not UTF-8 text"
+        ) from None
 
     creds: dict[str, Credential] = {}
     for name, table in data.items():
