@@ -14,6 +14,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +26,7 @@ from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
 from sfmd.registry import StreamSpec
 from sfmd.rules import Plan, Rule, RulesApi, RulesRejected, RulesUnavailable, plan
-from sfmd.stream import StreamTarget
+from sfmd.stream import StreamTarget, StreamTiming
 from sfmd.v2 import V2Stream, stream_params
 
 
@@ -114,10 +115,10 @@ class FilterGroup:
         credential: Credential,
         config: Config,
         session: aiohttp.ClientSession,
-        lock_dir: Any,
+        lock_dir: Path,
         *,
         archive_factory: Callable[[StreamSpec], Archive],
-        stream_timing: Any,
+        stream_timing: StreamTiming,
     ) -> None:
         self.credential = credential
         self.config = config
