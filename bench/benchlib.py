@@ -33,3 +33,30 @@ def append_section(doc: Path, lines: list[str]) -> None:
         doc.write_text("# Benchmarks\n")
     with doc.open("a") as f:
         f.write("\n".join(lines))
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Rss and Pss of a live process in MB (from /proc/PID/smaps_rollup).
+
+    Pss divides each shared page among the processes mapping it, so summing Pss over many
+    Python processes counts the interpreter and libraries once; summing Rss counts them in
+    every process.
+    """
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile: with few samples, p99 is the worst one, not a guess."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]

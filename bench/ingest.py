@@ -213,9 +213,27 @@ class FakeAPIProcess:
                 self.proc.wait()
 
 
+def stream_request(stream_url: str, track: str | None) -> tuple[str, str, dict[str, str]]:
+    """(method, url, parameters) of the bench's stream: a sample, or a filter on `track`."""
+    if track is None:
+        return "GET", f"{stream_url}/statuses/sample.json", {"stall_warnings": "true"}
+    params = {"track": track, "stall_warnings": "true"}
+    return "POST", f"{stream_url}/statuses/filter.json", params
+
+
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    """The fake API, the bench's stream in a registry, and one method per kind of run.
+
+    With `track`, the stream is a filter on that word (the fake API sends every connection
+    the same tweets either way); without, a sample stream."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, track: str | None = None) -> None:
         self.n: int = args.messages
+        self.track = track
+        self.overrides: dict[str, dict[str, str]] = {}
+        for dotted, value in getattr(args, "set", {}).items():
+            section, key = dotted.split(".", 1)
+            self.overrides.setdefault(section, {})[key] = value
         self.workdir = workdir
         self.data_root: Path = args.data_dir or workdir
         cores = sorted(os.sched_getaffinity(0))
@@ -227,12 +245,10 @@ class Bench:
         os.chmod(self.credentials_file, 0o600)
         credentials = load_credentials(self.credentials_file)
         registry = Registry.load(workdir / "state", credentials=credentials.keys())
-        registry.add(
-            validate_stream(
-                {"name": STREAM, "kind": "sample", "credential": CREDENTIAL},
-                credentials=credentials.keys(),
-            )
-        )
+        settings: dict[str, Any] = {"name": STREAM, "kind": "sample", "credential": CREDENTIAL}
+        if track is not None:
+            settings.update(kind="filter", track=[track])
+        registry.add(validate_stream(settings, credentials=credentials.keys()))
         self.api = FakeAPIProcess(workdir, self.n, self.api_core)
         self.next_conn = 0
         self.profile_dir: Path | None = args.profile
@@ -275,6 +291,8 @@ class Bench:
             sys.executable, __file__, "--reader", level, "--url", self.api.stream_url,
             "--credentials", str(self.credentials_file), "--messages", str(self.n),
         ]  # fmt: skip
+        if self.track is not None:
+            command += ["--track", self.track]
         proc = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -294,18 +312,24 @@ class Bench:
             api_cpu_us=(self.api.cpu() - api_cpu) / self.n * 1e6,
         )
 
-    def _run_curl(self, api_cpu: float) -> Result:
-        url, headers, _ = oauth.sign(
-            load_credentials(self.credentials_file)[CREDENTIAL],
-            "GET",
-            f"{self.api.stream_url}/statuses/sample.json",
-            {"stall_warnings": "true"},
+    def curl_command(self) -> list[str]:
+        """curl with the stream's signed request; the headers go through a 0600 file, since
+        a command line is visible to every user of the machine."""
+        method, url, params = stream_request(self.api.stream_url, self.track)
+        signed, headers, body = oauth.sign(
+            load_credentials(self.credentials_file)[CREDENTIAL], method, url, params
         )
-        header_file = self.workdir / "curl-headers.txt"  # not on the command line: secrets
+        header_file = self.workdir / "curl-headers.txt"
         header_file.write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
         os.chmod(header_file, 0o600)
+        command = ["curl", "-sN", "-H", f"@{header_file}", signed]
+        if body is not None:
+            command[-1:-1] = ["--data-binary", body]  # the filter's words: no secret
+        return command
+
+    def _run_curl(self, api_cpu: float) -> Result:
         curl = subprocess.Popen(
-            ["curl", "-sN", "-H", f"@{header_file}", url],
+            self.curl_command(),
             stdout=subprocess.PIPE,
             preexec_fn=pinned(self.client_core),
         )
@@ -333,23 +357,33 @@ class Bench:
     # -- sfmd stream ---------------------------------------------------------------------
 
     def write_config(self, data_dir: Path, compress: bool, level: int) -> Path:
+        """sfmd's defaults but for the files' places, the fake API, the mode and
+        `self.overrides` ({section: {key: TOML value}}, e.g. from a `--set` option)."""
+        settings: dict[str, dict[str, str]] = {
+            "daemon": {
+                "data_dir": json.dumps(str(data_dir)),
+                "state_dir": '"state"',
+                "log_dir": '"log"',
+                "control_socket": '"sfmd.sock"',
+                "save_interval": "86400",
+                "compress": "true" if compress else "false",
+                "compress_level": str(level),
+            },
+            "twitter": {
+                "stream_url": json.dumps(self.api.stream_url),
+                "credentials_file": '"credentials.toml"',
+                "default_credential": json.dumps(CREDENTIAL),
+            },
+            "timing": {"flush_interval": str(FLUSH_INTERVAL)},
+        }
+        for section, values in self.overrides.items():
+            settings.setdefault(section, {}).update(values)
+        lines = []
+        for section, values in settings.items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {value}" for key, value in values.items()]
         path = self.workdir / "sfmd.toml"
-        path.write_text(
-            "[daemon]\n"
-            f"data_dir = {json.dumps(str(data_dir))}\n"
-            'state_dir = "state"\n'
-            'log_dir = "log"\n'
-            'control_socket = "sfmd.sock"\n'
-            "save_interval = 86400\n"
-            f"compress = {'true' if compress else 'false'}\n"
-            f"compress_level = {level}\n"
-            "[twitter]\n"
-            f'stream_url = "{self.api.stream_url}"\n'
-            'credentials_file = "credentials.toml"\n'
-            f'default_credential = "{CREDENTIAL}"\n'
-            "[timing]\n"
-            f"flush_interval = {FLUSH_INTERVAL}\n"
-        )
+        path.write_text("\n".join(lines) + "\n")
         return path
 
     def run_sfmd(self, mode: str, tree: Path | None = None) -> Result:
@@ -448,8 +482,9 @@ class Bench:
         self.runs[label] = self.runs.get(label, 0) + 1
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         output = self.profile_dir / f"{label}-{self.runs[label]}.txt"
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         command = [
-            "py-spy", "record", "--pid", str(pid), "--rate", "1000", "--nonblocking",
+            py_spy, "record", "--pid", str(pid), "--rate", "1000", "--nonblocking",
             "--threads", "--format", "raw", "--output", str(output),
         ]  # fmt: skip
         return subprocess.Popen(
@@ -498,7 +533,9 @@ def _find_part(stream_dir: Path) -> Path:
 # --------------------------------------------------------------------------- the raw reader
 
 
-async def _read(level: str, url: str, credentials: Path, total: int) -> dict[str, float]:
+async def _read(
+    level: str, url: str, credentials: Path, total: int, track: str | None
+) -> dict[str, float]:
     """Read a stream and discard it: what aiohttp alone (and with our framing) can sustain.
 
     "count" only adds up bytes (the fake API sends no keep-alive while it streams flat out);
@@ -508,11 +545,9 @@ async def _read(level: str, url: str, credentials: Path, total: int) -> dict[str
 
     from sfmd.protocol import LineFramer, triage
 
-    signed, headers, _ = oauth.sign(
-        load_credentials(credentials)[CREDENTIAL],
-        "GET",
-        f"{url}/statuses/sample.json",
-        {"stall_warnings": "true"},
+    method, stream_url, params = stream_request(url, track)
+    signed, headers, body = oauth.sign(
+        load_credentials(credentials)[CREDENTIAL], method, stream_url, params
     )
     seen = tweets = 0
     framer = LineFramer()
@@ -520,7 +555,9 @@ async def _read(level: str, url: str, credentials: Path, total: int) -> dict[str
     timeout = aiohttp.ClientTimeout(total=None, sock_read=90)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(signed, headers=headers, read_bufsize=1 << 20) as response,
+        session.request(
+            method, signed, headers=headers, data=body, read_bufsize=1 << 20
+        ) as response,
     ):
         response.raise_for_status()
         began = os.times()
@@ -542,7 +579,9 @@ async def _read(level: str, url: str, credentials: Path, total: int) -> dict[str
 
 
 def reader_main(args: argparse.Namespace) -> int:
-    report = asyncio.run(_read(args.reader, args.url, args.credentials, args.messages))
+    report = asyncio.run(
+        _read(args.reader, args.url, args.credentials, args.messages, args.track)
+    )
     report["rss_mb"] = peak_rss_mb(os.getpid())
     print(json.dumps(report))
     return 0
@@ -691,7 +730,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--patience", type=float, default=120.0, help="seconds to wait for quiet, then run anyway"
     )
     parser.add_argument(
-        "--profile", type=Path, metavar="DIR", help="py-spy each sfmd run into DIR (py-spy on PATH)"
+        "--profile", type=Path, metavar="DIR", help="py-spy each sfmd run into DIR"
     )
     parser.add_argument("--title", default="", help="a few words for the docs section heading")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -699,6 +738,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reader", choices=("count", "frame"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--credentials", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--track", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
