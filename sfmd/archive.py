@@ -149,6 +149,12 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def spread_offset(name: str, spread: float) -> float:
+    """A stream's fixed place in [0, spread): 1,000 streams that all rotate on one boundary
+    publish over `spread` seconds instead of in one burst that stalls the event loop."""
+    return spread * (zlib.crc32(name.encode()) / 2**32)
+
+
 def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
@@ -677,6 +683,53 @@ class _PartFile:
         return False
 
 
+@dataclass
+class _Completion:
+    """What `_complete` did: `step` names the step that failed ("complete" or "publish"), if
+    one did; a failed fsync of the folder or manifest append leaves the file published."""
+
+    published: PublishedFile | None = None
+    step: str | None = None
+    error: OSError | None = None
+    fsync_error: OSError | None = None
+    manifest_error: OSError | None = None
+
+
+def _complete(
+    part: _PartFile, end: float, data_dir: Path, manifest: Path, owed: list[PublishedFile]
+) -> _Completion:
+    """Finish and fsync a `.part`, rename it, fsync its folder and append its manifest line
+    (after any `owed` ones): publishing, in the order that keeps every step recoverable."""
+    try:
+        part.finish()
+    except OSError as exc:
+        return _Completion(step="complete", error=exc)
+    try:
+        final = _rename_final(part.path, part.name)
+    except OSError as exc:
+        return _Completion(step="publish", error=exc)
+    done = _Completion()
+    try:
+        fsync_dir(final.parent)
+    except OSError as exc:
+        done.fsync_error = exc
+    done.published = PublishedFile(
+        path=final,
+        relpath=final.relative_to(data_dir).as_posix(),
+        start=_utc(part.name.start),
+        end=_utc(end),
+        messages=part.messages,
+        tweets=part.tweets,
+        bytes=part.bytes,
+        sha256=part.sha256,
+    )
+    try:
+        append_manifest(manifest, [*owed, done.published])
+    except OSError as exc:
+        done.manifest_error = exc
+    return done
+
+
 class _Segment:
     """Messages of one interval waiting to be written: the unit handed to the worker thread."""
 
@@ -750,6 +803,7 @@ class Archive:
         fsync_interval: float = 60.0,
         batch_bytes: int = 1 << 20,
         max_pending_bytes: int = 8 << 20,
+        publish_spread: float = 0.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(save_interval, int) or save_interval < 1:
@@ -774,6 +828,7 @@ class Archive:
         self._max_batch = max(batch_bytes, self._max_pending // 2)
         # Sleeps are cut short so that a wall clock that jumps ahead is noticed soon.
         self._max_sleep = min(5.0, max(0.05, save_interval / 4))
+        self._publish_delay = spread_offset(name, min(publish_spread, save_interval / 10))
         self._clock = clock or _wall_clock
         self._log = (log if log is not None else structlog.get_logger()).bind(stream=name)
         self._on_publish = on_publish
@@ -949,7 +1004,7 @@ class Archive:
                 self._pulse()
             self._recovered()
         part = self._part
-        if part is not None and part.name.start < current:
+        if part is not None and self._clock() >= self._publish_due(part.name.start):
             if not (self._pending and self._pending[0].start == part.name.start):
                 try:
                     await self._publish(self._end(part.name.start))
@@ -998,13 +1053,11 @@ class Archive:
                 delays.append(self._retry_at - loop.time())
             else:
                 delays.append(self._pending[0].since + self._flush_interval - loop.time())
-        watched = (
-            self._part.name.start
-            if self._part
-            else (self._pending[0].start if self._pending else None)
-        )
-        if watched is not None:
-            delays.append(watched + self._save_interval - self._clock())
+        if self._part is not None:
+            delays.append(self._publish_due(self._part.name.start) - self._clock())
+        elif self._pending:
+            delays.append(self._pending[0].start + self._save_interval - self._clock())
+        if self._part is not None or self._pending:
             delays.append(self._max_sleep)
         if not delays:
             await self._wake.wait()
@@ -1053,35 +1106,34 @@ class Archive:
             self._orphans.append(part.path)
 
     async def _publish(self, end: float) -> PublishedFile:
+        """Complete, rename, fsync and record the open file in one trip to the pool: at a
+        boundary every stream publishes at once, and each trip costs the loop a wake-up."""
         part = self._part
         assert part is not None
-        try:
-            await _io(part.finish)
-        except OSError as exc:
+        owed = list(self._unrecorded)
+        done = await _io(_complete, part, end, self.data_dir, self.manifest, owed)
+        if done.step == "complete":
+            assert done.error is not None
             await self._abandon(part)
-            raise self._failure("complete", part.path, exc) from exc
+            raise self._failure("complete", part.path, done.error)
         self._part = None
         self.current_file = None
-        try:
-            final = await _io(_rename_final, part.path, part.name)
-        except OSError as exc:
+        if done.step == "publish":
+            assert done.error is not None
             self._orphans.append(part.path)  # complete and fsynced; only the rename is missing
-            raise self._failure("publish", part.path, exc) from exc
-        try:
-            await _io(fsync_dir, final.parent)
-        except OSError as exc:  # published all the same; only a power loss could undo it
-            self._log.error("fsync_failed", dir=str(final.parent), error=str(exc))
-        published = PublishedFile(
-            path=final,
-            relpath=self._rel(final),
-            start=_utc(part.name.start),
-            end=_utc(end),
-            messages=part.messages,
-            tweets=part.tweets,
-            bytes=part.bytes,
-            sha256=part.sha256,
-        )
-        await self._record([published], "published")
+            raise self._failure("publish", part.path, done.error)
+        published = done.published
+        assert published is not None
+        if done.fsync_error is not None:  # published all the same; only a power loss undoes it
+            self._log.error(
+                "fsync_failed", dir=str(published.path.parent), error=str(done.fsync_error)
+            )
+        if done.manifest_error is None:
+            del self._unrecorded[: len(owed)]
+        else:
+            self._unrecorded.append(published)
+            self._manifest_failed(done.manifest_error)
+        self._announce([published], "published")
         if self._orphans:
             await self._recover_orphans()
         return published
@@ -1140,14 +1192,20 @@ class Archive:
             try:
                 await _io(append_manifest, self.manifest, list(self._unrecorded))
             except OSError as exc:
-                self._log.error(
-                    "manifest_write_failed",
-                    manifest=str(self.manifest),
-                    owed=len(self._unrecorded),
-                    error=str(exc),
-                )
+                self._manifest_failed(exc)
             else:
                 self._unrecorded.clear()
+        self._announce(files, event, **extra)
+
+    def _manifest_failed(self, exc: OSError) -> None:
+        self._log.error(
+            "manifest_write_failed",
+            manifest=str(self.manifest),
+            owed=len(self._unrecorded),
+            error=str(exc),
+        )
+
+    def _announce(self, files: list[PublishedFile], event: str, **extra: Any) -> None:
         for published in files:
             self.published += 1
             self._log.info(
@@ -1195,6 +1253,12 @@ class Archive:
         """Wake every write() waiting on backpressure so it re-checks."""
         self._progress.set()
         self._progress.clear()
+
+    def _publish_due(self, start: int) -> float:
+        """When a quiet stream publishes the file of interval `start`: at its boundary plus
+        this stream's share of `publish_spread` (a message for the next interval, written
+        sooner, publishes it sooner)."""
+        return start + self._save_interval + self._publish_delay
 
     def _end(self, start: int) -> float:
         """When a file of this interval ends if closed now: never before its start, never after

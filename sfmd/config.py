@@ -38,6 +38,7 @@ class DaemonConfig:
     control_socket: Path
     socket_mode: int
     save_interval: int
+    publish_spread: float
     compress: bool
     compress_level: int
     compress_window: int
@@ -301,6 +302,10 @@ KEYS: tuple[Key, ...] = (
         "permissions of the control socket; whoever can write to it controls sfmd"),
     Key("daemon", "save_interval", 900, _save_interval,
         "seconds; files rotate on UTC boundaries of this, so it must divide 86400"),
+    Key("daemon", "publish_spread", 2.0, _seconds_or_zero,
+        "seconds after a boundary over which quiet streams publish their files, each at a "
+        "fixed offset from its name, so 1,000 streams do not publish in one burst; at most "
+        "save_interval / 10; 0 publishes every file on the boundary"),
     Key("daemon", "compress", True, _flag, "gzip the output files (.jsonl.gz, else .jsonl)"),
     Key("daemon", "compress_level", 6, _integer(1, 9),
         "gzip level 1 (fastest) to 9 (smallest); 6 is gzip's own default"),

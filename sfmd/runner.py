@@ -83,6 +83,7 @@ def new_archive(config: Config, name: str, log: Any = None) -> Archive:
         config.daemon.data_dir,
         name,
         save_interval=config.daemon.save_interval,
+        publish_spread=config.daemon.publish_spread,
         compress=config.daemon.compress,
         compress_level=config.daemon.compress_level,
         compress_window=config.daemon.compress_window,

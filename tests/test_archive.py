@@ -31,6 +31,7 @@ from sfmd.archive import (
     interval_start,
     read_manifest,
     recover_part,
+    spread_offset,
 )
 from sfmd.protocol import is_tweet
 
@@ -291,6 +292,55 @@ async def test_quiet_stream_is_published_on_time_and_empty_intervals_leave_nothi
     assert len(seen) == 1 and len(final_files(tmp_path)) == 1 and parts(tmp_path) == []
     assert await archive.close() is None
     check_entry(tmp_path, manifest(tmp_path)[0])
+
+
+def test_spread_offsets_are_fixed_per_name_and_fill_the_window() -> None:
+    offsets = [spread_offset(f"s{i:04d}", 2.0) for i in range(1000)]
+    assert offsets == [spread_offset(f"s{i:04d}", 2.0) for i in range(1000)]
+    assert all(0 <= o < 2.0 for o in offsets)
+    # Spread out, not bunched: every tenth of the window holds some streams.
+    assert {int(o * 5) for o in offsets} == set(range(10))
+    assert spread_offset("s0001", 0.0) == 0.0
+
+
+async def test_a_quiet_stream_publishes_at_its_place_in_the_spread(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.align(60, into=59.0)
+    seen: list[tuple[float, PublishedFile]] = []
+    archive = make_archive(
+        tmp_path, save_interval=60, clock=clock, publish_spread=600.0,
+        on_publish=lambda f: seen.append((clock(), f)),
+    )  # fmt: skip
+    delay = spread_offset(STREAM, 6.0)  # the spread is at most save_interval / 10
+    assert 0.2 < delay < 2
+    await archive.open()
+    start = interval_start(clock(), 60)
+    await archive.write(batch("quiet", 2), 2)
+    await wait_until(lambda: bool(seen), within=5)
+    [(when, published)] = seen
+    assert when >= start + 60 + delay
+    # The file still covers exactly its interval.
+    assert published.start.timestamp() == start and published.end.timestamp() == start + 60
+    await archive.close()
+
+
+async def test_a_message_for_the_next_interval_publishes_before_the_spread(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    clock.align(1200, into=1199.0)
+    archive = make_archive(tmp_path, save_interval=1200, clock=clock, publish_spread=120.0)
+    await archive.open()
+    await archive.write(batch("old", 2), 2)
+    await wait_until(lambda: archive.current_file is not None, within=3)
+    clock.offset += 1.5  # into the next interval, seconds before this stream's turn
+    assert spread_offset(STREAM, 120.0) > 5
+    await archive.write(batch("new", 1), 1)
+    await wait_until(lambda: len(manifest(tmp_path)) == 1, within=3)
+    await archive.close()
+    old, new = manifest(tmp_path)
+    assert check_entry(tmp_path, old) == b"".join(m + b"\n" for m in batch("old", 2))
+    assert check_entry(tmp_path, new) == b"".join(m + b"\n" for m in batch("new", 1))
 
 
 async def test_a_write_after_a_boundary_goes_to_the_new_file(tmp_path: Path) -> None:
