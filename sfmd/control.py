@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from sfmd import openapi
@@ -46,8 +47,14 @@ class ApiError(Exception):
         self.message = message
 
 
+def answer(data: object, status: int = 200) -> web.Response:
+    """A JSON answer, encoded by orjson: GET /streams at 1,000 streams is ~450 KB, which the
+    standard encoder took 5-15 ms of the event loop to write (orjson: under 1 ms)."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+    return answer({"error": code, "message": message}, status=status)
 
 
 @web.middleware
@@ -141,19 +148,18 @@ class ControlApi:
         )
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response(self.daemon.health())
+        return answer(self.daemon.health())
 
     async def list_streams(self, request: web.Request) -> web.Response:
-        streams = [self.daemon.view(spec) for spec in self.daemon.specs()]
-        return web.json_response({"streams": streams})
+        return web.Response(body=self.daemon.listing_json(), content_type="application/json")
 
     async def show(self, request: web.Request) -> web.Response:
-        return web.json_response(self.daemon.view(self.daemon.spec(request.match_info["name"])))
+        return answer(self.daemon.view(self.daemon.spec(request.match_info["name"])))
 
     async def create(self, request: web.Request) -> web.Response:
         spec = await self.daemon.create(await json_body(request))
         self._audit(request, spec.name, 201, settings=spec.to_dict())
-        return web.json_response(self.daemon.view(spec), status=201)
+        return answer(self.daemon.view(spec), status=201)
 
     async def modify(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -161,7 +167,7 @@ class ControlApi:
         body = await json_body(request)
         spec = await self.daemon.modify(name, body)
         self._audit(request, name, 200, change=body)
-        return web.json_response(self.daemon.view(spec))
+        return answer(self.daemon.view(spec))
 
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -179,7 +185,7 @@ class ControlApi:
         name = request.match_info["name"]
         spec = await self.daemon.modify(name, {"active": active})
         self._audit(request, name, 200, active=active)
-        return web.json_response(self.daemon.view(spec))
+        return answer(self.daemon.view(spec))
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(

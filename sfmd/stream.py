@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -103,7 +104,7 @@ class StreamStatus:
     def to_dict(self, current_file: str | None) -> dict[str, Any]:
         return {
             "state": self.state.value,
-            "since": self.since.isoformat().replace("+00:00", "Z"),
+            "since": iso_z(self.since),
             "messages": self.messages,
             "tweets": self.tweets,
             "bytes": self.bytes,
@@ -111,6 +112,13 @@ class StreamStatus:
             "last_error": self.last_error,
             "current_file": current_file,
         }
+
+
+@functools.lru_cache(maxsize=4096)
+def iso_z(moment: datetime) -> str:
+    """`since` as the API shows it; cached because GET /streams shows every stream's, and a
+    stream's `since` changes only with its state."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 class Ended(Exception):

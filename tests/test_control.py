@@ -283,7 +283,7 @@ async def test_metrics_and_openapi(
         status, text = await api.call("GET", "/metrics")
         assert status == 200
         for metric in ("sfmd_stream_messages_total{stream=\"f1\"}",
-                       "sfmd_stream_state{state=\"streaming\",stream=\"f1\"} 1.0",
+                       "sfmd_stream_state{state=\"streaming\",stream=\"f1\"} 1\n",
                        "sfmd_uptime_seconds", "sfmd_build_info{version=",
                        "sfmd_stream_limit_undelivered", "sfmd_stream_files_published_total"):
             assert metric in text, metric

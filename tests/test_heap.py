@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sfmd.heap import Heap
+from sfmd.heap import YOUNG_THRESHOLD, Heap
 
 
 class Node:
@@ -25,8 +25,10 @@ def cycle() -> Node:
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_settling_collects_garbage_first_then_freezes_the_living() -> None:
@@ -36,6 +38,7 @@ def test_settling_collects_garbage_first_then_freezes_the_living() -> None:
     heap.settle()
     assert dropped() is None  # garbage at settle time is not frozen
     assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD  # fewer routine collections
 
     watched = weakref.ref(kept)
     del kept  # garbage now, but frozen: routine and explicit collections pass it by
@@ -47,3 +50,11 @@ def test_settling_collects_garbage_first_then_freezes_the_living() -> None:
     done = heap.tick()
     assert done is not None and done.collected >= 2 and done.frozen > 0
     assert watched() is None
+
+
+def test_the_first_full_collection_can_come_sooner() -> None:
+    """The daemon's second settle, once its streams have connected."""
+    soon = Heap(full_interval=3600, first_full=0)
+    assert soon.tick() is not None
+    assert soon.tick() is None  # then the regular interval
+    assert Heap(full_interval=3600, first_full=60).tick() is None

@@ -16,11 +16,11 @@ def sample(messages: int) -> StreamSample:
 
 def test_counters_render_as_prometheus_text() -> None:
     text = Metrics(lambda: [sample(5)], time.monotonic()).render().decode()
-    assert 'sfmd_stream_messages_total{stream="s1"} 5.0' in text
-    assert 'sfmd_stream_state{state="streaming",stream="s1"} 1.0' in text
-    assert 'sfmd_stream_state{state="backoff",stream="s1"} 0.0' in text
-    assert 'sfmd_stream_limit_undelivered{stream="s1"} 7.0' in text
-    assert 'sfmd_stream_files_published_total{stream="s1"} 2.0' in text
+    assert 'sfmd_stream_messages_total{stream="s1"} 5' in text
+    assert 'sfmd_stream_state{state="streaming",stream="s1"} 1' in text
+    assert 'sfmd_stream_state{state="backoff",stream="s1"} 0' in text
+    assert 'sfmd_stream_limit_undelivered{stream="s1"} 7' in text
+    assert 'sfmd_stream_files_published_total{stream="s1"} 2' in text
 
 
 def test_a_page_is_reused_within_max_age_and_fresh_after() -> None:
@@ -30,9 +30,9 @@ def test_a_page_is_reused_within_max_age_and_fresh_after() -> None:
     counter["n"] = 2
     assert cached.render() == first
     fresh = Metrics(lambda: [sample(counter["n"])], time.monotonic(), max_age=0)
-    assert b'messages_total{stream="s1"} 2.0' in fresh.render()
+    assert b'messages_total{stream="s1"} 2' in fresh.render()
     counter["n"] = 3
-    assert b'messages_total{stream="s1"} 3.0' in fresh.render()
+    assert b'messages_total{stream="s1"} 3' in fresh.render()
 
 
 def test_the_page_parses_as_prometheus_text_with_every_sample() -> None:
@@ -52,6 +52,6 @@ def test_shared_v2_connections_have_metrics_of_their_own() -> None:
                             rules=3)
     text = Metrics(lambda: [sample(5)], time.monotonic(), connections=lambda: [conn])
     page = text.render().decode()
-    assert 'sfmd_v2_connection_messages_total{connection="v2-filter@alpha"} 9.0' in page
-    assert 'sfmd_v2_connection_unrouted_total{connection="v2-filter@alpha"} 2.0' in page
-    assert 'sfmd_v2_connection_rules{connection="v2-filter@alpha"} 3.0' in page
+    assert 'sfmd_v2_connection_messages_total{connection="v2-filter@alpha"} 9' in page
+    assert 'sfmd_v2_connection_unrouted_total{connection="v2-filter@alpha"} 2' in page
+    assert 'sfmd_v2_connection_rules{connection="v2-filter@alpha"} 3' in page

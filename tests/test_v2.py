@@ -281,7 +281,7 @@ async def test_foreign_rules_are_reported_and_pruned_only_when_configured(
             foreign = shown["status"]["connection"]["foreign_rules"]
             assert [(r["value"], r["tag"]) for r in foreign] == [("from:someone", "their-tool")]
             metrics = (await api.call("GET", "/metrics"))[1]
-            assert 'sfmd_v2_connection_rules{connection="v2-filter@alpha"} 1.0' in metrics
+            assert 'sfmd_v2_connection_rules{connection="v2-filter@alpha"} 1\n' in metrics
         assert rules_at(fake_api) == {"cats": "a", "from:someone": "their-tool"}
     finally:
         proc.kill()
