@@ -90,10 +90,10 @@ class Daemon:
         self.last_status: dict[str, dict[str, Any]] = {}
         self.metrics = Metrics(self._samples, self.started, connections=self._connections)
         self._lock = asyncio.Lock()  # one change or reconcile at a time
-        # Full collection (and freeze) again once the streams have connected: see Heap.
+        # Freeze again once the streams have connected: see Heap.
         self.heap = Heap(
             config.timing.gc_interval,
-            first_full=config.timing.start_jitter + config.timing.connect_timeout,
+            freeze_after=config.timing.start_jitter + config.timing.connect_timeout,
         )
         self._crashes: dict[str, Backoff] = {}
         self._restarting: set[str] = set()
@@ -151,7 +151,8 @@ class Daemon:
                 await self.reconcile()
                 collection = self.heap.tick()
                 if collection is not None:
-                    log.info("gc_full", collected=collection.collected,
+                    log.info("gc_full" if collection.full else "gc_freeze",
+                             collected=collection.collected,
                              seconds=round(collection.seconds, 3), frozen=collection.frozen)
 
     def request_stop(self) -> None:

@@ -30,20 +30,23 @@ class Collection:
     collected: int
     seconds: float
     frozen: int
+    full: bool = True  # False: the one young-generation collection and freeze after start-up
 
 
 class Heap:
-    """`first_full`: when the first scheduled full collection is due, counted from now. The
-    daemon sets it to just after its streams have connected: settling at start-up freezes
-    the registry and runners, but the connections, archives and buffers come later, and left
-    unfrozen they made each automatic full collection pause the loop 60-75 ms (1,000 streams).
+    """`freeze_after`: seconds from now to one more, cheap, freeze. The daemon sets it to just
+    after its streams have connected: settling at start-up freezes the registry and runners,
+    but the connections, archives and buffers come later, and left unfrozen they made each
+    automatic full collection pause the loop 60-75 ms (1,000 streams). That freeze collects
+    only the young generations first (a full collection there stopped the loop 140 ms), so
+    what cyclic garbage is older than that stays until the first scheduled full collection.
     """
 
-    def __init__(self, full_interval: float, first_full: float | None = None) -> None:
+    def __init__(self, full_interval: float, freeze_after: float | None = None) -> None:
         self.full_interval = full_interval
         now = time.monotonic()
-        # _last_full is backdated so that the first interval ends at now + first_full.
-        self._last_full = now if first_full is None else now - full_interval + first_full
+        self._last_full = now
+        self._freeze_at = None if freeze_after is None else now + freeze_after
 
     def settle(self) -> int:
         """Collect what is garbage now, then keep everything alive out of routine
@@ -55,13 +58,19 @@ class Heap:
         return collected
 
     def tick(self) -> Collection | None:
-        """Call now and then: once per interval, collects everything and settles again.
+        """Call now and then: once per interval, collects everything and settles again (and
+        once, at `freeze_after`, freezes what the streams made while connecting).
 
         Nothing is frozen in between: that would freeze fresh garbage too (the soak saw RSS
         climb 16 % in 10 minutes that way), and what is made after start-up is mostly
         short-lived, which the routine collections handle cheaply.
         """
         now = time.monotonic()
+        if self._freeze_at is not None and now >= self._freeze_at:
+            self._freeze_at = None
+            collected = gc.collect(1)
+            gc.freeze()
+            return Collection(collected, time.monotonic() - now, gc.get_freeze_count(), False)
         if now - self._last_full < self.full_interval:
             return None
         self._last_full = now

@@ -52,9 +52,13 @@ def test_settling_collects_garbage_first_then_freezes_the_living() -> None:
     assert watched() is None
 
 
-def test_the_first_full_collection_can_come_sooner() -> None:
-    """The daemon's second settle, once its streams have connected."""
-    soon = Heap(full_interval=3600, first_full=0)
-    assert soon.tick() is not None
-    assert soon.tick() is None  # then the regular interval
-    assert Heap(full_interval=3600, first_full=60).tick() is None
+def test_one_more_freeze_once_the_streams_have_connected() -> None:
+    heap = Heap(full_interval=3600, freeze_after=0)
+    heap.settle()
+    before = gc.get_freeze_count()
+    made_later = [cycle() for _ in range(100)]  # what connecting streams hold
+    done = heap.tick()
+    assert done is not None and not done.full and done.frozen >= before + 200
+    assert all(gc.is_tracked(n) for n in made_later)
+    assert heap.tick() is None  # once; then only the scheduled full collections
+    assert Heap(full_interval=3600, freeze_after=60).tick() is None
