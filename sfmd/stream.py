@@ -182,6 +182,10 @@ class Stream:
             return
         self._stopping = True
         if self._response is not None:
+            # close() alone would hand the read loop aiohttp's one module-level "Connection
+            # closed" exception; each raise adds this connection's frames (response, parser,
+            # last chunk) to its __traceback__, which lives forever: ~10 KB per reconnect.
+            self._response.content.set_exception(aiohttp.ClientConnectionError("stream stopped"))
             self._response.close()
         else:
             task.cancel()

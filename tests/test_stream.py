@@ -5,6 +5,7 @@ Every check compares what the API says it fully sent with what was published.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import json
@@ -12,10 +13,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sfmd.credentials import Credential
 from sfmd.fakeapi import FakeAPI
+from sfmd.stream import Stream, StreamTarget
 from tests.conftest import (
     FAST_TIMING,
     SfmdProcess,
@@ -338,3 +341,36 @@ async def test_startup_errors_are_plain_sentences(tmp_path: Path, credentials_fi
     proc = SfmdProcess("stream", "nope", "--config", str(config), cwd=tmp_path)
     assert await proc.wait(10) == 1
     assert "chmod 600" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _ListSink:
+    """Keeps what the stream hands over, in memory: this test is about the connection."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.current_file = None
+        self.error = None
+
+    async def write(self, messages: list[bytes], tweets: int) -> None:
+        self.messages.extend(messages)
+
+
+async def test_a_stopped_connection_leaves_nothing_alive(
+    fake_api: FakeAPI, credentials: dict[str, Credential]
+) -> None:
+    """Each filter change stops a connection mid-read. aiohttp hands the reader one shared
+    "Connection closed" exception, and raising it again and again chained every stopped
+    connection (response, parser, buffers: 10-20 KB) to that module-level object: the soak's
+    slow RSS climb. Here, 15 stops must leave no response behind."""
+    sink = _ListSink()
+    target = StreamTarget("mem", "sample", {}, credentials["alpha"])
+    async with aiohttp.ClientSession() as session:
+        stream = Stream(target, stream_url=fake_api.stream_url, session=session, sink=sink)
+        for _ in range(15):
+            seen = len(sink.messages)
+            stream.start()
+            await wait_until(lambda seen=seen: len(sink.messages) > seen, timeout=10)
+            await stream.stop()
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientResponse)]
+    assert alive == []
