@@ -8,7 +8,9 @@ bytes land in exactly the order they were given.
 Files rotate on UTC boundaries of `save_interval`, driven by the clock rather than by arriving
 data, so a quiet stream's file is still published on time. A file is written as `NAME.part`,
 completed, fsynced and renamed; only then is its line appended to `manifest.jsonl`. Nothing
-published is ever overwritten or appended to.
+published is ever overwritten or appended to. Each stream publishes at its own moment within
+`publish_spread` seconds after the boundary (1,000 streams publishing in one instant stall the
+event loop); messages for the new interval go to the new file meanwhile.
 
 What a crash can cost:
 
@@ -840,6 +842,9 @@ class Archive:
         self._inflight_bytes = 0
         self._last_start = 0  # intervals never go backwards, even if the clock does
         self._part: _PartFile | None = None
+        # A file whose interval is over, set aside when a message for the next interval came
+        # before this stream's turn in the publish spread; published at that turn.
+        self._retiring: _PartFile | None = None
         self._orphans: list[Path] = []  # closed `.part` files left by a failure, to publish later
         self._unrecorded: list[PublishedFile] = []  # published, manifest line not yet written
         self._error: ArchiveError | None = None
@@ -1003,11 +1008,18 @@ class Archive:
                 self._inflight_bytes = 0
                 self._pulse()
             self._recovered()
+        retiring = self._retiring
+        if retiring is not None and self._clock() >= self._publish_due(retiring.name.start):
+            try:
+                await self._publish(retiring)
+            except ArchiveError as exc:
+                self._failed(exc, loop)
+                return
         part = self._part
         if part is not None and self._clock() >= self._publish_due(part.name.start):
             if not (self._pending and self._pending[0].start == part.name.start):
                 try:
-                    await self._publish(self._end(part.name.start))
+                    await self._publish(part)
                 except ArchiveError as exc:
                     self._failed(exc, loop)
                     return
@@ -1053,11 +1065,13 @@ class Archive:
                 delays.append(self._retry_at - loop.time())
             else:
                 delays.append(self._pending[0].since + self._flush_interval - loop.time())
+        if self._retiring is not None:
+            delays.append(self._publish_due(self._retiring.name.start) - self._clock())
         if self._part is not None:
             delays.append(self._publish_due(self._part.name.start) - self._clock())
         elif self._pending:
             delays.append(self._pending[0].start + self._save_interval - self._clock())
-        if self._part is not None or self._pending:
+        if self._part is not None or self._pending or self._retiring is not None:
             delays.append(self._max_sleep)
         if not delays:
             await self._wake.wait()
@@ -1068,7 +1082,7 @@ class Archive:
 
     async def _write_segment(self, segment: _Segment) -> None:
         if self._part is not None and self._part.name.start != segment.start:
-            await self._publish(self._end(self._part.name.start))
+            await self._retire(self._part)
         if self._part is None:
             await self._open_part(segment.start)
         part = self._part
@@ -1099,25 +1113,43 @@ class Archive:
         self._part = part
         self.current_file = part.path
 
+    async def _retire(self, part: _PartFile) -> None:
+        """`part`'s interval is over and a message for a later one is to be written: before
+        this stream's turn in the publish spread, set the file aside and let the new one open
+        beside it (so a boundary does not make every busy stream publish at once); at or
+        after it, or when an older file already waits, publish now, oldest first."""
+        if self._retiring is None and self._clock() < self._publish_due(part.name.start):
+            self._forget(part)
+            self._retiring = part
+            return
+        if self._retiring is not None:
+            await self._publish(self._retiring)
+        await self._publish(part)
+
+    def _forget(self, part: _PartFile) -> None:
+        """`part` is no longer the open file nor the one waiting to be published."""
+        if self._part is part:
+            self._part = None
+            self.current_file = None
+        if self._retiring is part:
+            self._retiring = None
+
     async def _abandon(self, part: _PartFile) -> None:
-        self._part = None
-        self.current_file = None
+        self._forget(part)
         if await _io(part.abandon):
             self._orphans.append(part.path)
 
-    async def _publish(self, end: float) -> PublishedFile:
-        """Complete, rename, fsync and record the open file in one trip to the pool: at a
-        boundary every stream publishes at once, and each trip costs the loop a wake-up."""
-        part = self._part
-        assert part is not None
+    async def _publish(self, part: _PartFile) -> PublishedFile:
+        """Complete, rename, fsync and record a file in one trip to the pool: at a boundary
+        every stream publishes within seconds, and each trip costs the loop a wake-up."""
+        end = self._end(part.name.start)
         owed = list(self._unrecorded)
         done = await _io(_complete, part, end, self.data_dir, self.manifest, owed)
         if done.step == "complete":
             assert done.error is not None
             await self._abandon(part)
             raise self._failure("complete", part.path, done.error)
-        self._part = None
-        self.current_file = None
+        self._forget(part)
         if done.step == "publish":
             assert done.error is not None
             self._orphans.append(part.path)  # complete and fsynced; only the rename is missing
@@ -1148,9 +1180,14 @@ class Archive:
             )
             self._pending.clear()
             self._pending_bytes = 0
-        elif self._part is not None:
+        if self._retiring is not None:  # complete: its interval ended before the open one's
             try:
-                self._close_result = await self._publish(self._end(self._part.name.start))
+                self._close_result = await self._publish(self._retiring)
+            except ArchiveError as exc:
+                self._close_error = self._close_error or exc
+        if self._part is not None and self._close_error is None:
+            try:
+                self._close_result = await self._publish(self._part)
             except ArchiveError as exc:
                 self._close_error = exc
         if self._orphans:
@@ -1255,9 +1292,8 @@ class Archive:
         self._progress.clear()
 
     def _publish_due(self, start: int) -> float:
-        """When a quiet stream publishes the file of interval `start`: at its boundary plus
-        this stream's share of `publish_spread` (a message for the next interval, written
-        sooner, publishes it sooner)."""
+        """When the file of interval `start` is published: at its boundary plus this stream's
+        share of `publish_spread`."""
         return start + self._save_interval + self._publish_delay
 
     def _end(self, start: int) -> float:

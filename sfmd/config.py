@@ -302,9 +302,9 @@ KEYS: tuple[Key, ...] = (
         "permissions of the control socket; whoever can write to it controls sfmd"),
     Key("daemon", "save_interval", 900, _save_interval,
         "seconds; files rotate on UTC boundaries of this, so it must divide 86400"),
-    Key("daemon", "publish_spread", 2.0, _seconds_or_zero,
-        "seconds after a boundary over which quiet streams publish their files, each at a "
-        "fixed offset from its name, so 1,000 streams do not publish in one burst; at most "
+    Key("daemon", "publish_spread", 10.0, _seconds_or_zero,
+        "seconds after a boundary over which streams publish their files, each at a fixed "
+        "offset from its name, so 1,000 streams do not publish in one burst; at most "
         "save_interval / 10; 0 publishes every file on the boundary"),
     Key("daemon", "compress", True, _flag, "gzip the output files (.jsonl.gz, else .jsonl)"),
     Key("daemon", "compress_level", 6, _integer(1, 9),

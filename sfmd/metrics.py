@@ -120,7 +120,7 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
 
 
 class Metrics:
-    """The /metrics page: with 1,000 streams about 11,000 samples and 10-20 ms to render.
+    """The /metrics page: with 1,000 streams about 11,000 samples and a few ms to render.
 
     A page is reused for `max_age` seconds: scrapers poll every 15 s or more, so a
     second-old page is as good, and a busy scraper cannot eat the event loop.

@@ -324,23 +324,50 @@ async def test_a_quiet_stream_publishes_at_its_place_in_the_spread(tmp_path: Pat
     await archive.close()
 
 
-async def test_a_message_for_the_next_interval_publishes_before_the_spread(
+async def test_a_busy_stream_writes_the_next_interval_while_the_last_file_waits_its_turn(
     tmp_path: Path,
 ) -> None:
+    """The spread holds for streams with messages too: the new interval's file opens and
+    fills at once; the finished one is published at the stream's turn, not before."""
+    clock = Clock()
+    clock.align(1200, into=1199.0)
+    seen: list[PublishedFile] = []
+    archive = make_archive(
+        tmp_path, save_interval=1200, clock=clock, publish_spread=120.0, on_publish=seen.append
+    )
+    turn = spread_offset(STREAM, 120.0)  # the spread is at most save_interval / 10
+    assert turn > 5
+    await archive.open()
+    await archive.write(batch("old", 2), 2)
+    await wait_until(lambda: archive.current_file is not None, within=3)
+    old_part = archive.current_file
+    clock.offset += 1.5  # into the next interval, seconds before this stream's turn
+    await archive.write(batch("new", 1), 1)
+    await wait_until(lambda: archive.current_file not in (None, old_part), within=3)
+    await wait_until(lambda: len(parts(tmp_path)) == 2, within=3)
+    assert seen == [] and manifest(tmp_path) == []  # the old file waits its turn
+    clock.offset += turn  # its turn comes
+    await wait_until(lambda: len(seen) == 1, within=10)
+    assert seen[0].messages == 2 and archive.current_file is not None
+    await archive.close()
+    old, new = manifest(tmp_path)
+    assert check_entry(tmp_path, old) == b"".join(m + b"\n" for m in batch("old", 2))
+    assert check_entry(tmp_path, new) == b"".join(m + b"\n" for m in batch("new", 1))
+    assert datetime.fromisoformat(old["end"]) == datetime.fromisoformat(new["start"])
+
+
+async def test_close_publishes_a_file_still_waiting_its_turn(tmp_path: Path) -> None:
     clock = Clock()
     clock.align(1200, into=1199.0)
     archive = make_archive(tmp_path, save_interval=1200, clock=clock, publish_spread=120.0)
     await archive.open()
     await archive.write(batch("old", 2), 2)
-    await wait_until(lambda: archive.current_file is not None, within=3)
-    clock.offset += 1.5  # into the next interval, seconds before this stream's turn
-    assert spread_offset(STREAM, 120.0) > 5
-    await archive.write(batch("new", 1), 1)
-    await wait_until(lambda: len(manifest(tmp_path)) == 1, within=3)
+    clock.offset += 1.5
+    await archive.write(batch("new", 3), 3)
+    await wait_until(lambda: len(parts(tmp_path)) == 2, within=3)
     await archive.close()
-    old, new = manifest(tmp_path)
-    assert check_entry(tmp_path, old) == b"".join(m + b"\n" for m in batch("old", 2))
-    assert check_entry(tmp_path, new) == b"".join(m + b"\n" for m in batch("new", 1))
+    assert parts(tmp_path) == []
+    assert [e["messages"] for e in manifest(tmp_path)] == [2, 3]
 
 
 async def test_a_write_after_a_boundary_goes_to_the_new_file(tmp_path: Path) -> None:
