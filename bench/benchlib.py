@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -33,6 +34,35 @@ def append_section(doc: Path, lines: list[str]) -> None:
         doc.write_text("# Benchmarks\n")
     with doc.open("a") as f:
         f.write("\n".join(lines))
+
+
+def dated_section(
+    heading: str, title: str, facts: dict[str, str], command: str, body: str, note: str = ""
+) -> list[str]:
+    """The lines of a docs section: "### <UTC minute>: heading (title)", the facts as
+    "- key: value", "- `command`note", then the body."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title = f" ({title})" if title else ""
+    return [
+        "",
+        f"### {stamp}: {heading}{title}",
+        "",
+        *(f"- {k}: {v}" for k, v in facts.items()),
+        f"- `{command}`{note}",
+        "",
+        body,
+        "",
+    ]
+
+
+def publish(doc: Path, facts: dict[str, str], body: str, section: list[str], no_doc: bool) -> None:
+    """Print the facts and the body, then, unless --no-doc, append the section to doc."""
+    print()
+    print("\n".join(f"{k}: {v}" for k, v in facts.items()))
+    print(body)
+    if not no_doc:
+        append_section(doc, section)
+        print(f"\nappended to {doc}")
 
 
 def memory_mb(pid: int) -> dict[str, float]:

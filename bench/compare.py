@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -39,13 +38,12 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from benchlib import append_section, cpu_times, pinned  # noqa: E402
+from benchlib import cpu_times, dated_section, load_average, pinned, publish  # noqa: E402
 from ingest import (  # noqa: E402
     CREDENTIAL,
     MESSAGE_SIZE,
@@ -319,11 +317,6 @@ def tool_versions() -> str:
     return f"twarc {twarc} (requests {requests}), curl {curl}"
 
 
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
-
-
 def command_line(args: argparse.Namespace) -> str:
     words = ["bench/compare.py", f"--messages {args.messages}", f"--runs {args.runs}"]
     if args.rows != ",".join(ROWS):
@@ -336,21 +329,11 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
-def append_doc(doc: Path, facts: dict[str, str], body: str, args: argparse.Namespace) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = f" ({args.title})" if args.title else ""
+def doc_section(facts: dict[str, str], body: str, args: argparse.Namespace) -> list[str]:
     pinning = "" if args.no_pin else ", fake API and collector pinned to different cores"
-    lines = [
-        "",
-        f"### {stamp}: compare, one filter stream: sfmd, twarc, curl{title}",
-        "",
-        *(f"- {k}: {v}" for k, v in facts.items()),
-        f"- `{command_line(args)}`{pinning}; {MESSAGE_SIZE} B tweets; medians of the runs",
-        "",
-        body,
-        "",
-    ]
-    append_section(doc, lines)
+    note = f"{pinning}; {MESSAGE_SIZE} B tweets; medians of the runs"
+    heading = "compare, one filter stream: sfmd, twarc, curl"
+    return dated_section(heading, args.title, facts, command_line(args), body, note)
 
 
 # --------------------------------------------------------------------------- main
@@ -455,12 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     facts["tools"] = tool_versions()
     facts["load average (1, 5, 15 min)"] = f"{load_before} before, {load_average()} after"
     facts["other load before runs"] = f"up to {background:.2f} cores"
-    print()
-    print("\n".join(f"{k}: {v}" for k, v in facts.items()))
-    print(body)
-    if not args.no_doc:
-        append_doc(args.doc, facts, body, args)
-        print(f"\nappended to {args.doc}")
+    publish(args.doc, facts, body, doc_section(facts, body, args), args.no_doc)
     return 0
 
 

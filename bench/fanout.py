@@ -52,12 +52,11 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchlib import append_section, cpu_seconds, pinned
+from benchlib import cpu_seconds, dated_section, percentile, pinned, publish
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,13 +144,6 @@ def profile_summary(path: Path, top: int = 12) -> str:
     for frame, count in sorted(through.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"      {count / total:6.1%}  {frame}")
     return "\n".join(lines)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The nearest-rank percentile: with few samples, p99 is the worst one, not a guess."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
 
 
 # --------------------------------------------------------------------------- the processes
@@ -792,26 +784,17 @@ def verdicts(results: list[SizeResult]) -> str:
     return "\n".join(lines)
 
 
-def append_doc(doc: Path, facts: dict[str, str], body: str, args: argparse.Namespace) -> None:
-    """Append only: other benches append to the same file."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def doc_section(facts: dict[str, str], body: str, args: argparse.Namespace) -> list[str]:
     sizes = ", ".join(f"{n:,}" for n in args.sizes)
     pin = "" if args.no_pin else "; daemon pinned to one core, fake API and client to the other"
-    title = f" ({args.title})" if args.title else ""
     settings = "".join(f" --set {k}={v}" for k, v in args.set.items())
-    lines = [
-        "",
-        f"### {stamp}: fan-out, {sizes} streams in one daemon{title}",
-        "",
-        *(f"- {k}: {v}" for k, v in facts.items()),
-        f"- `bench/fanout.py --streams {','.join(map(str, args.sizes))} --rate {args.rate:g}"
-        f"{settings}` (quiet {args.quiet:g} s, load {args.load:g} s, save_interval "
-        f"{SAVE_INTERVAL} s, otherwise sfmd's defaults; {MESSAGE_SIZE} B tweets{pin})",
-        "",
-        body,
-        "",
-    ]
-    append_section(doc, lines)
+    command = f"bench/fanout.py --streams {','.join(map(str, args.sizes))} --rate {args.rate:g}"
+    note = (
+        f" (quiet {args.quiet:g} s, load {args.load:g} s, save_interval {SAVE_INTERVAL} s, "
+        f"otherwise sfmd's defaults; {MESSAGE_SIZE} B tweets{pin})"
+    )
+    heading = f"fan-out, {sizes} streams in one daemon"
+    return dated_section(heading, args.title, facts, command + settings, body, note)
 
 
 # --------------------------------------------------------------------------- main
@@ -895,12 +878,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(tmp, args.keep, ignore=ignore, dirs_exist_ok=True)
     body = tables(results, args) + "\n\n" + verdicts(results)
     facts = machine_facts()
-    print()
-    print("\n".join(f"{k}: {v}" for k, v in facts.items()))
-    print(body)
-    if not args.no_doc:
-        append_doc(args.doc, facts, body, args)
-        print(f"\nappended to {args.doc}")
+    publish(args.doc, facts, body, doc_section(facts, body, args), args.no_doc)
     return 0
 
 

@@ -42,14 +42,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from benchlib import append_section, cpu_seconds, cpu_times, pinned  # noqa: E402
+from benchlib import cpu_seconds, cpu_times, dated_section, pinned, publish  # noqa: E402
 
 from sfmd import oauth  # noqa: E402
 from sfmd.credentials import load_credentials  # noqa: E402
@@ -680,20 +679,10 @@ def command_line(args: Any) -> str:
     return " ".join(["bench/ingest.py", *words])
 
 
-def append_doc(doc: Path, title: str, facts: dict[str, str], body: str, args: Any) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def doc_section(facts: dict[str, str], body: str, args: Any) -> list[str]:
     pinning = "" if args.no_pin else ", fake API and collector pinned to different cores"
-    lines = [
-        "",
-        f"### {stamp}: ingest, one stream{f' ({title})' if title else ''}",
-        "",
-        *(f"- {k}: {v}" for k, v in facts.items()),
-        f"- `{command_line(args)}`{pinning}; medians of the runs",
-        "",
-        body,
-        "",
-    ]
-    append_section(doc, lines)
+    note = f"{pinning}; medians of the runs"
+    return dated_section("ingest, one stream", args.title, facts, command_line(args), body, note)
 
 
 # --------------------------------------------------------------------------- main
@@ -795,12 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     body = table(list(summaries.values()))
     facts = machine_facts(args.data_dir or Path(tempfile.gettempdir()))
     facts["other load before runs"] = f"up to {background:.2f} cores"
-    print()
-    print("\n".join(f"{k}: {v}" for k, v in facts.items()))
-    print(body)
-    if not args.no_doc:
-        append_doc(args.doc, args.title, facts, body, args)
-        print(f"\nappended to {args.doc}")
+    publish(args.doc, facts, body, doc_section(facts, body, args), args.no_doc)
     return 0
 
 

@@ -39,12 +39,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchlib import append_section, cpu_seconds, load_average, percentile
+from benchlib import cpu_seconds, dated_section, load_average, percentile, publish
 from fanout import (
     MIX,
     REPO,
@@ -337,24 +336,19 @@ def report(o: Outcome, args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
-def append_doc(doc: Path, facts: dict[str, str], body: str, args: argparse.Namespace) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = f" ({args.title})" if args.title else ""
+def doc_section(facts: dict[str, str], body: str, args: argparse.Namespace) -> list[str]:
     settings = "".join(f" --set {k}={v}" for k, v in args.set.items())
     pin = "" if args.no_pin else "; daemon pinned to one core, fake API and client to the other"
-    lines = [
-        "",
-        f"### {stamp}: latency, control API and filter changes at {args.streams:,} streams{title}",
-        "",
-        *(f"- {k}: {v}" for k, v in facts.items()),
-        f"- `bench/latency.py --streams {args.streams} --seconds {args.seconds:g} "
-        f"--api-rate {args.api_rate:g} --filters {args.filters}{settings}` (1 tweet of 4800 B a "
-        f"second per stream; save_interval {SAVE_INTERVAL} s, otherwise sfmd's defaults{pin})",
-        "",
-        body,
-        "",
-    ]
-    append_section(doc, lines)
+    command = (
+        f"bench/latency.py --streams {args.streams} --seconds {args.seconds:g} "
+        f"--api-rate {args.api_rate:g} --filters {args.filters}{settings}"
+    )
+    note = (
+        f" (1 tweet of 4800 B a second per stream; save_interval {SAVE_INTERVAL} s, "
+        f"otherwise sfmd's defaults{pin})"
+    )
+    heading = f"latency, control API and filter changes at {args.streams:,} streams"
+    return dated_section(heading, args.title, facts, command, body, note)
 
 
 # --------------------------------------------------------------------------- main
@@ -401,12 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report(outcome, args)
     facts = machine_facts()
     facts["load average (1, 5, 15 min)"] = f"{load_before} before, {load_average()} after"
-    print()
-    print("\n".join(f"{k}: {v}" for k, v in facts.items()))
-    print(body)
-    if not args.no_doc:
-        append_doc(args.doc, facts, body, args)
-        print(f"\nappended to {args.doc}")
+    publish(args.doc, facts, body, doc_section(facts, body, args), args.no_doc)
     return 0
 
 

@@ -40,12 +40,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchlib import append_section, cpu_seconds, load_average, memory_mb, pinned
+from benchlib import cpu_seconds, dated_section, load_average, memory_mb, pinned, publish
 from fanout import (
     REPO,
     BenchError,
@@ -408,29 +407,23 @@ def comparison(results: list[ModelResult], estimate: Estimate | None) -> str:
     return "\n".join(lines)
 
 
-def append_doc(doc: Path, facts: dict[str, str], body: str, args: argparse.Namespace) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = f" ({args.title})" if args.title else ""
+def doc_section(facts: dict[str, str], body: str, args: argparse.Namespace) -> list[str]:
     settings = "".join(f" --set {k}={v}" for k, v in args.set.items())
     pin = (
         ""
         if args.no_pin
         else "; everything sfmd runs pinned to one core, the fake API to the other"
     )
-    lines = [
-        "",
-        f"### {stamp}: processes, one daemon against one process per stream{title}",
-        "",
-        *(f"- {k}: {v}" for k, v in facts.items()),
-        f"- `bench/processes.py --processes {','.join(map(str, args.process_sizes))} "
-        f"--daemon {','.join(map(str, args.daemon_sizes))} --steady {args.steady:g}{settings}` "
-        f"(1 tweet of 4800 B a second per stream; save_interval 60 s, otherwise sfmd's "
-        f"defaults{pin})",
-        "",
-        body,
-        "",
-    ]
-    append_section(doc, lines)
+    command = (
+        f"bench/processes.py --processes {','.join(map(str, args.process_sizes))} "
+        f"--daemon {','.join(map(str, args.daemon_sizes))} --steady {args.steady:g}{settings}"
+    )
+    note = (
+        f" (1 tweet of 4800 B a second per stream; save_interval 60 s, otherwise sfmd's "
+        f"defaults{pin})"
+    )
+    heading = "processes, one daemon against one process per stream"
+    return dated_section(heading, args.title, facts, command, body, note)
 
 
 # --------------------------------------------------------------------------- main
@@ -511,12 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         body += "\n\n" + compared
     facts = machine_facts()
     facts["load average (1, 5, 15 min)"] = f"{load_before} before, {load_average()} after"
-    print()
-    print("\n".join(f"{k}: {v}" for k, v in facts.items()))
-    print(body)
-    if not args.no_doc:
-        append_doc(args.doc, facts, body, args)
-        print(f"\nappended to {args.doc}")
+    publish(args.doc, facts, body, doc_section(facts, body, args), args.no_doc)
     return 0
 
 

@@ -45,12 +45,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchlib import append_section, cpu_seconds
+from benchlib import cpu_seconds, dated_section, load_average, publish
 from fanout import (
     FILTERS,
     MESSAGE_SIZE,
@@ -122,10 +121,6 @@ class SoakResult:
     fake_rss_mb: float = 0.0
     load_before: str = ""
     load_after: str = ""
-
-
-def load_average() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 class Soak:
@@ -490,20 +485,13 @@ def main(argv: list[str] | None = None) -> int:
     facts["load average before, after (1, 5, 15 min)"] = (
         f"{result.load_before}; {result.load_after}"
     )
-    print()
-    print("\n".join(f"{k}: {v}" for k, v in facts.items()))
-    print(body)
-    if not args.no_doc:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        title = f" ({args.title})" if args.title else ""
-        settings = "".join(f" --set {k}={v}" for k, v in args.set.items())
-        command = (f"`bench/soak.py --streams {args.streams} --rate {args.rate:g} --minutes "
-                   f"{args.minutes:g} --warmup {args.warmup:g} --api-rate {args.api_rate:g}"
-                   f"{settings}`")  # fmt: skip
-        lines = ["", f"### {stamp}: soak{title}", "", *(f"- {k}: {v}" for k, v in facts.items()),
-                 f"- {command}", "", body, ""]  # fmt: skip
-        append_section(args.doc, lines)
-        print(f"\nappended to {args.doc}")
+    settings = "".join(f" --set {k}={v}" for k, v in args.set.items())
+    command = (
+        f"bench/soak.py --streams {args.streams} --rate {args.rate:g} --minutes "
+        f"{args.minutes:g} --warmup {args.warmup:g} --api-rate {args.api_rate:g}{settings}"
+    )
+    section = dated_section("soak", args.title, facts, command, body)
+    publish(args.doc, facts, body, section, args.no_doc)
     return 0 if ok else 1
 
 
