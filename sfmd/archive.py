@@ -604,6 +604,7 @@ class _PartFile:
         self._fsync_every = fsync_every
         self._synced_at = time.monotonic()
         self._entry_synced = False
+        self._sealed = False
 
     @classmethod
     def create(
@@ -635,6 +636,7 @@ class _PartFile:
 
     def append(self, data: bytes, messages: int, tweets: int) -> None:
         """Write whole lines; gzip is sync-flushed so that a crash leaves a readable prefix."""
+        assert not self._sealed, "a sealed file takes no more lines"
         if self._compressor is None:
             self._write(data)
             stored = len(data)
@@ -659,11 +661,22 @@ class _PartFile:
             self._entry_synced = True
         self._synced_at = time.monotonic()
 
+    def seal(self) -> None:
+        """Write the gzip trailer, which frees the compressor's memory: the file is complete
+        but not yet synced. A finished interval's file waiting for its turn to be published
+        is sealed at once, so a stream never holds two compressors."""
+        assert self._fd is not None
+        self._sealed = True
+        if self._compressor is not None:
+            trailer = self._compressor.flush(zlib.Z_FINISH)
+            self._compressor = None
+            self._write(trailer)
+            self.committed += len(trailer)
+
     def finish(self) -> None:
         """Complete the file (gzip trailer), fsync and close it: it may then be renamed."""
         assert self._fd is not None
-        if self._compressor is not None:
-            self._write(self._compressor.flush(zlib.Z_FINISH))
+        self.seal()
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
@@ -1119,6 +1132,11 @@ class Archive:
         beside it (so a boundary does not make every busy stream publish at once); at or
         after it, or when an older file already waits, publish now, oldest first."""
         if self._retiring is None and self._clock() < self._publish_due(part.name.start):
+            try:
+                await _io(part.seal)
+            except OSError as exc:
+                await self._abandon(part)
+                raise self._failure("complete", part.path, exc) from exc
             self._forget(part)
             self._retiring = part
             return

@@ -346,6 +346,10 @@ async def test_a_busy_stream_writes_the_next_interval_while_the_last_file_waits_
     await wait_until(lambda: archive.current_file not in (None, old_part), within=3)
     await wait_until(lambda: len(parts(tmp_path)) == 2, within=3)
     assert seen == [] and manifest(tmp_path) == []  # the old file waits its turn
+    # ... already sealed: a complete gzip (its compressor freed), which a crash now would
+    # leave for recovery exactly as it is.
+    assert old_part is not None
+    assert gzip.decompress(old_part.read_bytes()) == b"".join(m + b"\n" for m in batch("old", 2))
     clock.offset += turn  # its turn comes
     await wait_until(lambda: len(seen) == 1, within=10)
     assert seen[0].messages == 2 and archive.current_file is not None
