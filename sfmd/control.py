@@ -47,10 +47,14 @@ class ApiError(Exception):
         self.message = message
 
 
+def json_answer(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
 def answer(data: object, status: int = 200) -> web.Response:
-    """A JSON answer, encoded by orjson: GET /streams at 1,000 streams is ~450 KB, which the
-    standard encoder took 5-15 ms of the event loop to write (orjson: under 1 ms)."""
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    """A JSON answer, encoded by orjson: the standard encoder took 5-15 ms of the event loop
+    for GET /streams at 1,000 streams (orjson: under 1 ms)."""
+    return json_answer(orjson.dumps(data), status)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -151,15 +155,15 @@ class ControlApi:
         return answer(self.daemon.health())
 
     async def list_streams(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.daemon.listing_json(), content_type="application/json")
+        return json_answer(self.daemon.listing_json())
 
     async def show(self, request: web.Request) -> web.Response:
-        return answer(self.daemon.view(self.daemon.spec(request.match_info["name"])))
+        return json_answer(self.daemon.view_json(self.daemon.spec(request.match_info["name"])))
 
     async def create(self, request: web.Request) -> web.Response:
         spec = await self.daemon.create(await json_body(request))
         self._audit(request, spec.name, 201, settings=spec.to_dict())
-        return answer(self.daemon.view(spec), status=201)
+        return json_answer(self.daemon.view_json(spec), status=201)
 
     async def modify(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -167,7 +171,7 @@ class ControlApi:
         body = await json_body(request)
         spec = await self.daemon.modify(name, body)
         self._audit(request, name, 200, change=body)
-        return answer(self.daemon.view(spec))
+        return json_answer(self.daemon.view_json(spec))
 
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -185,7 +189,7 @@ class ControlApi:
         name = request.match_info["name"]
         spec = await self.daemon.modify(name, {"active": active})
         self._audit(request, name, 200, active=active)
-        return answer(self.daemon.view(spec))
+        return json_answer(self.daemon.view_json(spec))
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(

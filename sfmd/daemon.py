@@ -487,18 +487,15 @@ class Daemon:
     def specs(self) -> list[StreamSpec]:
         return self._registry().list()
 
-    def view(self, spec: StreamSpec) -> dict[str, Any]:
-        """A STREAM as the API returns it: settings, what sfmd derived, and status."""
-        return {**spec.view(), "status": self.status_of(spec.name)}
+    def view_json(self, spec: StreamSpec) -> bytes:
+        """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
+        spec), only the status is encoded per call, which keeps GET /streams at 1,000
+        streams a few ms."""
+        return spec.view_json_open + b',"status":' + orjson.dumps(self.status_of(spec.name)) + b"}"
 
     def listing_json(self) -> bytes:
-        """GET /streams' body: each stream's settings come pre-encoded, only its status is
-        encoded per call (at 1,000 streams this is what keeps the answer a few ms)."""
-        parts = [
-            spec.view_json_open + b',"status":' + orjson.dumps(self.status_of(spec.name)) + b"}"
-            for spec in self.specs()
-        ]
-        return b'{"streams":[' + b",".join(parts) + b"]}"
+        """GET /streams' body."""
+        return b'{"streams":[' + b",".join(self.view_json(s) for s in self.specs()) + b"]}"
 
     def status_of(self, name: str) -> dict[str, Any]:
         spec = self._registry().get(name) if name in self._registry() else None

@@ -463,7 +463,7 @@ async def test_reprs_of_what_holds_credentials_show_no_secret(tmp_path: Path) ->
         repr(credentials), str(credentials), f"{credentials['alpha']}",
         repr(list(credentials.values())), repr(config), repr(daemon.registry),
         repr(daemon.registry.get("s1")), repr(vars(daemon)), repr(daemon.health()),
-        repr(daemon.view(daemon.registry.get("s1"))),
+        repr(daemon.view_json(daemon.registry.get("s1"))),
     ]  # fmt: skip
     assert isinstance(credentials["alpha"], Credential)
     text = "\n".join(shown)
