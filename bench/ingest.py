@@ -52,7 +52,7 @@ from benchlib import cpu_seconds, cpu_times, dated_section, pinned, publish  # n
 
 from sfmd import oauth  # noqa: E402
 from sfmd.credentials import load_credentials  # noqa: E402
-from sfmd.registry import Registry, validate_stream  # noqa: E402
+from sfmd.registry.store import Registry, validate_stream  # noqa: E402
 
 STREAM = "bench"
 CREDENTIAL = "bench"
@@ -542,7 +542,7 @@ async def _read(
     """
     import aiohttp
 
-    from sfmd.protocol import LineFramer, triage
+    from sfmd.sources.twitter.framing import LineFramer, triage
 
     method, stream_url, params = stream_request(url, track)
     signed, headers, body = oauth.sign(

@@ -10,24 +10,30 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sfmd import __version__, fakeapi
+from sfmd import __version__
 from sfmd.config import Config, ConfigError, load_config
-from sfmd.control import ControlServer
+from sfmd.control.api import ControlServer
 from sfmd.credentials import Credential, CredentialsError, load_credentials
-from sfmd.daemon import Daemon, StartupError
+from sfmd.daemon.app import Daemon, StartupError
 from sfmd.locks import CredentialBusy
 from sfmd.logs import LogFiles, get_logger, setup_logging
-from sfmd.notify import Notifier
-from sfmd.registry import Registry, RegistryError, StreamSpec
-from sfmd.runner import StreamRunner, new_session, write_status_file
-from sfmd.supervisor import ProcessStreams
-from sfmd.supervisor_conf import ConfError
-from sfmd.v2 import bearer_problem
+from sfmd.ops.confs import ConfError
+from sfmd.ops.systemd import Notifier
+from sfmd.registry.store import Registry, RegistryError, StreamSpec
+from sfmd.runtime.processes import ProcessStreams
+from sfmd.runtime.tasks import StreamRunner, new_session, write_status_file
+from sfmd.sources.twitter.v2 import bearer_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fakeapi"]:
+        # Handed over whole: the fakes are loaded only for this command, never by `sfmd run`.
+        from sfmd.fake.cli import main as fakeapi_main
+
+        return fakeapi_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -61,9 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="the sfmd TOML config file")
     p.set_defaults(func=cmd_supervisor_conf)
 
-    p = sub.add_parser("fakeapi", help="run the bundled simulated streaming API")
-    fakeapi.add_arguments(p)
-    p.set_defaults(func=fakeapi.run)
+    # Listed for --help only: main() hands `sfmd fakeapi ...` to sfmd.fake.cli before parsing.
+    sub.add_parser("fakeapi", help="run the bundled simulated streaming API (see --help there)")
 
     p = sub.add_parser("demo", help="a short demo against the bundled fake API, in a temp dir")
     p.add_argument("--seconds", type=float, default=8.0, help="how long to stream (default 8)")

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from sfmd.config import Config, default_config
-from sfmd.control import ControlServer
+from sfmd.control.api import ControlServer
 from sfmd.credentials import load_credentials
 from sfmd.ctl import Client, rates, render_status
-from sfmd.daemon import Daemon
-from sfmd.fakeapi import FakeAPI
+from sfmd.daemon.app import Daemon
+from sfmd.fake.twitter import FakeAPI
 from sfmd.logs import setup_logging
 
 DEMO_CREDENTIALS = """\

@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 
 from sfmd.credentials import Credential, load_credentials
-from sfmd.fakeapi import FakeAPI
-from sfmd.registry import Registry, validate_stream
+from sfmd.fake.twitter import FakeAPI
+from sfmd.registry.store import Registry, validate_stream
 
 CREDENTIALS_TOML = """
 [alpha]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfmd.backoff import Backoff, BackoffPolicy, Failure
+from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 
 
 def waits(backoff: Backoff, kind: Failure, n: int) -> list[float]:

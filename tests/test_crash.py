@@ -37,8 +37,8 @@ from pathlib import Path
 
 import aiohttp
 
-from sfmd.fakeapi import FakeAPI
-from sfmd.registry import Registry
+from sfmd.fake.twitter import FakeAPI
+from sfmd.registry.store import Registry
 from tests.conftest import (
     Api,
     manifest,

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from sfmd.config import load_config
-from sfmd.control import ControlServer
+from sfmd.control.api import ControlServer
 from sfmd.credentials import Credential, load_credentials
-from sfmd.daemon import Daemon
-from sfmd.fakeapi import FakeAPI
+from sfmd.daemon.app import Daemon
+from sfmd.fake.twitter import FakeAPI
 from sfmd.logs import setup_logging
-from sfmd.registry import Registry, RegistryError
-from sfmd.stream import Stream
+from sfmd.registry.store import Registry, RegistryError
+from sfmd.sources.twitter.stream import Stream
 from tests.conftest import (
     CREDENTIALS_TOML,
     Api,

@@ -21,7 +21,7 @@ import pytest
 from oauthlib.oauth1 import Client
 
 from sfmd.credentials import Credential
-from sfmd.fakeapi import FIRST_SEQ, FakeAPI, seq_of, user_id_for
+from sfmd.fake.twitter import FIRST_SEQ, FakeAPI, seq_of, user_id_for
 
 ALICE = Credential("alice", "ck-alice", "cs-alice", "at-alice", "ats-alice")
 BOB = Credential("bob", "ck-bob", "cs-bob", "at-bob", "ats-bob")
@@ -464,11 +464,7 @@ async def test_stop_closes_every_stream_promptly(session) -> None:
 
 
 def test_command_line_serves_until_sigterm() -> None:
-    code = (
-        "import argparse, sys; from sfmd import fakeapi; p = argparse.ArgumentParser(); "
-        "fakeapi.add_arguments(p); sys.exit(fakeapi.run(p.parse_args(sys.argv[1:])))"
-    )
-    command = [sys.executable, "-c", code, "--port", "0", "--total", "3"]
+    command = [sys.executable, "-m", "sfmd", "fakeapi", "--port", "0", "--total", "3"]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 
 from sfmd.credentials import Credential
-from sfmd.fakeapi import FIRST_SEQ, FakeAPI, seq_of
-from sfmd.fakeapi_rules import rule_problems
+from sfmd.fake.rulebook import rule_problems
+from sfmd.fake.twitter import FIRST_SEQ, FakeAPI, seq_of
 
 ALPHA = {"Authorization": "Bearer bt-alpha-SECRET"}
 BETA = {"Authorization": "Bearer bt-beta-SECRET"}

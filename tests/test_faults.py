@@ -41,10 +41,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from sfmd import oauth
-from sfmd.archive import FileName
+from sfmd.archive.writer import FileName
 from sfmd.credentials import Credential, load_credentials
-from sfmd.fakeapi import ConnectionRecord, FakeAPI, seq_of
+from sfmd.fake.twitter import ConnectionRecord, FakeAPI, seq_of
+from sfmd.sources.twitter import oauth
 from tests.conftest import (
     CREDENTIALS_TOML,
     FAST_TIMING,

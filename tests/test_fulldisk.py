@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from sfmd.archive import iso_utc
-from sfmd.fakeapi import FakeAPI
+from sfmd.archive.writer import iso_utc
+from sfmd.fake.twitter import FakeAPI
 from tests.conftest import (
     Api,
     manifest,

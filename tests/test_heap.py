@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sfmd.heap import YOUNG_THRESHOLD, Heap
+from sfmd.daemon.heap import YOUNG_THRESHOLD, Heap
 
 
 class Node:

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sfmd.fakeapi import FakeAPI
+from sfmd.fake.twitter import FakeAPI
 from tests.conftest import (
     Api,
     SfmdProcess,

@@ -7,7 +7,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from sfmd.metrics import ConnectionSample, Metrics, StreamSample
+from sfmd.control.metrics import ConnectionSample, Metrics, StreamSample
 
 
 def sample(messages: int) -> StreamSample:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfmd.protocol import (
+from sfmd.sources.twitter.framing import (
     FramingError,
     LengthFramer,
     LineFramer,

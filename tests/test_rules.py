@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sfmd.rules import Rule, plan, tag_for
+from sfmd.sources.twitter.rules import Rule, plan, tag_for
 
 OURS = {"a", "b", "c"}
 

@@ -30,9 +30,9 @@ import pytest
 
 from sfmd.config import load_config
 from sfmd.credentials import Credential, load_credentials
-from sfmd.daemon import Daemon
-from sfmd.fakeapi import ConnectionRecord, FakeAPI
-from sfmd.registry import Registry
+from sfmd.daemon.app import Daemon
+from sfmd.fake.twitter import ConnectionRecord, FakeAPI
+from sfmd.registry.store import Registry
 from tests.conftest import (
     CREDENTIALS_TOML,
     Api,

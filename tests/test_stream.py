@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from sfmd.credentials import Credential
-from sfmd.fakeapi import FakeAPI
-from sfmd.stream import Stream, StreamTarget
+from sfmd.fake.twitter import FakeAPI
+from sfmd.sources.twitter.stream import Stream, StreamTarget
 from tests.conftest import (
     FAST_TIMING,
     SfmdProcess,

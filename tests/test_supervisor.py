@@ -30,9 +30,20 @@ from hypothesis import strategies as st
 from supervisor.options import ServerOptions
 
 from sfmd.config import load_config
-from sfmd.fakeapi import FakeAPI
-from sfmd.registry import validate_stream
-from sfmd.supervisor import (
+from sfmd.fake.twitter import FakeAPI
+from sfmd.ops.confs import (
+    MARKER,
+    STOPWAITSECS,
+    ConfError,
+    conf_path,
+    is_ours,
+    owned_confs,
+    render_program,
+    sync_confs,
+    write_conf,
+)
+from sfmd.registry.store import validate_stream
+from sfmd.runtime.processes import (
     CantReread,
     Fault,
     ProcessStreams,
@@ -43,17 +54,6 @@ from sfmd.supervisor import (
     apply,
     process_status,
     waiting_reason,
-)
-from sfmd.supervisor_conf import (
-    MARKER,
-    STOPWAITSECS,
-    ConfError,
-    conf_path,
-    is_ours,
-    owned_confs,
-    render_program,
-    sync_confs,
-    write_conf,
 )
 from tests.conftest import Api, manifest, wait_until, write_daemon_config
 from tests.supervisord_fixture import (  # noqa: F401 - the *_fixture names are fixtures
@@ -346,7 +346,7 @@ def test_a_crash_between_write_and_rename_leaves_no_broken_conf_in_the_glob(
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from sfmd.supervisor_conf import write_conf\n"
+        "from sfmd.ops.confs import write_conf\n"
         "os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)\n"
         "write_conf(Path(sys.argv[1]), sys.argv[2])\n"
     )

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfmd.fakeapi import FakeAPI
-from sfmd.registry import Registry, validate_stream
+from sfmd.fake.twitter import FakeAPI
+from sfmd.registry.store import Registry, validate_stream
 from tests.conftest import (
     Api,
     SfmdProcess,

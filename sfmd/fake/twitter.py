@@ -41,7 +41,7 @@ from oauthlib.common import safe_string_equals
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 
 from sfmd.credentials import Credential, CredentialsError, load_credentials
-from sfmd.fakeapi_common import (
+from sfmd.fake.common import (
     TRIGGERS,
     ConnectionRecord,
     FakeAPIError,
@@ -56,7 +56,7 @@ from sfmd.fakeapi_common import (
     next_batch,
     reason_phrase,
 )
-from sfmd.fakeapi_v2 import API_PATHS, V2API
+from sfmd.fake.v2 import API_PATHS, V2API
 
 #: The first sequence number: ids above 2^53 catch clients that parse ids as floats.
 FIRST_SEQ = 1_500_000_000_000_000_000

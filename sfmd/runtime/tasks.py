@@ -15,15 +15,15 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive import Archive
-from sfmd.backoff import BackoffPolicy
+from sfmd.archive.writer import Archive
 from sfmd.config import Config, TimingConfig
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
-from sfmd.registry import StreamSpec
-from sfmd.stream import Stream, StreamTarget, StreamTiming
-from sfmd.v2 import V2Stream, stream_params
+from sfmd.registry.store import StreamSpec
+from sfmd.sources.backoff import BackoffPolicy
+from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
+from sfmd.sources.twitter.v2 import V2Stream, stream_params
 
 
 def stream_timing(timing: TimingConfig) -> StreamTiming:

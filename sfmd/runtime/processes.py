@@ -32,8 +32,7 @@ from xml.parsers.expat import ExpatError
 import aiohttp
 
 from sfmd.config import Config
-from sfmd.registry import StreamSpec
-from sfmd.supervisor_conf import (
+from sfmd.ops.confs import (
     STARTSECS,
     STOPWAITSECS,
     ConfError,
@@ -43,6 +42,7 @@ from sfmd.supervisor_conf import (
     render_program,
     sync_confs,
 )
+from sfmd.registry.store import StreamSpec
 
 #: Seconds for a call that returns at once (getState, reloadConfig with many confs, ...).
 CALL_TIMEOUT = 15.0

@@ -57,7 +57,7 @@ import structlog
 import structlog.typing
 
 from sfmd.durable import fsync_dir
-from sfmd.protocol import MAX_MESSAGE_BYTES, triage
+from sfmd.sources.twitter.framing import MAX_MESSAGE_BYTES, triage
 
 MANIFEST_NAME = "manifest.jsonl"
 PART_SUFFIX = ".part"

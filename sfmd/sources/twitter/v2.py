@@ -15,10 +15,10 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from sfmd.backoff import Failure
 from sfmd.config import TwitterConfig
 from sfmd.credentials import Credential
-from sfmd.stream import Ended, Stream
+from sfmd.sources.backoff import Failure
+from sfmd.sources.twitter.stream import Ended, Stream
 
 PATHS = {"filter": "/2/tweets/search/stream", "sample": "/2/tweets/sample/stream"}
 _TWEET_START = b'{"data"'

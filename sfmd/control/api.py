@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sfmd import openapi
-from sfmd.daemon import Daemon, NotFound, StartupError
+from sfmd.control import openapi
+from sfmd.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sfmd.daemon.app import Daemon, NotFound, StartupError
 from sfmd.logs import get_logger
-from sfmd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sfmd.people import LookupFailed
-from sfmd.registry import ValidationError
-from sfmd.rules import RulesUnavailable
+from sfmd.registry.store import ValidationError
+from sfmd.sources.twitter.rules import RulesUnavailable
+from sfmd.sources.twitter.users import LookupFailed
 
 MAX_BODY = 1 << 20
 STATUS_OF_CODE = {

@@ -82,7 +82,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from sfmd.credentials import Credential
-from sfmd.fakeapi_common import (
+from sfmd.fake.common import (
     TRIGGERS,
     ConnectionRecord,
     Pacer,
@@ -94,7 +94,7 @@ from sfmd.fakeapi_common import (
     next_batch,
     reason_phrase,
 )
-from sfmd.fakeapi_rules import (
+from sfmd.fake.rulebook import (
     PROBLEMS,
     BadRequest,
     Rule,

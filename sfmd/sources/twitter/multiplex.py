@@ -19,15 +19,15 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive import Archive, ArchiveError
+from sfmd.archive.writer import Archive, ArchiveError
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
-from sfmd.registry import StreamSpec
-from sfmd.rules import Plan, Rule, RulesApi, RulesRejected, RulesUnavailable, plan
-from sfmd.stream import StreamTarget, StreamTiming
-from sfmd.v2 import V2Stream, stream_params
+from sfmd.registry.store import StreamSpec
+from sfmd.sources.twitter.rules import Plan, Rule, RulesApi, RulesRejected, RulesUnavailable, plan
+from sfmd.sources.twitter.stream import StreamTarget, StreamTiming
+from sfmd.sources.twitter.v2 import V2Stream, stream_params
 
 
 def connection_name(credential: str) -> str:

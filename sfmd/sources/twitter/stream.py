@@ -19,12 +19,12 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from sfmd import oauth
-from sfmd.archive import ArchiveError
-from sfmd.backoff import Backoff, BackoffPolicy, Failure
+from sfmd.archive.writer import ArchiveError
 from sfmd.credentials import Credential
 from sfmd.logs import get_logger
-from sfmd.protocol import (
+from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
+from sfmd.sources.twitter import oauth
+from sfmd.sources.twitter.framing import (
     FramingError,
     LengthFramer,
     LineFramer,

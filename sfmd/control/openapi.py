@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sfmd import __version__
-from sfmd.registry import json_schema
+from sfmd.registry.store import json_schema
 
 ERROR_CODES = {
     400: "bad_request",

@@ -22,18 +22,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from sfmd.archive import ArchiveError
-from sfmd.backoff import Backoff, Failure
+from sfmd.archive.writer import ArchiveError
 from sfmd.config import Config
+from sfmd.control.metrics import ConnectionSample, Metrics, StreamSample
 from sfmd.credentials import Credential, CredentialsError, load_credentials
-from sfmd.heap import Heap
+from sfmd.daemon.heap import Heap
 from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
-from sfmd.metrics import ConnectionSample, Metrics, StreamSample
-from sfmd.multiplex import FilterGroup
-from sfmd.notify import Notifier, describe_states, watchdog_loop
-from sfmd.people import lookup_ids
-from sfmd.registry import (
+from sfmd.ops.confs import ConfError
+from sfmd.ops.systemd import Notifier, describe_states, watchdog_loop
+from sfmd.registry.store import (
     Registry,
     RegistryError,
     StreamSpec,
@@ -42,8 +40,8 @@ from sfmd.registry import (
     validate_stream,
     with_people_ids,
 )
-from sfmd.rules import RulesApi, RulesRejected
-from sfmd.runner import (
+from sfmd.runtime.processes import ProcessStreams, SupervisorError
+from sfmd.runtime.tasks import (
     StreamRunner,
     lock_dir,
     new_archive,
@@ -51,9 +49,11 @@ from sfmd.runner import (
     read_status_file,
     stream_timing,
 )
-from sfmd.supervisor import ProcessStreams, SupervisorError
-from sfmd.supervisor_conf import ConfError
-from sfmd.v2 import bearer_problem
+from sfmd.sources.backoff import Backoff, Failure
+from sfmd.sources.twitter.multiplex import FilterGroup
+from sfmd.sources.twitter.rules import RulesApi, RulesRejected
+from sfmd.sources.twitter.users import lookup_ids
+from sfmd.sources.twitter.v2 import bearer_problem
 
 log = get_logger()
 STATUS_KEYS = (

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from sfmd import oauth
 from sfmd.credentials import Credential
+from sfmd.sources.twitter import oauth
 
 BATCH = 100  # users/lookup takes at most 100 screen names per call
 

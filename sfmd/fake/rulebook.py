@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfmd.fakeapi_common import dumps
+from sfmd.fake.common import dumps
 
 MAX_RULE_LENGTH = 512
 PROBLEMS = "https://api.twitter.com/2/problems/"

@@ -1,0 +1,1 @@
+"""What lands on disk: interval files published atomically, with a fixity manifest."""

@@ -1,0 +1,1 @@
+"""The daemon: start-up, main loop and shutdown around the reconciler."""

@@ -1,0 +1,1 @@
+"""The operating system's keepers: supervisord confs and systemd notifications."""

@@ -1,0 +1,1 @@
+"""Where messages come from: one subpackage per network, behind the same small interface."""
