@@ -52,7 +52,7 @@ from benchlib import cpu_seconds, cpu_times, dated_section, pinned, publish  # n
 
 from sfmd import oauth  # noqa: E402
 from sfmd.credentials import load_credentials  # noqa: E402
-from sfmd.registry.store import Registry, validate_stream  # noqa: E402
+from sfmd.registry import Registry, validate_stream  # noqa: E402
 
 STREAM = "bench"
 CREDENTIAL = "bench"

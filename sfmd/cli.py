@@ -19,9 +19,9 @@ from sfmd.locks import CredentialBusy
 from sfmd.logs import LogFiles, get_logger, setup_logging
 from sfmd.ops.confs import ConfError
 from sfmd.ops.systemd import Notifier
-from sfmd.registry.store import Registry, RegistryError, StreamSpec
-from sfmd.runtime.processes import ProcessStreams
-from sfmd.runtime.tasks import StreamRunner, new_session, write_status_file
+from sfmd.registry import Registry, RegistryError, StreamSpec
+from sfmd.runtime.processes import ProcessStreams, write_status_file
+from sfmd.runtime.tasks import StreamRunner, new_session
 from sfmd.sources.twitter.v2 import bearer_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

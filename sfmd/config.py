@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sfmd.errors import SfmdError
+
 #: The contract's stop budget (SIGTERM to exit); the clean-stop timeout must leave room in it.
 STOP_BUDGET = 10.0
 
@@ -26,7 +28,7 @@ STOP_BUDGET = 10.0
 MAX_SOCKET_PATH = 107
 
 
-class ConfigError(Exception):
+class ConfigError(SfmdError):
     """The config file is missing, unreadable or holds a bad key; the message names the key."""
 
 

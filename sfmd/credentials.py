@@ -12,11 +12,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sfmd.errors import SfmdError
+
 OAUTH1_KEYS = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
 OPTIONAL_KEYS = ("bearer_token",)
 
 
-class CredentialsError(Exception):
+class CredentialsError(SfmdError):
     """The credentials file is missing, unsafe or malformed; the message says how to fix it."""
 
 

@@ -25,6 +25,9 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import quote
 
+from sfmd.errors import SfmdError
+from sfmd.status import IDLE, TROUBLED
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_SOCKET = "/run/sfm/sfmd.sock"
 SOCKET_ENV = "SFMCTL_SOCKET"
@@ -33,13 +36,9 @@ DEFAULT_TIMEOUT = 30.0
 #: Settings whose values are lists; an option given only as '' clears its list.
 LIST_FIELDS = ("track", "follow", "locations", "people", "language")
 
-#: States whose row in `status` gets a line with the last error under it.
-TROUBLED = ("failed", "backoff")
-#: States with no connection to measure, so no MSG/S.
-IDLE = ("stopped", "failed")
 
 
-class CtlError(Exception):
+class CtlError(SfmdError):
     """The command could not be carried out; `message` is what the operator reads."""
 
     def __init__(self, message: str, code: str | None = None, body: Any = None) -> None:

@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from sfmd.errors import SfmdError
 
-class CredentialBusy(Exception):
+
+class CredentialBusy(SfmdError):
     """Another stream holds the credential; the message names it when it can."""
 
 

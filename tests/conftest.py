@@ -23,7 +23,7 @@ import pytest
 
 from sfmd.credentials import Credential, load_credentials
 from sfmd.fake.twitter import FakeAPI
-from sfmd.registry.store import Registry, validate_stream
+from sfmd.registry import Registry, validate_stream
 
 CREDENTIALS_TOML = """
 [alpha]

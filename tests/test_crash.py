@@ -38,7 +38,7 @@ from pathlib import Path
 import aiohttp
 
 from sfmd.fake.twitter import FakeAPI
-from sfmd.registry.store import Registry
+from sfmd.registry import Registry
 from tests.conftest import (
     Api,
     manifest,

@@ -24,7 +24,7 @@ from sfmd.credentials import Credential, load_credentials
 from sfmd.daemon.app import Daemon
 from sfmd.fake.twitter import FakeAPI
 from sfmd.logs import setup_logging
-from sfmd.registry.store import Registry, RegistryError
+from sfmd.registry import Registry, RegistryError
 from sfmd.sources.twitter.stream import Stream
 from tests.conftest import (
     CREDENTIALS_TOML,

@@ -26,7 +26,8 @@ import structlog
 
 from sfmd.credentials import Credential
 from sfmd.fake.twitter import FakeAPI
-from sfmd.ops.systemd import Notifier, describe_states, watchdog_loop
+from sfmd.ops.systemd import Notifier, watchdog_loop
+from sfmd.status import describe_states
 from tests.conftest import Api, SfmdProcess, register, wait_until, write_daemon_config
 
 PING_USEC = 200_000  # WATCHDOG_USEC: pings every 0.1 s

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfmd.credentials import Credential
-from sfmd.registry.store import (
+from sfmd.registry import (
     FIELDS,
     MAX_FOLLOW,
     Registry,

@@ -32,7 +32,7 @@ from sfmd.config import load_config
 from sfmd.credentials import Credential, load_credentials
 from sfmd.daemon.app import Daemon
 from sfmd.fake.twitter import ConnectionRecord, FakeAPI
-from sfmd.registry.store import Registry
+from sfmd.registry import Registry
 from tests.conftest import (
     CREDENTIALS_TOML,
     Api,
@@ -462,8 +462,8 @@ async def test_reprs_of_what_holds_credentials_show_no_secret(tmp_path: Path) ->
     shown = [
         repr(credentials), str(credentials), f"{credentials['alpha']}",
         repr(list(credentials.values())), repr(config), repr(daemon.registry),
-        repr(daemon.registry.get("s1")), repr(vars(daemon)), repr(daemon.health()),
-        repr(daemon.view_json(daemon.registry.get("s1"))),
+        repr(daemon.registry.get("s1")), repr(vars(daemon)), repr(daemon.views.health()),
+        repr(daemon.views.view_json(daemon.registry.get("s1"))),
     ]  # fmt: skip
     assert isinstance(credentials["alpha"], Credential)
     text = "\n".join(shown)

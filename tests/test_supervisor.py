@@ -42,7 +42,7 @@ from sfmd.ops.confs import (
     sync_confs,
     write_conf,
 )
-from sfmd.registry.store import validate_stream
+from sfmd.registry import validate_stream
 from sfmd.runtime.processes import (
     CantReread,
     Fault,

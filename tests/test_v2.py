@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from sfmd.fake.twitter import FakeAPI
-from sfmd.registry.store import Registry, validate_stream
+from sfmd.registry import Registry, validate_stream
 from tests.conftest import (
     Api,
     SfmdProcess,

@@ -21,30 +21,15 @@ from aiohttp import web
 
 from sfmd.control import openapi
 from sfmd.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sfmd.daemon.app import Daemon, NotFound, StartupError
+from sfmd.control.metrics import Metrics
+from sfmd.daemon.app import Daemon, StartupError
+from sfmd.errors import Refused
 from sfmd.logs import get_logger
-from sfmd.registry.store import ValidationError
-from sfmd.sources.twitter.rules import RulesUnavailable
-from sfmd.sources.twitter.users import LookupFailed
 
 MAX_BODY = 1 << 20
-STATUS_OF_CODE = {
-    "bad_request": 400,
-    "invalid": 422,
-    "name_taken": 409,
-    "credential_in_use": 409,
-}
 log = get_logger()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def json_answer(body: bytes, status: int = 200) -> web.Response:
@@ -65,16 +50,8 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as e:
+    except Refused as e:
         return error_response(e.status, e.code, e.message)
-    except ValidationError as e:
-        return error_response(STATUS_OF_CODE.get(e.code, 422), e.code, e.message)
-    except NotFound as e:
-        return error_response(404, "not_found", str(e))
-    except LookupFailed as e:
-        return error_response(502, "lookup_failed", f"{e}; nothing was changed")
-    except RulesUnavailable as e:
-        return error_response(502, "rules_unavailable", f"{e}; nothing was changed")
     except web.HTTPException as e:
         if e.status == 404:
             return error_response(404, "not_found", f"no such path: {request.path}")
@@ -109,19 +86,25 @@ def peer_uid(request: web.Request) -> int | None:
 
 async def json_body(request: web.Request) -> object:
     if request.content_type != "application/json":
-        raise ApiError(
-            415, "unsupported_media_type",
+        raise Refused(
             f"the body must be application/json, got {request.content_type or 'nothing'}",
+            status=415, code="unsupported_media_type",
         )
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "too_large", f"the body is larger than {MAX_BODY} bytes (1 MiB)")
+        raise Refused(
+            f"the body is larger than {MAX_BODY} bytes (1 MiB)", status=413, code="too_large"
+        )
     raw = await request.read()  # the app's client_max_size answers 413 for chunked bodies
     try:
         return json.loads(raw)
     except RecursionError:
-        raise ApiError(400, "bad_request", "the body is nested too deeply to read") from None
+        raise Refused(
+            "the body is nested too deeply to read", status=400, code="bad_request"
+        ) from None
     except ValueError as e:  # JSONDecodeError, bad UTF-8, an integer of thousands of digits
-        raise ApiError(400, "bad_request", f"the body is not valid JSON: {e}") from None
+        raise Refused(
+            f"the body is not valid JSON: {e}", status=400, code="bad_request"
+        ) from None
 
 
 class ControlApi:
@@ -130,6 +113,9 @@ class ControlApi:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._openapi = json.dumps(openapi.document()).encode()
+        self.metrics_page = Metrics(
+            daemon.views.samples, daemon.started, connections=daemon.views.connections
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[errors])
@@ -152,18 +138,19 @@ class ControlApi:
         )
 
     async def health(self, request: web.Request) -> web.Response:
-        return answer(self.daemon.health())
+        return answer(self.daemon.views.health())
 
     async def list_streams(self, request: web.Request) -> web.Response:
-        return json_answer(self.daemon.listing_json())
+        return json_answer(self.daemon.views.listing_json())
 
     async def show(self, request: web.Request) -> web.Response:
-        return json_answer(self.daemon.view_json(self.daemon.spec(request.match_info["name"])))
+        spec = self.daemon.spec(request.match_info["name"])
+        return json_answer(self.daemon.views.view_json(spec))
 
     async def create(self, request: web.Request) -> web.Response:
         spec = await self.daemon.create(await json_body(request))
         self._audit(request, spec.name, 201, settings=spec.to_dict())
-        return json_answer(self.daemon.view_json(spec), status=201)
+        return json_answer(self.daemon.views.view_json(spec), status=201)
 
     async def modify(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -171,7 +158,7 @@ class ControlApi:
         body = await json_body(request)
         spec = await self.daemon.modify(name, body)
         self._audit(request, name, 200, change=body)
-        return json_answer(self.daemon.view_json(spec))
+        return json_answer(self.daemon.views.view_json(spec))
 
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -189,11 +176,11 @@ class ControlApi:
         name = request.match_info["name"]
         spec = await self.daemon.modify(name, {"active": active})
         self._audit(request, name, 200, active=active)
-        return json_answer(self.daemon.view_json(spec))
+        return json_answer(self.daemon.views.view_json(spec))
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=self.daemon.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            body=self.metrics_page.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
     async def openapi(self, request: web.Request) -> web.Response:

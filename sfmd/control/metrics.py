@@ -11,37 +11,11 @@ import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from sfmd import __version__
+from sfmd.status import STATES, ConnectionSample, StreamSample
 
-STATES = ("stopped", "connecting", "streaming", "backoff", "failed")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class StreamSample(NamedTuple):
-    """One stream's numbers at scrape time (a tuple: 1,000 are made per scrape)."""
-
-    name: str
-    state: str
-    messages: int
-    tweets: int
-    bytes: int
-    reconnects: int
-    limit_undelivered: int
-    files_published: int
-
-
-@dataclass(frozen=True)
-class ConnectionSample:
-    """A shared v2 filter connection's numbers (its streams' are StreamSamples)."""
-
-    name: str
-    messages: int
-    unrouted: int
-    errors: int
-    reconnects: int
-    rules: int
 
 
 @dataclass(frozen=True)

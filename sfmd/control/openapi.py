@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from sfmd import __version__
-from sfmd.registry.store import json_schema
+from sfmd.registry import json_schema
+from sfmd.status import STATES, STATUS_KEYS
 
 ERROR_CODES = {
     400: "bad_request",
@@ -24,12 +25,9 @@ ERROR_CODES = {
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": [
-        "state", "since", "messages", "tweets", "bytes", "reconnects", "last_error",
-        "current_file",
-    ],
+    "required": list(STATUS_KEYS),
     "properties": {
-        "state": {"enum": ["stopped", "connecting", "streaming", "backoff", "failed"]},
+        "state": {"enum": list(STATES)},
         "since": {"type": "string", "format": "date-time"},
         "messages": {"type": "integer", "minimum": 0},
         "tweets": {"type": "integer", "minimum": 0},

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sfmd.durable import fsync_dir, write_atomically
+from sfmd.errors import SfmdError
 
 #: The first line of every conf sfmd writes; a file without it is never touched.
 MARKER = "; managed by sfmd: do not edit"
@@ -55,7 +56,7 @@ _COMMENT = re.compile(r"\s[;#]")
 _HERE = "%(here)s"
 
 
-class ConfError(ValueError):
+class ConfError(SfmdError, ValueError):
     """A value cannot be put in a supervisor conf safely; the message says which and why."""
 
 

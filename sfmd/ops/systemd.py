@@ -16,13 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from sfmd.logs import get_logger
-
-# The order the states appear in a status line: the healthy case first.
-STATE_ORDER = ("streaming", "connecting", "backoff", "failed", "stopped")
 
 # How often the status line is refreshed when systemd asked for no watchdog.
 STATUS_REFRESH = 5.0
@@ -134,18 +130,6 @@ def _status_field(text: str | None) -> tuple[str, ...]:
     if text is None:
         return ()
     return ("STATUS=" + " ".join(text.splitlines()),)
-
-
-def describe_states(states: Iterable[str]) -> str:
-    """A status line such as "12 streams: 11 streaming, 1 backoff" (busiest state first)."""
-    counts = Counter(states)
-    total = sum(counts.values())
-    head = f"{total} stream" + ("" if total == 1 else "s")
-    if not total:
-        return head
-    known = [s for s in STATE_ORDER if counts[s]]
-    other = sorted(s for s in counts if s not in STATE_ORDER)
-    return head + ": " + ", ".join(f"{counts[s]} {s}" for s in known + other)
 
 
 async def watchdog_loop(

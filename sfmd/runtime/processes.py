@@ -21,10 +21,13 @@ import asyncio
 import base64
 import enum
 import hashlib
+import json
+import os
 import sys
 import xmlrpc.client
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 from xml.parsers.expat import ExpatError
@@ -32,6 +35,8 @@ from xml.parsers.expat import ExpatError
 import aiohttp
 
 from sfmd.config import Config
+from sfmd.errors import SfmdError
+from sfmd.logs import get_logger
 from sfmd.ops.confs import (
     STARTSECS,
     STOPWAITSECS,
@@ -42,7 +47,8 @@ from sfmd.ops.confs import (
     render_program,
     sync_confs,
 )
-from sfmd.registry.store import StreamSpec
+from sfmd.registry import StreamSpec
+from sfmd.status import STATUS_KEYS, State, stopped_status
 
 #: Seconds for a call that returns at once (getState, reloadConfig with many confs, ...).
 CALL_TIMEOUT = 15.0
@@ -76,7 +82,7 @@ class Fault(enum.IntEnum):
     CANT_REREAD = 92
 
 
-class SupervisorError(Exception):
+class SupervisorError(SfmdError):
     """Talking to supervisord went wrong; the message says what to look at."""
 
 
@@ -362,18 +368,42 @@ async def _each(
             raise result
 
 
+def status_path(state_dir: Path, name: str) -> Path:
+    return state_dir / "status" / f"{name}.json"
+
+
+def write_status_file(state_dir: Path, name: str, status: dict[str, Any]) -> None:
+    """Where a process-isolated stream tells the daemon its counters (rename: never torn).
+
+    No fsync: the file is a live view, rewritten every few seconds, worthless after a crash.
+    """
+    path = status_path(state_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**status, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+def read_status_file(state_dir: Path, name: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(status_path(state_dir, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 # --- the reconciler's back end -----------------------------------------------------------------
 
 #: supervisord's process state → a STREAM's status state, as the control API shows it.
 STREAM_STATES = {
-    "STOPPED": "stopped",
-    "STOPPING": "stopped",
-    "STARTING": "connecting",
-    "RUNNING": "streaming",
-    "BACKOFF": "backoff",
-    "EXITED": "failed",
-    "FATAL": "failed",
-    "UNKNOWN": "failed",
+    "STOPPED": State.STOPPED.value,
+    "STOPPING": State.STOPPED.value,
+    "STARTING": State.CONNECTING.value,
+    "RUNNING": State.STREAMING.value,
+    "BACKOFF": State.BACKOFF.value,
+    "EXITED": State.FAILED.value,
+    "FATAL": State.FAILED.value,
+    "UNKNOWN": State.FAILED.value,
 }
 
 
@@ -506,8 +536,78 @@ def process_status(info: dict[str, Any]) -> dict[str, Any]:
     since = datetime.fromtimestamp(moment or info.get("now") or 0, UTC)
     failed = statename in ("BACKOFF", "EXITED", "FATAL", "UNKNOWN")
     return {
-        "state": STREAM_STATES.get(statename, "failed"),
+        "state": STREAM_STATES.get(statename, State.FAILED.value),
         "since": since.isoformat().replace("+00:00", "Z"),
         "pid": info.get("pid") or None,
         "last_error": (info.get("spawnerr") or info.get("description")) if failed else None,
     }
+
+
+log = get_logger()
+
+
+class ProcessBackend:
+    """The daemon's view of process-isolated streams (`Mode.PROCESS`): supervisord runs them,
+    this keeps their confs and programs equal to the registry and reads their status."""
+
+    def __init__(self, config: Config, streams: ProcessStreams | None = None) -> None:
+        self.config = config
+        self.streams = streams or ProcessStreams(config)
+        self.supervised: dict[str, dict[str, Any]] = {}  # from supervisord, per reconcile
+        self.problem: str | None = None  # "waiting for supervisord: ..." or an error
+
+    async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
+        """All of supervisord's work (stops and starts) happens in this first pass: a
+        stream moving to a task is stopped here before the task back end starts it, and
+        one moving here is stopped as a task before this pass runs again."""
+        try:
+            report = await self.streams.reconcile(specs)
+        except ConfError as e:
+            problem: str | None = f"cannot write supervisor confs: {e}"
+            report = {}
+        else:
+            problem = report.get("waiting") or report.get("error")
+        if problem != self.problem:
+            if problem:
+                log.warning("supervisor_problem", problem=problem)
+            elif self.problem:
+                log.info("supervisor_reachable")
+            self.problem = problem
+        changes = {k: v for k, v in report.items() if k not in ("waiting", "error") and v}
+        if changes:
+            log.info("supervisor_applied", **changes)
+        if problem is None and self.streams.wanted(specs):
+            try:
+                self.supervised = await self.streams.statuses()
+            except SupervisorError as e:
+                self.problem = f"waiting for supervisord: {e}"
+        elif problem is None:
+            self.supervised = {}
+
+    async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
+        """Nothing: supervisord started what it should in `stop_unwanted`."""
+
+    def status(self, spec: StreamSpec) -> dict[str, Any]:
+        """An isolated stream: supervisord's process state, the stream's own counters."""
+        own = read_status_file(self.config.daemon.state_dir, spec.name) or stopped_status()
+        supervised = self.supervised.get(spec.name)
+        status = {key: own.get(key) for key in STATUS_KEYS}
+        status["process"] = {
+            "program": f"{self.config.supervisor.program_prefix}{spec.name}",
+            **(supervised or {"state": "absent", "pid": None}),
+        }
+        if not spec.active:
+            status.update(state=State.STOPPED.value, current_file=None)
+        elif self.problem:
+            status.update(state=State.STOPPED.value if supervised is None else status["state"],
+                          last_error=self.problem)
+        elif supervised is None or supervised.get("pid") != own.get("pid"):
+            # The status file is from an earlier process (or none yet): supervisord's word.
+            state = supervised["state"] if supervised else State.CONNECTING.value
+            status.update(state=state, last_error=(supervised or {}).get("last_error")
+                          or status["last_error"])
+        return status
+
+    async def close(self) -> None:
+        """Process-isolated streams keep running: supervisord owns them, not this daemon."""
+        await self.streams.close()

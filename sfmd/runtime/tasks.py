@@ -8,22 +8,25 @@ the open file and releases the credential, whatever state the connection was in.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from sfmd.archive.writer import Archive
+from sfmd.archive.writer import Archive, ArchiveError
 from sfmd.config import Config, TimingConfig
 from sfmd.credentials import Credential
-from sfmd.locks import CredentialLock
+from sfmd.locks import CredentialBusy, CredentialLock
 from sfmd.logs import get_logger
-from sfmd.registry.store import StreamSpec
-from sfmd.sources.backoff import BackoffPolicy
+from sfmd.registry import Mode, StreamSpec
+from sfmd.runtime.backend import Ledger
+from sfmd.runtime.reconcile import Plan, can_retarget, diff
+from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
 from sfmd.sources.twitter.v2 import V2Stream, stream_params
+from sfmd.status import now_iso
 
 
 def stream_timing(timing: TimingConfig) -> StreamTiming:
@@ -54,30 +57,6 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-def status_path(state_dir: Path, name: str) -> Path:
-    return state_dir / "status" / f"{name}.json"
-
-
-def write_status_file(state_dir: Path, name: str, status: dict[str, Any]) -> None:
-    """Where a process-isolated stream tells the daemon its counters (rename: never torn).
-
-    No fsync: the file is a live view, rewritten every few seconds, worthless after a crash.
-    """
-    path = status_path(state_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**status, "pid": os.getpid()}))
-    os.replace(tmp, path)
-
-
-def read_status_file(state_dir: Path, name: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(status_path(state_dir, name).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def new_archive(config: Config, name: str, log: Any = None) -> Archive:
     return Archive(
         config.daemon.data_dir,
@@ -106,7 +85,7 @@ class StreamRunner:
         self.archive = new_archive(config, spec.name, self.log)
         self.stream: Stream
         if spec.api == "v2":  # the v2 sample stream: the app's one sample connection
-            self.lock = CredentialLock(lock_dir(config), f"{credential.name}.v2-sample")
+            self.lock = CredentialLock(lock_dir(config), spec.slot)
             self.stream = V2Stream(
                 StreamTarget(spec.name, spec.endpoint, stream_params(config.twitter), credential),
                 stream_url=config.twitter.api_url,
@@ -115,7 +94,7 @@ class StreamRunner:
                 timing=stream_timing(config.timing),
             )
         else:
-            self.lock = CredentialLock(lock_dir(config), credential.name)
+            self.lock = CredentialLock(lock_dir(config), spec.slot)
             self.stream = Stream(
                 StreamTarget(spec.name, spec.endpoint, spec.wire_params(), credential),
                 stream_url=config.twitter.stream_url,
@@ -149,7 +128,7 @@ class StreamRunner:
 
     def can_retarget(self, spec: StreamSpec) -> bool:
         """A new filter on the same credential needs a new connection, not a new archive."""
-        return spec.credential == self.spec.credential and spec.endpoint == self.spec.endpoint
+        return can_retarget(self.spec, spec)
 
     async def retarget(self, spec: StreamSpec) -> None:
         """Reconnect with `spec`'s parameters; the open file and the credential lock stay."""
@@ -164,3 +143,138 @@ class StreamRunner:
 
     def status_dict(self) -> dict[str, Any]:
         return self.stream.status_dict()
+
+
+class TaskBackend:
+    """Streams with a connection of their own, each a task in this daemon (`Mode.TASK`).
+
+    Applies `reconcile.diff`'s plan: stops in `stop_unwanted`, reconnects and starts in
+    `start_wanted`. A stream task that dies of a bug is logged with its traceback and
+    restarted after a backoff; it never takes the daemon down.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        session: Callable[[], aiohttp.ClientSession],
+        credentials: Callable[[], Mapping[str, Credential]],
+        ledger: Ledger,
+        *,
+        reconcile: Callable[[], Awaitable[None]],
+        lock: asyncio.Lock,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.credentials = credentials
+        self.ledger = ledger
+        self.runners: dict[str, StreamRunner] = {}
+        self._reconcile = reconcile  # the daemon's pass, run after a crashed task's wait
+        self._lock = lock  # the daemon's: one change or reconcile at a time
+        self._crashes: dict[str, Backoff] = {}
+        self._restarting: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def wanted(specs: Sequence[StreamSpec]) -> dict[str, StreamSpec]:
+        return {s.name: s for s in specs if s.active and s.mode is Mode.TASK}
+
+    def plan(self, specs: Sequence[StreamSpec]) -> Plan:
+        running = {name: runner.spec for name, runner in self.runners.items()}
+        return diff(self.wanted(specs), running, held_back=self._restarting)
+
+    async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
+        for name, why in self.plan(specs).stop:
+            await self._stop_runner(name, why)
+
+    async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
+        wanted = self.wanted(specs)
+        steps = self.plan(specs)
+        for name in steps.refresh:
+            self.runners[name].spec = wanted[name]  # a change Twitter never sees
+        for name in steps.retarget:
+            await self._retarget(self.runners[name], wanted[name])
+        for name in steps.start:
+            await self._start_runner(wanted[name], delay=random.uniform(0, jitter))
+
+    def status(self, spec: StreamSpec) -> dict[str, Any] | None:
+        runner = self.runners.get(spec.name)
+        return runner.status_dict() if runner is not None else None
+
+    def forget(self, name: str) -> None:
+        self._crashes.pop(name, None)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*(self._stop_runner(n, "daemon shutdown") for n in list(self.runners)))
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def _start_runner(self, spec: StreamSpec, delay: float = 0.0) -> None:
+        credential = self.credentials()[spec.credential]
+        runner = StreamRunner(spec, credential, self.config, self.session())
+        try:
+            await runner.start(delay=delay)
+        except (CredentialBusy, ArchiveError) as e:
+            self.ledger.fail(spec.name, str(e))
+            return
+        self.ledger.clear(spec.name)
+        self.runners[spec.name] = runner
+        get_logger(stream=spec.name).info("stream_state", state="started", delay=round(delay, 3))
+        self._watch(runner)
+
+    async def _retarget(self, runner: StreamRunner, spec: StreamSpec) -> None:
+        get_logger(stream=spec.name).info(
+            "stream_state", state="reconnecting", reason="its filter settings changed"
+        )
+        await runner.retarget(spec)
+        self._watch(runner)
+
+    async def _stop_runner(self, name: str, reason: str) -> None:
+        runner = self.runners.pop(name)
+        get_logger(stream=name).info("stream_state", state="stopping", reason=reason)
+        try:
+            await runner.stop()
+        except ArchiveError as e:
+            get_logger(stream=name).error("stop_failed", error=str(e))
+        self.ledger.stopped(name, runner.status_dict())
+
+    # -- crashes -----------------------------------------------------------------------------
+
+    def _watch(self, runner: StreamRunner) -> None:
+        """Hear about the runner's task ending by itself (a bug): `_task_ended` restarts it."""
+        task = runner.task
+        if task is not None:
+            task.add_done_callback(lambda t, r=runner: self._task_ended(r, t))
+
+    def _task_ended(self, runner: StreamRunner, task: asyncio.Task[None]) -> None:
+        """A stream task ended by itself: a bug. Log it with its traceback; restart later."""
+        if task.cancelled() or self.runners.get(runner.spec.name) is not runner:
+            return
+        error = task.exception()
+        if error is None:
+            return
+        name = runner.spec.name
+        backoff = self._crashes.setdefault(name, Backoff(stream_timing(self.config.timing).backoff))
+        wait = backoff.failure(Failure.HTTP)
+        get_logger(stream=name).error(
+            "stream_crashed", error=f"{type(error).__name__}: {error}", restart_in=wait,
+            exc_info=error,
+        )
+        task = asyncio.create_task(self._restart_later(name, runner, wait))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _restart_later(self, name: str, runner: StreamRunner, wait: float) -> None:
+        self._restarting.add(name)
+        try:
+            async with self._lock:
+                if self.runners.get(name) is runner:
+                    await self._stop_runner(name, "crashed")
+                    self.ledger.failed[name] = {
+                        "since": now_iso(), "last_error": "crashed; restarting"
+                    }
+            await asyncio.sleep(wait)
+        finally:
+            self._restarting.discard(name)
+        await self._reconcile()

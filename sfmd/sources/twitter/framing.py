@@ -11,11 +11,13 @@ import json
 from itertools import repeat
 from typing import Any
 
+from sfmd.errors import SfmdError
+
 #: A message larger than this with no delimiter in sight means a broken peer, not a big tweet.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
-class FramingError(Exception):
+class FramingError(SfmdError):
     """The body cannot be split into messages (an absurd length prefix, a runaway line)."""
 
 

@@ -24,7 +24,7 @@ from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
-from sfmd.registry.store import StreamSpec
+from sfmd.registry import StreamSpec, slot_of
 from sfmd.sources.twitter.rules import Plan, Rule, RulesApi, RulesRejected, RulesUnavailable, plan
 from sfmd.sources.twitter.stream import StreamTarget, StreamTiming
 from sfmd.sources.twitter.v2 import V2Stream, stream_params
@@ -124,7 +124,7 @@ class FilterGroup:
         self.config = config
         self.name = connection_name(credential.name)
         self.log = get_logger(stream=self.name)
-        self.lock = CredentialLock(lock_dir, f"{credential.name}.v2-filter")
+        self.lock = CredentialLock(lock_dir, slot_of("v2", "filter", credential.name))
         self.router = Router()
         self.rules = RulesApi(
             session, config.twitter.api_url, credential, timeout=config.timing.connect_timeout

@@ -11,11 +11,12 @@ from urllib.parse import quote, urlencode
 import oauthlib.oauth1
 
 from sfmd.credentials import Credential
+from sfmd.errors import SfmdError
 
 FORM = "application/x-www-form-urlencoded"
 
 
-class CredentialUnusable(Exception):
+class CredentialUnusable(SfmdError):
     """The credential lacks the keys this API needs; the message names what is missing."""
 
 

@@ -24,16 +24,24 @@ from typing import Any
 import aiohttp
 
 from sfmd.credentials import Credential
+from sfmd.errors import Refused, SfmdError
 
 RULES_PATH = "/2/tweets/search/stream/rules"
 BATCH = 100  # rules per add or delete request, well under the API's request size limits
 
 
-class RulesUnavailable(Exception):
+class RulesUnavailable(Refused):
     """The rules API could not be asked (network, auth, an answer that makes no sense)."""
 
+    status = 502
+    code = "rules_unavailable"
 
-class RulesRejected(Exception):
+    @property
+    def message(self) -> str:
+        return f"{self}; nothing was changed"
+
+
+class RulesRejected(SfmdError):
     """The API refused one or more rule values; `reasons` says why, value by value."""
 
     def __init__(self, reasons: list[str]) -> None:

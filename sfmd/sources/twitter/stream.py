@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -33,6 +31,7 @@ from sfmd.sources.twitter.framing import (
     parse_notice,
     triage,
 )
+from sfmd.status import State, StreamStatus
 
 # Answers that no amount of retrying will fix: a person must act. They are still retried (at
 # the HTTP rate, never faster) so the stream heals by itself once the cause is fixed.
@@ -49,14 +48,6 @@ RATE_LIMITED = (420, 429)
 # would only fight the other connection, so these wait at the HTTP rate without a reset.
 STICKY_DISCONNECTS = (2, 6, 7)
 READ_BUFSIZE = 1 << 20
-
-
-class State(enum.Enum):
-    STOPPED = "stopped"
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    BACKOFF = "backoff"
-    FAILED = "failed"
 
 
 class Sink(Protocol):
@@ -88,37 +79,6 @@ class StreamTiming:
     stall_timeout: float = 90.0
     connect_timeout: float = 30.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-
-
-@dataclass
-class StreamStatus:
-    state: State = State.STOPPED
-    since: datetime = field(default_factory=lambda: datetime.now(UTC))
-    messages: int = 0
-    tweets: int = 0
-    bytes: int = 0
-    reconnects: int = 0
-    last_error: str | None = None
-    limit_undelivered: int = 0  # undelivered tweets Twitter reported in limit notices
-
-    def to_dict(self, current_file: str | None) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "since": iso_z(self.since),
-            "messages": self.messages,
-            "tweets": self.tweets,
-            "bytes": self.bytes,
-            "reconnects": self.reconnects,
-            "last_error": self.last_error,
-            "current_file": current_file,
-        }
-
-
-@functools.lru_cache(maxsize=4096)
-def iso_z(moment: datetime) -> str:
-    """`since` as the API shows it; cached because GET /streams shows every stream's, and a
-    stream's `since` changes only with its state."""
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 class Ended(Exception):

@@ -1,0 +1,312 @@
+"""One stream's desired settings (`StreamSpec`), checked, and what follows from them.
+
+Choices left open by the settings themselves:
+- A stream that names no credential gets `[twitter] default_credential`, filter and sample
+  alike: with one credential there is nothing to choose, and the per-credential rule still
+  refuses a second active stream on it (`Registry.check_credential_free` names the holder).
+- `people` is not sent to Twitter: the control API resolves it to ids through users/lookup when
+  it is set or changed and keeps the answer in `people_ids` (screen name → id), which sfmd
+  alone writes; those ids join follow on the wire, so follow plus people must fit in 5,000.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from sfmd.registry.fields import (
+    FIELDS,
+    FILTER_FIELDS,
+    MAX_FOLLOW,
+    V1_ONLY,
+    ValidationError,
+    _json_type,
+    _show,
+)
+
+
+class Mode(enum.Enum):
+    """How a stream runs, which decides the back end that runs it."""
+
+    TASK = "task"  # its own connection, as a task in the daemon
+    SHARED = "shared"  # a member of a connection it shares (v2 filters on one credential)
+    PROCESS = "process"  # its own connection, in its own process under supervisord
+
+
+def slot_of(api: str, kind: str, credential: str) -> str:
+    """The name of the connection a stream of this api and kind needs on `credential`."""
+    return credential if api == "v1.1" else f"{credential}.v2-{kind}"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One stream's desired settings, already checked: build it with `validate_stream`."""
+
+    name: str
+    kind: str
+    track: tuple[str, ...]
+    follow: tuple[str, ...]
+    locations: tuple[tuple[float, float, float, float], ...]
+    people: tuple[str, ...]
+    language: tuple[str, ...]
+    credential: str
+    active: bool = True
+    isolation: str = "task"
+    api: str = "v1.1"
+    rules: tuple[str, ...] = ()  # v2 rule values
+    people_ids: tuple[tuple[str, str], ...] = ()  # (screen name, id) pairs, set by sfmd
+
+    @property
+    def endpoint(self) -> str:
+        return self.kind
+
+    @property
+    def people_unresolved(self) -> list[str]:
+        """Screen names users/lookup did not know, for the API to report."""
+        found = {name.lower() for name, _ in self.people_ids}
+        return [name for name in self.people if name.lower() not in found]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as the control API returns and the registry file stores it."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "track": list(self.track),
+            "follow": list(self.follow),
+            "locations": [list(box) for box in self.locations],
+            "people": list(self.people),
+            "language": list(self.language),
+            "credential": self.credential,
+            "active": self.active,
+            "isolation": self.isolation,
+            "api": self.api,
+            "rules": [{"value": value} for value in self.rules],
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """The settings plus what sfmd derived (people_ids): the registry file and API answers."""
+        return {**self.to_dict(), "people_ids": dict(self.people_ids)}
+
+    @functools.cached_property
+    def registry_line(self) -> str:
+        """This stream's line in the registry file: every change rewrites the whole file, and
+        re-encoding 1,000 unchanged streams held the GIL for milliseconds each time."""
+        return json.dumps(self.to_record(), ensure_ascii=False)
+
+    @functools.cached_property
+    def view_json_open(self) -> bytes:
+        """The settings part of the API's STREAM (the record plus `people_unresolved`) as JSON
+        without its closing brace, for the daemon to add `status` to. Encoded once per spec (a
+        spec never changes): encoding every stream's settings on every listing was most of
+        GET /streams' cost at 1,000 streams."""
+        view = {**self.to_record(), "people_unresolved": self.people_unresolved}
+        return orjson.dumps(view)[:-1]
+
+    def wire_params(self) -> dict[str, str]:
+        """The v1.1 request parameters; `people` is resolved to follow ids by the stream."""
+        follow = list(self.follow)
+        follow += [i for _, i in self.people_ids if i not in self.follow]
+        params = {
+            "track": ",".join(self.track),
+            "follow": ",".join(follow),
+            "locations": ",".join(_coordinate(c) for box in self.locations for c in box),
+            "language": ",".join(self.language),
+        }
+        return {key: value for key, value in params.items() if value}
+
+    def connection_key(self) -> tuple[object, ...]:
+        """What the connection depends on: a change here (and only here) means reconnecting.
+
+        A v2 filter's rules change on the API while its shared connection stays up. Kept
+        once computed: every reconcile compares it for every running stream.
+        """
+        return self._connection_key
+
+    @functools.cached_property
+    def _connection_key(self) -> tuple[object, ...]:
+        if self.api == "v2":
+            return (self.api, self.endpoint, self.credential)
+        return (self.endpoint, sorted(self.wire_params().items()), self.people, self.credential)
+
+    @functools.cached_property
+    def mode(self) -> Mode:
+        """Which back end runs this stream; computed here once, so nothing else reads `api`,
+        `kind` and `isolation` to decide."""
+        if self.api == "v2" and self.kind == "filter":
+            return Mode.SHARED
+        return Mode.PROCESS if self.isolation == "process" else Mode.TASK
+
+    @functools.cached_property
+    def slot(self) -> str:
+        """The connection this stream needs, by name: one holder at a time, except that a
+        shared slot's members share it.
+
+        v1.1 streams need the credential's user tokens (Twitter cuts the older of two
+        connections on them); a v2 sample needs the app's one sample connection; v2 filters
+        share the app's one filtered-stream connection. The name is also the lock's file name.
+        """
+        return slot_of(self.api, self.kind, self.credential)
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether an active stream keeps every other stream out of its slot."""
+        return self.mode is not Mode.SHARED
+
+
+def _coordinate(value: float) -> str:
+    """Plain decimal, never exponent notation (1e-05), which Twitter's parser may refuse."""
+    text = format(Decimal(repr(value)), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def validate_stream(
+    data: object,
+    *,
+    credentials: Collection[str] | None = None,
+    default_credential: str | None = None,
+) -> StreamSpec:
+    """Check a STREAM body (or registry entry) against FIELDS and the cross-field rules."""
+    if not isinstance(data, dict):
+        raise ValidationError(
+            "bad_request",
+            "body",
+            f"the body must be a JSON object of stream settings, got {_json_type(data)}",
+        )
+    for name in data:
+        if name not in FIELDS:
+            raise ValidationError(
+                "invalid", name, f"unknown field {_show(name)}; known fields: {', '.join(FIELDS)}"
+            )
+    values: dict[str, Any] = {}
+    for f in FIELDS.values():
+        if f.name in data:
+            values[f.name] = f.check(data[f.name])
+        elif f.name == "credential" and default_credential is not None:
+            values[f.name] = default_credential
+        elif f.required or f.default is None:
+            hint = "; no default_credential is configured" if f.name == "credential" else ""
+            raise ValidationError("invalid", f.name, f"{f.name} is required{hint}")
+        else:
+            values[f.name] = f.default
+    spec = StreamSpec(**values)
+    _check_cross_rules(spec)
+    if credentials is not None:
+        check_credential(spec.credential, credentials)
+    return spec
+
+
+def _check_cross_rules(spec: StreamSpec) -> None:
+    if spec.api == "v2":
+        _check_v2(spec)
+        return
+    if spec.rules:
+        raise ValidationError(
+            "invalid", "rules", 'rules are for v2 filters; set "api": "v2" or use track/follow'
+        )
+    given = [name for name in FILTER_FIELDS if getattr(spec, name)]
+    if spec.kind == "filter" and not given:
+        raise ValidationError(
+            "invalid",
+            "kind",
+            f"a filter stream needs at least one of {', '.join(FILTER_FIELDS)}",
+        )
+    if spec.kind == "sample" and given:
+        raise ValidationError(
+            "invalid",
+            given[0],
+            f"a sample stream takes none of {', '.join(FILTER_FIELDS)}; got {', '.join(given)}",
+        )
+    if len(spec.follow) + len(spec.people) > MAX_FOLLOW:
+        raise ValidationError(
+            "invalid",
+            "follow",
+            f"follow has {len(spec.follow)} ids and people {len(spec.people)} screen names; "
+            f"together they must not exceed {MAX_FOLLOW} (each person becomes one follow id)",
+        )
+
+
+def _check_v2(spec: StreamSpec) -> None:
+    given = [name for name in V1_ONLY if getattr(spec, name)]
+    if given:
+        raise ValidationError(
+            "invalid",
+            given[0],
+            f"a v2 stream takes none of {', '.join(V1_ONLY)} (got {', '.join(given)}); "
+            "write them as rules, e.g. {\"value\": \"cats lang:en\"}",
+        )
+    if spec.kind == "sample" and spec.rules:
+        raise ValidationError("invalid", "rules", "a v2 sample stream takes no rules")
+    if spec.kind == "filter" and not spec.rules:
+        raise ValidationError("invalid", "rules", "a v2 filter stream needs at least one rule")
+    if spec.kind == "filter" and spec.isolation != "task":
+        raise ValidationError(
+            "invalid",
+            "isolation",
+            "v2 filters on one credential share one connection in the daemon, so they run as "
+            'tasks; isolation must be "task"',
+        )
+
+
+def check_credential(name: str, credentials: Collection[str]) -> None:
+    """Refuse a credential the credentials file lacks; the message lists names, never keys."""
+    if name not in credentials:
+        known = ", ".join(sorted(credentials)) or "none"
+        raise ValidationError(
+            "invalid",
+            "credential",
+            f"credential {name!r} is not in the credentials file; known: {known}",
+        )
+
+
+def apply_patch(
+    spec: StreamSpec, patch: object, *, credentials: Collection[str] | None = None
+) -> StreamSpec:
+    """The settings after a PATCH; the credential is checked only when the patch names it."""
+    if not isinstance(patch, dict):
+        raise ValidationError(
+            "bad_request",
+            "body",
+            f"the body must be a JSON object of settings to change, got {_json_type(patch)}",
+        )
+    current = spec.to_dict()
+    for name, value in patch.items():
+        if name in ("name", "kind", "api") and value != current[name]:
+            raise ValidationError(
+                "invalid",
+                name,
+                f"{name} is fixed once created (it is {current[name]!r}); "
+                "create a new stream instead",
+            )
+    changed = validate_stream(
+        {**current, **patch}, credentials=credentials if "credential" in patch else None
+    )
+    if changed.people == spec.people:
+        changed = dataclasses.replace(changed, people_ids=spec.people_ids)
+    return changed
+
+
+def with_people_ids(spec: StreamSpec, ids: Mapping[str, str]) -> StreamSpec:
+    """The spec with users/lookup's answer (screen name → id) for its people."""
+    pairs = tuple((name, ids[name]) for name in spec.people if name in ids)
+    return dataclasses.replace(spec, people_ids=pairs)
+
+
+def _people_ids(value: object) -> dict[str, str]:
+    """The registry's people_ids: screen name → numeric id string, as sfmd wrote it."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.isdigit() for k, v in value.items()
+    ):
+        raise ValidationError(
+            "invalid", "people_ids", "people_ids must map screen names to numeric id strings"
+        )
+    return value
+
+

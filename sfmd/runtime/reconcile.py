@@ -1,0 +1,70 @@
+"""One reconcile pass as data: what must stop, reconnect and start so that the streams running
+as tasks match the registry.
+
+`diff()` only compares settings; applying the plan (stops first, then reconnects, then starts)
+is the task back end's job. Keeping the decision pure lets its rules be tested without a
+socket, and keeps the order of the steps in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from sfmd.registry import StreamSpec
+
+GONE = "stopped in the registry"
+MOVED = "its credential or endpoint changed"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The steps of one pass, each a tuple of stream names in name order."""
+
+    stop: tuple[tuple[str, str], ...] = ()  # (name, why): close the connection and its file
+    retarget: tuple[str, ...] = ()  # reconnect with new wire settings; the file stays open
+    refresh: tuple[str, ...] = ()  # settings the connection never sees changed: no reconnect
+    start: tuple[str, ...] = ()  # take the slot, recover the archive, connect
+
+    @property
+    def empty(self) -> bool:
+        return not (self.stop or self.retarget or self.start)
+
+
+def can_retarget(running: StreamSpec, wanted: StreamSpec) -> bool:
+    """A new filter on the same credential and endpoint needs a new connection, not a new
+    archive or lock."""
+    return running.credential == wanted.credential and running.endpoint == wanted.endpoint
+
+
+def diff(
+    desired: Mapping[str, StreamSpec],
+    running: Mapping[str, StreamSpec],
+    *,
+    held_back: Collection[str] = (),
+) -> Plan:
+    """The plan that makes `running` (name → the spec it runs with) equal `desired`.
+
+    A stream in `held_back` (a crashed task waiting for its restart) is not started.
+    """
+    stop: list[tuple[str, str]] = []
+    retarget: list[str] = []
+    refresh: list[str] = []
+    for name in sorted(running):
+        wanted, current = desired.get(name), running[name]
+        if wanted is None:
+            stop.append((name, GONE))
+        elif wanted.connection_key() != current.connection_key():
+            if can_retarget(current, wanted):
+                retarget.append(name)
+            else:
+                stop.append((name, MOVED))
+        elif wanted != current:
+            refresh.append(name)
+    stopped = {name for name, _ in stop}
+    start = [
+        name
+        for name in sorted(desired)
+        if (name not in running or name in stopped) and name not in held_back
+    ]
+    return Plan(tuple(stop), tuple(retarget), tuple(refresh), tuple(start))

@@ -1,0 +1,119 @@
+"""The one status vocabulary: a stream's states and counters, as every part of sfmd shows them.
+
+The control API's STATUS, `/metrics`, `sfmctl`, systemd's STATUS line, the OpenAPI document
+and the supervisord back end all take their state names from `State`, and the task and
+shared back ends keep their counters in a `StreamStatus`. Nothing else here: this module
+imports nothing from sfmd, so anything may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+
+class State(enum.Enum):
+    STOPPED = "stopped"  # not running: set inactive, or not started yet
+    CONNECTING = "connecting"  # opening a connection (or a process is starting)
+    STREAMING = "streaming"  # connected, messages are stored as they come
+    BACKOFF = "backoff"  # waiting before the next attempt, after a failure
+    FAILED = "failed"  # should run but cannot until a person acts; `last_error` says why
+
+
+#: Every state's name, in the order the API documents them.
+STATES = tuple(state.value for state in State)
+#: States a person should look at: a stream that should collect and does not.
+TROUBLED = (State.FAILED.value, State.BACKOFF.value)
+#: States with no connection, so no message rate.
+IDLE = (State.STOPPED.value, State.FAILED.value)
+#: The order states appear in a one-line summary: the healthy case first.
+SUMMARY_ORDER = ("streaming", "connecting", "backoff", "failed", "stopped")
+#: The keys of the API's STATUS object, in its order.
+STATUS_KEYS = (
+    "state", "since", "messages", "tweets", "bytes", "reconnects", "last_error", "current_file",
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def iso_z(moment: datetime) -> str:
+    """A moment as the API shows it (ISO 8601, UTC, with Z); cached because GET /streams
+    shows every stream's `since`, which changes only with its state."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class StreamStatus:
+    """One stream's state and counters since this daemon started it."""
+
+    state: State = State.STOPPED
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+    messages: int = 0
+    tweets: int = 0
+    bytes: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    limit_undelivered: int = 0  # undelivered tweets Twitter reported in limit notices
+
+    def to_dict(self, current_file: str | None = None) -> dict[str, Any]:
+        """The API's STATUS object."""
+        return {
+            "state": self.state.value,
+            "since": iso_z(self.since),
+            "messages": self.messages,
+            "tweets": self.tweets,
+            "bytes": self.bytes,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+            "current_file": current_file,
+        }
+
+
+class StreamSample(NamedTuple):
+    """One stream's numbers at scrape time (a tuple: 1,000 are made per scrape)."""
+
+    name: str
+    state: str
+    messages: int
+    tweets: int
+    bytes: int
+    reconnects: int
+    limit_undelivered: int
+    files_published: int
+
+
+@dataclass(frozen=True)
+class ConnectionSample:
+    """A shared v2 filter connection's numbers (its streams' are StreamSamples)."""
+
+    name: str
+    messages: int
+    unrouted: int
+    errors: int
+    reconnects: int
+    rules: int
+
+
+def stopped_status() -> dict[str, Any]:
+    """The STATUS of a stream with nothing running and nothing remembered."""
+    return StreamStatus().to_dict()
+
+
+def describe_states(states: Iterable[str]) -> str:
+    """A status line such as "12 streams: 11 streaming, 1 backoff" (busiest state first)."""
+    counts = Counter(states)
+    total = sum(counts.values())
+    head = f"{total} stream" + ("" if total == 1 else "s")
+    if not total:
+        return head
+    known = [s for s in SUMMARY_ORDER if counts[s]]
+    other = sorted(s for s in counts if s not in SUMMARY_ORDER)
+    return head + ": " + ", ".join(f"{counts[s]} {s}" for s in known + other)
