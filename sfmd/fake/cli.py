@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sfmd.credentials import CredentialsError, load_credentials
-from sfmd.fake.common import FakeAPIError
+from sfmd.fake.settings import FakeAPIError
 from sfmd.fake.twitter import FakeAPI
 
 

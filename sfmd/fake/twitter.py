@@ -36,21 +36,16 @@ from oauthlib.common import safe_string_equals
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 
 from sfmd.credentials import Credential
-from sfmd.fake.common import (
-    TRIGGERS,
+from sfmd.fake.faults import TRIGGERS, FaultScript
+from sfmd.fake.mount import (
     ConnectionRecord,
-    FakeAPIError,
-    Pacer,
-    Settings,
     StreamHandle,
     abort_when_flushed,
-    block_count,
-    check_fault,
     dumps,
-    fault_matches,
-    next_batch,
     reason_phrase,
 )
+from sfmd.fake.pacing import Pacer, block_count, next_batch
+from sfmd.fake.settings import FakeAPIError, Settings
 from sfmd.fake.v2 import API_PATHS, V2API
 
 #: The first sequence number: ids above 2^53 catch clients that parse ids as floats.
@@ -413,7 +408,7 @@ class FakeAPI:
         )
         self.settings = self._initial
         self.log: list[ConnectionRecord] = []
-        self._faults: list[dict[str, Any]] = []
+        self._faults = FaultScript()
         self._recorded: dict[int, list[bytes]] = {}
         self._streams: set[StreamHandle] = set()
         self._holders: dict[str, StreamHandle] = {}
@@ -498,7 +493,7 @@ class FakeAPI:
         "filter", "sample", "users/lookup"; for v2 "v2/stream", meaning v2/filter or
         v2/sample, or "v2/filter", "v2/sample", "v2/rules") says which attempts may take it.
         """
-        self._faults.extend(check_fault(f) for f in faults)
+        self._faults.add(*faults)
 
     def configure(self, **settings: Any) -> None:
         """Change settings now; open streams see them on their next step."""
@@ -508,7 +503,7 @@ class FakeAPI:
 
     @property
     def pending_faults(self) -> list[dict[str, Any]]:
-        return [dict(f) for f in self._faults]
+        return self._faults.pending()
 
     def sent_messages(self, conn: int) -> list[bytes]:
         """The messages fully sent on connection `conn`, without framing, if recording was on."""
@@ -556,10 +551,7 @@ class FakeAPI:
 
     def take_fault(self, endpoint: str) -> dict[str, Any] | None:
         """The first scripted fault for an attempt on `endpoint`, removed from the script."""
-        for i, fault in enumerate(self._faults):
-            if fault_matches(fault.get("endpoint", "stream"), endpoint):
-                return self._faults.pop(i)
-        return None
+        return self._faults.take(endpoint)
 
     def _authenticate(self, request: web.Request, body: str) -> AuthResult:
         authorization = request.headers.get("Authorization", "")

@@ -76,24 +76,22 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from sfmd.credentials import Credential
-from sfmd.fake.common import (
-    TRIGGERS,
+from sfmd.fake.faults import TRIGGERS
+from sfmd.fake.mount import (
     ConnectionRecord,
-    Pacer,
-    Settings,
+    Host,
     StreamHandle,
     abort_when_flushed,
-    block_count,
     dumps,
-    next_batch,
     reason_phrase,
 )
+from sfmd.fake.pacing import Pacer, block_count, next_batch
 from sfmd.fake.rulebook import (
     PROBLEMS,
     BadRequest,
@@ -102,6 +100,7 @@ from sfmd.fake.rulebook import (
     parse_dry_run,
     parse_rules_body,
 )
+from sfmd.fake.settings import Settings
 
 FILTER_PATH = "/2/tweets/search/stream"
 SAMPLE_PATH = "/2/tweets/sample/stream"
@@ -173,18 +172,6 @@ OPERATIONAL_DISCONNECT = {
 }
 #: Triggers whose message is a tweet, so a filtered stream holds them until it has a rule.
 _TWEET_TRIGGERS = frozenset({"cut_after", "oversized_after", "malformed_after"})
-
-
-class Host(Protocol):
-    """What the v2 half needs from the server it is mounted on."""
-
-    settings: Settings
-
-    def take_fault(self, endpoint: str) -> dict[str, Any] | None: ...
-
-    def allocate(self, count: int) -> int: ...
-
-    def notify(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- answers
