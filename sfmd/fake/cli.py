@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sfmd.credentials import CredentialsError, load_credentials
+from sfmd.fake.server import FakeAPI
 from sfmd.fake.settings import FakeAPIError
-from sfmd.fake.twitter import FakeAPI
 
 
 def build_parser() -> argparse.ArgumentParser:

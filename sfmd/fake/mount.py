@@ -1,9 +1,14 @@
 """The seam between the fake server and the simulated APIs mounted on it.
 
-The server owns what every fake shares: the settings, the fault script, the server-wide
-sequence numbers, the connection log and the wake-up of `wait_for`. A fake reaches them only
-through `Host`. For each request the server opens a `ConnectionRecord` and a `StreamHandle`
-and hands both to the fake, which fills in the record as it answers; the server closes them.
+The server (`sfmd.fake.server.FakeAPI`) owns what every fake shares: the settings, the fault
+script, the server-wide sequence numbers, the connection log and the record of what was sent.
+A fake reaches them only through `Host`, and offers the server only what `Mount` names: its
+routes, a `serve` for each request, and a `reset`. For each request the server opens a
+`ConnectionRecord` and a `StreamHandle` and hands both to the fake, which fills in the record
+as it answers; the server closes them.
+
+A new network's fake (a sibling module of `twitter` and `v2`) implements `Mount` and is
+constructed in `FakeAPI.__init__`; nothing else in the server changes.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -20,17 +26,55 @@ from aiohttp import web
 
 from sfmd.fake.settings import Settings
 
+#: The first sequence number: ids above 2^53 catch clients that parse ids as floats.
+FIRST_SEQ = 1_500_000_000_000_000_000
+
+#: An aiohttp request handler.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 class Host(Protocol):
     """What a mounted fake needs from the server it is mounted on."""
 
     settings: Settings
 
-    def take_fault(self, endpoint: str) -> dict[str, Any] | None: ...
+    def take_fault(self, endpoint: str) -> dict[str, Any] | None:
+        """The first scripted fault for an attempt on `endpoint`, removed from the script."""
+        ...
 
-    def allocate(self, count: int) -> int: ...
+    def allocate(self, count: int) -> int:
+        """`count` fresh server-wide sequence numbers; the first is returned."""
+        ...
 
-    def notify(self) -> None: ...
+    def notify(self) -> None:
+        """Wake `wait_for` callers: a record, a recording or other observable state changed."""
+        ...
+
+    def record_sent(self, conn: int, messages: Iterable[bytes]) -> None:
+        """Keep messages fully sent on `conn`, unframed; call only when `record_bytes` is on."""
+        ...
+
+    def sent_messages(self, conn: int) -> list[bytes]:
+        """What `record_sent` kept for `conn`, in order."""
+        ...
+
+
+class Mount(Protocol):
+    """What the server needs from a fake it hosts."""
+
+    def add_routes(self, app: web.Application, handler: Callable[[str], Handler]) -> None:
+        """Route the fake's paths to `handler(endpoint)`, the server's handler that opens the
+        request's record for `endpoint` (the name faults use) and then calls `serve`. A fake
+        may add its own `/_fake/...` control routes here too."""
+        ...
+
+    async def serve(self, request: web.Request, stream: StreamHandle) -> web.StreamResponse:
+        """Answer one request whose `stream.record` the server has opened and will close."""
+        ...
+
+    def reset(self) -> None:
+        """Forget per-run state on `FakeAPI.reset`, after every stream has been closed."""
+        ...
 
 
 @dataclass

@@ -74,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -85,6 +85,7 @@ from sfmd.credentials import Credential
 from sfmd.fake.faults import TRIGGERS
 from sfmd.fake.mount import (
     ConnectionRecord,
+    Handler,
     Host,
     StreamHandle,
     abort_when_flushed,
@@ -358,7 +359,7 @@ class App:
 
 
 class V2API:
-    """The v2 routes of a FakeAPI: rules per app, streams, recordings of what was sent."""
+    """The v2 routes of a FakeAPI: rules per app, streams, and the rules each message matched."""
 
     def __init__(self, host: Host, credentials: dict[str, Credential] | None) -> None:
         self._host = host
@@ -373,18 +374,18 @@ class V2API:
                 )
         self._books: dict[str, RuleBook] = {}
         self._holders: dict[tuple[str, str], StreamHandle] = {}
-        self._sent: dict[int, list[tuple[bytes, list[str]]]] = {}
+        #: conn -> the rule ids of each message `Host.record_sent` kept, in the same order.
+        self._matched: dict[int, list[list[str]]] = {}
         self._next_rule_id = FIRST_RULE_ID
         self._factory = MessageFactory()
 
-    def add_routes(
-        self, app: web.Application, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> None:
-        """Mount the API paths on `handle` (which records and calls `serve`), and controls."""
-        app.router.add_get(FILTER_PATH, handle)
-        app.router.add_get(SAMPLE_PATH, handle)
-        app.router.add_get(RULES_PATH, handle)
-        app.router.add_post(RULES_PATH, handle)
+    def add_routes(self, app: web.Application, handler: Callable[[str], Handler]) -> None:
+        """Mount the API paths on the server's `handler`, and the v2 control routes."""
+        app.router.add_get(FILTER_PATH, handler(API_PATHS[FILTER_PATH]))
+        app.router.add_get(SAMPLE_PATH, handler(API_PATHS[SAMPLE_PATH]))
+        rules = handler(API_PATHS[RULES_PATH])
+        app.router.add_get(RULES_PATH, rules)
+        app.router.add_post(RULES_PATH, rules)
         app.router.add_get("/_fake/v2/rules", self._control_rules)
         app.router.add_get("/_fake/v2/sent/{conn}", self._control_sent)
 
@@ -401,11 +402,14 @@ class V2API:
 
     def sent(self, conn: int) -> list[tuple[bytes, list[str]]]:
         """(message, matched rule ids) for each message fully sent on `conn`, if recording."""
-        return list(self._sent.get(conn, []))
+        matched = self._matched.get(conn)
+        if matched is None:
+            return []
+        return list(zip(self._host.sent_messages(conn), matched, strict=True))
 
     def reset(self) -> None:
         self._books.clear()
-        self._sent.clear()
+        self._matched.clear()
         if self._by_name is None:
             self._labels.clear()
 
@@ -630,7 +634,8 @@ class V2API:
             record.sent_count += count
             record.add_seqs(first, first + count - 1)
             if settings.record_bytes:
-                self._sent.setdefault(record.conn, []).extend(zip(messages, matched, strict=True))
+                self._host.record_sent(record.conn, messages)
+                self._matched.setdefault(record.conn, []).extend(matched)
             self._host.notify()
             last_write = loop.time()
             await asyncio.sleep(0)  # a fast reader never blocks the write: let others run
@@ -664,7 +669,8 @@ class V2API:
         if seq is not None:
             record.add_seqs(seq, seq)
         if self._host.settings.record_bytes:
-            self._sent.setdefault(record.conn, []).append((message, matched))
+            self._host.record_sent(record.conn, [message])
+            self._matched.setdefault(record.conn, []).append(matched)
         self._host.notify()
 
     async def _fire(
