@@ -1,5 +1,6 @@
-"""The fake API's Twitter API v2 half: bearer auth, the filtered stream's rules, and the
-filtered and sample streams, on the same server, sequence numbers and fault script as v1.1.
+"""The simulated Twitter API v2, mounted on the fake server (`sfmd.fake.server`) beside v1.1:
+bearer auth, the filtered stream's rules, and the filtered and sample streams, with the same
+settings, sequence numbers, fault script and record of sent messages.
 
 Rules and the connection limit belong to an app, which is its bearer token: every credential
 with the same `bearer_token` is the same app. Without a credentials file any bearer token is
@@ -347,7 +348,7 @@ def route(rules: list[Rule], position: int, settings: Settings) -> tuple[list[Ru
     return matched, not (every and position % every == 0)
 
 
-# --------------------------------------------------------------------------- the v2 half
+# --------------------------------------------------------------------------- the v2 API
 
 
 @dataclass(frozen=True)
