@@ -72,7 +72,7 @@ from fanout import (
     write_registry,
 )
 
-from sfmd.fake.twitter import seq_of
+from sfmd.fake import seq_of
 
 REPO = Path(__file__).resolve().parent.parent
 SAVE_INTERVAL = 60  # fanout's write_config sets it; stated here for the report

@@ -22,7 +22,7 @@ from sfmd.control.api import ControlServer
 from sfmd.credentials import load_credentials
 from sfmd.ctl import Client, rates, render_status
 from sfmd.daemon.app import Daemon
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.logs import setup_logging
 
 DEMO_CREDENTIALS = """\

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from sfmd.credentials import Credential, load_credentials
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.registry import Registry, validate_stream
 
 CREDENTIALS_TOML = """

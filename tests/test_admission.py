@@ -9,7 +9,7 @@ import json
 import signal
 from pathlib import Path
 
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from tests.conftest import Api, start_daemon, wait_until, write_daemon_config
 
 

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from sfmd import cli
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from tests.conftest import (
     CREDENTIALS_TOML,
     Api,

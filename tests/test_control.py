@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sfmd.credentials import Credential
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from tests.conftest import (
     Api,
     SfmdProcess,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import aiohttp
 
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.registry import Registry
 from tests.conftest import (
     Api,

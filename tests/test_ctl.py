@@ -26,7 +26,7 @@ import pytest_asyncio
 
 from sfmd.credentials import load_credentials
 from sfmd.ctl import boxes, build_parser, duration, rates, render_status, settings_from
-from sfmd.fake.twitter import ConnectionRecord, FakeAPI, user_id_for
+from sfmd.fake import ConnectionRecord, FakeAPI, user_id_for
 from tests.conftest import (
     CREDENTIALS_TOML,
     Api,

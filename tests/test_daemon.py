@@ -22,7 +22,7 @@ from sfmd.config import load_config
 from sfmd.control.api import ControlServer
 from sfmd.credentials import Credential, load_credentials
 from sfmd.daemon.app import Daemon
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.logs import setup_logging
 from sfmd.registry import Registry, RegistryError
 from sfmd.sources.twitter.stream import Stream

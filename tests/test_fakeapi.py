@@ -21,7 +21,7 @@ import pytest
 from oauthlib.oauth1 import Client
 
 from sfmd.credentials import Credential
-from sfmd.fake.twitter import FIRST_SEQ, FakeAPI, seq_of, user_id_for
+from sfmd.fake import FIRST_SEQ, FakeAPI, seq_of, user_id_for
 
 ALICE = Credential("alice", "ck-alice", "cs-alice", "at-alice", "ats-alice")
 BOB = Credential("bob", "ck-bob", "cs-bob", "at-bob", "ats-bob")

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 
 from sfmd.credentials import Credential
+from sfmd.fake import FIRST_SEQ, FakeAPI, seq_of
 from sfmd.fake.rulebook import rule_problems
-from sfmd.fake.twitter import FIRST_SEQ, FakeAPI, seq_of
 
 ALPHA = {"Authorization": "Bearer bt-alpha-SECRET"}
 BETA = {"Authorization": "Bearer bt-beta-SECRET"}

@@ -43,7 +43,7 @@ import pytest_asyncio
 
 from sfmd.archive.writer import FileName
 from sfmd.credentials import Credential, load_credentials
-from sfmd.fake.twitter import ConnectionRecord, FakeAPI, seq_of
+from sfmd.fake import ConnectionRecord, FakeAPI, seq_of
 from sfmd.sources.twitter import oauth
 from tests.conftest import (
     CREDENTIALS_TOML,

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from sfmd.archive.writer import iso_utc
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from tests.conftest import (
     Api,
     manifest,

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from tests.conftest import (
     Api,
     SfmdProcess,

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from tests.conftest import Api, SfmdProcess, start_daemon, wait_until, write_daemon_config
 
 SHIPPED = Path(__file__).resolve().parent.parent / "etc" / "logrotate.d" / "sfmd"

@@ -25,7 +25,7 @@ import pytest
 import structlog
 
 from sfmd.credentials import Credential
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.ops.systemd import Notifier, watchdog_loop
 from sfmd.status import describe_states
 from tests.conftest import Api, SfmdProcess, register, wait_until, write_daemon_config

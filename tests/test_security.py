@@ -31,7 +31,7 @@ import pytest
 from sfmd.config import load_config
 from sfmd.credentials import Credential, load_credentials
 from sfmd.daemon.app import Daemon
-from sfmd.fake.twitter import ConnectionRecord, FakeAPI
+from sfmd.fake import ConnectionRecord, FakeAPI
 from sfmd.registry import Registry
 from tests.conftest import (
     CREDENTIALS_TOML,

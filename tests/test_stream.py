@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from sfmd.credentials import Credential
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.sources.twitter.stream import Stream, StreamTarget
 from tests.conftest import (
     FAST_TIMING,

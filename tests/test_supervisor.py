@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from supervisor.options import ServerOptions
 
 from sfmd.config import load_config
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.ops.confs import (
     MARKER,
     STOPWAITSECS,

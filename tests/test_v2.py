@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sfmd.fake.twitter import FakeAPI
+from sfmd.fake import FakeAPI
 from sfmd.registry import Registry, validate_stream
 from tests.conftest import (
     Api,

@@ -1,25 +1,123 @@
 """`sfmd fakeapi`: the simulated APIs as a command, for demos, tests and dry runs.
 
 `sfmd.cli` hands `sfmd fakeapi ...` here without importing this package otherwise, so
-`sfmd run` and `sfmd stream` never load the fakes.
+`sfmd run` and `sfmd stream` never load the fakes. The command serves until SIGTERM or SIGINT
+and prints its base URL first, so a script that started it can find it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import signal
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from sfmd.fake import twitter
+from sfmd.credentials import CredentialsError, load_credentials
+from sfmd.fake.server import FakeAPI
+from sfmd.fake.settings import FakeAPIError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sfmd fakeapi", description="the bundled simulated streaming API, on loopback"
+        prog="sfmd fakeapi",
+        description="the bundled simulated streaming API, on loopback",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    twitter.add_arguments(parser)
+    add_arguments(parser)
     return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument(
+        "--port", type=int, default=0, help="port to bind; 0 picks a free one (printed)"
+    )
+    parser.add_argument(
+        "--credentials",
+        metavar="FILE",
+        help="credentials TOML to check signatures and bearer tokens against; unset: accept any",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="messages per second per connection; 0: as fast as possible",
+    )
+    parser.add_argument(
+        "--total",
+        type=int,
+        default=None,
+        help="messages per connection, then only keep-alives; unset: endless",
+    )
+    parser.add_argument("--message-size", type=int, default=4800, help="tweet size in bytes")
+    parser.add_argument(
+        "--keepalive", type=float, default=30.0, help="seconds of silence before a keep-alive line"
+    )
+    parser.add_argument(
+        "--delete-every", type=int, default=0, help="make every Nth message a delete notice"
+    )
+    parser.add_argument(
+        "--limit-every", type=int, default=0, help="make every Nth message a limit notice"
+    )
+    parser.add_argument(
+        "--script",
+        metavar="FILE.json",
+        help="JSON list of faults, one per connection attempt, in order",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="keep every sent message for GET /_fake/sent/CONN (memory grows)",
+    )
 
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    return int(twitter.run(args))
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; print the base URL first so scripts can find it."""
+    try:
+        credentials = load_credentials(args.credentials) if args.credentials else None
+        faults = json.loads(Path(args.script).read_text()) if args.script else []
+        if not isinstance(faults, list):
+            raise FakeAPIError("the script file must hold a JSON list of faults")
+        api = FakeAPI(
+            credentials,
+            host=args.host,
+            port=args.port,
+            message_size=args.message_size,
+            rate=args.rate,
+            total=args.total,
+            keepalive_interval=args.keepalive,
+            delete_every=args.delete_every,
+            limit_every=args.limit_every,
+            record_bytes=args.record,
+        )
+        api.script(*faults)
+    except (OSError, ValueError, CredentialsError) as e:
+        print(f"sfmd fakeapi: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve_forever(api))
+
+
+async def _serve_forever(api: FakeAPI) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await api.start()
+    except OSError as e:
+        print(f"sfmd fakeapi: cannot listen: {e}", file=sys.stderr)
+        return 1
+    print(api.url, flush=True)
+    print(f"sfmd fakeapi: stream_url = {api.stream_url}", file=sys.stderr, flush=True)
+    print(f"sfmd fakeapi: api_url = {api.api_url}", file=sys.stderr, flush=True)
+    await stopping.wait()
+    await api.stop()
+    return 0

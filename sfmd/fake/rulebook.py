@@ -1,7 +1,7 @@
 """The filtered stream's rules as Twitter keeps them for one app: value checks, the
 non-atomic add, delete, and the parsing of a rules request. Pure: no I/O, no clock.
 
-`fakeapi_v2` serves this over HTTP; its docstring lists the wire shapes.
+`sfmd.fake.v2` serves this over HTTP; its docstring lists the wire shapes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfmd.fake.common import dumps
+from sfmd.fake.mount import dumps
 
 MAX_RULE_LENGTH = 512
 PROBLEMS = "https://api.twitter.com/2/problems/"

@@ -1,18 +1,10 @@
-"""A simulated Twitter streaming API on loopback, for tests, demos and benchmarks.
-
-This module is the server and its v1.1 half; `fakeapi_v2` mounts the API v2 paths (bearer
-auth, filtered-stream rules, the filtered and sample streams) on the same server, with the
-same settings, sequence numbers, fault script and log.
+"""The simulated Twitter API v1.1, mounted on the fake server (`sfmd.fake.server`).
 
 It speaks the real wire protocol (OAuth 1.0a, chunked bodies, `\\r\\n` framing or
 `delimited=length`, keep-alives, notices, the one-connection-per-credential rule) so the
 collector is exercised exactly as in production, and it misbehaves on request: each connection
 attempt may take one scripted fault (an HTTP status, a cut mid-message, a stall, a disconnect
 message, an oversized or malformed line).
-
-Every message carries a server-wide sequence number (a tweet's `id`, a notice's `seq`) and
-every connection attempt leaves a `ConnectionRecord`, so a test can prove that what reached
-the archive is exactly what was fully sent, in order, with nothing lost or duplicated.
 
 Speed matters because benchmarks must measure the client, not this server: tweets come from a
 precomputed template in which only the id digits change, and are written in blocks of about
@@ -21,18 +13,12 @@ precomputed template in which only the id digits change, and are written in bloc
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
-import json
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -40,26 +26,21 @@ from aiohttp import web
 from oauthlib.common import safe_string_equals
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 
-from sfmd.credentials import Credential, CredentialsError, load_credentials
-from sfmd.fake.common import (
-    TRIGGERS,
+from sfmd.credentials import Credential
+from sfmd.fake.faults import TRIGGERS
+from sfmd.fake.mount import (
+    FIRST_SEQ,
     ConnectionRecord,
-    FakeAPIError,
-    Pacer,
-    Settings,
+    Handler,
+    Host,
     StreamHandle,
     abort_when_flushed,
-    block_count,
-    check_fault,
     dumps,
-    fault_matches,
-    next_batch,
     reason_phrase,
 )
-from sfmd.fake.v2 import API_PATHS, V2API
+from sfmd.fake.pacing import Pacer, block_count, next_batch
+from sfmd.fake.settings import Settings
 
-#: The first sequence number: ids above 2^53 catch clients that parse ids as floats.
-FIRST_SEQ = 1_500_000_000_000_000_000
 #: Hosts a client may have signed for instead of ours (twarc signs for the real host).
 TWITTER_HOSTS = ("stream.twitter.com", "api.twitter.com")
 
@@ -378,261 +359,45 @@ def user_id_for(screen_name: str) -> int:
     return int.from_bytes(digest[:6], "big") + 1
 
 
-# --------------------------------------------------------------------------- the server
+# --------------------------------------------------------------------------- the v1.1 API
 
 
-class FakeAPI:
-    """The simulated API. `start()` binds; `log`, `sent_messages` and `wait_for` observe it."""
+class V1API:
+    """The v1.1 routes of a FakeAPI: OAuth 1.0a, the filter and sample streams, users/lookup."""
 
-    def __init__(
-        self,
-        credentials: dict[str, Credential] | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        message_size: int = 4800,
-        rate: float = 0.0,
-        total: int | None = None,
-        keepalive_interval: float = 30.0,
-        delete_every: int = 0,
-        limit_every: int = 0,
-        record_bytes: bool = False,
-    ) -> None:
+    def __init__(self, host: Host, credentials: dict[str, Credential] | None) -> None:
+        self._host = host
         self._credentials = None
         if credentials is not None:
             self._credentials = {
                 (c.consumer_key, c.access_token): c for c in credentials.values() if c.has_oauth1
             }
-        self._host = host
-        self._port = port
-        self._initial = Settings().updated(
-            {
-                "message_size": message_size,
-                "rate": rate,
-                "total": total,
-                "keepalive_interval": keepalive_interval,
-                "delete_every": delete_every,
-                "limit_every": limit_every,
-                "record_bytes": record_bytes,
-            }
-        )
-        self.settings = self._initial
-        self.log: list[ConnectionRecord] = []
-        self._faults: list[dict[str, Any]] = []
-        self._recorded: dict[int, list[bytes]] = {}
-        self._streams: set[StreamHandle] = set()
+        #: Access token -> its open stream: one connection per credential.
         self._holders: dict[str, StreamHandle] = {}
-        self._next_seq = FIRST_SEQ
         self._factory = MessageFactory()
-        self._changed: asyncio.Event | None = None
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-        self.v2 = V2API(self, credentials)
 
-    # ---- lifecycle
+    def add_routes(self, app: web.Application, handler: Callable[[str], Handler]) -> None:
+        """Mount the v1.1 paths, GET and POST alike."""
+        for path, endpoint in (*STREAM_PATHS.items(), (LOOKUP_PATH, "users/lookup")):
+            handle = handler(endpoint)
+            app.router.add_route("GET", path, handle)
+            app.router.add_route("POST", path, handle)
 
-    @property
-    def stream_url(self) -> str:
-        """What `[twitter] stream_url` (and `rest_url`) point at: the v1.1 API."""
-        return self.url + "/1.1"
+    def reset(self) -> None:
+        """Nothing outlives a reset here: a credential's hold ends with its stream."""
 
-    @property
-    def api_url(self) -> str:
-        """What `[twitter] api_url` points at: the v2 paths start with /2/ under it."""
-        return self.url
+    # ---- requests
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=4 * 1024 * 1024)
-        for path in (*STREAM_PATHS, LOOKUP_PATH):
-            app.router.add_route("GET", path, self._handle)
-            app.router.add_route("POST", path, self._handle)
-        self.v2.add_routes(app, self._handle)
-        app.router.add_post("/_fake/script", self._control_script)
-        app.router.add_post("/_fake/configure", self._control_configure)
-        app.router.add_get("/_fake/log", self._control_log)
-        app.router.add_get("/_fake/sent/{conn}", self._control_sent)
-        app.router.add_post("/_fake/reset", self._control_reset)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        """Close every stream (no disconnect message), then the listening socket."""
-        await self._close_streams("server_stop")
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeAPI:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _close_streams(self, reason: str, grace: float = 1.0) -> None:
-        streams = list(self._streams)
-        for stream in streams:
-            stream.request_stop(reason)
-        waits = [asyncio.ensure_future(s.done.wait()) for s in streams]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=grace)
-            for fut in pending:
-                fut.cancel()
-        for stream in streams:
-            # A client that reads nothing keeps its writer blocked: cut it loose.
-            if not stream.done.is_set() and stream.task is not None:
-                stream.task.cancel()
-        for stream in streams:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await stream.done.wait()
-
-    # ---- the test-facing API
-
-    def script(self, *faults: dict[str, Any]) -> None:
-        """Queue behaviours; each connection attempt on a matching endpoint takes the first.
-
-        A fault's optional "endpoint" ("stream" by default, meaning filter or sample; or
-        "filter", "sample", "users/lookup"; for v2 "v2/stream", meaning v2/filter or
-        v2/sample, or "v2/filter", "v2/sample", "v2/rules") says which attempts may take it.
-        """
-        self._faults.extend(check_fault(f) for f in faults)
-
-    def configure(self, **settings: Any) -> None:
-        """Change settings now; open streams see them on their next step."""
-        self.settings = self.settings.updated(settings)
-        for stream in self._streams:
-            stream.wake.set()
-
-    @property
-    def pending_faults(self) -> list[dict[str, Any]]:
-        return [dict(f) for f in self._faults]
-
-    def sent_messages(self, conn: int) -> list[bytes]:
-        """The messages fully sent on connection `conn`, without framing, if recording was on."""
-        if conn in self._recorded:
-            return list(self._recorded[conn])
-        return [message for message, _ in self.v2.sent(conn)]
-
-    def v2_sent(self, conn: int) -> list[tuple[bytes, list[str]]]:
-        """Each message fully sent on v2 connection `conn` with the rule ids it matched."""
-        return self.v2.sent(conn)
-
-    def rules(self, credential: str) -> list[dict[str, str]]:
-        """The v2 rules of a credential's app (`app-N` when serving without credentials)."""
-        return self.v2.rules(credential)
-
-    async def reset(self) -> None:
-        """Close every stream; forget the log, script, recordings and rules; restore settings."""
-        await self._close_streams("reset")
-        self._faults.clear()
-        self.log.clear()
-        self._recorded.clear()
-        self.v2.reset()
-        self.settings = self._initial
-        self.notify()
-
-    async def wait_for(
-        self,
-        predicate: Callable[[FakeAPI], bool],
-        timeout: float,  # noqa: ASYNC109 - the deadline is the point of this helper
-    ) -> None:
-        """Wait until `predicate(self)` holds, re-checking whenever the log changes."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                if self._changed is None:
-                    self._changed = asyncio.Event()
-                await self._changed.wait()
-
-    def notify(self) -> None:
-        """Wake `wait_for` callers: the log, a recording or the rules changed."""
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    # ---- request handling
-
-    def take_fault(self, endpoint: str) -> dict[str, Any] | None:
-        """The first scripted fault for an attempt on `endpoint`, removed from the script."""
-        for i, fault in enumerate(self._faults):
-            if fault_matches(fault.get("endpoint", "stream"), endpoint):
-                return self._faults.pop(i)
-        return None
-
-    def _authenticate(self, request: web.Request, body: str) -> AuthResult:
-        authorization = request.headers.get("Authorization", "")
-        if self._credentials is None:
-            token = None
-            with contextlib.suppress(ValueError):
-                header = (
-                    oauth_signature.collect_parameters(headers={"Authorization": authorization})
-                    if authorization
-                    else []
-                )
-                token = dict(header).get("oauth_token")
-            return AuthResult(True, token=token)
-        return verify_oauth(
-            request.method,
-            request.host,
-            request.scheme,
-            request.path,
-            request.query_string,
-            body,
-            authorization,
-            self._credentials,
-        )
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        endpoint = STREAM_PATHS.get(request.path) or API_PATHS.get(request.path, "users/lookup")
-        record = ConnectionRecord(
-            conn=len(self.log),
-            method=request.method,
-            path=request.path,
-            endpoint=endpoint,
-            opened=time.monotonic(),
-        )
-        self.log.append(record)
-        self.notify()
-        stream = StreamHandle(record)
-        self._streams.add(stream)
-        try:
-            return await self._serve(request, stream)
-        except asyncio.CancelledError:
-            # Cancelled by aiohttp when the client went away, or by stop() after its grace.
-            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
-            raise
-        finally:
-            record.closed = time.monotonic()
-            if record.close_reason is None:
-                answered = record.status is not None and 200 <= record.status < 300
-                record.close_reason = stream.stop_reason or (
-                    "answered" if answered else f"status_{record.status}"
-                )
-            self._streams.discard(stream)
-            for token, holder in list(self._holders.items()):
-                if holder is stream:
-                    del self._holders[token]
-            stream.done.set()
-            self.notify()
-
-    async def _serve(self, request: web.Request, stream: StreamHandle) -> web.StreamResponse:
+    async def serve(self, request: web.Request, stream: StreamHandle) -> web.StreamResponse:
+        """Answer one v1.1 request whose record `FakeAPI` has opened."""
         record = stream.record
-        if record.endpoint.startswith("v2/"):
-            return await self.v2.serve(request, stream)
         raw = await request.read()
         is_form = request.content_type == "application/x-www-form-urlencoded"
         body = raw.decode("utf-8", "replace") if is_form else ""
         params = dict(parse_qsl(request.query_string, keep_blank_values=True))
         params.update(parse_qsl(body, keep_blank_values=True))
         record.params = {k: v for k, v in params.items() if not k.startswith("oauth_")}
-        fault = self.take_fault(record.endpoint)
+        fault = self._host.take_fault(record.endpoint)
         record.fault = fault
         if fault and fault.get("delay"):
             loop = asyncio.get_running_loop()
@@ -660,6 +425,29 @@ class FakeAPI:
         if refusal is not None:
             return self._answer(record, *refusal)
         return await self._stream(request, stream, params.get("delimited") == "length", auth)
+
+    def _authenticate(self, request: web.Request, body: str) -> AuthResult:
+        authorization = request.headers.get("Authorization", "")
+        if self._credentials is None:
+            token = None
+            with contextlib.suppress(ValueError):
+                header = (
+                    oauth_signature.collect_parameters(headers={"Authorization": authorization})
+                    if authorization
+                    else []
+                )
+                token = dict(header).get("oauth_token")
+            return AuthResult(True, token=token)
+        return verify_oauth(
+            request.method,
+            request.host,
+            request.scheme,
+            request.path,
+            request.query_string,
+            body,
+            authorization,
+            self._credentials,
+        )
 
     def _answer(
         self,
@@ -723,18 +511,15 @@ class FakeAPI:
             await response.prepare(request)
             record.status = 200
             record.first_byte = time.monotonic()
-            self.notify()
+            self._host.notify()
             await self._pump(request, stream, response, delimited)
         except ConnectionError:
             # The client went away mid-write. Returning (not raising) keeps aiohttp quiet.
             record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
+        finally:
+            if auth.token is not None and self._holders.get(auth.token) is stream:
+                del self._holders[auth.token]
         return response
-
-    def allocate(self, count: int) -> int:
-        """`count` fresh server-wide sequence numbers; the first is returned."""
-        first = self._next_seq
-        self._next_seq += count
-        return first
 
     async def _send(
         self,
@@ -750,9 +535,9 @@ class FakeAPI:
             seq = seq_of(message)
             record.sent_count += 1
             record.add_seqs(seq, seq)
-            if self.settings.record_bytes:
-                self._recorded.setdefault(record.conn, []).append(message)
-        self.notify()
+            if self._host.settings.record_bytes:
+                self._host.record_sent(record.conn, [message])
+        self._host.notify()
 
     async def _pump(
         self,
@@ -774,11 +559,11 @@ class FakeAPI:
         while True:
             if stream.stop_reason:
                 if stream.stop_reason == "replaced":
-                    message = self._factory.disconnect(self.allocate(1), 7, stream_name)
+                    message = self._factory.disconnect(self._host.allocate(1), 7, stream_name)
                     await self._send(stream, response, [message], delimited)
                     response.force_close()
                 return
-            settings = self.settings
+            settings = self._host.settings
             sent = record.sent_count
             if trigger_at is not None and sent == trigger_at:
                 trigger_at = None
@@ -791,16 +576,16 @@ class FakeAPI:
                     return
                 if trigger == "disconnect_after":
                     code = fault.get("code", 10)
-                    message = self._factory.disconnect(self.allocate(1), code, stream_name)
+                    message = self._factory.disconnect(self._host.allocate(1), code, stream_name)
                     await self._send(stream, response, [message], delimited)
                     record.close_reason = f"disconnect_{code}"
                     response.force_close()
                     return
                 if trigger == "oversized_after":
-                    seq = self.allocate(1)
+                    seq = self._host.allocate(1)
                     message = _tweet_json(seq, fault.get("size", 600_000), time.time())
                 else:
-                    message = self._factory.malformed(self.allocate(1))
+                    message = self._factory.malformed(self._host.allocate(1))
                 await self._send(stream, response, [message], delimited)
                 last_write = loop.time()
                 continue
@@ -812,14 +597,14 @@ class FakeAPI:
             if count <= 0:
                 continue
 
-            first = self.allocate(count)
+            first = self._host.allocate(count)
             data, messages = self._factory.block(first, sent, count, delimited, settings)
             await response.write(data)
             record.sent_count += count
             record.add_seqs(first, first + count - 1)
             if messages is not None:
-                self._recorded.setdefault(record.conn, []).extend(messages)
-            self.notify()
+                self._host.record_sent(record.conn, messages)
+            self._host.notify()
             last_write = loop.time()
             await asyncio.sleep(0)  # a fast reader never blocks the write: let others run
 
@@ -832,49 +617,12 @@ class FakeAPI:
     ) -> None:
         """Half a message, then a dropped connection: what a network failure looks like."""
         record = stream.record
-        seq = self.allocate(1)
-        framed = _frame(self._factory.tweet(seq, self.settings.message_size), delimited)
+        seq = self._host.allocate(1)
+        framed = _frame(self._factory.tweet(seq, self._host.settings.message_size), delimited)
         await response.write(framed[: len(framed) // 2])
         record.partial_seq = seq
         record.close_reason = "cut"
         await abort_when_flushed(request, stream)
-
-    # ---- control endpoints
-
-    async def _control_script(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            faults = body if isinstance(body, list) else [body]
-            self.script(*faults)
-        except (ValueError, FakeAPIError) as e:
-            return web.json_response({"error": str(e)}, status=400)
-        return web.json_response({"queued": len(self._faults)})
-
-    async def _control_configure(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise FakeAPIError("settings must be a JSON object")
-            self.configure(**body)
-        except (ValueError, FakeAPIError) as e:
-            return web.json_response({"error": str(e)}, status=400)
-        return web.json_response(dataclasses.asdict(self.settings))
-
-    async def _control_log(self, request: web.Request) -> web.Response:
-        return web.json_response([r.to_dict() for r in self.log])
-
-    async def _control_sent(self, request: web.Request) -> web.Response:
-        try:
-            conn = int(request.match_info["conn"])
-        except ValueError:
-            return web.json_response({"error": "conn must be a number"}, status=400)
-        if conn not in self._recorded and not 0 <= conn < len(self.log):
-            return web.json_response({"error": f"no connection {conn}"}, status=404)
-        return web.json_response([m.decode() for m in self.sent_messages(conn)])
-
-    async def _control_reset(self, request: web.Request) -> web.Response:
-        await self.reset()
-        return web.json_response({"reset": True})
 
 
 def _check_stream_params(endpoint: str, params: dict[str, str]) -> tuple[int, str] | None:
@@ -911,92 +659,3 @@ def _check_stream_params(endpoint: str, params: dict[str, str]) -> tuple[int, st
     except ValueError:
         return 406, "Parameter locations must be numbers\r\n"
     return None
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one; printed)")
-    parser.add_argument(
-        "--credentials",
-        metavar="FILE",
-        help="credentials TOML to check signatures and bearer tokens against (default: accept any)",
-    )
-    parser.add_argument(
-        "--rate",
-        type=float,
-        default=0.0,
-        help="messages per second per connection (0: as fast as possible)",
-    )
-    parser.add_argument(
-        "--total",
-        type=int,
-        default=None,
-        help="messages per connection, then only keep-alives (default: endless)",
-    )
-    parser.add_argument("--message-size", type=int, default=4800, help="tweet size in bytes")
-    parser.add_argument(
-        "--keepalive", type=float, default=30.0, help="seconds of silence before a keep-alive line"
-    )
-    parser.add_argument(
-        "--delete-every", type=int, default=0, help="make every Nth message a delete notice"
-    )
-    parser.add_argument(
-        "--limit-every", type=int, default=0, help="make every Nth message a limit notice"
-    )
-    parser.add_argument(
-        "--script",
-        metavar="FILE.json",
-        help="JSON list of faults, one per connection attempt, in order",
-    )
-    parser.add_argument(
-        "--record",
-        action="store_true",
-        help="keep every sent message for GET /_fake/sent/CONN (memory grows)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT; print the base URL first so scripts can find it."""
-    try:
-        credentials = load_credentials(args.credentials) if args.credentials else None
-        faults = json.loads(Path(args.script).read_text()) if args.script else []
-        if not isinstance(faults, list):
-            raise FakeAPIError("the script file must hold a JSON list of faults")
-        api = FakeAPI(
-            credentials,
-            host=args.host,
-            port=args.port,
-            message_size=args.message_size,
-            rate=args.rate,
-            total=args.total,
-            keepalive_interval=args.keepalive,
-            delete_every=args.delete_every,
-            limit_every=args.limit_every,
-            record_bytes=args.record,
-        )
-        api.script(*faults)
-    except (OSError, ValueError, CredentialsError) as e:
-        print(f"sfmd fakeapi: {e}", file=sys.stderr)
-        return 2
-    return asyncio.run(_serve_forever(api))
-
-
-async def _serve_forever(api: FakeAPI) -> int:
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        await api.start()
-    except OSError as e:
-        print(f"sfmd fakeapi: cannot listen: {e}", file=sys.stderr)
-        return 1
-    print(api.url, flush=True)
-    print(f"sfmd fakeapi: stream_url = {api.stream_url}", file=sys.stderr, flush=True)
-    print(f"sfmd fakeapi: api_url = {api.api_url}", file=sys.stderr, flush=True)
-    await stopping.wait()
-    await api.stop()
-    return 0

@@ -1,5 +1,6 @@
-"""The fake API's Twitter API v2 half: bearer auth, the filtered stream's rules, and the
-filtered and sample streams, on the same server, sequence numbers and fault script as v1.1.
+"""The simulated Twitter API v2, mounted on the fake server (`sfmd.fake.server`) beside v1.1:
+bearer auth, the filtered stream's rules, and the filtered and sample streams, with the same
+settings, sequence numbers, fault script and record of sent messages.
 
 Rules and the connection limit belong to an app, which is its bearer token: every credential
 with the same `bearer_token` is the same app. Without a credentials file any bearer token is
@@ -74,26 +75,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from sfmd.credentials import Credential
-from sfmd.fake.common import (
-    TRIGGERS,
+from sfmd.fake.faults import TRIGGERS
+from sfmd.fake.mount import (
     ConnectionRecord,
-    Pacer,
-    Settings,
+    Handler,
+    Host,
     StreamHandle,
     abort_when_flushed,
-    block_count,
     dumps,
-    next_batch,
     reason_phrase,
 )
+from sfmd.fake.pacing import Pacer, block_count, next_batch
 from sfmd.fake.rulebook import (
     PROBLEMS,
     BadRequest,
@@ -102,6 +102,7 @@ from sfmd.fake.rulebook import (
     parse_dry_run,
     parse_rules_body,
 )
+from sfmd.fake.settings import Settings
 
 FILTER_PATH = "/2/tweets/search/stream"
 SAMPLE_PATH = "/2/tweets/sample/stream"
@@ -173,18 +174,6 @@ OPERATIONAL_DISCONNECT = {
 }
 #: Triggers whose message is a tweet, so a filtered stream holds them until it has a rule.
 _TWEET_TRIGGERS = frozenset({"cut_after", "oversized_after", "malformed_after"})
-
-
-class Host(Protocol):
-    """What the v2 half needs from the server it is mounted on."""
-
-    settings: Settings
-
-    def take_fault(self, endpoint: str) -> dict[str, Any] | None: ...
-
-    def allocate(self, count: int) -> int: ...
-
-    def notify(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- answers
@@ -359,7 +348,7 @@ def route(rules: list[Rule], position: int, settings: Settings) -> tuple[list[Ru
     return matched, not (every and position % every == 0)
 
 
-# --------------------------------------------------------------------------- the v2 half
+# --------------------------------------------------------------------------- the v2 API
 
 
 @dataclass(frozen=True)
@@ -371,7 +360,7 @@ class App:
 
 
 class V2API:
-    """The v2 routes of a FakeAPI: rules per app, streams, recordings of what was sent."""
+    """The v2 routes of a FakeAPI: rules per app, streams, and the rules each message matched."""
 
     def __init__(self, host: Host, credentials: dict[str, Credential] | None) -> None:
         self._host = host
@@ -386,18 +375,18 @@ class V2API:
                 )
         self._books: dict[str, RuleBook] = {}
         self._holders: dict[tuple[str, str], StreamHandle] = {}
-        self._sent: dict[int, list[tuple[bytes, list[str]]]] = {}
+        #: conn -> the rule ids of each message `Host.record_sent` kept, in the same order.
+        self._matched: dict[int, list[list[str]]] = {}
         self._next_rule_id = FIRST_RULE_ID
         self._factory = MessageFactory()
 
-    def add_routes(
-        self, app: web.Application, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> None:
-        """Mount the API paths on `handle` (which records and calls `serve`), and controls."""
-        app.router.add_get(FILTER_PATH, handle)
-        app.router.add_get(SAMPLE_PATH, handle)
-        app.router.add_get(RULES_PATH, handle)
-        app.router.add_post(RULES_PATH, handle)
+    def add_routes(self, app: web.Application, handler: Callable[[str], Handler]) -> None:
+        """Mount the API paths on the server's `handler`, and the v2 control routes."""
+        app.router.add_get(FILTER_PATH, handler(API_PATHS[FILTER_PATH]))
+        app.router.add_get(SAMPLE_PATH, handler(API_PATHS[SAMPLE_PATH]))
+        rules = handler(API_PATHS[RULES_PATH])
+        app.router.add_get(RULES_PATH, rules)
+        app.router.add_post(RULES_PATH, rules)
         app.router.add_get("/_fake/v2/rules", self._control_rules)
         app.router.add_get("/_fake/v2/sent/{conn}", self._control_sent)
 
@@ -414,11 +403,14 @@ class V2API:
 
     def sent(self, conn: int) -> list[tuple[bytes, list[str]]]:
         """(message, matched rule ids) for each message fully sent on `conn`, if recording."""
-        return list(self._sent.get(conn, []))
+        matched = self._matched.get(conn)
+        if matched is None:
+            return []
+        return list(zip(self._host.sent_messages(conn), matched, strict=True))
 
     def reset(self) -> None:
         self._books.clear()
-        self._sent.clear()
+        self._matched.clear()
         if self._by_name is None:
             self._labels.clear()
 
@@ -643,7 +635,8 @@ class V2API:
             record.sent_count += count
             record.add_seqs(first, first + count - 1)
             if settings.record_bytes:
-                self._sent.setdefault(record.conn, []).extend(zip(messages, matched, strict=True))
+                self._host.record_sent(record.conn, messages)
+                self._matched.setdefault(record.conn, []).extend(matched)
             self._host.notify()
             last_write = loop.time()
             await asyncio.sleep(0)  # a fast reader never blocks the write: let others run
@@ -677,7 +670,8 @@ class V2API:
         if seq is not None:
             record.add_seqs(seq, seq)
         if self._host.settings.record_bytes:
-            self._sent.setdefault(record.conn, []).append((message, matched))
+            self._host.record_sent(record.conn, [message])
+            self._matched.setdefault(record.conn, []).append(matched)
         self._host.notify()
 
     async def _fire(

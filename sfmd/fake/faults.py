@@ -1,0 +1,129 @@
+"""The fault script: scripted misbehaviour, one fault per connection attempt.
+
+A fault is a JSON object such as `{"cut_after": 3}` or `{"status": 429, "endpoint":
+"v2/stream"}`. The server keeps one `FaultScript` for every fake it hosts; each attempt takes
+the first queued fault whose `endpoint` matches it (`FakeAPI.take_fault`), so one script can
+drive v1.1 and v2 connections in a known order. Faults are checked when queued: a
+silently ignored typo would make a test pass without testing anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sfmd.fake.settings import FakeAPIError
+
+#: Faults that fire after N messages on a connection; a fault takes at most one of these.
+TRIGGERS = (
+    "cut_after",
+    "stall_after",
+    "disconnect_after",
+    "oversized_after",
+    "malformed_after",
+    "error_after",
+)
+V1_STREAMS = frozenset({"filter", "sample"})
+V2_STREAMS = frozenset({"v2/filter", "v2/sample"})
+#: What a fault's "endpoint" may name: one endpoint, or "stream" / "v2/stream" for either.
+#: These are the endpoint names the mounted fakes give their routes.
+ENDPOINTS = frozenset({"stream", "users/lookup", "v2/stream", "v2/rules", *V1_STREAMS, *V2_STREAMS})
+DISCONNECT_SHAPES = ("full", "type_only")
+_FAULT_KEYS = frozenset(
+    {
+        *TRIGGERS,
+        "status",
+        "body",
+        "headers",
+        "code",
+        "size",
+        "delay",
+        "endpoint",
+        "disconnect_shape",
+        "reset_in",
+    }
+)
+
+
+def check_fault(fault: Any) -> dict[str, Any]:
+    """Refuse typos in a fault script early: a silently ignored fault makes a test lie."""
+    if not isinstance(fault, dict):
+        raise FakeAPIError(f"a fault must be a JSON object, not {type(fault).__name__}")
+    unknown = sorted(set(fault) - _FAULT_KEYS)
+    if unknown:
+        raise FakeAPIError(f"unknown fault key(s) {', '.join(unknown)}")
+    triggers = [k for k in TRIGGERS if k in fault]
+    if len(triggers) + ("status" in fault) > 1:
+        raise FakeAPIError("a fault takes at most one of status, " + ", ".join(TRIGGERS))
+    for key in (*TRIGGERS, "status", "code", "size"):
+        if key in fault and (
+            not isinstance(fault[key], int) or isinstance(fault[key], bool) or fault[key] < 0
+        ):
+            raise FakeAPIError(f"fault {key} must be a whole number >= 0")
+    if "status" in fault and not 100 <= fault["status"] <= 599:
+        raise FakeAPIError("fault status must be an HTTP status code")
+    for key in ("delay", "reset_in"):
+        if key in fault and (
+            not isinstance(fault[key], int | float)
+            or isinstance(fault[key], bool)
+            or fault[key] < 0
+        ):
+            raise FakeAPIError(f"fault {key} must be a number of seconds >= 0")
+    if "reset_in" in fault and "status" not in fault:
+        raise FakeAPIError("fault reset_in goes with a status (it sets x-rate-limit-* headers)")
+    if "body" in fault and not isinstance(fault["body"], str):
+        raise FakeAPIError("fault body must be a string")
+    if "headers" in fault and not (
+        isinstance(fault["headers"], dict)
+        and all(isinstance(v, str) for v in fault["headers"].values())
+    ):
+        raise FakeAPIError("fault headers must be an object of strings")
+    endpoint = fault.get("endpoint", "stream")
+    if endpoint not in ENDPOINTS:
+        raise FakeAPIError(f"fault endpoint must be one of {', '.join(sorted(ENDPOINTS))}")
+    v2_stream = endpoint == "v2/stream" or endpoint in V2_STREAMS
+    if triggers and endpoint in ("users/lookup", "v2/rules"):
+        raise FakeAPIError(f"fault {triggers[0]} needs a stream endpoint, not {endpoint}")
+    if "error_after" in fault and not v2_stream:
+        raise FakeAPIError("fault error_after is a v2 stream fault: set endpoint to v2/...")
+    if "disconnect_shape" in fault:
+        if fault["disconnect_shape"] not in DISCONNECT_SHAPES:
+            raise FakeAPIError(f"fault disconnect_shape must be one of {DISCONNECT_SHAPES}")
+        if "disconnect_after" not in fault or not v2_stream:
+            raise FakeAPIError("fault disconnect_shape goes with disconnect_after on v2/...")
+    return dict(fault)
+
+
+def fault_matches(wanted: str, endpoint: str) -> bool:
+    """Whether a fault scripted for `wanted` applies to an attempt on `endpoint`."""
+    if wanted == "stream":
+        return endpoint in V1_STREAMS
+    if wanted == "v2/stream":
+        return endpoint in V2_STREAMS
+    return wanted == endpoint
+
+
+class FaultScript:
+    """The queue of checked faults, shared by every fake the server hosts."""
+
+    def __init__(self) -> None:
+        self._faults: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._faults)
+
+    def add(self, *faults: Any) -> None:
+        """Check and queue each fault in order; a bad one raises FakeAPIError."""
+        self._faults.extend(check_fault(f) for f in faults)
+
+    def take(self, endpoint: str) -> dict[str, Any] | None:
+        """The first queued fault for an attempt on `endpoint`, removed from the queue."""
+        for i, fault in enumerate(self._faults):
+            if fault_matches(fault.get("endpoint", "stream"), endpoint):
+                return self._faults.pop(i)
+        return None
+
+    def pending(self) -> list[dict[str, Any]]:
+        return [dict(f) for f in self._faults]
+
+    def clear(self) -> None:
+        self._faults.clear()

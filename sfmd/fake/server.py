@@ -1,0 +1,299 @@
+"""The fake server: one aiohttp application on loopback that hosts every simulated API.
+
+`FakeAPI` owns what the hosted fakes share (see `sfmd.fake.mount`): the live settings, the
+fault script, the server-wide sequence numbers, the connection log, the record of what was
+sent, and the `/_fake/*` control routes that let a test or a script drive all of them. It
+opens a `ConnectionRecord` and a `StreamHandle` for every request and hands the request to the
+fake that routed it.
+
+The fakes are mounted in `FakeAPI.__init__`, the one place a new network's fake plugs in:
+construct it with the server as its `Host`, add it to `_apis`, and name its endpoints in
+`sfmd.fake.faults.ENDPOINTS` so the fault script can target them.
+
+Every message carries a server-wide sequence number (a tweet's `id`, a notice's `seq`) and
+every connection attempt leaves a `ConnectionRecord`, so a test can prove that what reached
+the archive is exactly what was fully sent, in order, with nothing lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from sfmd.credentials import Credential
+from sfmd.fake.faults import FaultScript
+from sfmd.fake.mount import FIRST_SEQ, ConnectionRecord, Handler, Mount, StreamHandle
+from sfmd.fake.settings import FakeAPIError, Settings
+from sfmd.fake.twitter import V1API
+from sfmd.fake.v2 import V2API
+
+
+class FakeAPI:
+    """The simulated APIs. `start()` binds; `log`, `sent_messages` and `wait_for` observe it."""
+
+    def __init__(
+        self,
+        credentials: dict[str, Credential] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        message_size: int = 4800,
+        rate: float = 0.0,
+        total: int | None = None,
+        keepalive_interval: float = 30.0,
+        delete_every: int = 0,
+        limit_every: int = 0,
+        record_bytes: bool = False,
+    ) -> None:
+        self._bind_host = host
+        self._bind_port = port
+        self._initial = Settings().updated(
+            {
+                "message_size": message_size,
+                "rate": rate,
+                "total": total,
+                "keepalive_interval": keepalive_interval,
+                "delete_every": delete_every,
+                "limit_every": limit_every,
+                "record_bytes": record_bytes,
+            }
+        )
+        self.settings = self._initial
+        self.log: list[ConnectionRecord] = []
+        self._faults = FaultScript()
+        self._recorded: dict[int, list[bytes]] = {}
+        self._streams: set[StreamHandle] = set()
+        self._next_seq = FIRST_SEQ
+        self._changed: asyncio.Event | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        # The hosted fakes, in the order their routes are added.
+        self.v1 = V1API(self, credentials)
+        self.v2 = V2API(self, credentials)
+        self._apis: tuple[Mount, ...] = (self.v1, self.v2)
+
+    # ---- lifecycle
+
+    @property
+    def stream_url(self) -> str:
+        """What `[twitter] stream_url` (and `rest_url`) point at: the v1.1 API."""
+        return self.url + "/1.1"
+
+    @property
+    def api_url(self) -> str:
+        """What `[twitter] api_url` points at: the v2 paths start with /2/ under it."""
+        return self.url
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        for api in self._apis:
+            api.add_routes(app, functools.partial(self._handler, api))
+        app.router.add_post("/_fake/script", self._control_script)
+        app.router.add_post("/_fake/configure", self._control_configure)
+        app.router.add_get("/_fake/log", self._control_log)
+        app.router.add_get("/_fake/sent/{conn}", self._control_sent)
+        app.router.add_post("/_fake/reset", self._control_reset)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._bind_host, self._bind_port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        host = f"[{self._bind_host}]" if ":" in self._bind_host else self._bind_host
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Close every stream (no disconnect message), then the listening socket."""
+        await self._close_streams("server_stop")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _close_streams(self, reason: str, grace: float = 1.0) -> None:
+        streams = list(self._streams)
+        for stream in streams:
+            stream.request_stop(reason)
+        waits = [asyncio.ensure_future(s.done.wait()) for s in streams]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for fut in pending:
+                fut.cancel()
+        for stream in streams:
+            # A client that reads nothing keeps its writer blocked: cut it loose.
+            if not stream.done.is_set() and stream.task is not None:
+                stream.task.cancel()
+        for stream in streams:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await stream.done.wait()
+
+    # ---- the test-facing API
+
+    def script(self, *faults: dict[str, Any]) -> None:
+        """Queue behaviours; each connection attempt on a matching endpoint takes the first.
+
+        A fault's optional "endpoint" ("stream" by default, meaning filter or sample; or
+        "filter", "sample", "users/lookup"; for v2 "v2/stream", meaning v2/filter or
+        v2/sample, or "v2/filter", "v2/sample", "v2/rules") says which attempts may take it.
+        """
+        self._faults.add(*faults)
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings now; open streams see them on their next step."""
+        self.settings = self.settings.updated(settings)
+        for stream in self._streams:
+            stream.wake.set()
+
+    @property
+    def pending_faults(self) -> list[dict[str, Any]]:
+        return self._faults.pending()
+
+    def sent_messages(self, conn: int) -> list[bytes]:
+        """The messages fully sent on connection `conn`, without framing, if recording was on."""
+        return list(self._recorded.get(conn, []))
+
+    def v2_sent(self, conn: int) -> list[tuple[bytes, list[str]]]:
+        """Each message fully sent on v2 connection `conn` with the rule ids it matched."""
+        return self.v2.sent(conn)
+
+    def rules(self, credential: str) -> list[dict[str, str]]:
+        """The v2 rules of a credential's app (`app-N` when serving without credentials)."""
+        return self.v2.rules(credential)
+
+    async def reset(self) -> None:
+        """Close every stream; forget the log, script, recordings and rules; restore settings."""
+        await self._close_streams("reset")
+        self._faults.clear()
+        self.log.clear()
+        self._recorded.clear()
+        for api in self._apis:
+            api.reset()
+        self.settings = self._initial
+        self.notify()
+
+    async def wait_for(
+        self,
+        predicate: Callable[[FakeAPI], bool],
+        timeout: float,  # noqa: ASYNC109 - the deadline is the point of this helper
+    ) -> None:
+        """Wait until `predicate(self)` holds, re-checking whenever the log changes."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                if self._changed is None:
+                    self._changed = asyncio.Event()
+                await self._changed.wait()
+
+    # ---- what the hosted fakes use (`mount.Host`)
+
+    def notify(self) -> None:
+        """Wake `wait_for` callers: the log, a recording or the rules changed."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def take_fault(self, endpoint: str) -> dict[str, Any] | None:
+        """The first scripted fault for an attempt on `endpoint`, removed from the script."""
+        return self._faults.take(endpoint)
+
+    def allocate(self, count: int) -> int:
+        """`count` fresh server-wide sequence numbers; the first is returned."""
+        first = self._next_seq
+        self._next_seq += count
+        return first
+
+    def record_sent(self, conn: int, messages: Iterable[bytes]) -> None:
+        """Keep messages fully sent on `conn` for `sent_messages` (callers check record_bytes)."""
+        self._recorded.setdefault(conn, []).extend(messages)
+
+    # ---- request handling
+
+    def _handler(self, api: Mount, endpoint: str) -> Handler:
+        """The request handler for one of `api`'s routes, whose attempts count as `endpoint`."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(api, endpoint, request)
+
+        return handle
+
+    async def _handle(
+        self, api: Mount, endpoint: str, request: web.Request
+    ) -> web.StreamResponse:
+        record = ConnectionRecord(
+            conn=len(self.log),
+            method=request.method,
+            path=request.path,
+            endpoint=endpoint,
+            opened=time.monotonic(),
+        )
+        self.log.append(record)
+        self.notify()
+        stream = StreamHandle(record)
+        self._streams.add(stream)
+        try:
+            return await api.serve(request, stream)
+        except asyncio.CancelledError:
+            # Cancelled by aiohttp when the client went away, or by stop() after its grace.
+            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
+            raise
+        finally:
+            record.closed = time.monotonic()
+            if record.close_reason is None:
+                answered = record.status is not None and 200 <= record.status < 300
+                record.close_reason = stream.stop_reason or (
+                    "answered" if answered else f"status_{record.status}"
+                )
+            self._streams.discard(stream)
+            stream.done.set()
+            self.notify()
+
+    # ---- control endpoints
+
+    async def _control_script(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            faults = body if isinstance(body, list) else [body]
+            self.script(*faults)
+        except (ValueError, FakeAPIError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"queued": len(self._faults)})
+
+    async def _control_configure(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise FakeAPIError("settings must be a JSON object")
+            self.configure(**body)
+        except (ValueError, FakeAPIError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response(dataclasses.asdict(self.settings))
+
+    async def _control_log(self, request: web.Request) -> web.Response:
+        return web.json_response([r.to_dict() for r in self.log])
+
+    async def _control_sent(self, request: web.Request) -> web.Response:
+        try:
+            conn = int(request.match_info["conn"])
+        except ValueError:
+            return web.json_response({"error": "conn must be a number"}, status=400)
+        if conn not in self._recorded and not 0 <= conn < len(self.log):
+            return web.json_response({"error": f"no connection {conn}"}, status=404)
+        return web.json_response([m.decode() for m in self.sent_messages(conn)])
+
+    async def _control_reset(self, request: web.Request) -> web.Response:
+        await self.reset()
+        return web.json_response({"reset": True})
