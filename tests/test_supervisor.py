@@ -42,19 +42,18 @@ from sfmd.ops.confs import (
     sync_confs,
     write_conf,
 )
-from sfmd.registry import validate_stream
-from sfmd.runtime.processes import (
+from sfmd.ops.supervisord import (
     CantReread,
     Fault,
-    ProcessStreams,
     SupervisorClient,
     SupervisorError,
     SupervisorFault,
     SupervisorUnavailable,
     apply,
-    process_status,
     waiting_reason,
 )
+from sfmd.registry import validate_stream
+from sfmd.runtime.processes import ProcessStreams, process_status
 from tests.conftest import Api, manifest, wait_until, write_daemon_config
 from tests.supervisord_fixture import (  # noqa: F401 - the *_fixture names are fixtures
     MAIN_CONF_HEAD,
