@@ -67,7 +67,7 @@ ROTATION_WINDOW = 10.0  # seconds after a rotation boundary that count as "durin
 ROTATION_LEAD = 15.0  # the load window opens this long before a rotation boundary
 POLL = 0.5  # seconds between GET /streams while waiting for every stream
 STARTUP_TIMEOUT = 120.0
-STOP_LIMIT = 10.0  # the contract: exit within 10 s of SIGTERM
+STOP_LIMIT = 10.0  # the promise: exit within 10 s of SIGTERM
 
 # The load window's request mix: kind -> weight.
 MIX: dict[str, float] = {

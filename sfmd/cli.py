@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sfmd import __version__
 from sfmd.config import Config, ConfigError, load_config
-from sfmd.control.api import ControlServer
+from sfmd.control.server import ControlServer
 from sfmd.credentials import Credential, CredentialsError, load_credentials
 from sfmd.daemon.app import Daemon, StartupError
 from sfmd.locks import CredentialBusy

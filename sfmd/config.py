@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from sfmd.errors import SfmdError
 
-#: The contract's stop budget (SIGTERM to exit); the clean-stop timeout must leave room in it.
+#: The stop budget (SIGTERM to exit 0, promised in the README); the clean-stop timeout must leave room in it.
 STOP_BUDGET = 10.0
 
 #: Longest AF_UNIX socket path Linux accepts (sun_path is 108 bytes with its NUL).
@@ -274,7 +274,7 @@ _seconds_or_zero = _duration(allow_zero=True)
 def _shutdown_timeout(value: Any, base: Path) -> float:
     seconds = _seconds(value, base)
     if seconds >= STOP_BUDGET:
-        raise _Bad(f"must be under {STOP_BUDGET:g} seconds, the contract's budget for a clean stop")
+        raise _Bad(f"must be under {STOP_BUDGET:g} seconds, the budget for a clean stop")
     return seconds
 
 
@@ -352,7 +352,7 @@ KEYS: tuple[Key, ...] = (
     Key("timing", "flush_interval", 1.0, _seconds,
         "seconds between pushes of buffered output to the OS"),
     Key("timing", "shutdown_timeout", 8, _shutdown_timeout,
-        "budget for the clean stop on SIGTERM; must stay under the contract's 10 s"),
+        "budget for the clean stop on SIGTERM; must stay under the promised 10 s"),
     Key("timing", "start_jitter", 5, _seconds_or_zero,
         "at daemon start-up, streams connect at random moments over this many seconds"),
     Key("timing", "reconcile_interval", 30, _seconds,

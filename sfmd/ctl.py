@@ -138,7 +138,7 @@ class Client:
 
 def resolve_socket(socket_arg: str | None, config_arg: str | None) -> str:
     """--socket, else the --config file's daemon.control_socket, else $SFMCTL_SOCKET, else
-    the contract's default: explicit beats implicit."""
+    the documented default: explicit beats implicit."""
     if socket_arg:
         return socket_arg
     if config_arg:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sfmd.config import Config, default_config
-from sfmd.control.api import ControlServer
+from sfmd.control.server import ControlServer
 from sfmd.credentials import load_credentials
 from sfmd.ctl import Client, rates, render_status
 from sfmd.daemon.app import Daemon

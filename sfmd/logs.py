@@ -1,7 +1,7 @@
 """JSON log lines that survive logrotate.
 
 structlog renders; the stdlib's WatchedFileHandler writes. structlog's own file writer would
-keep writing into a rotated file forever (FACTS.md), so the file is a stdlib handler that
+keep writing into a rotated file forever, so the file is a stdlib handler that
 notices a rename by itself and is also reopened explicitly on SIGHUP (logrotate's postrotate).
 """
 

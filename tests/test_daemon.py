@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sfmd.config import load_config
-from sfmd.control.api import ControlServer
+from sfmd.control.server import ControlServer
 from sfmd.credentials import Credential, load_credentials
 from sfmd.daemon.app import Daemon
 from sfmd.fake import FakeAPI

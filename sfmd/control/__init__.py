@@ -1,1 +1,2 @@
-"""The control plane: the HTTP API on the Unix socket, its OpenAPI document, /metrics."""
+"""The control plane: the HTTP API (`api`) on its Unix socket (`server`), the OpenAPI document
+(`openapi`) and the Prometheus page (`metrics`)."""

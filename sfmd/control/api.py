@@ -1,19 +1,16 @@
 """The control API: JSON over HTTP on a Unix socket.
 
 Handlers only parse, call the daemon and answer; every rule lives in the registry (what is
-valid) or the daemon (what happens). One middleware turns every refusal into the contract's
+valid) or the daemon (what happens). One middleware turns every refusal into the API's
 error body, `{"error": CODE, "message": SENTENCE}`, so no path can answer HTML or a traceback.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,7 +19,7 @@ from aiohttp import web
 from sfmd.control import openapi
 from sfmd.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sfmd.control.metrics import Metrics
-from sfmd.daemon.app import Daemon, StartupError
+from sfmd.daemon.app import Daemon
 from sfmd.errors import Refused
 from sfmd.logs import get_logger
 
@@ -185,65 +182,3 @@ class ControlApi:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")
-
-
-class ControlServer:
-    """The API on the Unix socket: claimed safely, chmodded, closed first at shutdown."""
-
-    def __init__(self, daemon: Daemon, path: Path, mode: int) -> None:
-        self.path = path
-        self.mode = mode
-        self.api = ControlApi(daemon)
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        claim_socket(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        # Bind under a umask that already gives the configured mode: no moment of looser access.
-        old = os.umask(0o777 & ~self.mode)
-        try:
-            await web.UnixSite(self._runner, str(self.path)).start()
-        finally:
-            os.umask(old)
-        os.chmod(self.path, self.mode)
-        log.info("control_socket", path=str(self.path), mode=f"{self.mode:04o}")
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-            self.path.unlink(missing_ok=True)  # ours: claim_socket made sure at start
-
-
-def claim_socket(path: Path) -> None:
-    """Refuse a live socket (another daemon) or a non-socket; remove a stale one.
-
-    asyncio would unlink whatever is there and bind anew, silently stealing a running
-    daemon's socket (FACTS.md), so ask first: a connection that succeeds means someone is home.
-    """
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise StartupError(
-            f"{path} exists and is not a socket; move it away or set daemon.control_socket"
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2.0)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # stale: its daemon is gone
-        log.info("stale_socket_removed", path=str(path))
-        return
-    except OSError as e:
-        raise StartupError(f"cannot check control socket {path}: {e.strerror}") from None
-    finally:
-        probe.close()
-    raise StartupError(
-        f"another sfmd is already running: something answers on {path}; stop it first "
-        "or point daemon.control_socket elsewhere"
-    )

@@ -49,7 +49,7 @@ def lock_dir(config: Config) -> Path:
 
 
 def new_session() -> aiohttp.ClientSession:
-    """One session for many long-lived streams: no pool cap (FACTS.md: the default is 100)
+    """One session for many long-lived streams: no pool cap (aiohttp's default is 100)
     and no total timeout (the default would cut every stream after five minutes)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),

@@ -1,4 +1,4 @@
-"""OAuth 1.0a request signing through oauthlib (FACTS.md: never hand-roll it).
+"""OAuth 1.0a request signing through oauthlib (a hand-rolled signature is the classic source of 401s).
 
 The Authorization header carries the consumer key and the access token, so callers must
 never log the headers this returns.
