@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from sfmd.errors import SfmdError
 
-#: The stop budget (SIGTERM to exit 0, promised in the README); the clean-stop timeout must leave room in it.
+#: The stop budget (SIGTERM to exit 0, promised in the README); the clean-stop timeout must
+#: leave room in it.
 STOP_BUDGET = 10.0
 
 #: Longest AF_UNIX socket path Linux accepts (sun_path is 108 bytes with its NUL).

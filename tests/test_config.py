@@ -21,7 +21,8 @@ from sfmd.config import (
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "sfmd.toml"
 
-# The documented config block (README and etc/sfmd.toml), verbatim: the defaults must be exactly these values.
+# The documented config block (README and etc/sfmd.toml), verbatim: the defaults must be
+# exactly these values.
 CONTRACT_TOML = """
 [daemon]
 data_dir = "/var/lib/sfm/data"        # stream output

@@ -2,7 +2,8 @@
 
 Each case adds its own filter stream (named after the case) to a running daemon. Its first
 connection meets the fault; the stream must then reconnect after the wait Twitter's rules give
-(sfmd/sources/backoff.py, Twitter's published reconnect rules) and collect the next connection's messages. Checked for each:
+(sfmd/sources/backoff.py, Twitter's published reconnect rules) and collect the next
+connection's messages. Checked for each:
 
 * nothing lost, nothing twice, no half message: the published lines are exactly the messages
   the API fully sent on the daemon's connections, in order, byte for byte;

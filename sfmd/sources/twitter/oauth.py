@@ -1,4 +1,5 @@
-"""OAuth 1.0a request signing through oauthlib (a hand-rolled signature is the classic source of 401s).
+"""OAuth 1.0a request signing through oauthlib, never by hand (a hand-rolled signature is the
+classic source of 401s).
 
 The Authorization header carries the consumer key and the access token, so callers must
 never log the headers this returns.
