@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sfmd.archive.writer import Archive
+from sfmd.archive import Archive
 
 WORDS = (
     "the a stream tweet data archive python rain sun city vote game music news love "

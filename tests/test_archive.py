@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sfmd.archive import writer as archive_module
-from sfmd.archive.writer import (
+from sfmd.archive import (
     Archive,
     ArchiveError,
     Deflate,
@@ -33,6 +32,7 @@ from sfmd.archive.writer import (
     recover_part,
     spread_offset,
 )
+from sfmd.archive import writer as archive_module
 from sfmd.sources.twitter.framing import is_tweet
 
 STREAM = "s1"
@@ -626,7 +626,7 @@ def test_a_sigkilled_writer_loses_nothing_that_was_flushed(tmp_path: Path) -> No
         """
         import asyncio, sys, zlib
         from pathlib import Path
-        from sfmd.archive.writer import Archive
+        from sfmd.archive import Archive
 
         async def main():
             archive = Archive(Path(sys.argv[1]), "s1", save_interval=3600, compress=True,

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from sfmd.archive.writer import ArchiveError
+from sfmd.archive import ArchiveError
 from sfmd.config import Config
 from sfmd.control.metrics import ConnectionSample, Metrics, StreamSample
 from sfmd.credentials import Credential, CredentialsError, load_credentials

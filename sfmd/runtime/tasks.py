@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive.writer import Archive
+from sfmd.archive import Archive
 from sfmd.config import Config, TimingConfig
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialLock

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive.writer import Archive, ArchiveError
+from sfmd.archive import Archive, ArchiveError
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialLock
