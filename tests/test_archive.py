@@ -32,7 +32,11 @@ from sfmd.archive import (
     recover_part,
     spread_offset,
 )
-from sfmd.archive import writer as archive_module
+from sfmd.archive import disk as disk_module
+from sfmd.archive import manifest as manifest_module
+from sfmd.archive import partfile as partfile_module
+from sfmd.archive import recovery as recovery_module
+from sfmd.archive import writer as writer_module
 from sfmd.sources.twitter.framing import is_tweet
 
 STREAM = "s1"
@@ -679,8 +683,10 @@ class FailingDisk:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing = False
-        self.real = archive_module._write_all
-        monkeypatch.setattr(archive_module, "_write_all", self)
+        self.real = disk_module._write_all
+        # Each module that writes files looks the primitive up in its own namespace.
+        for user in (manifest_module, partfile_module, recovery_module):
+            monkeypatch.setattr(user, "_write_all", self)
 
     def __call__(self, fd: int, data: bytes) -> None:
         if not self.failing:
@@ -757,7 +763,7 @@ async def test_a_failing_publish_leaves_the_part_for_recovery(
 async def test_a_failing_manifest_is_caught_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = archive_module.append_manifest
+    real = manifest_module.append_manifest
     failing = True
 
     def append(path: Path, files: list[PublishedFile]) -> None:
@@ -765,7 +771,9 @@ async def test_a_failing_manifest_is_caught_up(
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real(path, files)
 
-    monkeypatch.setattr(archive_module, "append_manifest", append)
+    # A publish appends from partfile._complete; recovered and owed lines from the writer.
+    for user in (partfile_module, writer_module):
+        monkeypatch.setattr(user, "append_manifest", append)
     clock = Clock()
     clock.align(60, into=5)
     archive = make_archive(tmp_path, save_interval=60, clock=clock)
