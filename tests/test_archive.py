@@ -37,7 +37,7 @@ from sfmd.archive import manifest as manifest_module
 from sfmd.archive import partfile as partfile_module
 from sfmd.archive import recovery as recovery_module
 from sfmd.archive import writer as writer_module
-from sfmd.sources.twitter.framing import is_tweet
+from sfmd.sources.twitter.framing import MAX_MESSAGE_BYTES, count_tweets, is_tweet
 
 STREAM = "s1"
 
@@ -116,7 +116,13 @@ def check_entry(data_dir: Path, entry: dict) -> bytes:
 
 
 def make_archive(data_dir: Path, **kwargs) -> Archive:
-    settings = {"save_interval": 3600, "compress": True, "flush_interval": 0.05, **kwargs}
+    settings = {
+        "save_interval": 3600,
+        "compress": True,
+        "flush_interval": 0.05,
+        "count": count_tweets,
+        **kwargs,
+    }
     return Archive(data_dir, STREAM, **settings)
 
 
@@ -528,7 +534,7 @@ def test_torn_gzip_at_every_offset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(cuts) > 150
     for cut in cuts:
         part = leftover(tmp_path, start, data[:cut], compress=True)
-        result = recover_part(part, tmp_path, Deflate(6))
+        result = recover_part(part, tmp_path, Deflate(6), count_tweets)
         assert not part.exists()
         must_have = sum(1 for end in flushed if end <= cut)  # lines fully flushed before the cut
         if result is None:
@@ -544,6 +550,12 @@ def test_torn_gzip_at_every_offset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         result.path.unlink()
 
 
+def test_recovery_keeps_lines_as_long_as_the_framing_allows() -> None:
+    """The archive has its own copy of the message size limit; it must not fall below the
+    framing's, or recovery would take the longest messages for garbage."""
+    assert recovery_module._MAX_MESSAGE_BYTES >= MAX_MESSAGE_BYTES
+
+
 def test_damaged_leftovers_keep_what_came_before_the_damage(tmp_path: Path) -> None:
     lines = batch("z", 30)
     data, flushed = gzip_with_flushes(lines)
@@ -555,7 +567,7 @@ def test_damaged_leftovers_keep_what_came_before_the_damage(tmp_path: Path) -> N
     }
     for n, (torn, compress, expect) in enumerate(cases.values()):
         part = leftover(tmp_path, 1_600_000_000 + 3600 * n, torn, compress)
-        result = recover_part(part, tmp_path, Deflate(1))
+        result = recover_part(part, tmp_path, Deflate(1), count_tweets)
         assert result is not None
         got = content(result.path)
         if expect is None:  # plain: everything before the first NUL, to the last line end
@@ -631,10 +643,11 @@ def test_a_sigkilled_writer_loses_nothing_that_was_flushed(tmp_path: Path) -> No
         import asyncio, sys, zlib
         from pathlib import Path
         from sfmd.archive import Archive
+        from sfmd.sources.twitter.framing import count_tweets
 
         async def main():
             archive = Archive(Path(sys.argv[1]), "s1", save_interval=3600, compress=True,
-                              flush_interval=0.05)
+                              flush_interval=0.05, count=count_tweets)
             await archive.open()
             for n in range(100):
                 await archive.write([b'{"n": %d}' % n], 1)

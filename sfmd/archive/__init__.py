@@ -4,7 +4,7 @@ from sfmd.archive.deflate import Deflate
 from sfmd.archive.errors import ArchiveError
 from sfmd.archive.manifest import MANIFEST_NAME, PublishedFile, append_manifest, read_manifest
 from sfmd.archive.naming import PART_SUFFIX, FileName, interval_start, iso_utc, spread_offset
-from sfmd.archive.recovery import recover_part
+from sfmd.archive.recovery import CountItems, recover_part
 from sfmd.archive.writer import Archive
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "PART_SUFFIX",
     "Archive",
     "ArchiveError",
+    "CountItems",
     "Deflate",
     "FileName",
     "PublishedFile",

@@ -6,7 +6,9 @@ zeros or garbage: recovery keeps every complete line before the damage, publishe
 the file's final name and removes a leftover with no complete line. A repair never destroys
 the only copy: a gzip leftover is rewritten under a temporary name that replaces it only
 once complete and fsynced. Published files that have no manifest line yet (a crash between
-the rename and the append) are found and described from their bytes.
+the rename and the append) are found and described from their bytes. Which lines are content
+items (the manifest's "tweets") is the caller's `count` to say: the archive does not know
+what its lines hold.
 """
 
 from __future__ import annotations
@@ -24,21 +26,27 @@ from sfmd.archive.disk import _write_all
 from sfmd.archive.manifest import MANIFEST_NAME, PublishedFile, read_manifest
 from sfmd.archive.naming import PART_SUFFIX, FileName, _rename_final, _utc
 from sfmd.durable import fsync_dir
-from sfmd.sources.twitter.framing import MAX_MESSAGE_BYTES, triage
 
+#: How many of the given lines (without their line ends) are content items: the manifest's
+#: "tweets". The archive stores lines without knowing what they hold; its caller knows.
+CountItems = Callable[[list[bytes]], int]
+
+#: The longest message the archive is given (32 MiB, the limit of the sources' framing).
+_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 _TMP_SUFFIX = ".tmp"  # a repaired copy of a leftover, before it replaces the leftover
 _READ_CHUNK = 1 << 20
-_MAX_LINE = 2 * MAX_MESSAGE_BYTES  # a longer "line" in a leftover can only be garbage
+_MAX_LINE = 2 * _MAX_MESSAGE_BYTES  # a longer "line" in a leftover can only be garbage
 _GZIP_WBITS = 31  # zlib's gzip container, not a raw deflate stream
 
 
 class _Lines:
     """Splits a byte stream into complete lines and counts them; a torn last line is held back."""
 
-    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, count: CountItems, sink: Callable[[bytes], None] | None = None) -> None:
         self.messages = 0
         self.tweets = 0
         self.bytes = 0  # of complete lines, line ends included
+        self._count = count
         self._sink = sink
         self._tail: list[bytes] = []
         self.tail_bytes = 0
@@ -60,7 +68,7 @@ class _Lines:
         lines = whole.split(b"\n")
         lines.pop()
         self.messages += len(lines)
-        self.tweets += triage(lines)[0]
+        self.tweets += self._count(lines)
         self.bytes += len(whole)
         if self._sink is not None:
             self._sink(whole)
@@ -122,9 +130,9 @@ def _chunks(f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _scan(path: Path, compress: bool) -> tuple[_Lines, str, bool]:
+def _scan(path: Path, compress: bool, count: CountItems) -> tuple[_Lines, str, bool]:
     """Count a file's complete lines and hash it as stored; also say whether it is whole."""
-    lines = _Lines()
+    lines = _Lines(count)
     sha = hashlib.sha256()
     inflater = _Inflater() if compress else None
     with open(path, "rb") as f:
@@ -135,14 +143,14 @@ def _scan(path: Path, compress: bool) -> tuple[_Lines, str, bool]:
     return lines, sha.hexdigest(), whole
 
 
-def _repair_plain(part: Path) -> tuple[_Lines, str] | None:
+def _repair_plain(part: Path, count: CountItems) -> tuple[_Lines, str] | None:
     """Cut a plain leftover back to its last complete line, in place.
 
     A NUL byte ends the good part: JSON never holds a raw NUL, and some filesystems fill the
     unwritten tail of a file with zeros after a power loss.
     """
     sha = hashlib.sha256()
-    lines = _Lines(sha.update)
+    lines = _Lines(count, sha.update)
     with open(part, "r+b") as f:
         for chunk in _chunks(f):
             nul = chunk.find(b"\0")
@@ -157,7 +165,7 @@ def _repair_plain(part: Path) -> tuple[_Lines, str] | None:
     return lines, sha.hexdigest()
 
 
-def _repair_gzip(part: Path, deflate: Deflate) -> tuple[_Lines, str] | None:
+def _repair_gzip(part: Path, deflate: Deflate, count: CountItems) -> tuple[_Lines, str] | None:
     """Rewrite a gzip leftover as a fresh, complete gzip of its complete lines.
 
     The copy is built under a temporary name, fsynced and renamed over the leftover, so a
@@ -176,7 +184,7 @@ def _repair_gzip(part: Path, deflate: Deflate) -> tuple[_Lines, str] | None:
             sha.update(compressed)
             _write_all(out, compressed)
 
-        lines = _Lines(sink)
+        lines = _Lines(count, sink)
         inflater = _Inflater()
         with open(part, "rb") as src:
             for chunk in _chunks(src):
@@ -201,14 +209,20 @@ def _repair_gzip(part: Path, deflate: Deflate) -> tuple[_Lines, str] | None:
     return lines, sha.hexdigest()
 
 
-def recover_part(part: Path, data_dir: Path, deflate: Deflate) -> PublishedFile | None:
+def recover_part(
+    part: Path, data_dir: Path, deflate: Deflate, count: CountItems
+) -> PublishedFile | None:
     """Publish a leftover `.part` cut back to its last complete line; None if nothing was left
-    (the leftover is then removed). Raises OSError if the disk fails; the leftover then stays."""
+    (the leftover is then removed). Raises OSError if the disk fails; the leftover then stays.
+    `count` says how many of the recovered lines are content items (the manifest's "tweets")."""
     name = FileName.parse(part.name.removesuffix(PART_SUFFIX))
     if name is None:
         raise ValueError(f"{part.name} is not an archive file name")
     end = max(os.stat(part).st_mtime, name.start)
-    repaired = _repair_gzip(part, deflate) if name.compress else _repair_plain(part)
+    if name.compress:
+        repaired = _repair_gzip(part, deflate, count)
+    else:
+        repaired = _repair_plain(part, count)
     if repaired is None:
         part.unlink()
         fsync_dir(part.parent)
@@ -257,7 +271,9 @@ def _leftovers(stream_dir: Path, stream: str) -> tuple[list[Path], list[Path]]:
     return [p for *_, p in sorted(parts)], unknown
 
 
-def _unrecorded(data_dir: Path, stream_dir: Path, stream: str) -> list[PublishedFile]:
+def _unrecorded(
+    data_dir: Path, stream_dir: Path, stream: str, count: CountItems
+) -> list[PublishedFile]:
     """Published files that have no manifest line (a crash between rename and append)."""
     recorded = {entry["file"] for entry in read_manifest(stream_dir / MANIFEST_NAME)}
     found: list[tuple[int, int, Path, FileName]] = []
@@ -271,7 +287,7 @@ def _unrecorded(data_dir: Path, stream_dir: Path, stream: str) -> list[Published
                 found.append((name.start, name.seq, path, name))
     files = []
     for _start, _seq, path, name in sorted(found):
-        lines, sha, _whole = _scan(path, name.compress)
+        lines, sha, _whole = _scan(path, name.compress, count)
         files.append(
             PublishedFile(
                 path=path,

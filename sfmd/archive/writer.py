@@ -57,7 +57,7 @@ from sfmd.archive.errors import ArchiveError
 from sfmd.archive.manifest import MANIFEST_NAME, PublishedFile, append_manifest
 from sfmd.archive.naming import interval_start, iso_utc, spread_offset
 from sfmd.archive.partfile import _complete, _PartFile
-from sfmd.archive.recovery import _leftovers, _unrecorded, recover_part
+from sfmd.archive.recovery import CountItems, _leftovers, _unrecorded, recover_part
 
 #: Archive I/O has threads of its own. At a rotation boundary every stream publishes at once
 #: (finish, fsync, rename); on the loop's default pool that queue would delay everything else
@@ -146,6 +146,12 @@ class Archive:
     much. `on_publish` is called, on the loop, for every file this archive publishes,
     recovered leftovers included.
 
+    `count` tells how many of a list of lines are content items (the manifest's `tweets`)
+    when a file is read back: a leftover `.part`, or a published file the manifest misses;
+    `write()` is given that number by its caller instead. Give the function the stream
+    counts its own messages with, so that a recovered file is described as the same file
+    published whole would have been.
+
     Tuning: `fsync_interval` bounds what a power loss can take from an open file;
     `batch_bytes` is the batch size that triggers a write before the flush deadline;
     `write()` waits while `max_pending_bytes` are queued or in flight; `clock` replaces
@@ -159,6 +165,7 @@ class Archive:
         *,
         save_interval: int,
         compress: bool,
+        count: CountItems,
         compress_level: int = 6,
         compress_window: int = 12,
         flush_interval: float = 1.0,
@@ -183,6 +190,7 @@ class Archive:
         self._save_interval = save_interval
         self._compress = compress
         self._deflate = Deflate(compress_level, compress_window)
+        self._count = count
         self._flush_interval = flush_interval
         self._retry_interval = max(flush_interval, 0.1)
         self._fsync_interval = fsync_interval
@@ -244,9 +252,7 @@ class Archive:
             self._log.warning("unknown_leftover", file=self._rel(path))
         recovered = [f for part in parts if (f := await self._recover(part)) is not None]
         try:
-            missing = await _io(
-                _unrecorded, self.data_dir, self.stream_dir, self.name
-            )
+            missing = await _io(_unrecorded, self.data_dir, self.stream_dir, self.name, self._count)
         except OSError as exc:
             self._log.error("manifest_reconcile_failed", error=str(exc))
             missing = []
@@ -571,7 +577,7 @@ class Archive:
 
     async def _recover(self, part: Path) -> PublishedFile | None:
         try:
-            published = await _io(recover_part, part, self.data_dir, self._deflate)
+            published = await _io(recover_part, part, self.data_dir, self._deflate, self._count)
         except OSError as exc:
             self._log.error("recovery_failed", file=self._rel(part), error=str(exc))
             gone = isinstance(exc, FileNotFoundError)  # already published, or removed by hand

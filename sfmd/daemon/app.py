@@ -50,6 +50,7 @@ from sfmd.runtime.tasks import (
     stream_timing,
 )
 from sfmd.sources.backoff import Backoff, Failure
+from sfmd.sources.twitter.framing import count_tweets
 from sfmd.sources.twitter.multiplex import FilterGroup
 from sfmd.sources.twitter.rules import RulesApi, RulesRejected
 from sfmd.sources.twitter.users import lookup_ids
@@ -247,7 +248,9 @@ class Daemon:
             if group is None:
                 group = FilterGroup(
                     self.credentials[credential], self.config, self.session, lock_dir(self.config),
-                    archive_factory=lambda spec: new_archive(self.config, spec.name),
+                    archive_factory=lambda spec: new_archive(
+                        self.config, spec.name, count=count_tweets
+                    ),
                     stream_timing=stream_timing(self.config.timing),
                 )
                 try:

@@ -15,13 +15,14 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive import Archive
+from sfmd.archive import Archive, CountItems
 from sfmd.config import Config, TimingConfig
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
 from sfmd.registry.store import StreamSpec
 from sfmd.sources.backoff import BackoffPolicy
+from sfmd.sources.twitter.framing import count_tweets
 from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
 from sfmd.sources.twitter.v2 import V2Stream, stream_params
 
@@ -78,13 +79,15 @@ def read_status_file(state_dir: Path, name: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def new_archive(config: Config, name: str, log: Any = None) -> Archive:
+def new_archive(config: Config, name: str, log: Any = None, *, count: CountItems) -> Archive:
+    """A stream's archive; `count` is how the stream counts tweets (see `Archive`)."""
     return Archive(
         config.daemon.data_dir,
         name,
         save_interval=config.daemon.save_interval,
         publish_spread=config.daemon.publish_spread,
         compress=config.daemon.compress,
+        count=count,
         compress_level=config.daemon.compress_level,
         compress_window=config.daemon.compress_window,
         flush_interval=config.timing.flush_interval,
@@ -103,7 +106,7 @@ class StreamRunner:
         self.spec = spec
         self.config = config
         self.log = get_logger(stream=spec.name)
-        self.archive = new_archive(config, spec.name, self.log)
+        self.archive = new_archive(config, spec.name, self.log, count=count_tweets)
         self.stream: Stream
         if spec.api == "v2":  # the v2 sample stream: the app's one sample connection
             self.lock = CredentialLock(lock_dir(config), f"{credential.name}.v2-sample")
