@@ -50,8 +50,7 @@ from sfmd.runtime.tasks import (
     stream_timing,
 )
 from sfmd.sources.backoff import Backoff, Failure
-from sfmd.sources.twitter.framing import count_tweets
-from sfmd.sources.twitter.multiplex import FilterGroup
+from sfmd.sources.twitter.multiplex import FilterGroup, count_routed
 from sfmd.sources.twitter.rules import RulesApi, RulesRejected
 from sfmd.sources.twitter.users import lookup_ids
 from sfmd.sources.twitter.v2 import bearer_problem
@@ -249,7 +248,7 @@ class Daemon:
                 group = FilterGroup(
                     self.credentials[credential], self.config, self.session, lock_dir(self.config),
                     archive_factory=lambda spec: new_archive(
-                        self.config, spec.name, count=count_tweets
+                        self.config, spec.name, count=count_routed
                     ),
                     stream_timing=stream_timing(self.config.timing),
                 )

@@ -25,6 +25,7 @@ from sfmd.sources.backoff import BackoffPolicy
 from sfmd.sources.twitter.framing import count_tweets
 from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
 from sfmd.sources.twitter.v2 import V2Stream, stream_params
+from sfmd.sources.twitter.v2 import count_tweets as count_v2_tweets
 
 
 def stream_timing(timing: TimingConfig) -> StreamTiming:
@@ -106,7 +107,8 @@ class StreamRunner:
         self.spec = spec
         self.config = config
         self.log = get_logger(stream=spec.name)
-        self.archive = new_archive(config, spec.name, self.log, count=count_tweets)
+        count = count_v2_tweets if spec.api == "v2" else count_tweets
+        self.archive = new_archive(config, spec.name, self.log, count=count)
         self.stream: Stream
         if spec.api == "v2":  # the v2 sample stream: the app's one sample connection
             self.lock = CredentialLock(lock_dir(config), f"{credential.name}.v2-sample")

@@ -47,6 +47,13 @@ class Member:
     error: str | None = None  # the archive's refusal, until it takes messages again
 
 
+def count_routed(messages: list[bytes]) -> int:
+    """Every message routed to a member counts as a tweet (routing follows the message's
+    `matching_rules`): how `Router` counts a member's messages live, and how the member's
+    archive recounts the lines of a file it recovers."""
+    return len(messages)
+
+
 class Router:
     """The shared connection's sink: each message to the archives its rules name."""
 
@@ -91,7 +98,7 @@ class Router:
             if member is None:
                 continue  # left the group while an earlier archive was writing
             try:
-                await member.archive.write(batch, len(batch))
+                await member.archive.write(batch, count_routed(batch))
             except ArchiveError as e:
                 # The archive keeps what it already took and retries by itself; these
                 # messages it refused. The member's status says why (`last_error`).
