@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sfmd.archive.writer import Archive
+from sfmd.archive import Archive
+from sfmd.sources.twitter.framing import count_tweets
 
 WORDS = (
     "the a stream tweet data archive python rain sun city vote game music news love "
@@ -47,7 +48,7 @@ async def run(directory: Path, compress: bool, level: int, seconds: float, batch
     pool = [fake_tweet(rng) for _ in range(2000)]
     archive = Archive(
         directory, f"bench{int(compress)}{level}", save_interval=3600,
-        compress=compress, compress_level=level,
+        compress=compress, compress_level=level, count=count_tweets,
     )  # fmt: skip
     await archive.open()
     lag = 0.0

@@ -258,7 +258,7 @@ def zlib_rate(
 ) -> tuple[float, float]:
     """(messages/s, ratio) of one compressor fed `batch` (`count` messages) for `seconds`."""
     try:
-        from sfmd.archive.writer import Deflate
+        from sfmd.archive import Deflate
 
         compressor = Deflate(level, window).compressor()
     except ImportError:  # an sfmd before compress_window: zlib's defaults

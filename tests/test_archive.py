@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sfmd.archive import writer as archive_module
-from sfmd.archive.writer import (
+from sfmd.archive import (
     Archive,
     ArchiveError,
     Deflate,
@@ -33,7 +32,12 @@ from sfmd.archive.writer import (
     recover_part,
     spread_offset,
 )
-from sfmd.sources.twitter.framing import is_tweet
+from sfmd.archive import disk as disk_module
+from sfmd.archive import manifest as manifest_module
+from sfmd.archive import partfile as partfile_module
+from sfmd.archive import recovery as recovery_module
+from sfmd.archive import writer as writer_module
+from sfmd.sources.twitter.framing import MAX_MESSAGE_BYTES, count_tweets, is_tweet
 
 STREAM = "s1"
 
@@ -112,7 +116,13 @@ def check_entry(data_dir: Path, entry: dict) -> bytes:
 
 
 def make_archive(data_dir: Path, **kwargs) -> Archive:
-    settings = {"save_interval": 3600, "compress": True, "flush_interval": 0.05, **kwargs}
+    settings = {
+        "save_interval": 3600,
+        "compress": True,
+        "flush_interval": 0.05,
+        "count": count_tweets,
+        **kwargs,
+    }
     return Archive(data_dir, STREAM, **settings)
 
 
@@ -524,7 +534,7 @@ def test_torn_gzip_at_every_offset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(cuts) > 150
     for cut in cuts:
         part = leftover(tmp_path, start, data[:cut], compress=True)
-        result = recover_part(part, tmp_path, Deflate(6))
+        result = recover_part(part, tmp_path, Deflate(6), count_tweets)
         assert not part.exists()
         must_have = sum(1 for end in flushed if end <= cut)  # lines fully flushed before the cut
         if result is None:
@@ -540,6 +550,12 @@ def test_torn_gzip_at_every_offset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         result.path.unlink()
 
 
+def test_recovery_keeps_lines_as_long_as_the_framing_allows() -> None:
+    """The archive has its own copy of the message size limit; it must not fall below the
+    framing's, or recovery would take the longest messages for garbage."""
+    assert recovery_module._MAX_MESSAGE_BYTES >= MAX_MESSAGE_BYTES
+
+
 def test_damaged_leftovers_keep_what_came_before_the_damage(tmp_path: Path) -> None:
     lines = batch("z", 30)
     data, flushed = gzip_with_flushes(lines)
@@ -551,7 +567,7 @@ def test_damaged_leftovers_keep_what_came_before_the_damage(tmp_path: Path) -> N
     }
     for n, (torn, compress, expect) in enumerate(cases.values()):
         part = leftover(tmp_path, 1_600_000_000 + 3600 * n, torn, compress)
-        result = recover_part(part, tmp_path, Deflate(1))
+        result = recover_part(part, tmp_path, Deflate(1), count_tweets)
         assert result is not None
         got = content(result.path)
         if expect is None:  # plain: everything before the first NUL, to the last line end
@@ -626,11 +642,12 @@ def test_a_sigkilled_writer_loses_nothing_that_was_flushed(tmp_path: Path) -> No
         """
         import asyncio, sys, zlib
         from pathlib import Path
-        from sfmd.archive.writer import Archive
+        from sfmd.archive import Archive
+        from sfmd.sources.twitter.framing import count_tweets
 
         async def main():
             archive = Archive(Path(sys.argv[1]), "s1", save_interval=3600, compress=True,
-                              flush_interval=0.05)
+                              flush_interval=0.05, count=count_tweets)
             await archive.open()
             for n in range(100):
                 await archive.write([b'{"n": %d}' % n], 1)
@@ -679,8 +696,10 @@ class FailingDisk:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing = False
-        self.real = archive_module._write_all
-        monkeypatch.setattr(archive_module, "_write_all", self)
+        self.real = disk_module._write_all
+        # Each module that writes files looks the primitive up in its own namespace.
+        for user in (manifest_module, partfile_module, recovery_module):
+            monkeypatch.setattr(user, "_write_all", self)
 
     def __call__(self, fd: int, data: bytes) -> None:
         if not self.failing:
@@ -757,7 +776,7 @@ async def test_a_failing_publish_leaves_the_part_for_recovery(
 async def test_a_failing_manifest_is_caught_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = archive_module.append_manifest
+    real = manifest_module.append_manifest
     failing = True
 
     def append(path: Path, files: list[PublishedFile]) -> None:
@@ -765,7 +784,9 @@ async def test_a_failing_manifest_is_caught_up(
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real(path, files)
 
-    monkeypatch.setattr(archive_module, "append_manifest", append)
+    # A publish appends from partfile._complete; recovered and owed lines from the writer.
+    for user in (partfile_module, writer_module):
+        monkeypatch.setattr(user, "append_manifest", append)
     clock = Clock()
     clock.align(60, into=5)
     archive = make_archive(tmp_path, save_interval=60, clock=clock)

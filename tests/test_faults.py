@@ -42,7 +42,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from sfmd.archive.writer import FileName
+from sfmd.archive import FileName
 from sfmd.credentials import Credential, load_credentials
 from sfmd.fake import ConnectionRecord, FakeAPI, seq_of
 from sfmd.sources.twitter import oauth

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from sfmd.archive.writer import iso_utc
+from sfmd.archive import iso_utc
 from sfmd.fake import FakeAPI
 from tests.conftest import (
     Api,

@@ -6,11 +6,11 @@ writes, sha256 and fsync release the GIL), so a busy stream never stalls the loo
 bytes land in exactly the order they were given.
 
 Files rotate on UTC boundaries of `save_interval`, driven by the clock rather than by arriving
-data, so a quiet stream's file is still published on time. A file is written as `NAME.part`,
-completed, fsynced and renamed; only then is its line appended to `manifest.jsonl`. Nothing
-published is ever overwritten or appended to. Each stream publishes at its own moment within
-`publish_spread` seconds after the boundary (1,000 streams publishing in one instant stall the
-event loop); messages for the new interval go to the new file meanwhile.
+data, so a quiet stream's file is still published on time. How a file is written and
+published is in `partfile`; how leftovers are read back is in `recovery`. Each stream
+publishes at its own moment within `publish_spread` seconds after the boundary (1,000
+streams publishing in one instant stall the event loop); messages for the new interval go to
+the new file meanwhile.
 
 What a crash can cost:
 
@@ -40,57 +40,24 @@ import contextvars
 import enum
 import fcntl
 import functools
-import hashlib
-import json
 import os
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 import structlog.typing
 
-from sfmd.durable import fsync_dir
-from sfmd.sources.twitter.framing import MAX_MESSAGE_BYTES, triage
-
-MANIFEST_NAME = "manifest.jsonl"
-PART_SUFFIX = ".part"
-_TMP_SUFFIX = ".tmp"  # a repaired copy of a leftover, before it replaces the leftover
-_READ_CHUNK = 1 << 20
-_MAX_LINE = 2 * MAX_MESSAGE_BYTES  # a longer "line" in a leftover can only be garbage
-_STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_GZIP_WBITS = 31  # zlib's gzip container, not a raw deflate stream
-
-
-@dataclass(frozen=True)
-class Deflate:
-    """How output files are gzipped.
-
-    A compressor's memory follows its window: zlib's default (32 KiB window, memLevel 8) holds
-    about 256 KB per open file, which is 256 MB for 1,000 streams. Tweets are a few KB and
-    repeat mostly their own keys, so a 4 KiB window (12 bits, memLevel 4, about 30 KB)
-    makes files only about 2 % bigger (measured on tweet-shaped JSON, flushed every message).
-    """
-
-    level: int = 6
-    window_bits: int = 12
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.level <= 9:
-            raise ValueError("compress_level must be between 1 and 9")
-        if not 10 <= self.window_bits <= 15:
-            raise ValueError("compress_window must be between 10 and 15")
-
-    def compressor(self) -> zlib._Compress:
-        mem_level = max(1, min(8, self.window_bits - 8))
-        return zlib.compressobj(self.level, zlib.DEFLATED, 16 + self.window_bits, mem_level)
-
+from sfmd.archive.deflate import Deflate
+from sfmd.archive.disk import _makedirs_durable
+from sfmd.archive.errors import ArchiveError
+from sfmd.archive.manifest import MANIFEST_NAME, PublishedFile, append_manifest
+from sfmd.archive.naming import interval_start, iso_utc, spread_offset
+from sfmd.archive.partfile import _complete, _PartFile
+from sfmd.archive.recovery import CountItems, _leftovers, _unrecorded, recover_part
 
 #: Archive I/O has threads of its own. At a rotation boundary every stream publishes at once
 #: (finish, fsync, rename); on the loop's default pool that queue would delay everything else
@@ -105,148 +72,6 @@ async def _io(func: Callable[..., _T], *args: Any) -> _T:
     loop = asyncio.get_running_loop()
     call = functools.partial(contextvars.copy_context().run, func, *args)
     return await loop.run_in_executor(_POOL, call)
-
-
-class ArchiveError(Exception):
-    """A write or publish failed (disk full, permission...); the message says what and where."""
-
-
-@dataclass(frozen=True)
-class PublishedFile:
-    """A complete file under its final name, as described by its manifest line."""
-
-    path: Path
-    relpath: str  # relative to data_dir, with "/" separators: the manifest's "file"
-    start: datetime
-    end: datetime
-    messages: int
-    tweets: int
-    bytes: int  # uncompressed, line ends included
-    sha256: str  # of the file as stored
-
-    def manifest_line(self) -> bytes:
-        entry = {
-            "file": self.relpath,
-            "start": iso_utc(self.start),
-            "end": iso_utc(self.end),
-            "messages": self.messages,
-            "tweets": self.tweets,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-        }
-        return json.dumps(entry).encode() + b"\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Names and intervals: pure functions.
-
-
-def interval_start(t: float, save_interval: int) -> int:
-    """The UTC rotation boundary at or before `t` (epoch seconds)."""
-    return int(t // save_interval) * save_interval
-
-
-def iso_utc(moment: datetime) -> str:
-    """ISO-8601 in UTC with a fixed width (milliseconds, "Z"), easy to sort and to parse."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def spread_offset(name: str, spread: float) -> float:
-    """A stream's fixed place in [0, spread): 1,000 streams that all rotate on one boundary
-    publish over `spread` seconds instead of in one burst that stalls the event loop."""
-    return spread * (zlib.crc32(name.encode()) / 2**32)
-
-
-def _utc(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
-
-
-@dataclass(frozen=True)
-class FileName:
-    """`{stream}-{YYYYMMDDTHHMMSSZ}[.{seq}].jsonl[.gz]`: the parts of an archive file's name."""
-
-    stream: str
-    start: int  # epoch seconds of the interval's start
-    seq: int  # 0 for the first file of an interval, then 1, 2, ... after restarts
-    compress: bool
-
-    @property
-    def filename(self) -> str:
-        stamp = _utc(self.start).strftime(_STAMP_FORMAT)
-        seq = f".{self.seq}" if self.seq else ""
-        return f"{self.stream}-{stamp}{seq}.jsonl{'.gz' if self.compress else ''}"
-
-    def directory(self, stream_dir: Path) -> Path:
-        day = _utc(self.start)
-        return stream_dir / f"{day.year:04d}" / f"{day.month:02d}" / f"{day.day:02d}"
-
-    def with_seq(self, seq: int) -> FileName:
-        return FileName(self.stream, self.start, seq, self.compress)
-
-    @classmethod
-    def parse(cls, filename: str) -> FileName | None:
-        """The parts of a final file name (without `.part`), or None if it is not one."""
-        compress = filename.endswith(".jsonl.gz")
-        if not compress and not filename.endswith(".jsonl"):
-            return None
-        stem = filename[: -len(".jsonl.gz" if compress else ".jsonl")]
-        stream, sep, rest = stem.rpartition("-")
-        stamp, _, seq_text = rest.partition(".")
-        if not sep or not stream or len(stamp) != 16 or stamp[8] != "T" or stamp[15] != "Z":
-            return None
-        if not (stamp[:8] + stamp[9:15]).isdigit():
-            return None
-        if seq_text and not (seq_text.isdigit() and seq_text[0] != "0"):
-            return None
-        try:
-            start = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
-        except ValueError:
-            return None
-        return cls(stream, int(start.timestamp()), int(seq_text or 0), compress)
-
-
-def _part_path(final: Path) -> Path:
-    return final.with_name(final.name + PART_SUFFIX)
-
-
-def _taken(directory: Path, name: FileName) -> bool:
-    """Whether any file (either extension, final or `.part`) already claims this interval+seq."""
-    for compress in (True, False):
-        final = directory / FileName(name.stream, name.start, name.seq, compress).filename
-        if os.path.lexists(final) or os.path.lexists(_part_path(final)):
-            return True
-    return False
-
-
-def _next_free(directory: Path, name: FileName) -> FileName:
-    seq = name.seq
-    while _taken(directory, name.with_seq(seq)):
-        seq += 1
-    return name.with_seq(seq)
-
-
-# ---------------------------------------------------------------------------------------------
-# Small blocking helpers (run in worker threads).
-
-
-def _makedirs_durable(directory: Path) -> None:
-    """mkdir -p, fsyncing each parent whose entries changed, so a new day's folder survives."""
-    missing: list[Path] = []
-    path = directory
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path)
-        fsync_dir(path.parent)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _lock_directory(stream_dir: Path) -> tuple[int, OSError | None]:
@@ -267,482 +92,6 @@ def _lock_directory(stream_dir: Path) -> tuple[int, OSError | None]:
     except OSError as exc:
         return fd, exc
     return fd, None
-
-
-def append_manifest(manifest: Path, files: list[PublishedFile]) -> None:
-    """Append one line per file and fsync; a torn last line (crash mid-append) is left alone
-    and a new line is started after it, so what was recorded before is never rewritten."""
-    fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-        data = (b"\n" if torn else b"") + b"".join(f.manifest_line() for f in files)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)  # don't leave half a line behind us
-            raise
-    finally:
-        os.close(fd)
-    if size == 0:
-        fsync_dir(manifest.parent)
-
-
-def read_manifest(manifest: Path) -> list[dict[str, Any]]:
-    """The manifest's entries; torn or foreign lines are skipped."""
-    try:
-        raw = manifest.read_bytes()
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in raw.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-            entries.append(entry)
-    return entries
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading back what a crash left: as far as the bytes allow, complete lines only.
-
-
-class _Lines:
-    """Splits a byte stream into complete lines and counts them; a torn last line is held back."""
-
-    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
-        self.messages = 0
-        self.tweets = 0
-        self.bytes = 0  # of complete lines, line ends included
-        self._sink = sink
-        self._tail: list[bytes] = []
-        self.tail_bytes = 0
-
-    @property
-    def overflow(self) -> bool:
-        return self.tail_bytes > _MAX_LINE
-
-    def feed(self, data: bytes) -> None:
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            if data:
-                self._tail.append(data)
-                self.tail_bytes += len(data)
-            return
-        whole = b"".join([*self._tail, data[:cut]]) if self._tail else data[:cut]
-        self._tail = [data[cut:]] if cut < len(data) else []
-        self.tail_bytes = len(data) - cut
-        lines = whole.split(b"\n")
-        lines.pop()
-        self.messages += len(lines)
-        self.tweets += triage(lines)[0]
-        self.bytes += len(whole)
-        if self._sink is not None:
-            self._sink(whole)
-
-
-class _Inflater:
-    """Decompresses gzip as far as it goes, stopping quietly at damage or at the end of the data.
-
-    Output decoded before the damage is kept: a failing chunk is replayed in small pieces from
-    a copy of the decoder's state taken before it.
-    """
-
-    def __init__(self) -> None:
-        self._d = zlib.decompressobj(_GZIP_WBITS)
-        self.damaged = False
-
-    @property
-    def complete(self) -> bool:
-        """Everything fed so far was whole gzip members, trailers and checksums included."""
-        return self._d.eof and not self.damaged
-
-    def feed(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        while data and not self.damaged:
-            if self._d.eof:  # another member follows (we never write one, gzip allows it)
-                self._d = zlib.decompressobj(_GZIP_WBITS)
-            saved = self._d.copy()
-            try:
-                out.append(self._d.decompress(data))
-            except zlib.error:
-                self._d = saved
-                out.append(self._salvage(data))
-                self.damaged = True
-                break
-            data = self._d.unused_data if self._d.eof else b""
-        return b"".join(out)
-
-    def _salvage(self, data: bytes) -> bytes:
-        out = []
-        pos, step = 0, 4096
-        while pos < len(data):
-            piece = data[pos : pos + step]
-            saved = self._d.copy()
-            try:
-                out.append(self._d.decompress(piece))
-            except zlib.error:
-                if step == 1:
-                    break
-                self._d, step = saved, 1  # replay the failing piece a byte at a time
-                continue
-            pos += len(piece)
-            if self._d.eof:
-                break
-        return b"".join(out)
-
-
-def _chunks(f: BinaryIO) -> Iterator[bytes]:
-    while chunk := f.read(_READ_CHUNK):
-        yield chunk
-
-
-def _scan(path: Path, compress: bool) -> tuple[_Lines, str, bool]:
-    """Count a file's complete lines and hash it as stored; also say whether it is whole."""
-    lines = _Lines()
-    sha = hashlib.sha256()
-    inflater = _Inflater() if compress else None
-    with open(path, "rb") as f:
-        for chunk in _chunks(f):
-            sha.update(chunk)
-            lines.feed(inflater.feed(chunk) if inflater else chunk)
-    whole = lines.tail_bytes == 0 and (inflater is None or inflater.complete)
-    return lines, sha.hexdigest(), whole
-
-
-def _repair_plain(part: Path) -> tuple[_Lines, str] | None:
-    """Cut a plain leftover back to its last complete line, in place.
-
-    A NUL byte ends the good part: JSON never holds a raw NUL, and some filesystems fill the
-    unwritten tail of a file with zeros after a power loss.
-    """
-    sha = hashlib.sha256()
-    lines = _Lines(sha.update)
-    with open(part, "r+b") as f:
-        for chunk in _chunks(f):
-            nul = chunk.find(b"\0")
-            lines.feed(chunk if nul < 0 else chunk[:nul])
-            if nul >= 0 or lines.overflow:
-                break
-        if lines.messages == 0:
-            return None
-        if lines.bytes < os.fstat(f.fileno()).st_size:
-            f.truncate(lines.bytes)
-        os.fsync(f.fileno())
-    return lines, sha.hexdigest()
-
-
-def _repair_gzip(part: Path, deflate: Deflate) -> tuple[_Lines, str] | None:
-    """Rewrite a gzip leftover as a fresh, complete gzip of its complete lines.
-
-    The copy is built under a temporary name, fsynced and renamed over the leftover, so a
-    crash during the repair leaves the old leftover or the repaired one, never neither.
-    """
-    tmp = part.with_name(part.name + _TMP_SUFFIX)
-    sha = hashlib.sha256()
-    compressor = deflate.compressor()
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-
-        def sink(data: bytes) -> None:
-            compressed = compressor.compress(data)
-            sha.update(compressed)
-            _write_all(out, compressed)
-
-        lines = _Lines(sink)
-        inflater = _Inflater()
-        with open(part, "rb") as src:
-            for chunk in _chunks(src):
-                lines.feed(inflater.feed(chunk))
-                if inflater.damaged or inflater.complete or lines.overflow:
-                    break
-        if lines.messages:
-            tail = compressor.flush(zlib.Z_FINISH)
-            sha.update(tail)
-            _write_all(out, tail)
-            os.fsync(out)
-    except BaseException:
-        os.close(out)
-        tmp.unlink()
-        raise
-    os.close(out)
-    if not lines.messages:
-        tmp.unlink()
-        return None
-    os.replace(tmp, part)
-    fsync_dir(part.parent)
-    return lines, sha.hexdigest()
-
-
-def _rename_final(part: Path, name: FileName) -> Path:
-    """Rename a complete, fsynced `.part` to its final name (or the next free `.N`): the
-    moment it is published. The caller fsyncs the folder to make the rename durable."""
-    directory = part.parent
-    final = directory / name.filename
-    if os.path.lexists(final):
-        final = directory / _next_free(directory, name.with_seq(name.seq + 1)).filename
-    os.rename(part, final)
-    return final
-
-
-def recover_part(part: Path, data_dir: Path, deflate: Deflate) -> PublishedFile | None:
-    """Publish a leftover `.part` cut back to its last complete line; None if nothing was left
-    (the leftover is then removed). Raises OSError if the disk fails; the leftover then stays."""
-    name = FileName.parse(part.name.removesuffix(PART_SUFFIX))
-    if name is None:
-        raise ValueError(f"{part.name} is not an archive file name")
-    end = max(os.stat(part).st_mtime, name.start)
-    repaired = _repair_gzip(part, deflate) if name.compress else _repair_plain(part)
-    if repaired is None:
-        part.unlink()
-        fsync_dir(part.parent)
-        return None
-    lines, sha = repaired
-    final = _rename_final(part, name)
-    fsync_dir(final.parent)
-    return PublishedFile(
-        path=final,
-        relpath=final.relative_to(data_dir).as_posix(),
-        start=_utc(name.start),
-        end=_utc(end),
-        messages=lines.messages,
-        tweets=lines.tweets,
-        bytes=lines.bytes,
-        sha256=sha,
-    )
-
-
-def _leftovers(stream_dir: Path, stream: str) -> tuple[list[Path], list[Path]]:
-    """Every `.part` under the stream's folder, oldest first, and the ones we don't recognise.
-
-    Stale repair copies are dropped first; one whose leftover is gone is the only copy left,
-    so it is put back in the leftover's place instead.
-    """
-    parts: list[tuple[int, int, str, Path]] = []
-    unknown: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(stream_dir):
-        dirnames.sort()
-        for filename in filenames:
-            path = Path(dirpath, filename)
-            if filename.endswith(PART_SUFFIX + _TMP_SUFFIX):
-                part = path.with_name(filename.removesuffix(_TMP_SUFFIX))
-                if os.path.lexists(part):
-                    path.unlink()
-                    continue
-                os.replace(path, part)
-                path, filename = part, part.name
-            if not filename.endswith(PART_SUFFIX):
-                continue
-            name = FileName.parse(filename.removesuffix(PART_SUFFIX))
-            if name is None or name.stream != stream:
-                unknown.append(path)
-            else:
-                parts.append((name.start, name.seq, filename, path))
-    return [p for *_, p in sorted(parts)], unknown
-
-
-def _unrecorded(data_dir: Path, stream_dir: Path, stream: str) -> list[PublishedFile]:
-    """Published files that have no manifest line (a crash between rename and append)."""
-    recorded = {entry["file"] for entry in read_manifest(stream_dir / MANIFEST_NAME)}
-    found: list[tuple[int, int, Path, FileName]] = []
-    for dirpath, _dirnames, filenames in os.walk(stream_dir):
-        for filename in filenames:
-            name = FileName.parse(filename)
-            path = Path(dirpath, filename)
-            if name is None or name.stream != stream:
-                continue
-            if path.relative_to(data_dir).as_posix() not in recorded:
-                found.append((name.start, name.seq, path, name))
-    files = []
-    for _start, _seq, path, name in sorted(found):
-        lines, sha, _whole = _scan(path, name.compress)
-        files.append(
-            PublishedFile(
-                path=path,
-                relpath=path.relative_to(data_dir).as_posix(),
-                start=_utc(name.start),
-                end=_utc(max(os.stat(path).st_mtime, name.start)),
-                messages=lines.messages,
-                tweets=lines.tweets,
-                bytes=lines.bytes,
-                sha256=sha,
-            )
-        )
-    return files
-
-
-# ---------------------------------------------------------------------------------------------
-# The file being written.
-
-
-class _PartFile:
-    """One open `.part`. Its blocking methods run in a worker thread, one call at a time.
-
-    `committed` is the size after the last batch that was written whole: a failed write is
-    cut back to it, so the file always ends on a line end (and, gzipped, on a sync flush).
-    """
-
-    def __init__(
-        self, path: Path, name: FileName, fd: int, deflate: Deflate, fsync_every: float
-    ) -> None:
-        self.path = path
-        self.name = name
-        self._fd: int | None = fd
-        self._compressor = deflate.compressor() if name.compress else None
-        self._sha = hashlib.sha256()
-        self.sha256 = ""
-        self.messages = 0
-        self.tweets = 0
-        self.bytes = 0
-        self.committed = 0
-        self._fsync_every = fsync_every
-        self._synced_at = time.monotonic()
-        self._entry_synced = False
-        self._sealed = False
-
-    @classmethod
-    def create(
-        cls,
-        stream_dir: Path,
-        stream: str,
-        start: int,
-        compress: bool,
-        deflate: Deflate,
-        fsync_every: float,
-    ) -> _PartFile:
-        name = FileName(stream, start, 0, compress)
-        directory = name.directory(stream_dir)
-        _makedirs_durable(directory)
-        while True:
-            name = _next_free(directory, name)
-            path = _part_path(directory / name.filename)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            except FileExistsError:  # claimed between the check and the open
-                name = name.with_seq(name.seq + 1)
-                continue
-            return cls(path, name, fd, deflate, fsync_every)
-
-    def _write(self, data: bytes) -> None:
-        assert self._fd is not None
-        _write_all(self._fd, data)
-        self._sha.update(data)
-
-    def append(self, data: bytes, messages: int, tweets: int) -> None:
-        """Write whole lines; gzip is sync-flushed so that a crash leaves a readable prefix."""
-        assert not self._sealed, "a sealed file takes no more lines"
-        if self._compressor is None:
-            self._write(data)
-            stored = len(data)
-        else:
-            head = self._compressor.compress(data)
-            tail = self._compressor.flush(zlib.Z_SYNC_FLUSH)
-            self._write(head)
-            self._write(tail)
-            stored = len(head) + len(tail)
-        self.committed += stored
-        self.messages += messages
-        self.tweets += tweets
-        self.bytes += len(data)
-        if time.monotonic() - self._synced_at >= self._fsync_every:
-            self._sync()
-
-    def _sync(self) -> None:
-        assert self._fd is not None
-        os.fsync(self._fd)
-        if not self._entry_synced:
-            fsync_dir(self.path.parent)
-            self._entry_synced = True
-        self._synced_at = time.monotonic()
-
-    def seal(self) -> None:
-        """Write the gzip trailer, which frees the compressor's memory: the file is complete
-        but not yet synced. A finished interval's file waiting for its turn to be published
-        is sealed at once, so a stream never holds two compressors."""
-        assert self._fd is not None
-        self._sealed = True
-        if self._compressor is not None:
-            trailer = self._compressor.flush(zlib.Z_FINISH)
-            self._compressor = None
-            self._write(trailer)
-            self.committed += len(trailer)
-
-    def finish(self) -> None:
-        """Complete the file (gzip trailer), fsync and close it: it may then be renamed."""
-        assert self._fd is not None
-        self.seal()
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
-        self.sha256 = self._sha.hexdigest()
-
-    def abandon(self) -> bool:
-        """After a failure: cut back to the last whole batch and close. Returns whether the
-        file holds messages worth recovering; an empty one is removed."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.committed)
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-        if self.messages:
-            return True
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        return False
-
-
-@dataclass
-class _Completion:
-    """What `_complete` did: `step` names the step that failed ("complete" or "publish"), if
-    one did; a failed fsync of the folder or manifest append leaves the file published."""
-
-    published: PublishedFile | None = None
-    step: str | None = None
-    error: OSError | None = None
-    fsync_error: OSError | None = None
-    manifest_error: OSError | None = None
-
-
-def _complete(
-    part: _PartFile, end: float, data_dir: Path, manifest: Path, owed: list[PublishedFile]
-) -> _Completion:
-    """Finish and fsync a `.part`, rename it, fsync its folder and append its manifest line
-    (after any `owed` ones): publishing, in the order that keeps every step recoverable."""
-    try:
-        part.finish()
-    except OSError as exc:
-        return _Completion(step="complete", error=exc)
-    try:
-        final = _rename_final(part.path, part.name)
-    except OSError as exc:
-        return _Completion(step="publish", error=exc)
-    done = _Completion()
-    try:
-        fsync_dir(final.parent)
-    except OSError as exc:
-        done.fsync_error = exc
-    done.published = PublishedFile(
-        path=final,
-        relpath=final.relative_to(data_dir).as_posix(),
-        start=_utc(part.name.start),
-        end=_utc(end),
-        messages=part.messages,
-        tweets=part.tweets,
-        bytes=part.bytes,
-        sha256=part.sha256,
-    )
-    try:
-        append_manifest(manifest, [*owed, done.published])
-    except OSError as exc:
-        done.manifest_error = exc
-    return done
 
 
 class _Segment:
@@ -797,6 +146,12 @@ class Archive:
     much. `on_publish` is called, on the loop, for every file this archive publishes,
     recovered leftovers included.
 
+    `count` tells how many of a list of lines are content items (the manifest's `tweets`)
+    when a file is read back: a leftover `.part`, or a published file the manifest misses;
+    `write()` is given that number by its caller instead. Give the function the stream
+    counts its own messages with, so that a recovered file is described as the same file
+    published whole would have been.
+
     Tuning: `fsync_interval` bounds what a power loss can take from an open file;
     `batch_bytes` is the batch size that triggers a write before the flush deadline;
     `write()` waits while `max_pending_bytes` are queued or in flight; `clock` replaces
@@ -810,6 +165,7 @@ class Archive:
         *,
         save_interval: int,
         compress: bool,
+        count: CountItems,
         compress_level: int = 6,
         compress_window: int = 12,
         flush_interval: float = 1.0,
@@ -834,6 +190,7 @@ class Archive:
         self._save_interval = save_interval
         self._compress = compress
         self._deflate = Deflate(compress_level, compress_window)
+        self._count = count
         self._flush_interval = flush_interval
         self._retry_interval = max(flush_interval, 0.1)
         self._fsync_interval = fsync_interval
@@ -895,9 +252,7 @@ class Archive:
             self._log.warning("unknown_leftover", file=self._rel(path))
         recovered = [f for part in parts if (f := await self._recover(part)) is not None]
         try:
-            missing = await _io(
-                _unrecorded, self.data_dir, self.stream_dir, self.name
-            )
+            missing = await _io(_unrecorded, self.data_dir, self.stream_dir, self.name, self._count)
         except OSError as exc:
             self._log.error("manifest_reconcile_failed", error=str(exc))
             missing = []
@@ -1222,7 +577,7 @@ class Archive:
 
     async def _recover(self, part: Path) -> PublishedFile | None:
         try:
-            published = await _io(recover_part, part, self.data_dir, self._deflate)
+            published = await _io(recover_part, part, self.data_dir, self._deflate, self._count)
         except OSError as exc:
             self._log.error("recovery_failed", file=self._rel(part), error=str(exc))
             gone = isinstance(exc, FileNotFoundError)  # already published, or removed by hand

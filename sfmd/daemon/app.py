@@ -35,6 +35,7 @@ from sfmd.runtime.processes import ProcessBackend
 from sfmd.runtime.shared import SharedBackend
 from sfmd.runtime.tasks import TaskBackend, new_archive, new_session
 from sfmd.sources.twitter.access import credential_problem
+from sfmd.sources.twitter.multiplex import count_routed
 
 log = get_logger()
 
@@ -76,7 +77,7 @@ class Daemon:
         )
         self.shared = SharedBackend(
             config, self._session, self._credentials, self.ledger,
-            archive_factory=lambda spec: new_archive(config, spec.name),
+            archive_factory=lambda spec: new_archive(config, spec.name, count=count_routed),
         )
         self.views = Views(self)
         self.admission = Admission(

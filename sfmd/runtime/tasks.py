@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive.writer import Archive, ArchiveError
+from sfmd.archive import Archive, ArchiveError, CountItems
 from sfmd.config import Config, TimingConfig
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialBusy, CredentialLock
@@ -24,8 +24,10 @@ from sfmd.registry import Mode, StreamSpec
 from sfmd.runtime.backend import Ledger
 from sfmd.runtime.reconcile import Plan, can_retarget, diff
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
+from sfmd.sources.twitter.framing import count_tweets
 from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
 from sfmd.sources.twitter.v2 import V2Stream, stream_params
+from sfmd.sources.twitter.v2 import count_tweets as count_v2_tweets
 from sfmd.status import now_iso
 
 
@@ -57,13 +59,15 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-def new_archive(config: Config, name: str, log: Any = None) -> Archive:
+def new_archive(config: Config, name: str, log: Any = None, *, count: CountItems) -> Archive:
+    """A stream's archive; `count` is how the stream counts tweets (see `Archive`)."""
     return Archive(
         config.daemon.data_dir,
         name,
         save_interval=config.daemon.save_interval,
         publish_spread=config.daemon.publish_spread,
         compress=config.daemon.compress,
+        count=count,
         compress_level=config.daemon.compress_level,
         compress_window=config.daemon.compress_window,
         flush_interval=config.timing.flush_interval,
@@ -82,7 +86,8 @@ class StreamRunner:
         self.spec = spec
         self.config = config
         self.log = get_logger(stream=spec.name)
-        self.archive = new_archive(config, spec.name, self.log)
+        count = count_v2_tweets if spec.api == "v2" else count_tweets
+        self.archive = new_archive(config, spec.name, self.log, count=count)
         self.stream: Stream
         if spec.api == "v2":  # the v2 sample stream: the app's one sample connection
             self.lock = CredentialLock(lock_dir(config), spec.slot)

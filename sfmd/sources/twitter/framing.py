@@ -87,6 +87,12 @@ def triage(messages: list[bytes]) -> tuple[int, list[tuple[MessageKind, bytes]]]
     return tweets, others
 
 
+def count_tweets(messages: list[bytes]) -> int:
+    """The number of tweets among `messages`: how an archive of a v1.1 stream recounts the
+    lines of a file it recovers, the way the stream counted them live."""
+    return triage(messages)[0]
+
+
 def parse_notice(message: bytes) -> dict[str, Any]:
     """Decode a rare control message (limit, disconnect, warning) for logging; {} if malformed."""
     try:

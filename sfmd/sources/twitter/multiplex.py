@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive.writer import Archive, ArchiveError
+from sfmd.archive import Archive, ArchiveError
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialLock
@@ -45,6 +45,13 @@ class Member:
     bytes: int = 0
     refused: int = 0  # messages its archive could not take (a full disk), lost
     error: str | None = None  # the archive's refusal, until it takes messages again
+
+
+def count_routed(messages: list[bytes]) -> int:
+    """Every message routed to a member counts as a tweet (routing follows the message's
+    `matching_rules`): how `Router` counts a member's messages live, and how the member's
+    archive recounts the lines of a file it recovers."""
+    return len(messages)
 
 
 class Router:
@@ -91,7 +98,7 @@ class Router:
             if member is None:
                 continue  # left the group while an earlier archive was writing
             try:
-                await member.archive.write(batch, len(batch))
+                await member.archive.write(batch, count_routed(batch))
             except ArchiveError as e:
                 # The archive keeps what it already took and retries by itself; these
                 # messages it refused. The member's status says why (`last_error`).

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from sfmd.archive.writer import ArchiveError
+from sfmd.archive import ArchiveError
 from sfmd.credentials import Credential
 from sfmd.logs import get_logger
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure

@@ -1,0 +1,89 @@
+"""The fixity manifest: one JSON line per published file (name, interval, counts, sha256).
+
+A line is appended only after its file is complete, fsynced and renamed, and the manifest is
+fsynced after every append, so each line describes a file that is on disk as described. A
+crash between the rename and the append leaves a file without a line; the next `open()` of
+the archive finds it and appends the line. Lines are never rewritten: a torn last line (a
+crash mid-append) stays where it is, the next append starts on a line of its own, and readers
+skip what does not parse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sfmd.archive.disk import _write_all
+from sfmd.archive.naming import iso_utc
+from sfmd.durable import fsync_dir
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """A complete file under its final name, as described by its manifest line."""
+
+    path: Path
+    relpath: str  # relative to data_dir, with "/" separators: the manifest's "file"
+    start: datetime
+    end: datetime
+    messages: int
+    tweets: int
+    bytes: int  # uncompressed, line ends included
+    sha256: str  # of the file as stored
+
+    def manifest_line(self) -> bytes:
+        entry = {
+            "file": self.relpath,
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
+            "messages": self.messages,
+            "tweets": self.tweets,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+        return json.dumps(entry).encode() + b"\n"
+
+
+def append_manifest(manifest: Path, files: list[PublishedFile]) -> None:
+    """Append one line per file and fsync; a torn last line (crash mid-append) is left alone
+    and a new line is started after it, so what was recorded before is never rewritten."""
+    fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        data = (b"\n" if torn else b"") + b"".join(f.manifest_line() for f in files)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # don't leave half a line behind us
+            raise
+    finally:
+        os.close(fd)
+    if size == 0:
+        fsync_dir(manifest.parent)
+
+
+def read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    """The manifest's entries; torn or foreign lines are skipped."""
+    try:
+        raw = manifest.read_bytes()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in raw.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            entries.append(entry)
+    return entries
