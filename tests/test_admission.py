@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 from sfmd.fake import FakeAPI
 from tests.conftest import Api, start_daemon, wait_until, write_daemon_config
@@ -63,12 +64,22 @@ async def test_a_credential_that_cannot_serve_its_stream_fails_it_plainly(
                 "gone": "'departed' is not in the credentials file",
                 "gone-proc": "'departed' is not in the credentials file",
             }
+            shown: dict[str, dict[str, Any]] = {}
+
+            async def settled() -> bool:  # start-up reconciles just after the socket opens
+                listed = (await api.ok("GET", "/streams"))["streams"]
+                shown.update({s["name"]: s["status"] for s in listed})
+                return shown["fine"]["state"] != "stopped" and all(
+                    shown[name]["state"] == "failed" for name in expected
+                )
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await settled():
+                assert asyncio.get_running_loop().time() < deadline, shown
+                await asyncio.sleep(0.05)
             for name, words in expected.items():
-                status = (await api.ok("GET", f"/streams/{name}"))["status"]
-                assert status["state"] == "failed", (name, status)
-                assert words in status["last_error"], (name, status)
-            fine = (await api.ok("GET", "/streams/fine"))["status"]
-            assert fine["state"] in ("connecting", "streaming")
+                assert words in shown[name]["last_error"], (name, shown[name])
+            assert shown["fine"]["state"] in ("connecting", "streaming")
     finally:
         proc.signal(signal.SIGTERM)
         assert await proc.wait(10) == 0

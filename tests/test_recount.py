@@ -18,7 +18,7 @@ import aiohttp
 
 from sfmd.archive import Archive, CountItems, FileName, PublishedFile, interval_start
 from sfmd.credentials import Credential
-from sfmd.registry.store import validate_stream
+from sfmd.registry import validate_stream
 from sfmd.sources.twitter.framing import count_tweets as count_v1_tweets
 from sfmd.sources.twitter.multiplex import Member, Router, count_routed
 from sfmd.sources.twitter.stream import StreamTarget

@@ -16,7 +16,7 @@ ERROR_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
-    409: "name_taken | credential_in_use",
+    409: "name_taken | credential_in_use | conflict",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid",
@@ -143,13 +143,16 @@ def document() -> dict[str, Any]:
             },
             "/streams/{name}/start": {
                 "parameters": [name_param],
+                # Starting checks what a change checks: the credential can serve the stream,
+                # a v2 filter's rules pass the API's dry run.
                 "post": {"operationId": "startStream", "responses": {
-                    "200": stream, "404": _error_response(404), "409": _error_response(409)}},
+                    "200": stream, **{k: v for k, v in write_errors.items()
+                                      if k not in ("400", "413", "415")}}},
             },
             "/streams/{name}/stop": {
                 "parameters": [name_param],
                 "post": {"operationId": "stopStream", "responses": {
-                    "200": stream, "404": _error_response(404)}},
+                    "200": stream, "404": _error_response(404), "409": _error_response(409)}},
             },
             "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {
                 "description": "Prometheus text format",

@@ -84,7 +84,7 @@ class Daemon:
             config,
             self._credentials,
             self._session,
-            lambda credential: self.shared.rules_in_use(credential),
+            lambda credential: self.shared.rules_in_use(credential, self.specs()),
         )
 
     @property

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive.writer import Archive
+from sfmd.archive import Archive
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialBusy
@@ -103,10 +103,16 @@ class SharedBackend:
             return None
         return group.member_status(spec.name)
 
-    def rules_in_use(self, credential: str) -> set[str]:
-        """The rule values the credential's connection already holds for its members."""
+    def rules_in_use(self, credential: str, specs: Sequence[StreamSpec]) -> set[str]:
+        """Rule values that need no dry run: those the registry's active members want (their
+        values passed one when they were stored), and those the connection holds or wants
+        now. Either side alone can lag the other while a change is being applied: a value
+        a stopped stream let go of may still be at the API for a moment."""
+        wanted = {v for s in self.wanted(specs).get(credential, []) for v in s.rules}
         group = self.groups.get(credential)
-        return set(group.wanted_rules()) if group is not None else set()
+        if group is not None:
+            wanted |= set(group.wanted_rules()) | {rule.value for rule in group.held}
+        return wanted
 
     def published(self, spec: StreamSpec) -> int:
         group = self.group_of(spec)
