@@ -19,10 +19,10 @@ from sfmd.locks import CredentialBusy
 from sfmd.logs import LogFiles, get_logger, setup_logging
 from sfmd.ops.confs import ConfError
 from sfmd.ops.systemd import Notifier
-from sfmd.registry import Registry, RegistryError, StreamSpec
+from sfmd.registry import Mode, Registry, RegistryError, StreamSpec
 from sfmd.runtime.processes import ProcessStreams, write_status_file
 from sfmd.runtime.tasks import StreamRunner, new_session
-from sfmd.sources.twitter.v2 import bearer_problem
+from sfmd.sources import source_of
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -100,16 +100,16 @@ def find_stream(
         raise StartupError(
             f"no stream named '{name}' in the registry {registry.path} (known: {known})"
         ) from None
-    credential = credentials[spec.credential]
-    if spec.api == "v2" and spec.kind == "filter":
+    if spec.mode is Mode.SHARED:
         raise StartupError(
-            f"stream '{name}' is a v2 filter: v2 filters share one connection per credential, "
-            "so they run inside `sfmd run`, not as a process of their own"
+            f"stream '{name}' shares one connection with the other streams on its credential "
+            f"({spec.slot}); shared connections run inside `sfmd run`, not as a process of "
+            "their own"
         )
-    problem = bearer_problem(credential) if spec.api == "v2" else None
+    problem = source_of(spec).credential_problem(spec, credentials)
     if problem:
         raise StartupError(problem)
-    return spec, credential
+    return spec, credentials[spec.credential]
 
 
 # -- sfmd run ----------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def cmd_supervisor_conf(args: argparse.Namespace) -> int:
     config, credentials, registry = load_all(args.config)
     processes = ProcessStreams(config)
     if args.all:
-        specs = [s for s in registry.list() if s.isolation == "process"]
+        specs = [s for s in registry.list() if s.mode is Mode.PROCESS]
     else:
         specs = [find_stream(registry, credentials, args.name)[0]]
     try:

@@ -14,16 +14,14 @@ import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
-
 from sfmd.archive import Archive, CountItems, FileName, PublishedFile, interval_start
-from sfmd.credentials import Credential
+from sfmd.logs import get_logger
 from sfmd.registry import validate_stream
 from sfmd.sources.twitter.framing import count_tweets as count_v1_tweets
 from sfmd.sources.twitter.multiplex import Member, Router, count_routed
-from sfmd.sources.twitter.stream import StreamTarget
-from sfmd.sources.twitter.v2 import V2Stream
+from sfmd.sources.twitter.v2 import V2
 from sfmd.sources.twitter.v2 import count_tweets as count_v2_tweets
+from sfmd.status import StreamStatus
 
 F1 = {"name": "f1", "kind": "filter", "api": "v2", "rules": [{"value": "cats"}]}
 
@@ -82,19 +80,14 @@ async def live_and_recovered(
 
 
 async def test_a_recovered_v2_file_counts_the_tweets_the_stream_counted(tmp_path: Path) -> None:
-    async with aiohttp.ClientSession() as session:
 
-        async def feed(archive: Archive) -> None:  # what V2Stream._read does with a batch
-            stream = V2Stream(
-                StreamTarget("v2s", "sample", {}, Credential("c", bearer_token="t")),
-                stream_url="http://127.0.0.1:9",
-                session=session,
-                sink=archive,
-            )
-            tweets, _ending = stream._examine(V2_MESSAGES)
-            await archive.write(V2_MESSAGES, tweets)
+    async def feed(archive: Archive) -> None:  # what a v2 Stream's read loop does with a batch
+        tweets, _ending = V2("http://127.0.0.1:9").examine(
+            V2_MESSAGES, get_logger(stream="v2s"), StreamStatus()
+        )
+        await archive.write(V2_MESSAGES, tweets)
 
-        live, recovered = await live_and_recovered(tmp_path, "v2s", count_v2_tweets, feed)
+    live, recovered = await live_and_recovered(tmp_path, "v2s", count_v2_tweets, feed)
     assert (live.messages, live.tweets) == (len(V2_MESSAGES), 3)
     assert recovered.tweets == live.tweets
     assert count_v1_tweets(V2_MESSAGES) != live.tweets  # what recovery counted before

@@ -19,6 +19,7 @@ import pytest
 from sfmd.credentials import Credential
 from sfmd.fake import FakeAPI
 from sfmd.sources.twitter.stream import Stream, StreamTarget
+from sfmd.sources.twitter.v1 import V1
 from tests.conftest import (
     FAST_TIMING,
     SfmdProcess,
@@ -365,7 +366,7 @@ async def test_a_stopped_connection_leaves_nothing_alive(
     sink = _ListSink()
     target = StreamTarget("mem", "sample", {}, credentials["alpha"])
     async with aiohttp.ClientSession() as session:
-        stream = Stream(target, stream_url=fake_api.stream_url, session=session, sink=sink)
+        stream = Stream(target, V1(fake_api.stream_url), session=session, sink=sink)
         for _ in range(15):
             seen = len(sink.messages)
             stream.start()

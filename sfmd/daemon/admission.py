@@ -14,23 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import aiohttp
-
 from sfmd.config import Config
 from sfmd.credentials import Credential
-from sfmd.logs import get_logger
-from sfmd.registry import (
-    Mode,
-    Registry,
-    StreamSpec,
-    ValidationError,
-    apply_patch,
-    validate_stream,
-    with_people_ids,
-)
-from sfmd.sources.twitter.access import credential_problem
-from sfmd.sources.twitter.rules import RulesApi, RulesRejected
-from sfmd.sources.twitter.users import lookup_ids
+from sfmd.registry import Registry, StreamSpec, ValidationError, apply_patch, validate_stream
+from sfmd.sources import Context, source_of
 
 
 class Admission:
@@ -38,13 +25,13 @@ class Admission:
         self,
         config: Config,
         credentials: Callable[[], Mapping[str, Credential]],
-        session: Callable[[], aiohttp.ClientSession],
-        rules_in_use: Callable[[str], set[str]],
+        context: Callable[[], Context],
+        in_use: Callable[[StreamSpec], set[str]],
     ) -> None:
         self.config = config
         self.credentials = credentials
-        self.session = session
-        self.rules_in_use = rules_in_use
+        self.context = context  # what sources need for their network checks
+        self.in_use = in_use  # what the stream's shared connection already asks for
 
     # -- the cheap checks (again under the lock) ---------------------------------------------
 
@@ -72,50 +59,15 @@ class Admission:
                 "choose another name or change that stream with PATCH"
             )
         registry.check_credential_free(spec)
-        problem = credential_problem(spec, self.credentials())
+        problem = source_of(spec).credential_problem(spec, self.credentials())
         if problem:
             raise ValidationError("invalid", "credential", problem)
 
     # -- the network (without the lock) ------------------------------------------------------
 
     async def ask_network(self, spec: StreamSpec, old: StreamSpec | None) -> StreamSpec:
-        """Run the dry run and users/lookup `spec` needs; the spec with people resolved."""
-        await self._dry_run(spec)
-        if old is None or spec.people != old.people:
-            spec = await self._resolve_people(spec)
-        return spec
-
-    async def _dry_run(self, spec: StreamSpec) -> None:
-        """New v2 rule values must pass the rules API's dry run before they are stored."""
-        if spec.mode is not Mode.SHARED or not spec.active:
-            return
-        in_use = self.rules_in_use(spec.credential)
-        new_values = [v for v in spec.rules if v not in in_use]
-        if not new_values:
-            return
-        api = RulesApi(self.session(), self.config.twitter.api_url,
-                       self.credentials()[spec.credential],
-                       timeout=self.config.timing.connect_timeout)
-        try:
-            await api.check(new_values)
-        except RulesRejected as e:
-            raise ValidationError(
-                "invalid", "rules", f"the API refused: {'; '.join(e.reasons)}"
-            ) from None
-
-    async def _resolve_people(self, spec: StreamSpec) -> StreamSpec:
-        if not spec.people:
-            return with_people_ids(spec, {})
-        ids = await lookup_ids(
-            self.session(),
-            self.config.twitter.rest_url,
-            self.credentials()[spec.credential],
-            spec.people,
-            request_timeout=self.config.timing.connect_timeout,
+        """The source's network checks; the spec with what they looked up filled in."""
+        credential = self.credentials()[spec.credential]
+        return await source_of(spec).admit(
+            spec, old, credential, self.context(), self.in_use(spec)
         )
-        resolved = with_people_ids(spec, ids)
-        if resolved.people_unresolved:
-            get_logger(stream=spec.name).warning(
-                "people_unresolved", names=resolved.people_unresolved
-            )
-        return resolved

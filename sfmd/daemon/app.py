@@ -33,9 +33,8 @@ from sfmd.registry import Mode, Registry, RegistryError, StreamSpec
 from sfmd.runtime.backend import Backend, Ledger
 from sfmd.runtime.processes import ProcessBackend
 from sfmd.runtime.shared import SharedBackend
-from sfmd.runtime.tasks import TaskBackend, new_archive, new_session
-from sfmd.sources.twitter.access import credential_problem
-from sfmd.sources.twitter.multiplex import count_routed
+from sfmd.runtime.tasks import TaskBackend, new_session, source_context
+from sfmd.sources import source_of
 
 log = get_logger()
 
@@ -75,16 +74,13 @@ class Daemon:
             config, self._session, self._credentials, self.ledger,
             reconcile=self.reconcile, lock=self._lock,
         )
-        self.shared = SharedBackend(
-            config, self._session, self._credentials, self.ledger,
-            archive_factory=lambda spec: new_archive(config, spec.name, count=count_routed),
-        )
+        self.shared = SharedBackend(config, self._session, self._credentials, self.ledger)
         self.views = Views(self)
         self.admission = Admission(
             config,
             self._credentials,
-            self._session,
-            lambda credential: self.shared.rules_in_use(credential, self.specs()),
+            lambda: source_context(config, self._session()),
+            lambda spec: self.shared.rules_in_use(spec.credential, self.specs()),
         )
 
     @property
@@ -187,7 +183,9 @@ class Daemon:
         the reason and runs nowhere, instead of crash-looping in its back end."""
         runnable = []
         for spec in specs:
-            problem = credential_problem(spec, self.credentials) if spec.active else None
+            problem = (
+                source_of(spec).credential_problem(spec, self.credentials) if spec.active else None
+            )
             if problem:
                 self.ledger.fail(spec.name, problem)
                 spec = dataclasses.replace(spec, active=False)

@@ -69,6 +69,12 @@ class StreamSpec:
         return self.kind
 
     @property
+    def source(self) -> str:
+        """The network: a key of `sfmd.sources.SOURCES`. Every stream is Twitter's until the
+        field table gains a `source` field, with the second network."""
+        return "twitter"
+
+    @property
     def people_unresolved(self) -> list[str]:
         """Screen names users/lookup did not know, for the API to report."""
         found = {name.lower() for name, _ in self.people_ids}

@@ -40,7 +40,7 @@ from sfmd.ops.supervisord import (
     SupervisorUnavailable,
     apply,
 )
-from sfmd.registry import StreamSpec
+from sfmd.registry import Mode, StreamSpec
 from sfmd.status import STATUS_KEYS, State, stopped_status
 
 
@@ -130,7 +130,7 @@ class ProcessStreams:
 
     @staticmethod
     def wanted(specs: Iterable[StreamSpec]) -> list[StreamSpec]:
-        return [s for s in specs if s.active and s.isolation == "process"]
+        return [s for s in specs if s.active and s.mode is Mode.PROCESS]
 
     async def reconcile(self, specs: Iterable[StreamSpec]) -> dict[str, Any]:
         """Confs and supervisord made to match `specs`; a report of what was done.

@@ -1,9 +1,8 @@
 """Streams that share one connection per credential (`Mode.SHARED`): today Twitter v2 filters.
 
-One `FilterGroup` per credential with active members; adding, changing or removing a member
-changes the API's rules on the open connection, never reconnecting it. The group lives in the
-Twitter source (`sources.twitter.multiplex`); this back end only decides which groups exist
-and who belongs to them.
+One shared connection (the source's `SharedConnection`) per credential with active members;
+adding, changing or removing a member happens on the open connection, never reconnecting it.
+This back end only decides which connections exist and who belongs to them.
 """
 
 from __future__ import annotations
@@ -13,15 +12,14 @@ from typing import Any
 
 import aiohttp
 
-from sfmd.archive import Archive
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
 from sfmd.registry import Mode, StreamSpec
 from sfmd.runtime.backend import Ledger
-from sfmd.runtime.tasks import lock_dir, stream_timing
-from sfmd.sources.twitter.multiplex import FilterGroup
+from sfmd.runtime.tasks import source_context
+from sfmd.sources import SharedConnection, source_of
 
 log = get_logger()
 
@@ -33,14 +31,12 @@ class SharedBackend:
         session: Callable[[], aiohttp.ClientSession],
         credentials: Callable[[], Mapping[str, Credential]],
         ledger: Ledger,
-        archive_factory: Callable[[StreamSpec], Archive],
     ) -> None:
         self.config = config
         self.session = session
         self.credentials = credentials
         self.ledger = ledger
-        self.archive_factory = archive_factory
-        self.groups: dict[str, FilterGroup] = {}  # by credential name
+        self.groups: dict[str, SharedConnection] = {}  # by credential name
         self.forgotten: set[str] = set()  # members deleted while running: their tags stay ours
         self.check_rules = False  # set for the periodic pass: ask the rules API about drift
 
@@ -62,23 +58,19 @@ class SharedBackend:
         known = {s.name for s in specs} | self.forgotten
         for credential, group in list(self.groups.items()):
             staying = {s.name for s in wanted.get(credential, [])}
-            for name in list(group.router.members):
+            for name in group.members():
                 if name not in staying:
                     self.ledger.stopped(name, group.member_status(name))
             if credential not in wanted:
-                await group.update([], known)  # delete the stopped streams' rules
+                await group.update([], known)  # let go of what the stopped members asked for
                 await group.stop()
                 del self.groups[credential]
                 log.info("v2_connection_stopped", connection=group.name)
         for credential, members in wanted.items():
             group = self.groups.get(credential)
             if group is None:
-                group = FilterGroup(
-                    self.credentials()[credential], self.config, self.session(),
-                    lock_dir(self.config),
-                    archive_factory=self.archive_factory,
-                    stream_timing=stream_timing(self.config.timing),
-                )
+                context = source_context(self.config, self.session())
+                group = source_of(members[0]).shared(self.credentials()[credential], context)
                 try:
                     await group.start()
                 except CredentialBusy as e:
@@ -93,7 +85,7 @@ class SharedBackend:
                 else:
                     self.ledger.clear(spec.name)
 
-    def group_of(self, spec: StreamSpec) -> FilterGroup | None:
+    def group_of(self, spec: StreamSpec) -> SharedConnection | None:
         group = self.groups.get(spec.credential)
         return group if group is not None and spec.name in group else None
 
@@ -104,23 +96,20 @@ class SharedBackend:
         return group.member_status(spec.name)
 
     def rules_in_use(self, credential: str, specs: Sequence[StreamSpec]) -> set[str]:
-        """Rule values that need no dry run: those the registry's active members want (their
-        values passed one when they were stored), and those the connection holds or wants
-        now. Either side alone can lag the other while a change is being applied: a value
-        a stopped stream let go of may still be at the API for a moment."""
+        """What needs no new check at the network: what the registry's active members on the
+        credential ask for (checked when it was stored), and what its connection asks for or
+        holds now. Either side alone can lag the other while a change is being applied: a
+        value a stopped stream let go of may still be at the API for a moment."""
         wanted = {v for s in self.wanted(specs).get(credential, []) for v in s.rules}
         group = self.groups.get(credential)
-        if group is not None:
-            wanted |= set(group.wanted_rules()) | {rule.value for rule in group.held}
-        return wanted
+        return wanted | group.rules_in_use() if group is not None else wanted
 
     def published(self, spec: StreamSpec) -> int:
         group = self.group_of(spec)
-        member = group.router.members.get(spec.name) if group is not None else None
-        return member.archive.published if member is not None else 0
+        return group.published(spec.name) if group is not None else 0
 
     async def close(self) -> None:
-        """Close every connection; the rules stay at the API for the next start."""
+        """Close every connection; what they asked for stays at the API for the next start."""
         groups, self.groups = list(self.groups.values()), {}
         for group in groups:
             await group.stop()

@@ -1,8 +1,10 @@
-"""One registry stream brought to life: its credential lock, its archive, its connection task.
+"""Streams with a connection of their own, each a task in this daemon (`Mode.TASK`).
 
-The daemon keeps one StreamRunner per active task-isolated stream; `sfmd stream NAME` runs a
-single one in the foreground. Start and stop are the only ways in, and stop always publishes
-the open file and releases the credential, whatever state the connection was in.
+A `StreamRunner` is one registry stream brought to life: its slot's lock, its archive, its
+source's connection. The daemon keeps one per running task stream (`TaskBackend`);
+`sfmd stream NAME` runs a single one in the foreground. Start and stop are the only ways in,
+and stop always publishes the open file and releases the slot, whatever state the connection
+was in.
 """
 
 from __future__ import annotations
@@ -16,34 +18,16 @@ from typing import Any
 import aiohttp
 
 from sfmd.archive import Archive, ArchiveError, CountItems
-from sfmd.config import Config, TimingConfig
+from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialBusy, CredentialLock
 from sfmd.logs import get_logger
 from sfmd.registry import Mode, StreamSpec
 from sfmd.runtime.backend import Ledger
 from sfmd.runtime.reconcile import Plan, can_retarget, diff
+from sfmd.sources import Connection, Context, source_of
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
-from sfmd.sources.twitter.framing import count_tweets
-from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
-from sfmd.sources.twitter.v2 import V2Stream, stream_params
-from sfmd.sources.twitter.v2 import count_tweets as count_v2_tweets
 from sfmd.status import now_iso
-
-
-def stream_timing(timing: TimingConfig) -> StreamTiming:
-    return StreamTiming(
-        stall_timeout=timing.stall_timeout,
-        connect_timeout=timing.connect_timeout,
-        backoff=BackoffPolicy(
-            tcp_step=timing.tcp_backoff_step,
-            tcp_max=timing.tcp_backoff_max,
-            http_start=timing.http_backoff_start,
-            http_max=timing.http_backoff_max,
-            ratelimit_start=timing.ratelimit_backoff_start,
-            ratelimit_max=timing.ratelimit_backoff_max,
-        ),
-    )
 
 
 def lock_dir(config: Config) -> Path:
@@ -51,8 +35,8 @@ def lock_dir(config: Config) -> Path:
 
 
 def new_session() -> aiohttp.ClientSession:
-    """One session for many long-lived streams: no pool cap (aiohttp's default is 100)
-    and no total timeout (the default would cut every stream after five minutes)."""
+    """One session for many long-lived streams: no pool cap (aiohttp's default is 100) and
+    no total timeout (the default would cut every stream after five minutes)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None),
@@ -60,7 +44,7 @@ def new_session() -> aiohttp.ClientSession:
 
 
 def new_archive(config: Config, name: str, log: Any = None, *, count: CountItems) -> Archive:
-    """A stream's archive; `count` is how the stream counts tweets (see `Archive`)."""
+    """A stream's archive; `count` is how the stream counts content items (see `Archive`)."""
     return Archive(
         config.daemon.data_dir,
         name,
@@ -75,6 +59,16 @@ def new_archive(config: Config, name: str, log: Any = None, *, count: CountItems
     )
 
 
+def source_context(config: Config, session: aiohttp.ClientSession) -> Context:
+    """What sources get to build connections with, from this daemon's config."""
+    return Context(
+        config=config,
+        session=session,
+        lock_dir=lock_dir(config),
+        archive_factory=lambda spec, count: new_archive(config, spec.name, count=count),
+    )
+
+
 class StreamRunner:
     def __init__(
         self,
@@ -86,31 +80,20 @@ class StreamRunner:
         self.spec = spec
         self.config = config
         self.log = get_logger(stream=spec.name)
-        count = count_v2_tweets if spec.api == "v2" else count_tweets
-        self.archive = new_archive(config, spec.name, self.log, count=count)
-        self.stream: Stream
-        if spec.api == "v2":  # the v2 sample stream: the app's one sample connection
-            self.lock = CredentialLock(lock_dir(config), spec.slot)
-            self.stream = V2Stream(
-                StreamTarget(spec.name, spec.endpoint, stream_params(config.twitter), credential),
-                stream_url=config.twitter.api_url,
-                session=session,
-                sink=self.archive,
-                timing=stream_timing(config.timing),
-            )
-        else:
-            self.lock = CredentialLock(lock_dir(config), spec.slot)
-            self.stream = Stream(
-                StreamTarget(spec.name, spec.endpoint, spec.wire_params(), credential),
-                stream_url=config.twitter.stream_url,
-                session=session,
-                sink=self.archive,
-                timing=stream_timing(config.timing),
-                delimited=config.twitter.delimited,
-            )
+        self.source = source_of(spec)
+        self.context = source_context(config, session)
+        self.lock = CredentialLock(lock_dir(config), spec.slot)
+        self.archive = new_archive(config, spec.name, self.log, count=self.source.counter(spec))
+        self.stream: Connection = self.source.connection(
+            spec, credential, self.archive, self.context
+        )
+
+    @property
+    def grace(self) -> float:
+        return self.config.timing.shutdown_timeout / 2
 
     async def start(self, delay: float = 0.0) -> None:
-        """Take the credential (CredentialBusy if another stream has it), recover, connect."""
+        """Take the slot (CredentialBusy if another stream has it), recover, connect."""
         self.lock.acquire(self.spec.name)
         try:
             await self.archive.open()
@@ -121,10 +104,10 @@ class StreamRunner:
         self.log.info("stream_started", endpoint=self.spec.endpoint)
 
     async def stop(self) -> None:
-        """Close the connection, publish the open file, release the credential."""
+        """Close the connection, publish the open file, release the slot."""
         try:
             try:
-                await self.stream.stop(grace=self.config.timing.shutdown_timeout / 2)
+                await self.stream.stop(grace=self.grace)
             finally:
                 await self.archive.close()
         finally:
@@ -136,15 +119,14 @@ class StreamRunner:
         return can_retarget(self.spec, spec)
 
     async def retarget(self, spec: StreamSpec) -> None:
-        """Reconnect with `spec`'s parameters; the open file and the credential lock stay."""
-        credential = self.stream.target.credential
-        target = StreamTarget(spec.name, spec.endpoint, spec.wire_params(), credential)
-        await self.stream.retarget(target, grace=self.config.timing.shutdown_timeout / 2)
+        """Reconnect with `spec`'s settings; the open file and the slot's lock stay."""
+        await self.source.retarget(self.stream, spec, self.context, self.grace)
         self.spec = spec
 
     @property
     def task(self) -> asyncio.Task[None] | None:
-        return self.stream.task
+        task: asyncio.Task[None] | None = self.stream.task
+        return task
 
     def status_dict(self) -> dict[str, Any]:
         return self.stream.status_dict()
@@ -260,7 +242,9 @@ class TaskBackend:
         if error is None:
             return
         name = runner.spec.name
-        backoff = self._crashes.setdefault(name, Backoff(stream_timing(self.config.timing).backoff))
+        backoff = self._crashes.setdefault(
+            name, Backoff(BackoffPolicy.from_config(self.config.timing))
+        )
         wait = backoff.failure(Failure.HTTP)
         get_logger(stream=name).error(
             "stream_crashed", error=f"{type(error).__name__}: {error}", restart_in=wait,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sfmd.config import TimingConfig
+
 
 class Failure(enum.Enum):
     NETWORK = "network"  # refused, reset, timed out, stalled, cut mid-body
@@ -25,6 +27,17 @@ class BackoffPolicy:
     http_max: float = 320.0
     ratelimit_start: float = 60.0
     ratelimit_max: float = 960.0
+
+    @classmethod
+    def from_config(cls, timing: TimingConfig) -> BackoffPolicy:
+        return cls(
+            tcp_step=timing.tcp_backoff_step,
+            tcp_max=timing.tcp_backoff_max,
+            http_start=timing.http_backoff_start,
+            http_max=timing.http_backoff_max,
+            ratelimit_start=timing.ratelimit_backoff_start,
+            ratelimit_max=timing.ratelimit_backoff_max,
+        )
 
 
 class Backoff:

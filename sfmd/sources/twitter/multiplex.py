@@ -1,7 +1,7 @@
 """Many v2 filter streams over one connection: a FilterGroup per credential.
 
 v2 allows one filtered-stream connection per app, and the rules belong to the app. So each
-credential with active v2 filters gets one FilterGroup: one V2Stream whose sink is a Router,
+credential with active v2 filters gets one FilterGroup: one v2 Stream whose sink is a Router,
 an Archive per member stream, and the rules at the API kept equal to what the members want.
 Each message is stored, byte for byte, in the archive of every stream its `matching_rules`
 name (found by rule id; by tag for a rule whose id is not known yet, as when a message beats
@@ -26,8 +26,8 @@ from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
 from sfmd.registry import StreamSpec, slot_of
 from sfmd.sources.twitter.rules import Plan, Rule, RulesApi, RulesRejected, RulesUnavailable, plan
-from sfmd.sources.twitter.stream import StreamTarget, StreamTiming
-from sfmd.sources.twitter.v2 import V2Stream, stream_params
+from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
+from sfmd.sources.twitter.v2 import V2, stream_params
 
 
 def connection_name(credential: str) -> str:
@@ -136,9 +136,10 @@ class FilterGroup:
         self.rules = RulesApi(
             session, config.twitter.api_url, credential, timeout=config.timing.connect_timeout
         )
-        self.stream = V2Stream(
+        self.dialect = V2(config.twitter.api_url)
+        self.stream = Stream(
             StreamTarget(self.name, "filter", stream_params(config.twitter), credential),
-            stream_url=config.twitter.api_url,
+            self.dialect,
             session=session,
             sink=self.router,
             timing=stream_timing,
@@ -272,6 +273,17 @@ class FilterGroup:
     def empty(self) -> bool:
         return not self.router.members
 
+    def members(self) -> list[str]:
+        return list(self.router.members)
+
+    def published(self, name: str) -> int:
+        member = self.router.members.get(name)
+        return member.archive.published if member is not None else 0
+
+    def rules_in_use(self) -> set[str]:
+        """Rule values the connection wants or holds now (a value being deleted included)."""
+        return set(self.wanted_rules()) | {rule.value for rule in self.held}
+
     def member_status(self, name: str) -> dict[str, Any]:
         """A member's STREAM status: the connection's state, the member's own counts."""
         member = self.router.members[name]
@@ -296,7 +308,7 @@ class FilterGroup:
             "state": conn.state.value,
             "messages": conn.messages,
             "unrouted": self.router.unrouted,
-            "errors": self.stream.errors,
+            "errors": self.dialect.errors,
             "reconnects": conn.reconnects,
             "rules": len(self.held),
             "foreign_rules": [{"id": r.id, "value": r.value, "tag": r.tag} for r in self.foreign],

@@ -1,10 +1,14 @@
-"""One stream's life: connect, read, hand messages to the archive, back off, reconnect.
+"""One Twitter stream connection's life: connect, read, hand messages on, back off, reconnect.
 
-A Stream knows nothing of the control API, supervisor or the registry's file: it gets its
-settings, a credential, an HTTP session and an archive, and it reports status. That is what
-lets the same code run as a task in the daemon or alone under `sfmd stream`.
+What differs between Twitter's streaming APIs is a `Dialect` (`v1.V1`, `v2.V2`): the request,
+how the body is framed, and what a batch of messages means (tweets to count, notices to log,
+an announced disconnect). The life around it is one: HTTP answers, stall detection, backoff
+by Twitter's rules, a graceful stop that hands over everything already read.
 
-It never exits on a transient error: every failure becomes a logged wait by Twitter's rules.
+A Stream knows nothing of the control API, supervisor or the registry's file: it gets a
+target, a dialect, an HTTP session and a sink, and it reports status. That is what lets the
+same code run as a task in the daemon or alone under `sfmd stream`. It never exits on a
+transient error: every failure becomes a logged wait.
 """
 
 from __future__ import annotations
@@ -18,49 +22,59 @@ from typing import Any, Protocol
 import aiohttp
 
 from sfmd.archive import ArchiveError
+from sfmd.config import TimingConfig
 from sfmd.credentials import Credential
 from sfmd.logs import get_logger
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
-from sfmd.sources.twitter import oauth
-from sfmd.sources.twitter.framing import (
-    FramingError,
-    LengthFramer,
-    LineFramer,
-    MessageKind,
-    disconnect_reason,
-    parse_notice,
-    triage,
-)
+from sfmd.sources.base import Sink
+from sfmd.sources.twitter.framing import FramingError
 from sfmd.status import State, StreamStatus
 
 # Answers that no amount of retrying will fix: a person must act. They are still retried (at
-# the HTTP rate, never faster) so the stream heals by itself once the cause is fixed.
+# the HTTP rate, never faster) so the stream heals by itself once the cause is fixed. A 404
+# names the dialect's URL setting.
 NEEDS_A_PERSON: dict[int, str] = {
     401: "unauthorized: check the credential's keys and this machine's clock",
     403: "forbidden: this credential may not use this endpoint",
-    404: "not found: check twitter.stream_url",
     406: "not acceptable: the filter's parameters were refused",
     413: "too long: too many track phrases, follow ids or location boxes",
     416: "range unacceptable",
 }
 RATE_LIMITED = (420, 429)
-# Disconnects that mean a person or a second collector is involved: reconnecting at once
-# would only fight the other connection, so these wait at the HTTP rate without a reset.
-STICKY_DISCONNECTS = (2, 6, 7)
 READ_BUFSIZE = 1 << 20
 
+#: An HTTP request: method, URL (with its query), headers, form body or None.
+Request = tuple[str, str, dict[str, str], str | None]
 
-class Sink(Protocol):
-    """Where messages go: the archive, in production."""
 
-    async def write(self, messages: list[bytes], tweets: int) -> None: ...
+class Framer(Protocol):
+    """Splits a body into messages, whatever the chunking."""
+
+    def feed(self, data: bytes) -> list[bytes]: ...
 
     @property
-    def current_file(self) -> Any: ...
+    def pending(self) -> int:
+        """Bytes of a message begun but not finished."""
+        ...
 
-    @property
-    def error(self) -> ArchiveError | None:
-        """Why the sink refuses messages now (a full disk), or None when it takes them."""
+
+class Dialect(Protocol):
+    """What one of Twitter's streaming APIs makes of a connection."""
+
+    #: The config key a 404 points at.
+    url_setting: str
+
+    def request(self, target: StreamTarget) -> Request:
+        """The request that opens the connection, signed."""
+        ...
+
+    def framer(self) -> Framer: ...
+
+    def examine(
+        self, messages: list[bytes], log: Any, status: StreamStatus
+    ) -> tuple[int, Ended | None]:
+        """The batch's tweets, having logged its notices; an `Ended` if a message announced
+        the end of the connection (the server closes it next)."""
         ...
 
 
@@ -80,6 +94,14 @@ class StreamTiming:
     connect_timeout: float = 30.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
+    @classmethod
+    def from_config(cls, timing: TimingConfig) -> StreamTiming:
+        return cls(
+            stall_timeout=timing.stall_timeout,
+            connect_timeout=timing.connect_timeout,
+            backoff=BackoffPolicy.from_config(timing),
+        )
+
 
 class Ended(Exception):
     """One connection ended; carries how to back off and what to report."""
@@ -95,19 +117,17 @@ class Stream:
     def __init__(
         self,
         target: StreamTarget,
+        dialect: Dialect,
         *,
-        stream_url: str,
         session: aiohttp.ClientSession,
         sink: Sink,
         timing: StreamTiming | None = None,
-        delimited: bool = False,
     ) -> None:
         self.target = target
-        self.stream_url = stream_url.rstrip("/")
+        self.dialect = dialect
         self.session = session
         self.sink = sink
         self.timing = timing or StreamTiming()
-        self.delimited = delimited
         self.status = StreamStatus()
         self.backoff = Backoff(self.timing.backoff)
         self.log = get_logger(stream=target.name)
@@ -241,7 +261,7 @@ class Stream:
             self.status.reconnects += 1
         self._connections += 1
         self._set_state(State.CONNECTING, reason="reconnecting after backoff")
-        method, url, headers, body = self._request()
+        method, url, headers, body = self.dialect.request(self.target)
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=self.timing.connect_timeout,
@@ -261,23 +281,17 @@ class Stream:
             finally:
                 self._response = None
 
-    def _request(self) -> tuple[str, str, dict[str, str], str | None]:
-        params = dict(self.target.params)
-        params["stall_warnings"] = "true"
-        if self.delimited:
-            params["delimited"] = "length"
-        url = f"{self.stream_url}/statuses/{self.target.endpoint}.json"
-        method = "POST" if self.target.endpoint == "filter" else "GET"
-        signed_url, headers, body = oauth.sign(self.target.credential, method, url, params)
-        return method, signed_url, headers, body
-
     async def _http_error(self, resp: aiohttp.ClientResponse) -> Ended:
         snippet = await _body_snippet(resp)
         status = resp.status
         if status in RATE_LIMITED:
             self.log.warning("rate_limited", status=status, body=snippet)
             return Ended(Failure.RATE_LIMIT, f"HTTP {status}: rate limited ({snippet})")
-        hint = NEEDS_A_PERSON.get(status)
+        hint = (
+            f"not found: check {self.dialect.url_setting}"
+            if status == 404
+            else NEEDS_A_PERSON.get(status)
+        )
         if hint:
             self.log.error("http_error", status=status, needs_a_person=hint, body=snippet)
             return Ended(Failure.HTTP, f"HTTP {status}: {hint}")
@@ -285,7 +299,9 @@ class Stream:
         return Ended(Failure.HTTP, f"HTTP {status} {resp.reason or ''}".strip())
 
     async def _read(self, resp: aiohttp.ClientResponse) -> None:
-        framer = LengthFramer() if self.delimited else LineFramer()
+        framer = self.dialect.framer()
+        examine = self.dialect.examine
+        log = self.log
         status = self.status
         ending: Ended | None = None  # a message announced the end: raised once it comes
         sink = self.sink
@@ -294,7 +310,7 @@ class Stream:
                 messages = framer.feed(chunk)
                 if not messages:
                     continue
-                tweets, announced = self._examine(messages)
+                tweets, announced = examine(messages, log, status)
                 ending = announced or ending
                 size = sum(map(len, messages)) + len(messages)
                 await sink.write(messages, tweets)
@@ -310,58 +326,6 @@ class Stream:
                 self.log.warning("partial_message_dropped", bytes=framer.pending)
         if ending is not None:
             raise ending
-
-    def _examine(self, messages: list[bytes]) -> tuple[int, Ended | None]:
-        """Count the tweets in a batch and act on notices; a disconnect message announces
-        the end of the connection (the server closes it next)."""
-        tweets, others = triage(messages)  # no per-message Python work for tweets
-        ending = None
-        for kind, message in others:
-            if kind is MessageKind.DELETE:
-                continue
-            disconnect = self._notice(kind, message)
-            if disconnect is not None:
-                code = disconnect.get("code")
-                ending = Ended(
-                    Failure.HTTP if code in STICKY_DISCONNECTS else Failure.NETWORK,
-                    f"disconnect message code {code}: {disconnect_reason(code)}",
-                    reset_ok=code not in STICKY_DISCONNECTS,
-                )
-        return tweets, ending
-
-    def _notice(self, kind: MessageKind, message: bytes) -> dict[str, Any] | None:
-        """Log a control message; return the disconnect payload if it is one."""
-        if kind is MessageKind.OTHER:
-            if not message.lstrip().startswith(b"{"):
-                self.log.warning("malformed_message", bytes=len(message))
-            return None
-        notice = parse_notice(message)
-        body = notice.get(kind.value)
-        if not isinstance(body, dict):
-            self.log.warning("malformed_message", kind=kind.value, bytes=len(message))
-            return None
-        if kind is MessageKind.LIMIT:
-            track = body.get("track")
-            if isinstance(track, int):
-                self.status.limit_undelivered = max(self.status.limit_undelivered, track)
-            self.log.info("limit_notice", undelivered=track)
-        elif kind is MessageKind.WARNING:
-            self.log.warning(
-                "stall_warning",
-                code=body.get("code"),
-                percent_full=body.get("percent_full"),
-                message=str(body.get("message", ""))[:200],
-            )
-        elif kind is MessageKind.DISCONNECT:
-            code = body.get("code")
-            self.log.warning(
-                "disconnect_message",
-                code=code,
-                meaning=disconnect_reason(code),
-                reason=str(body.get("reason", ""))[:200],
-            )
-            return body
-        return None
 
     # -- status ----------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
-"""Twitter API v2 streams on the wire: the request, and what a batch of messages means.
+"""Twitter API v2 streams as a `Dialect`: the request, and what a batch of messages means.
 
-The connection's life (backoff, stall detection, graceful stop) is the v1.1 Stream's; only
-three things differ. The request is a GET with the app's bearer token and the field lists
-from the config. Messages are `{"data": ..., "includes": ..., "matching_rules": ...}`; an
+The connection's life (backoff, stall detection, graceful stop) is the same `Stream` as for
+v1.1; three things differ. The request is a GET with the app's bearer token and the field
+lists from the config. Messages are `{"data": ..., "includes": ..., "matching_rules": ...}`; an
 object holding only `errors` is the API talking (logged and counted, and stored like any
 message), and an operational disconnect, in either spelling the API uses (`title`
 "operational-disconnect" or `disconnect_type` "OperationalDisconnect"), ends the connection:
@@ -18,7 +18,9 @@ from urllib.parse import urlencode
 from sfmd.config import TwitterConfig
 from sfmd.credentials import Credential
 from sfmd.sources.backoff import Failure
-from sfmd.sources.twitter.stream import Ended, Stream
+from sfmd.sources.twitter.framing import LineFramer
+from sfmd.sources.twitter.stream import Ended, Framer, Request, StreamTarget
+from sfmd.status import StreamStatus
 
 PATHS = {"filter": "/2/tweets/search/stream", "sample": "/2/tweets/sample/stream"}
 _TWEET_START = b'{"data"'
@@ -62,7 +64,7 @@ def _classify(message: bytes) -> tuple[bool, dict[str, Any] | None]:
 
 
 def count_tweets(messages: list[bytes]) -> int:
-    """The number of tweets among `messages`, by the test `V2Stream` counts them with live:
+    """The number of tweets among `messages`, by the test `V2.examine` counts them with live:
     how the archive of the v2 sample stream recounts the lines of a file it recovers."""
     return sum(_classify(message)[0] for message in messages)
 
@@ -74,19 +76,29 @@ def is_operational_disconnect(error: Any) -> bool:
     )
 
 
-class V2Stream(Stream):
-    """A v2 filtered or sample stream connection; `stream_url` is `twitter.api_url`."""
+class V2:
+    """A v2 filtered or sample stream; `api_url` is `twitter.api_url`."""
 
-    errors = 0  # `errors` objects the API sent on this stream, for status and metrics
+    url_setting = "twitter.api_url"
+    #: How the archive recounts a recovered file's tweets: as `examine` counts them live.
+    count = staticmethod(count_tweets)
 
-    def _request(self) -> tuple[str, str, dict[str, str], str | None]:
-        credential = self.target.credential
-        url = self.stream_url + PATHS[self.target.endpoint]
-        query = urlencode(self.target.params)
-        headers = {"Authorization": f"Bearer {credential.bearer_token}"}
+    def __init__(self, api_url: str) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.errors = 0  # `errors` objects the API sent on this stream, for status and metrics
+
+    def request(self, target: StreamTarget) -> Request:
+        url = self.api_url + PATHS[target.endpoint]
+        query = urlencode(target.params)
+        headers = {"Authorization": f"Bearer {target.credential.bearer_token}"}
         return "GET", f"{url}?{query}" if query else url, headers, None
 
-    def _examine(self, messages: list[bytes]) -> tuple[int, Ended | None]:
+    def framer(self) -> Framer:
+        return LineFramer()
+
+    def examine(
+        self, messages: list[bytes], log: Any, status: StreamStatus
+    ) -> tuple[int, Ended | None]:
         tweets = 0
         ending: Ended | None = None
         for message in messages:
@@ -98,16 +110,16 @@ class V2Stream(Stream):
                 tweets += 1  # a tweet with partial errors (say, a deleted quoted tweet)
                 continue
             if body is None:
-                self.log.warning("malformed_message", bytes=len(message))
+                log.warning("malformed_message", bytes=len(message))
                 continue
             errors = body.get("errors")
             if not isinstance(errors, list):
-                self.log.warning("unknown_message", keys=sorted(map(str, body))[:10])
+                log.warning("unknown_message", keys=sorted(map(str, body))[:10])
                 continue
             self.errors += len(errors)
             for error in errors[:5]:
                 shown = error if isinstance(error, dict) else {"detail": error}
-                self.log.warning(
+                log.warning(
                     "api_error_message",
                     title=str(shown.get("title", ""))[:100],
                     detail=str(shown.get("detail", ""))[:200],
