@@ -190,14 +190,14 @@ async def run_stream(
         log.info("shutdown", reason="signal")
         reporter.cancel()
         await runner.stop()
-        write_status_file(config.daemon.state_dir, spec.name, runner.status_dict())
+        write_status_file(config.daemon.state_dir, spec.name, runner.status().to_dict())
     return EXIT_OK
 
 
 async def report_status(config: Config, runner: StreamRunner) -> None:
     """Publish this stream's counters for the daemon (isolated streams live in another process)."""
     while True:
-        write_status_file(config.daemon.state_dir, runner.spec.name, runner.status_dict())
+        write_status_file(config.daemon.state_dir, runner.spec.name, runner.status().to_dict())
         await asyncio.sleep(config.timing.status_interval)
 
 

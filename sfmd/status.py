@@ -33,7 +33,7 @@ TROUBLED = (State.FAILED.value, State.BACKOFF.value)
 IDLE = (State.STOPPED.value, State.FAILED.value)
 #: The order states appear in a one-line summary: the healthy case first.
 SUMMARY_ORDER = ("streaming", "connecting", "backoff", "failed", "stopped")
-#: The keys of the API's STATUS object, in its order.
+#: The keys every STATUS object has, in their order (`StreamStatus.to_dict`).
 STATUS_KEYS = (
     "state", "since", "messages", "tweets", "bytes", "reconnects", "last_error", "current_file",
 )
@@ -46,13 +46,38 @@ def iso_z(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+@dataclass
+class ConnectionStatus:
+    """A shared connection's own state and counters, shown in each member's STATUS."""
+
+    name: str
+    state: State
+    messages: int
+    unrouted: int  # messages no member wanted
+    errors: int  # error objects the network sent in the stream
+    reconnects: int
+    rules: int  # what the connection holds at the network for its members
+    foreign_rules: list[dict[str, str]]  # held at the network, owned by no sfmd stream
+    rules_problem: str | None  # why the network's rules are not what the members want
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "messages": self.messages,
+            "unrouted": self.unrouted,
+            "errors": self.errors,
+            "reconnects": self.reconnects,
+            "rules": self.rules,
+            "foreign_rules": self.foreign_rules,
+            "rules_problem": self.rules_problem,
+        }
 
 
 @dataclass
 class StreamStatus:
-    """One stream's state and counters since this daemon started it."""
+    """One stream's state and counters since this daemon started it: what every back end
+    reports, and the API's STATUS object once encoded (`to_dict`)."""
 
     state: State = State.STOPPED
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -61,11 +86,14 @@ class StreamStatus:
     bytes: int = 0
     reconnects: int = 0
     last_error: str | None = None
+    current_file: str | None = None
     limit_undelivered: int = 0  # undelivered tweets Twitter reported in limit notices
+    connection: ConnectionStatus | None = None  # a member of a shared connection: that one
+    process: dict[str, Any] | None = None  # a supervisord program: supervisord's word on it
 
-    def to_dict(self, current_file: str | None = None) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The API's STATUS object."""
-        return {
+        shown: dict[str, Any] = {
             "state": self.state.value,
             "since": iso_z(self.since),
             "messages": self.messages,
@@ -73,8 +101,40 @@ class StreamStatus:
             "bytes": self.bytes,
             "reconnects": self.reconnects,
             "last_error": self.last_error,
-            "current_file": current_file,
+            "current_file": self.current_file,
         }
+        if self.connection is not None:
+            shown["connection"] = self.connection.to_dict()
+        if self.process is not None:
+            shown["process"] = self.process
+        return shown
+
+    @classmethod
+    def from_dict(cls, shown: dict[str, Any]) -> StreamStatus:
+        """A STATUS object read back (a process-isolated stream's status file); anything
+        unreadable in it counts as nothing reported."""
+
+        def count(key: str) -> int:
+            value = shown.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+        def text(key: str) -> str | None:
+            value = shown.get(key)
+            return value if isinstance(value, str) else None
+
+        try:
+            state = State(shown.get("state"))
+        except ValueError:
+            state = State.STOPPED
+        try:
+            since = datetime.fromisoformat(str(shown.get("since")).replace("Z", "+00:00"))
+        except ValueError:
+            since = datetime.now(UTC)
+        return cls(
+            state=state, since=since, messages=count("messages"), tweets=count("tweets"),
+            bytes=count("bytes"), reconnects=count("reconnects"),
+            last_error=text("last_error"), current_file=text("current_file"),
+        )
 
 
 class StreamSample(NamedTuple):
@@ -100,11 +160,6 @@ class ConnectionSample:
     errors: int
     reconnects: int
     rules: int
-
-
-def stopped_status() -> dict[str, Any]:
-    """The STATUS of a stream with nothing running and nothing remembered."""
-    return StreamStatus().to_dict()
 
 
 def describe_states(states: Iterable[str]) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sfmd.registry import Mode, StreamSpec
-from sfmd.status import ConnectionSample, StreamSample, describe_states
+from sfmd.status import ConnectionSample, StreamSample, StreamStatus, describe_states
 
 if TYPE_CHECKING:
     from sfmd.daemon.app import Daemon
@@ -20,8 +20,8 @@ class Views:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def status_of(self, spec: StreamSpec) -> dict[str, Any]:
-        """The STATUS of one stream, from whichever back end runs it (or the ledger)."""
+    def status_of(self, spec: StreamSpec) -> StreamStatus:
+        """One stream's status, from whichever back end runs it (or the ledger)."""
         d = self.daemon
         if spec.mode is Mode.PROCESS and spec.name not in d.ledger.failed:
             return d.processes.status(spec)
@@ -32,7 +32,8 @@ class Views:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
         spec), only the status is encoded per call, which keeps GET /streams at 1,000
         streams a few ms."""
-        return spec.view_json_open + b',"status":' + orjson.dumps(self.status_of(spec)) + b"}"
+        status = orjson.dumps(self.status_of(spec).to_dict())
+        return spec.view_json_open + b',"status":' + status + b"}"
 
     def listing_json(self) -> bytes:
         """GET /streams' body."""
@@ -46,12 +47,12 @@ class Views:
             status = self.status_of(spec)
             yield StreamSample(
                 name=spec.name,
-                state=status["state"],
-                messages=status["messages"],
-                tweets=status["tweets"],
-                bytes=status["bytes"],
-                reconnects=status["reconnects"],
-                limit_undelivered=runner.stream.status.limit_undelivered if runner else 0,
+                state=status.state.value,
+                messages=status.messages,
+                tweets=status.tweets,
+                bytes=status.bytes,
+                reconnects=status.reconnects,
+                limit_undelivered=status.limit_undelivered,
                 files_published=runner.archive.published if runner else d.shared.published(spec),
             )
 
@@ -59,17 +60,17 @@ class Views:
         for group in self.daemon.shared.groups.values():
             status = group.connection_status()
             yield ConnectionSample(
-                name=group.name,
-                messages=status["messages"],
-                unrouted=status["unrouted"],
-                errors=status["errors"],
-                reconnects=status["reconnects"],
-                rules=status["rules"],
+                name=status.name,
+                messages=status.messages,
+                unrouted=status.unrouted,
+                errors=status.errors,
+                reconnects=status.reconnects,
+                rules=status.rules,
             )
 
     def status_line(self) -> str:
         """One line for systemd's STATUS, e.g. "12 streams: 11 streaming, 1 backoff"."""
-        return describe_states(self.status_of(s)["state"] for s in self.daemon.specs())
+        return describe_states(self.status_of(s).state.value for s in self.daemon.specs())
 
     def health(self) -> dict[str, Any]:
         d = self.daemon

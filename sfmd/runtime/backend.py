@@ -9,12 +9,14 @@ one side before the other side takes it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Protocol
 
 from sfmd.logs import get_logger
 from sfmd.registry import StreamSpec
-from sfmd.status import State, now_iso, stopped_status
+from sfmd.status import State, StreamStatus
 
 
 class Backend(Protocol):
@@ -24,8 +26,8 @@ class Backend(Protocol):
     async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
         """Start what should run here and does not."""
 
-    def status(self, spec: StreamSpec) -> dict[str, Any] | None:
-        """The STATUS of a stream running here, or None."""
+    def status(self, spec: StreamSpec) -> StreamStatus | None:
+        """The status of a stream running here, or None."""
 
     async def close(self) -> None:
         """Stop everything this back end runs in this process (daemon shutdown)."""
@@ -33,19 +35,23 @@ class Backend(Protocol):
 
 class Ledger:
     """What the daemon knows of streams that are not running: why those that should run cannot
-    (`failed`), and the counters of those that stopped, so `show` still tells what they
-    collected."""
+    (`failed`: since when, and the reason), and the last status of those that stopped, so
+    `show` still tells what they collected."""
 
     def __init__(self) -> None:
-        self.failed: dict[str, dict[str, Any]] = {}
-        self.last: dict[str, dict[str, Any]] = {}
+        self.failed: dict[str, tuple[datetime, str]] = {}
+        self.last: dict[str, StreamStatus] = {}
 
     def fail(self, name: str, reason: str) -> None:
         """Mark `name` failed; logged once per new reason, `since` kept across repeats."""
-        earlier = self.failed.get(name, {})
-        if earlier.get("last_error") != reason:
+        since, earlier = self.failed.get(name, (datetime.now(UTC), None))
+        if earlier != reason:
             get_logger(stream=name).error("stream_failed", reason=reason)
-        self.failed[name] = {"since": earlier.get("since", now_iso()), "last_error": reason}
+        self.failed[name] = (since, reason)
+
+    def restarting(self, name: str, reason: str) -> None:
+        """A failure that is being dealt with (a crashed task): shown, not logged again."""
+        self.failed[name] = (datetime.now(UTC), reason)
 
     def clear(self, name: str) -> None:
         self.failed.pop(name, None)
@@ -56,19 +62,23 @@ class Ledger:
         for name in [n for n in self.failed if n not in wanted]:
             del self.failed[name]
 
-    def stopped(self, name: str, status: dict[str, Any]) -> None:
+    def stopped(self, name: str, status: StreamStatus) -> None:
         """Remember a stopped stream's counters."""
-        status = {key: value for key, value in status.items() if key != "connection"}
-        self.last[name] = {**status, "state": State.STOPPED.value, "since": now_iso()}
+        self.last[name] = dataclasses.replace(
+            status, state=State.STOPPED, since=datetime.now(UTC), connection=None
+        )
 
     def forget(self, name: str) -> None:
         self.last.pop(name, None)
         self.failed.pop(name, None)
 
-    def status(self, name: str) -> dict[str, Any]:
-        """The STATUS of a stream that runs nowhere: failed, or stopped with its counters."""
-        base = self.last.get(name) or stopped_status()
+    def status(self, name: str) -> StreamStatus:
+        """The status of a stream that runs nowhere: failed, or stopped with its counters."""
+        base = self.last.get(name) or StreamStatus()
         failure = self.failed.get(name)
-        if failure is not None:
-            return {**base, "state": State.FAILED.value, "current_file": None, **failure}
-        return base
+        if failure is None:
+            return base
+        since, reason = failure
+        return dataclasses.replace(
+            base, state=State.FAILED, since=since, last_error=reason, current_file=None
+        )

@@ -41,7 +41,7 @@ from sfmd.ops.supervisord import (
     apply,
 )
 from sfmd.registry import Mode, StreamSpec
-from sfmd.status import STATUS_KEYS, State, stopped_status
+from sfmd.status import State, StreamStatus
 
 
 def status_path(state_dir: Path, name: str) -> Path:
@@ -263,25 +263,25 @@ class ProcessBackend:
     async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
         """Nothing: supervisord started what it should in `stop_unwanted`."""
 
-    def status(self, spec: StreamSpec) -> dict[str, Any]:
+    def status(self, spec: StreamSpec) -> StreamStatus:
         """An isolated stream: supervisord's process state, the stream's own counters."""
-        own = read_status_file(self.config.daemon.state_dir, spec.name) or stopped_status()
+        own = read_status_file(self.config.daemon.state_dir, spec.name) or {}
         supervised = self.supervised.get(spec.name)
-        status = {key: own.get(key) for key in STATUS_KEYS}
-        status["process"] = {
+        status = StreamStatus.from_dict(own)
+        status.process = {
             "program": f"{self.config.supervisor.program_prefix}{spec.name}",
             **(supervised or {"state": "absent", "pid": None}),
         }
         if not spec.active:
-            status.update(state=State.STOPPED.value, current_file=None)
+            status.state, status.current_file = State.STOPPED, None
         elif self.problem:
-            status.update(state=State.STOPPED.value if supervised is None else status["state"],
-                          last_error=self.problem)
+            if supervised is None:
+                status.state = State.STOPPED
+            status.last_error = self.problem
         elif supervised is None or supervised.get("pid") != own.get("pid"):
             # The status file is from an earlier process (or none yet): supervisord's word.
-            state = supervised["state"] if supervised else State.CONNECTING.value
-            status.update(state=state, last_error=(supervised or {}).get("last_error")
-                          or status["last_error"])
+            status.state = State(supervised["state"]) if supervised else State.CONNECTING
+            status.last_error = (supervised or {}).get("last_error") or status.last_error
         return status
 
     async def close(self) -> None:

@@ -8,7 +8,6 @@ This back end only decides which connections exist and who belongs to them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import aiohttp
 
@@ -20,6 +19,7 @@ from sfmd.registry import Mode, StreamSpec
 from sfmd.runtime.backend import Ledger
 from sfmd.runtime.tasks import source_context
 from sfmd.sources import SharedConnection, source_of
+from sfmd.status import StreamStatus
 
 log = get_logger()
 
@@ -89,7 +89,7 @@ class SharedBackend:
         group = self.groups.get(spec.credential)
         return group if group is not None and spec.name in group else None
 
-    def status(self, spec: StreamSpec) -> dict[str, Any] | None:
+    def status(self, spec: StreamSpec) -> StreamStatus | None:
         group = self.group_of(spec)
         if group is None or spec.name in self.ledger.failed:
             return None

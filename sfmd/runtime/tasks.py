@@ -27,7 +27,7 @@ from sfmd.runtime.backend import Ledger
 from sfmd.runtime.reconcile import Plan, can_retarget, diff
 from sfmd.sources import Connection, Context, source_of
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
-from sfmd.status import now_iso
+from sfmd.status import StreamStatus
 
 
 def lock_dir(config: Config) -> Path:
@@ -128,8 +128,8 @@ class StreamRunner:
         task: asyncio.Task[None] | None = self.stream.task
         return task
 
-    def status_dict(self) -> dict[str, Any]:
-        return self.stream.status_dict()
+    def status(self) -> StreamStatus:
+        return self.stream.status_now()
 
 
 class TaskBackend:
@@ -183,9 +183,9 @@ class TaskBackend:
         for name in steps.start:
             await self._start_runner(wanted[name], delay=random.uniform(0, jitter))
 
-    def status(self, spec: StreamSpec) -> dict[str, Any] | None:
+    def status(self, spec: StreamSpec) -> StreamStatus | None:
         runner = self.runners.get(spec.name)
-        return runner.status_dict() if runner is not None else None
+        return runner.status() if runner is not None else None
 
     def forget(self, name: str) -> None:
         self._crashes.pop(name, None)
@@ -224,7 +224,7 @@ class TaskBackend:
             await runner.stop()
         except ArchiveError as e:
             get_logger(stream=name).error("stop_failed", error=str(e))
-        self.ledger.stopped(name, runner.status_dict())
+        self.ledger.stopped(name, runner.status())
 
     # -- crashes -----------------------------------------------------------------------------
 
@@ -260,9 +260,7 @@ class TaskBackend:
             async with self._lock:
                 if self.runners.get(name) is runner:
                     await self._stop_runner(name, "crashed")
-                    self.ledger.failed[name] = {
-                        "since": now_iso(), "last_error": "crashed; restarting"
-                    }
+                    self.ledger.restarting(name, "crashed; restarting")
             await asyncio.sleep(wait)
         finally:
             self._restarting.discard(name)

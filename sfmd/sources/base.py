@@ -22,7 +22,7 @@ from sfmd.archive import Archive, ArchiveError, CountItems
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.registry import StreamSpec
-from sfmd.status import StreamStatus
+from sfmd.status import ConnectionStatus, StreamStatus
 
 
 class Sink(Protocol):
@@ -54,7 +54,9 @@ class Connection(Protocol):
         """The asyncio task the connection runs in, while it runs."""
         ...
 
-    def status_dict(self) -> dict[str, Any]: ...
+    def status_now(self) -> StreamStatus:
+        """The status, with the file being written now."""
+        ...
 
 
 class SharedConnection(Protocol):
@@ -77,9 +79,9 @@ class SharedConnection(Protocol):
 
     def members(self) -> list[str]: ...
 
-    def member_status(self, name: str) -> dict[str, Any]: ...
+    def member_status(self, name: str) -> StreamStatus: ...
 
-    def connection_status(self) -> dict[str, Any]: ...
+    def connection_status(self) -> ConnectionStatus: ...
 
     def published(self, name: str) -> int: ...
 

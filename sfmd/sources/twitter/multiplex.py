@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -28,6 +27,7 @@ from sfmd.registry import StreamSpec, slot_of
 from sfmd.sources.twitter.rules import Plan, Rule, RulesApi, RulesRejected, RulesUnavailable, plan
 from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
 from sfmd.sources.twitter.v2 import V2, stream_params
+from sfmd.status import ConnectionStatus, StreamStatus
 
 
 def connection_name(credential: str) -> str:
@@ -284,33 +284,31 @@ class FilterGroup:
         """Rule values the connection wants or holds now (a value being deleted included)."""
         return set(self.wanted_rules()) | {rule.value for rule in self.held}
 
-    def member_status(self, name: str) -> dict[str, Any]:
-        """A member's STREAM status: the connection's state, the member's own counts."""
+    def member_status(self, name: str) -> StreamStatus:
+        """A member's status: the connection's state, the member's own counts."""
         member = self.router.members[name]
         conn = self.stream.status
-        own = dataclasses.replace(
+        current = member.archive.current_file
+        return dataclasses.replace(
             conn,
             messages=member.messages,
             tweets=member.messages,  # only tweets match rules
             bytes=member.bytes,
             last_error=member.error or self.problem or conn.last_error,
+            current_file=str(current) if current is not None else None,
+            connection=self.connection_status(),
         )
-        current = member.archive.current_file
-        return {
-            **own.to_dict(str(current) if current is not None else None),
-            "connection": self.connection_status(),
-        }
 
-    def connection_status(self) -> dict[str, Any]:
+    def connection_status(self) -> ConnectionStatus:
         conn = self.stream.status
-        return {
-            "name": self.name,
-            "state": conn.state.value,
-            "messages": conn.messages,
-            "unrouted": self.router.unrouted,
-            "errors": self.dialect.errors,
-            "reconnects": conn.reconnects,
-            "rules": len(self.held),
-            "foreign_rules": [{"id": r.id, "value": r.value, "tag": r.tag} for r in self.foreign],
-            "rules_problem": self.problem,
-        }
+        return ConnectionStatus(
+            name=self.name,
+            state=conn.state,
+            messages=conn.messages,
+            unrouted=self.router.unrouted,
+            errors=self.dialect.errors,
+            reconnects=conn.reconnects,
+            rules=len(self.held),
+            foreign_rules=[{"id": r.id, "value": r.value, "tag": r.tag} for r in self.foreign],
+            rules_problem=self.problem,
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -339,9 +340,12 @@ class Stream:
             self.log.info("stream_state", state=state.value, reason=reason)
             self.status.since = datetime.now(UTC)
 
-    def status_dict(self) -> dict[str, Any]:
+    def status_now(self) -> StreamStatus:
+        """The status with the file being written now (a copy: the counters keep moving)."""
         current = self.sink.current_file
-        return self.status.to_dict(str(current) if current is not None else None)
+        return dataclasses.replace(
+            self.status, current_file=str(current) if current is not None else None
+        )
 
 
 async def _body_snippet(resp: aiohttp.ClientResponse, limit: int = 300) -> str:

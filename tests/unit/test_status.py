@@ -1,0 +1,40 @@
+"""The one status vocabulary: the STATUS object's shape and its round trip through a file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sfmd.status import (
+    STATUS_KEYS,
+    ConnectionStatus,
+    State,
+    StreamStatus,
+    describe_states,
+)
+
+SINCE = datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=UTC)
+
+
+def test_the_status_object_has_its_keys_in_order_and_nothing_else() -> None:
+    shown = StreamStatus(State.BACKOFF, SINCE, 5, 4, 300, 2, "HTTP 503").to_dict()
+    assert tuple(shown) == STATUS_KEYS
+    assert shown["state"] == "backoff" and shown["since"] == "2026-12-04T21:00:00.123456Z"
+
+
+def test_a_shared_connection_and_a_process_show_only_when_present() -> None:
+    connection = ConnectionStatus("v2-filter@a", State.STREAMING, 9, 1, 0, 0, 2, [], None)
+    shown = StreamStatus(connection=connection, process={"program": "p"}).to_dict()
+    assert list(shown)[len(STATUS_KEYS):] == ["connection", "process"]
+    assert shown["connection"]["state"] == "streaming" and shown["connection"]["rules"] == 2
+
+
+def test_a_status_survives_the_status_file_and_junk_counts_as_nothing() -> None:
+    status = StreamStatus(State.STREAMING, SINCE, 5, 4, 300, 2, None, "data/x.part")
+    assert StreamStatus.from_dict(status.to_dict()) == status
+    junk = StreamStatus.from_dict({"state": "dancing", "messages": "5", "since": 3})
+    assert (junk.state, junk.messages, junk.last_error) == (State.STOPPED, 0, None)
+
+
+def test_the_summary_line_puts_the_healthy_first() -> None:
+    line = describe_states(["stopped", "streaming", "backoff", "streaming"])
+    assert line == "4 streams: 2 streaming, 1 backoff, 1 stopped"
