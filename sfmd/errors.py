@@ -32,3 +32,13 @@ class Refused(SfmdError):
     def message(self) -> str:
         """The sentence the API answers with."""
         return str(self)
+
+
+class Unreachable(Refused):
+    """A change needed an answer from a network's API and could not get one."""
+
+    status = 502
+
+    @property
+    def message(self) -> str:
+        return f"{self}; nothing was changed"

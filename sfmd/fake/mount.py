@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -138,6 +139,30 @@ class StreamHandle:
             async with asyncio.timeout_at(deadline):
                 await self.wake.wait()
         self.wake.clear()
+
+
+async def stream_body(
+    request: web.Request,
+    stream: StreamHandle,
+    host: Host,
+    headers: dict[str, str],
+    pump: Callable[[web.StreamResponse], Awaitable[None]],
+) -> web.StreamResponse:
+    """Answer 200 with a chunked body that `pump` writes until the stream must end, and note
+    in the stream's record when it began and why it ended."""
+    record = stream.record
+    response = web.StreamResponse(status=200, headers=headers)
+    response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        record.status = 200
+        record.first_byte = time.monotonic()
+        host.notify()
+        await pump(response)
+    except ConnectionError:
+        # The client went away mid-write. Returning (not raising) keeps aiohttp quiet.
+        record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
+    return response
 
 
 async def abort_when_flushed(request: web.Request, stream: StreamHandle) -> None:

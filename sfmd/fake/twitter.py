@@ -37,6 +37,7 @@ from sfmd.fake.mount import (
     abort_when_flushed,
     dumps,
     reason_phrase,
+    stream_body,
 )
 from sfmd.fake.pacing import Pacer, block_count, next_batch
 from sfmd.fake.settings import Settings
@@ -499,27 +500,18 @@ class V1API:
             if rival is not None:
                 rival.request_stop("replaced")
             self._holders[auth.token] = stream
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "application/json",
-                "X-Connection-Hash": hashlib.sha1(b"%d" % record.conn).hexdigest(),
-            },
-        )
-        response.enable_chunked_encoding()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Connection-Hash": hashlib.sha1(b"%d" % record.conn).hexdigest(),
+        }
         try:
-            await response.prepare(request)
-            record.status = 200
-            record.first_byte = time.monotonic()
-            self._host.notify()
-            await self._pump(request, stream, response, delimited)
-        except ConnectionError:
-            # The client went away mid-write. Returning (not raising) keeps aiohttp quiet.
-            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
+            return await stream_body(
+                request, stream, self._host, headers,
+                lambda response: self._pump(request, stream, response, delimited),
+            )
         finally:
             if auth.token is not None and self._holders.get(auth.token) is stream:
                 del self._holders[auth.token]
-        return response
 
     async def _send(
         self,

@@ -92,6 +92,7 @@ from sfmd.fake.mount import (
     abort_when_flushed,
     dumps,
     reason_phrase,
+    stream_body,
 )
 from sfmd.fake.pacing import Pacer, block_count, next_batch
 from sfmd.fake.rulebook import (
@@ -562,29 +563,20 @@ class V2API:
         if key in self._holders:
             return self._reply(record, 429, TOO_MANY_CONNECTIONS)
         self._holders[key] = stream
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "application/json; charset=utf-8",
-                "x-rate-limit-limit": "50",
-                "x-rate-limit-remaining": "49",
-                "x-rate-limit-reset": str(int(time.time()) + 900),
-            },
-        )
-        response.enable_chunked_encoding()
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "x-rate-limit-limit": "50",
+            "x-rate-limit-remaining": "49",
+            "x-rate-limit-reset": str(int(time.time()) + 900),
+        }
         try:
-            await response.prepare(request)
-            record.status = 200
-            record.first_byte = time.monotonic()
-            self._host.notify()
-            await self._pump(request, stream, response, app)
-        except ConnectionError:
-            # The client went away mid-write. Returning (not raising) keeps aiohttp quiet.
-            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
+            return await stream_body(
+                request, stream, self._host, headers,
+                lambda response: self._pump(request, stream, response, app),
+            )
         finally:
             if self._holders.get(key) is stream:
                 del self._holders[key]
-        return response
 
     async def _pump(
         self,

@@ -24,21 +24,16 @@ from typing import Any
 import aiohttp
 
 from sfmd.credentials import Credential
-from sfmd.errors import Refused, SfmdError
+from sfmd.errors import SfmdError, Unreachable
 
 RULES_PATH = "/2/tweets/search/stream/rules"
 BATCH = 100  # rules per add or delete request, well under the API's request size limits
 
 
-class RulesUnavailable(Refused):
+class RulesUnavailable(Unreachable):
     """The rules API could not be asked (network, auth, an answer that makes no sense)."""
 
-    status = 502
     code = "rules_unavailable"
-
-    @property
-    def message(self) -> str:
-        return f"{self}; nothing was changed"
 
 
 class RulesRejected(SfmdError):

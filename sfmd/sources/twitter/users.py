@@ -13,21 +13,16 @@ from collections.abc import Sequence
 import aiohttp
 
 from sfmd.credentials import Credential
-from sfmd.errors import Refused
+from sfmd.errors import Unreachable
 from sfmd.sources.twitter import oauth
 
 BATCH = 100  # users/lookup takes at most 100 screen names per call
 
 
-class LookupFailed(Refused):
+class LookupFailed(Unreachable):
     """users/lookup could not answer (network, credentials, limits); the message says which."""
 
-    status = 502
     code = "lookup_failed"
-
-    @property
-    def message(self) -> str:
-        return f"{self}; nothing was changed"
 
 
 async def lookup_ids(
