@@ -22,13 +22,12 @@ from oauthlib.oauth1 import Client
 
 from sfmd.credentials import Credential
 from sfmd.fake import FIRST_SEQ, FakeAPI, seq_of, user_id_for
+from tests.helpers.bodies import BodyReader
 
 ALICE = Credential("alice", "ck-alice", "cs-alice", "at-alice", "ats-alice")
 BOB = Credential("bob", "ck-bob", "cs-bob", "at-bob", "ats-bob")
 FORM = "application/x-www-form-urlencoded"
 SAMPLE = "/1.1/statuses/sample.json"
-READ_LIMIT = 5.0  # seconds: a read that should finish but never does fails instead of hanging
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -108,33 +107,15 @@ def split_body(buffer: bytes, delimited: bool) -> tuple[list[bytes], int, bytes]
         pos = end + 2 + length
 
 
-class Reader:
-    """Reads a streaming body, keeping what was parsed, so a test can read in steps."""
+class Reader(BodyReader):
+    """A v1.1 body: CRLF-separated lines, or length-prefixed with `delimited=length`."""
 
     def __init__(self, response: aiohttp.ClientResponse, delimited: bool = False) -> None:
-        self.response = response
+        super().__init__(response)
         self.delimited = delimited
-        self.buffer = b""
-        self.messages: list[bytes] = []
-        self.keepalives = 0
 
-    async def until(self, messages: int = 0, keepalives: int = 0) -> None:
-        async with asyncio.timeout(READ_LIMIT):
-            while len(self.messages) < messages or self.keepalives < keepalives:
-                chunk = await self.response.content.readany()
-                if not chunk:
-                    raise EOFError(f"body ended after {len(self.messages)} messages")
-                self._feed(chunk)
-
-    async def to_end(self) -> None:
-        async with asyncio.timeout(READ_LIMIT):
-            while chunk := await self.response.content.readany():
-                self._feed(chunk)
-
-    def _feed(self, chunk: bytes) -> None:
-        found, keepalives, self.buffer = split_body(self.buffer + chunk, self.delimited)
-        self.messages += found
-        self.keepalives += keepalives
+    def split(self, buffer: bytes) -> tuple[list[bytes], int, bytes]:
+        return split_body(buffer, self.delimited)
 
 
 def filter_url(api: FakeAPI) -> str:

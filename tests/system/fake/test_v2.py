@@ -20,15 +20,14 @@ import pytest
 from sfmd.credentials import Credential
 from sfmd.fake import FIRST_SEQ, FakeAPI, seq_of
 from sfmd.fake.rulebook import rule_problems
+from tests.helpers.bodies import READ_LIMIT, BodyReader
 
 ALPHA = {"Authorization": "Bearer bt-alpha-SECRET"}
 BETA = {"Authorization": "Bearer bt-beta-SECRET"}
 FILTER = "/2/tweets/search/stream"
 SAMPLE = "/2/tweets/sample/stream"
 RULES = "/2/tweets/search/stream/rules"
-READ_LIMIT = 5.0  # seconds: a read that should finish but never does fails instead of hanging
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -78,36 +77,14 @@ async def add(session, api, *rules: dict[str, str], headers=ALPHA, **params) -> 
     return status, body
 
 
-class Reader:
+class Reader(BodyReader):
     """Splits a v2 body into lines: a blank line is a keep-alive, any other is a message."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.buffer = b""
-        self.messages: list[bytes] = []
-        self.keepalives = 0
-
-    async def until(self, messages: int = 0, keepalives: int = 0) -> None:
-        async with asyncio.timeout(READ_LIMIT):
-            while len(self.messages) < messages or self.keepalives < keepalives:
-                chunk = await self.response.content.readany()
-                if not chunk:
-                    raise EOFError(f"body ended after {len(self.messages)} messages")
-                self._feed(chunk)
-
-    async def to_end(self) -> None:
-        async with asyncio.timeout(READ_LIMIT):
-            while chunk := await self.response.content.readany():
-                self._feed(chunk)
-
-    def _feed(self, chunk: bytes) -> None:
-        *lines, self.buffer = (self.buffer + chunk).split(b"\r\n")
+    def split(self, buffer: bytes) -> tuple[list[bytes], int, bytes]:
+        *lines, rest = buffer.split(b"\r\n")
         for line in lines:
             assert b"\n" not in line and b"\r" not in line
-            if line:
-                self.messages.append(line)
-            else:
-                self.keepalives += 1
+        return [line for line in lines if line], sum(1 for line in lines if not line), rest
 
 
 def rule_ids(message: bytes) -> list[str]:
