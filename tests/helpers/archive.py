@@ -11,11 +11,7 @@ import zlib
 from datetime import datetime
 from pathlib import Path
 
-from sfmd.archive import (
-    Archive,
-    FileName,
-    read_manifest,
-)
+from sfmd.archive import Archive, FileName, read_manifest
 from sfmd.sources.twitter.framing import count_tweets, is_tweet
 from tests.helpers.waits import wait_until
 

@@ -12,21 +12,20 @@ import asyncio
 import collections
 import json
 import os
-import signal
 import sys
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
-from tests.helpers.config import CREDENTIALS_TOML, write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon
+from tests.helpers.config import CREDENTIALS_TOML
+from tests.helpers.daemon import SfmdProcess, Teardown, running_daemon
 from tests.helpers.fork import sfmd_in_fork
+from tests.helpers.logs import log_events
 
 SECRETS = [value for table in tomllib.loads(CREDENTIALS_TOML).values() for value in table.values()]
 
@@ -235,19 +234,8 @@ def test_files_that_are_not_text_are_refused_by_name(tmp_path: Path, case: str) 
 async def daemon(tmp_path: Path, fake_api: FakeAPI) -> AsyncIterator[SfmdProcess]:
     """`sfmd run` against the fake API; on the way out it must still stop cleanly."""
     fake_api.configure(rate=5, record_bytes=False)
-    proc = await start_daemon(tmp_path, write_daemon_config(tmp_path, fake_api))
-    try:
+    async with running_daemon(tmp_path, fake_api, Teardown.MUST_STOP, stop_timeout=15) as proc:
         yield proc
-        assert proc.proc.poll() is None, f"sfmd died: {proc.stderr[-3000:]}"
-        proc.signal(signal.SIGTERM)
-        assert await proc.wait(15) == 0, proc.stderr[-3000:]
-    finally:
-        proc.kill()
-
-
-def log_events(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "log" / "sfmd.log"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 class Relay:

@@ -44,6 +44,7 @@ from tests.helpers.checks import check_entry, check_prefixes, check_published, c
 from tests.helpers.config import write_credentials, write_daemon_config
 from tests.helpers.daemon import start_daemon
 from tests.helpers.files import manifest
+from tests.helpers.logs import log_text
 from tests.helpers.waits import wait_until
 
 KILLS = 20
@@ -273,5 +274,5 @@ async def test_sigkill_at_twenty_moments_loses_nothing_published(tmp_path: Path)
         check_messages(data, stream, api, figures)
     figures.distinct_files = len(published)
     assert sum(figures.kills.values()) == KILLS
-    assert "SECRET" not in (tmp_path / "log" / "sfmd.log").read_text()
+    assert "SECRET" not in log_text(tmp_path)
     print(f"crash figures: {figures}")

@@ -28,8 +28,9 @@ from sfmd.credentials import load_credentials
 from sfmd.ctl import boxes, build_parser, duration, rates, render_status, settings_from
 from sfmd.fake import ConnectionRecord, FakeAPI, user_id_for
 from tests.helpers.api import Api
-from tests.helpers.config import CREDENTIALS_TOML, write_daemon_config
+from tests.helpers.config import write_credentials_file, write_daemon_config
 from tests.helpers.daemon import SfmdProcess, start_daemon
+from tests.helpers.fakeapi import live
 from tests.helpers.waits import wait_until
 
 #: The daemon tests share the module's event loop, where the module's fake API lives.
@@ -62,9 +63,7 @@ class Result:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def module_site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
     root = tmp_path_factory.mktemp("ctl")
-    credentials_file = root / "credentials.toml"
-    credentials_file.write_text(CREDENTIALS_TOML)
-    os.chmod(credentials_file, 0o600)
+    credentials_file = write_credentials_file(root)
     api = FakeAPI(
         load_credentials(credentials_file), rate=50, message_size=600, keepalive_interval=0.25
     )
@@ -116,10 +115,6 @@ async def sfmctl(
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
-
-
-def live(api: FakeAPI) -> list[ConnectionRecord]:
-    return [r for r in api.log if r.endpoint in ("filter", "sample") and r.closed is None]
 
 
 def streaming(api: FakeAPI, credential: str) -> Callable[[], ConnectionRecord | None]:

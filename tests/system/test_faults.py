@@ -45,7 +45,7 @@ from tests.helpers.checks import check_published
 from tests.helpers.config import FAST_TIMING, write_credentials, write_daemon_config
 from tests.helpers.daemon import start_daemon
 from tests.helpers.files import messages_on_disk, stored_messages
-from tests.helpers.logs import read_log
+from tests.helpers.logs import log_path, read_log
 from tests.helpers.waits import wait_until
 
 TOTAL = 100  # messages each connection sends (then only keep-alives)
@@ -170,7 +170,7 @@ class Lane:
 
     @property
     def log_file(self) -> Path:
-        return self.home / "log" / "sfmd.log"
+        return log_path(self.home)
 
 
 @dataclass

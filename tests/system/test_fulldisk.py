@@ -33,7 +33,7 @@ from tests.helpers.checks import check_entry, check_prefixes, check_published, c
 from tests.helpers.config import write_credentials, write_daemon_config
 from tests.helpers.daemon import start_daemon
 from tests.helpers.files import manifest, stored_messages
-from tests.helpers.logs import read_log
+from tests.helpers.logs import log_path, read_log
 from tests.helpers.waits import wait_until
 
 DISK = 512 * 1024  # the small filesystem
@@ -126,7 +126,7 @@ async def test_a_full_disk_is_loud_harms_no_file_or_neighbour_and_heals(
                   keepalive_interval=0.25, message_size=600, rate=RATE)
     await api.start()
     config = write_daemon_config(tmp_path, api, save_interval=1)
-    data, log_file = tmp_path / "data", tmp_path / "log" / "sfmd.log"
+    data, log_file = tmp_path / "data", log_path(tmp_path)
     filler = fill(small_disk)
     proc = await start_daemon(tmp_path, config)
     try:

@@ -6,15 +6,13 @@ import asyncio
 import itertools
 import os
 import pwd
-import signal
 from pathlib import Path
-from typing import Any
 
 from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon
-from tests.helpers.fakeapi import sent_messages
+from tests.helpers.daemon import start_daemon, stop
+from tests.helpers.fakeapi import live, sent_messages, stream_connections
 from tests.helpers.files import messages_on_disk, stored_messages
 from tests.helpers.supervisord import Supervisord
 from tests.helpers.waits import wait_until
@@ -33,24 +31,11 @@ def isolated_config(tmp_path: Path, fake_api: FakeAPI, sd: Supervisord) -> Path:
     return config
 
 
-def connections(api: FakeAPI) -> list[Any]:
-    return [r for r in api.log if r.endpoint in ("filter", "sample")]
-
-
-def live(api: FakeAPI) -> list[Any]:
-    return [r for r in connections(api) if r.closed is None]
-
-
 def program_state(sd: Supervisord) -> str | None:
     for info in sd.rpc().supervisor.getAllProcessInfo():
         if info["name"] == PROGRAM:
             return str(info["statename"])
     return None
-
-
-async def stop_daemon(proc: SfmdProcess) -> None:
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait(10) == 0, proc.stderr
 
 
 async def test_an_isolated_stream_s_life_and_moves_between_modes(
@@ -61,7 +46,8 @@ async def test_an_isolated_stream_s_life_and_moves_between_modes(
     data = tmp_path / "data"
 
     def all_stored() -> bool:  # everything fully sent so far is on disk: safe to move
-        return messages_on_disk(data, "p1") == sum(r.sent_count for r in connections(fake_api))
+        sent = sum(r.sent_count for r in stream_connections(fake_api))
+        return messages_on_disk(data, "p1") == sent
 
     proc = await start_daemon(tmp_path, config)
     conf = supervisord.conf_dir / f"{PROGRAM}.conf"
@@ -93,19 +79,19 @@ async def test_an_isolated_stream_s_life_and_moves_between_modes(
             await wait_until(all_stored)
             # A wire change restarts that program only: a new connection, new parameters.
             await api.ok("PATCH", "/streams/p1", {"track": ["archive", "museum"]})
-            await wait_until(lambda: len(connections(fake_api)) == 2
+            await wait_until(lambda: len(stream_connections(fake_api)) == 2
                              and len(live(fake_api)) == 1, timeout=20)
             assert live(fake_api)[0].params["track"] == "archive,museum"
 
             # Process → task → process while the API watches: never two at once.
             await wait_until(all_stored)
             await api.ok("PATCH", "/streams/p1", {"isolation": "task"})
-            await wait_until(lambda: len(connections(fake_api)) == 3
+            await wait_until(lambda: len(stream_connections(fake_api)) == 3
                              and len(live(fake_api)) == 1, timeout=20)
             assert not conf.exists() and program_state(supervisord) is None
             await wait_until(all_stored)
             await api.ok("PATCH", "/streams/p1", {"isolation": "process"})
-            await wait_until(lambda: len(connections(fake_api)) == 4
+            await wait_until(lambda: len(stream_connections(fake_api)) == 4
                              and len(live(fake_api)) == 1, timeout=20)
             assert conf.exists()
 
@@ -116,10 +102,10 @@ async def test_an_isolated_stream_s_life_and_moves_between_modes(
             await wait_until(lambda: not live(fake_api), timeout=15)
             status, _ = await api.call("DELETE", "/streams/p1")
             assert status == 204
-        await stop_daemon(proc)
+        await stop(proc)
     finally:
         proc.kill()
-    for a, b in itertools.pairwise(connections(fake_api)):
+    for a, b in itertools.pairwise(stream_connections(fake_api)):
         assert a.closed is not None and a.closed <= b.opened, "two connections on one token"
     assert not any(r.close_reason == "replaced" for r in fake_api.log)
     assert not list(data.rglob("*.part"))
@@ -145,6 +131,6 @@ async def test_a_change_made_while_supervisord_is_down_is_applied_when_it_return
             shown = await api.ok("GET", "/streams/p1")
             assert shown["status"]["process"]["state"] in ("connecting", "streaming")
             await api.ok("POST", "/streams/p1/stop")
-        await stop_daemon(proc)
+        await stop(proc)
     finally:
         proc.kill()

@@ -27,7 +27,8 @@ import pytest
 from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon
+from tests.helpers.daemon import start_daemon, stop
+from tests.helpers.logs import log_path
 from tests.helpers.paths import REPO
 from tests.helpers.waits import wait_until
 
@@ -119,11 +120,6 @@ def assert_each_logged_once(changes: Changes, where: dict[int, list[str]]) -> No
     assert not doubled, f"changes logged more than once: {dict(list(doubled.items())[:5])}"
 
 
-async def stop(proc: SfmdProcess) -> None:
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait(10) == 0, proc.stderr
-
-
 # -- what logrotate does, by hand ----------------------------------------------------------
 
 
@@ -131,7 +127,7 @@ async def test_rename_then_sighup_loses_and_repeats_no_line(
     tmp_path: Path, fake_api: FakeAPI
 ) -> None:
     proc = await start_daemon(tmp_path, write_daemon_config(tmp_path, fake_api))
-    log = tmp_path / "log" / "sfmd.log"
+    log = log_path(tmp_path)
     rotated = log.with_name("sfmd.log.1")
     try:
         async with changing(tmp_path / "sfmd.sock") as changes:

@@ -34,9 +34,16 @@ from sfmd.daemon.app import Daemon
 from sfmd.fake import ConnectionRecord, FakeAPI
 from sfmd.registry import Registry
 from tests.helpers.api import Api
-from tests.helpers.config import CREDENTIALS_TOML, register, write_config, write_daemon_config
+from tests.helpers.config import (
+    CREDENTIALS_TOML,
+    register,
+    write_config,
+    write_credentials_file,
+    write_daemon_config,
+)
 from tests.helpers.files import manifest
 from tests.helpers.fork import sfmd_in_fork
+from tests.helpers.logs import log_text
 from tests.helpers.waits import wait_until
 
 #: "alpha.consumer_secret" -> its value: what a hit is reported as, and what is searched for.
@@ -278,7 +285,7 @@ async def test_a_full_run_leaves_no_secret_in_anything_sfmd_wrote(
     finally:
         canary.unlink()
     # ... and there must be plenty to search.
-    log_lines = (tmp_path / "log" / "sfmd.log").read_text().splitlines()
+    log_lines = log_text(tmp_path).splitlines()
     assert len(log_lines) >= 30
     assert {"api_change", "stream_state"} <= {json.loads(line)["event"] for line in log_lines}
     assert (tmp_path / "log" / "stream-s1.log").stat().st_size > 0
@@ -296,8 +303,7 @@ def loose_site(tmp_path: Path, mode: int) -> Path:
     root = tmp_path / f"mode-{mode:04o}"
     root.mkdir()
     write_config(root, "http://127.0.0.1:9/1.1")
-    (root / "credentials.toml").write_text(CREDENTIALS_TOML)
-    os.chmod(root / "credentials.toml", 0o600)
+    write_credentials_file(root)
     register(root, load_credentials(root / "credentials.toml"),
              name="s1", kind="sample", credential="alpha")  # fmt: skip
     os.chmod(root / "credentials.toml", mode)
@@ -412,8 +418,7 @@ def test_hostile_names_in_a_hand_edited_registry_stop_every_command(tmp_path: Pa
         root = tmp_path / f"site-{i}"
         root.mkdir()
         write_config(root, "http://127.0.0.1:9/1.1")
-        (root / "credentials.toml").write_text(CREDENTIALS_TOML)
-        os.chmod(root / "credentials.toml", 0o600)
+        write_credentials_file(root)
         (root / "state").mkdir()
         registry = root / "state" / "streams.json"
         entry = {"name": name, "kind": "sample", "credential": "alpha", "isolation": "process"}
@@ -446,8 +451,7 @@ def test_hostile_names_in_a_hand_edited_registry_stop_every_command(tmp_path: Pa
 
 
 async def test_reprs_of_what_holds_credentials_show_no_secret(tmp_path: Path) -> None:
-    (tmp_path / "credentials.toml").write_text(CREDENTIALS_TOML)
-    os.chmod(tmp_path / "credentials.toml", 0o600)
+    write_credentials_file(tmp_path)
     credentials = load_credentials(tmp_path / "credentials.toml")
     config = load_config(write_config(tmp_path, "http://127.0.0.1:9/1.1"))
     register(tmp_path, credentials, name="s1", kind="sample", credential="alpha")

@@ -10,14 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sfmd.archive import (
-    PublishedFile,
-)
-from tests.helpers.archive import (
-    content,
-    make_archive,
-    parts,
-)
+from sfmd.archive import PublishedFile
+from tests.helpers.archive import content, make_archive, parts
 
 
 def test_a_sigkilled_writer_loses_nothing_that_was_flushed(tmp_path: Path) -> None:

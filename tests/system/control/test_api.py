@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,33 +13,21 @@ import pytest
 from sfmd.credentials import Credential
 from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
-from tests.helpers.config import write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon
+from tests.helpers.daemon import SfmdProcess, Teardown, running_daemon
+from tests.helpers.fakeapi import live, stream_connections
 from tests.helpers.files import manifest
+from tests.helpers.logs import log_events, log_text
 from tests.helpers.waits import wait_until
-
-F1 = {"name": "f1", "kind": "filter", "track": ["archive"], "credential": "alpha"}
 
 
 @pytest.fixture
 async def daemon(tmp_path: Path, fake_api: FakeAPI) -> AsyncIterator[SfmdProcess]:
     fake_api.configure(rate=20)
-    proc = await start_daemon(tmp_path, write_daemon_config(tmp_path, fake_api))
-    try:
+    async with running_daemon(tmp_path, fake_api, Teardown.STOP_IF_RUNNING) as proc:
         yield proc
-    finally:
-        if proc.proc.poll() is None:
-            proc.signal(signal.SIGTERM)
-            assert await proc.wait(10) == 0, proc.stderr
-        proc.kill()
 
 
-def stream_connections(api: FakeAPI) -> list[Any]:
-    return [r for r in api.log if r.endpoint in ("filter", "sample")]
-
-
-def open_connections(api: FakeAPI) -> list[Any]:
-    return [r for r in stream_connections(api) if r.closed is None]
+F1 = {"name": "f1", "kind": "filter", "track": ["archive"], "credential": "alpha"}
 
 
 async def test_a_stream_s_whole_life_through_the_api(
@@ -50,7 +37,7 @@ async def test_a_stream_s_whole_life_through_the_api(
         created = await api.ok("POST", "/streams", F1, status=201)
         assert created["name"] == "f1" and created["active"] is True
         assert created["status"]["state"] in ("connecting", "streaming")
-        await wait_until(lambda: len(open_connections(fake_api)) == 1)
+        await wait_until(lambda: len(live(fake_api)) == 1)
         assert stream_connections(fake_api)[0].params["track"] == "archive"
 
         shown = await api.ok("GET", "/streams/f1")
@@ -67,30 +54,30 @@ async def test_a_stream_s_whole_life_through_the_api(
         patched = await api.ok("PATCH", "/streams/f1", {"track": ["archive", "library"]})
         assert patched["track"] == ["archive", "library"]
         await wait_until(lambda: len(stream_connections(fake_api)) == 2
-                         and len(open_connections(fake_api)) == 1)
+                         and len(live(fake_api)) == 1)
         assert stream_connections(fake_api)[1].params["track"] == "archive,library"
         assert stream_connections(fake_api)[0].closed is not None
 
         await wait_until(lambda: fake_api.log[-1].sent_count > 0)
         stopped = await api.ok("POST", "/streams/f1/stop")
         assert stopped["active"] is False and stopped["status"]["state"] == "stopped"
-        assert not open_connections(fake_api)
+        assert not live(fake_api)
         data = tmp_path / "data"
         assert manifest(data, "f1")  # the open file was published at the stop
         assert not list(data.rglob("*.part"))
 
         started = await api.ok("POST", "/streams/f1/start")
         assert started["active"] is True
-        await wait_until(lambda: len(open_connections(fake_api)) == 1)
+        await wait_until(lambda: len(live(fake_api)) == 1)
         assert len(stream_connections(fake_api)) == 3
 
         status, body = await api.call("DELETE", "/streams/f1")
         assert status == 204 and body == ""
-        await wait_until(lambda: not open_connections(fake_api))
+        await wait_until(lambda: not live(fake_api))
         assert manifest(data, "f1")  # published files stay
         assert (await api.ok("GET", "/streams"))["streams"] == []
 
-    log_lines = [json.loads(x) for x in (tmp_path / "log" / "sfmd.log").read_text().splitlines()]
+    log_lines = log_events(tmp_path)
     changes = [x for x in log_lines if x["event"] == "api_change"]
     assert [c["method"] for c in changes] == [
         "POST", "PATCH", "PATCH", "PATCH", "POST", "POST", "DELETE"]
@@ -112,7 +99,7 @@ async def test_people_are_resolved_and_unknown_names_reported(
         created = await api.ok("POST", "/streams", body, status=201)
     assert set(created["people_ids"]) == {"Alice"}
     assert created["people_unresolved"] == ["nosuchperson"]
-    await wait_until(lambda: len(open_connections(fake_api)) == 1)
+    await wait_until(lambda: len(live(fake_api)) == 1)
     lookup = [r for r in fake_api.log if r.endpoint == "users/lookup"]
     assert lookup and lookup[0].auth_ok and lookup[0].credential == "alpha"
     follow = stream_connections(fake_api)[0].params["follow"].split(",")
@@ -136,8 +123,8 @@ async def test_two_streams_on_one_credential_409_and_never_two_connections(
         # Hand the credential over: stop f1, start s1.
         await api.ok("POST", "/streams/f1/stop")
         await api.ok("POST", "/streams/s1/start")
-        await wait_until(lambda: len(open_connections(fake_api)) == 1
-                         and open_connections(fake_api)[0].endpoint == "sample")
+        await wait_until(lambda: len(live(fake_api)) == 1
+                         and live(fake_api)[0].endpoint == "sample")
     connections = stream_connections(fake_api)
     for a, b in itertools.pairwise(connections):
         assert a.closed is not None and a.closed <= b.opened  # never two at once
@@ -252,7 +239,7 @@ async def test_bad_requests_are_refused_plainly_and_change_nothing(
         await api.ok("POST", "/streams", F1, status=201)
         await api.ok("POST", "/streams", {"name": "s1", "kind": "sample", "credential": "alpha",
                                           "active": False}, status=201)
-        await wait_until(lambda: len(open_connections(fake_api)) == 1)
+        await wait_until(lambda: len(live(fake_api)) == 1)
         registry_file = tmp_path / "state" / "streams.json"
         before = registry_file.read_bytes()
         for case, method, path, body, raw, ctype, status, code in BAD:
@@ -265,7 +252,7 @@ async def test_bad_requests_are_refused_plainly_and_change_nothing(
         listed = await api.ok("GET", "/streams")
     assert [s["name"] for s in listed["streams"]] == ["f1", "s1"]
     assert len(stream_connections(fake_api)) == 1  # nothing reconnected
-    everything = json.dumps(listed) + (tmp_path / "log" / "sfmd.log").read_text()
+    everything = json.dumps(listed) + log_text(tmp_path)
     for credential in credentials.values():
         assert not any(secret in everything for secret in credential.secrets())
 

@@ -14,6 +14,7 @@ from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
 from tests.helpers.daemon import start_daemon
+from tests.helpers.logs import log_text
 from tests.helpers.waits import wait_until
 
 
@@ -86,7 +87,7 @@ async def test_a_credential_that_cannot_serve_its_stream_fails_it_plainly(
     finally:
         proc.signal(signal.SIGTERM)
         assert await proc.wait(10) == 0
-    log = (tmp_path / "log" / "sfmd.log").read_text()
+    log = log_text(tmp_path)
     assert "stream_crashed" not in log
     failed = [json.loads(line) for line in log.splitlines() if '"stream_failed"' in line]
     assert sorted({line["stream"] for line in failed}) == ["gone", "gone-proc", "nokeys"]

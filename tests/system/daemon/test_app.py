@@ -7,7 +7,6 @@ import json
 import os
 import random
 import resource
-import signal
 import socket
 import stat
 import subprocess
@@ -28,18 +27,11 @@ from sfmd.registry import Registry, RegistryError
 from sfmd.sources.twitter.stream import Stream
 from tests.helpers.api import Api
 from tests.helpers.config import CREDENTIALS_TOML, write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon
+from tests.helpers.daemon import SfmdProcess, start_daemon, stop
+from tests.helpers.fakeapi import live
 from tests.helpers.files import manifest
+from tests.helpers.logs import log_path, log_text
 from tests.helpers.waits import wait_until
-
-
-def live(api: FakeAPI) -> list[Any]:
-    return [r for r in api.log if r.endpoint in ("filter", "sample") and r.closed is None]
-
-
-async def stop(proc: SfmdProcess) -> None:
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait(10) == 0, proc.stderr
 
 
 async def test_restart_resumes_every_active_stream_with_its_settings(
@@ -134,7 +126,7 @@ async def test_hand_edited_registry_with_two_on_one_credential(
     finally:
         proc.kill()
     assert len([r for r in fake_api.log if r.endpoint in ("filter", "sample")]) == 1
-    assert "stream_failed" in (tmp_path / "log" / "sfmd.log").read_text()
+    assert "stream_failed" in log_text(tmp_path)
 
 
 async def test_the_os_lock_keeps_a_stream_process_off_a_daemon_credential(
@@ -243,7 +235,7 @@ async def test_a_crashed_stream_task_is_logged_and_restarted(
         await original(self, resp)
 
     monkeypatch.setattr(Stream, "_read", buggy)
-    setup_logging(tmp_path / "log" / "sfmd.log", stderr=False)
+    setup_logging(log_path(tmp_path), stderr=False)
     daemon = Daemon(config)
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
     serving = asyncio.create_task(daemon.serve(control))
@@ -263,7 +255,7 @@ async def test_a_crashed_stream_task_is_logged_and_restarted(
         daemon.request_stop()
         await asyncio.wait_for(serving, 10)
         setup_logging(None, stderr=False)  # let go of this test's log file
-    crashed = [json.loads(line) for line in (tmp_path / "log" / "sfmd.log").open()
+    crashed = [json.loads(line) for line in log_path(tmp_path).open()
                if '"stream_crashed"' in line]
     assert len(crashed) == 1 and crashed[0]["stream"] == "f1"
     assert "planted bug" in crashed[0]["exception"]  # the traceback is in the log

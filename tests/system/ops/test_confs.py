@@ -8,15 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sfmd.ops.confs import (
-    conf_path,
-    sync_confs,
-)
-from tests.helpers.confs import (
-    PREFIX,
-    included,
-    render,
-)
+from sfmd.ops.confs import conf_path, sync_confs
+from tests.helpers.confs import PREFIX, included, render
 from tests.helpers.paths import REPO
 
 

@@ -20,11 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from sfmd.fake import FakeAPI
-from sfmd.ops.confs import (
-    STOPWAITSECS,
-    conf_path,
-    sync_confs,
-)
+from sfmd.ops.confs import STOPWAITSECS, conf_path, sync_confs
 from sfmd.ops.supervisord import (
     CantReread,
     Fault,
@@ -45,6 +41,7 @@ from tests.helpers.confs import (
 )
 from tests.helpers.fakeapi import live
 from tests.helpers.files import manifest, part_lines
+from tests.helpers.logs import log_path
 from tests.helpers.paths import REPO
 from tests.helpers.supervisord import (
     MAIN_CONF_HEAD,
@@ -292,7 +289,7 @@ async def test_the_daemon_under_supervisord_comes_back_after_sigkill(
         )
         out, _ = await ctl.communicate()
         assert ctl.returncode == 0, out
-        log = tmp_path / "log" / "sfmd.log"
+        log = log_path(tmp_path)
         await wait_until(lambda: "logs_reopened" in log.read_text(), what="logs_reopened")
         # supervisord's own stop is sfmd's clean stop: every open file published.
         results = await client.stop_process_group("sfmd")

@@ -11,11 +11,7 @@ from tests.helpers.confs import (
     spec,
     write_supervisor_config,
 )
-from tests.helpers.supervisord import (
-    Supervisord,
-    add_other_program,
-    wait_pid,
-)
+from tests.helpers.supervisord import Supervisord, add_other_program, wait_pid
 
 
 async def test_process_streams_reconcile_follows_the_registry(

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sfmd.archive import (
-    Deflate,
-)
+from sfmd.archive import Deflate
 
 
 def test_compress_window_reaches_the_compressor(tmp_path: Path) -> None:

@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sfmd.archive import (
-    ArchiveError,
-    FileName,
-    PublishedFile,
-)
+from sfmd.archive import ArchiveError, FileName, PublishedFile
 from sfmd.archive import disk as disk_module
 from sfmd.archive import manifest as manifest_module
 from sfmd.archive import partfile as partfile_module

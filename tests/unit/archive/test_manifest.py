@@ -6,9 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sfmd.archive import (
-    PublishedFile,
-)
+from sfmd.archive import PublishedFile
 
 
 def test_published_file_times_are_utc() -> None:

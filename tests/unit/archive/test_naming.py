@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sfmd.archive import (
-    FileName,
-    interval_start,
-    spread_offset,
-)
+from sfmd.archive import FileName, interval_start, spread_offset
 
 
 def test_names_and_intervals() -> None:

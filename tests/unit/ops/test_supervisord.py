@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from sfmd.ops.supervisord import (
-    SupervisorClient,
-)
+from sfmd.ops.supervisord import SupervisorClient
 
 
 def test_an_http_url_never_shows_its_password() -> None:

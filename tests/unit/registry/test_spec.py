@@ -11,11 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfmd.registry import (
-    FIELDS,
-    ValidationError,
-    apply_patch,
-)
+from sfmd.registry import FIELDS, ValidationError, apply_patch
 from tests.helpers.specs import CREDS, filt, ok
 
 # --- the JSON form and the wire --------------------------------------------------------------

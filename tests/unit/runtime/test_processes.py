@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sfmd.ops.confs import (
-    ConfError,
-)
+from sfmd.ops.confs import ConfError
 from sfmd.runtime.processes import ProcessStreams, process_status
-from tests.helpers.confs import (
-    SLEEPER,
-    spec,
-    write_supervisor_config,
-)
+from tests.helpers.confs import SLEEPER, spec, write_supervisor_config
 
 
 async def test_an_unknown_user_is_refused_before_any_conf_is_written(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from sfmd.credentials import Credential
 from sfmd.fake import FakeAPI
 from sfmd.sources.twitter.stream import Stream, StreamTarget
 from tests.helpers.config import FAST_TIMING, register, write_config
-from tests.helpers.daemon import SfmdProcess
+from tests.helpers.daemon import SfmdProcess, stop
 from tests.helpers.fakeapi import sent_messages
 from tests.helpers.files import manifest, messages_on_disk, read_published, stored_messages
 from tests.helpers.waits import wait_until
@@ -47,11 +47,6 @@ def start_filter(
     path = write_config(tmp_path, api.stream_url, **config)
     register(tmp_path, credentials, **FILTER)
     return path, start_stream(tmp_path, "f1", path)
-
-
-async def stop_cleanly(proc: SfmdProcess) -> None:
-    proc.signal(signal.SIGTERM)
-    assert await proc.wait(10) == 0, proc.stderr
 
 
 def is_tweet_json(line: bytes) -> bool:
@@ -85,7 +80,7 @@ async def test_filter_stream_stores_every_message_sent_byte_exact(
     try:
         await wait_until(lambda: messages_on_disk(tmp_path / "data", "f1") == 300,
                          what="300 messages on disk")
-        await stop_cleanly(proc)
+        await stop(proc)
     finally:
         proc.kill()
 
@@ -124,7 +119,7 @@ async def test_sample_stream_plain_files_with_length_framing(
     proc = start_stream(tmp_path, "s1", config)
     try:
         await wait_until(lambda: messages_on_disk(tmp_path / "data", "s1") == 120)
-        await stop_cleanly(proc)
+        await stop(proc)
     finally:
         proc.kill()
     (record,) = fake_api.log
@@ -152,7 +147,7 @@ async def test_files_rotate_on_the_clock_while_flowing_and_while_quiet(
         )
         assert not list(data.rglob("*.part"))
         published = len(manifest(data, "f1"))
-        await stop_cleanly(proc)
+        await stop(proc)
     finally:
         proc.kill()
     entries = check_manifest(data, "f1")
@@ -193,7 +188,7 @@ async def test_fault_is_survived_with_the_right_wait_and_nothing_lost(
             and messages_on_disk(tmp_path / "data", "f1") == len(sent_messages(fake_api)),
             timeout=15, what="a second connection that delivered everything",
         )
-        await stop_cleanly(proc)
+        await stop(proc)
     finally:
         proc.kill()
     first, second = fake_api.log[:2]
@@ -233,7 +228,7 @@ async def test_odd_messages_are_stored_without_reconnecting(
             and messages_on_disk(tmp_path / "data", "f1") == 60,
             what="60 messages, the odd one among them, on disk",
         )
-        await stop_cleanly(proc)
+        await stop(proc)
     finally:
         proc.kill()
     assert len(fake_api.log) == 1
@@ -269,7 +264,7 @@ async def test_sigkill_then_restart_recovers_and_resumes(
             and messages_on_disk(data, "f1") == recovered_count + 1000,
             what="the resumed connection's 1000 messages on disk",
         )
-        await stop_cleanly(proc)
+        await stop(proc)
     finally:
         proc.kill()
 
@@ -299,7 +294,7 @@ async def test_sighup_reopens_the_log_after_logrotate_renames_it(
         proc.signal(signal.SIGHUP)
         await wait_until(lambda: log.exists() and "logs_reopened" in log.read_text(),
                          what="a new log file after SIGHUP")
-        await stop_cleanly(proc)
+        await stop(proc)
     finally:
         proc.kill()
     assert '"shutdown"' in log.read_text()
@@ -319,7 +314,7 @@ async def test_a_second_process_on_the_same_credential_is_refused(
         assert await second.wait(10) == 1
         assert "credential 'alpha' is in use by stream 'f1'" in second.stderr
         assert "SECRET" not in second.stderr
-        await stop_cleanly(first)
+        await stop(first)
     finally:
         first.kill()
     assert len(fake_api.log) == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +21,9 @@ from sfmd.fake import FakeAPI
 from sfmd.registry import Registry, validate_stream
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon
+from tests.helpers.daemon import SfmdProcess, Teardown, running_daemon, start_daemon, stop
 from tests.helpers.files import stored_messages
+from tests.helpers.logs import log_events
 from tests.helpers.waits import wait_until
 
 
@@ -54,11 +54,8 @@ def registry_bytes(tmp_path: Path) -> bytes:
 
 @pytest.fixture
 async def daemon(tmp_path: Path, fake_api: FakeAPI) -> AsyncIterator[SfmdProcess]:
-    proc = await start_daemon(tmp_path, write_daemon_config(tmp_path, fake_api))
-    try:
+    async with running_daemon(tmp_path, fake_api, Teardown.KILL) as proc:
         yield proc
-    finally:
-        proc.kill()
 
 
 async def until_messages(
@@ -73,11 +70,6 @@ async def until_messages(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {count} messages in {names}: {shown}")
         await asyncio.sleep(0.05)
-
-
-async def stop(daemon: SfmdProcess) -> None:
-    daemon.signal(signal.SIGTERM)
-    assert await daemon.wait(timeout=15) == 0
 
 
 async def test_filters_share_one_connection_and_rules_follow_the_registry(
@@ -115,7 +107,7 @@ async def test_filters_share_one_connection_and_rules_follow_the_registry(
         # Stopping a v2 filter takes its rules off the API; the others keep streaming.
         await api.ok("POST", "/streams/b/stop")
         assert rules_at(fake_api) == {"cats": "a,d", "owls": "d"}
-    await stop(daemon)
+    await stop(daemon, timeout=15)
 
     filters = connections(fake_api, "v2/filter")
     assert len(filters) == 1, "the filtered-stream connection was never dropped"
@@ -145,7 +137,7 @@ async def test_untagged_matches_are_routed_by_rule_id(
         ids = {r["tag"]: r["id"] for r in fake_api.rules("alpha")}
         shown = await until_messages(api, "ab", 20)
         assert shown["a"]["status"]["connection"]["errors"] == 1
-    await stop(daemon)
+    await stop(daemon, timeout=15)
     assert len(connections(fake_api, "v2/filter")) == 1
     conn = connections(fake_api, "v2/filter")[0].conn
     for name in "ab":
@@ -242,7 +234,7 @@ async def test_the_v2_sample_survives_every_fault_and_stores_what_was_sent(
         attempts = [r for r in fake_api.log if r.endpoint == "v2/sample"]
         assert len(attempts) == len(FAULTS)  # one fault per attempt, the last one goes on
         await wait_until(lambda: attempts[-1].sent_count >= 5, timeout=20)
-    await stop(daemon)
+    await stop(daemon, timeout=15)
     sample = connections(fake_api, "v2/sample")
     sent = [m for record in sample for m, _ in fake_api.v2_sent(record.conn)]
     stored = stored_messages(tmp_path / "data", "s")
@@ -253,7 +245,7 @@ async def test_the_v2_sample_survives_every_fault_and_stores_what_was_sent(
     closed_by_server = [m for record in sample[:-1] for m, _ in fake_api.v2_sent(record.conn)]
     assert stored[: len(closed_by_server)] == closed_by_server
     assert stored == sent[: len(stored)]
-    log = [json.loads(x) for x in (tmp_path / "log" / "sfmd.log").read_text().splitlines()]
+    log = log_events(tmp_path)
     reasons = [x.get("reason", "") for x in log if x["event"] == "disconnected"]
     assert sum("operational disconnect" in r for r in reasons) == 2
     assert any("HTTP 429" in r for r in reasons)
@@ -315,7 +307,7 @@ async def test_the_shared_connection_survives_faults_and_routing_loses_nothing(
             return last.status == 200 and last.sent_count >= 8
 
         await wait_until(streaming_again, timeout=20)
-    await stop(daemon)
+    await stop(daemon, timeout=15)
     attempts = [r for r in fake_api.log if r.endpoint == "v2/filter"]
     sent = [m for record in attempts for m, _ in fake_api.v2_sent(record.conn)]
     closed_by_server = [m for r in attempts[:-1] for m, _ in fake_api.v2_sent(r.conn)]
