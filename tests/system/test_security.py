@@ -163,19 +163,28 @@ def flowing(api: FakeAPI, credential: str, at_least: int = 3) -> bool:
     return last is not None and last.closed is None and last.sent_count >= at_least
 
 
-async def test_a_full_run_leaves_no_secret_in_anything_sfmd_wrote(
-    tmp_path: Path, fake_api: FakeAPI
-) -> None:
-    fake_api.configure(rate=20, record_bytes=False)
+def start_unsupervised(tmp_path: Path, fake_api: FakeAPI) -> tuple[Path, Path, Child]:
+    """`sfmd run` whose isolated streams get confs in tmp_path/confs and no supervisord, so
+    every command that writes confs runs without one; its output goes to tmp_path/out.
+
+    Returns (config, out, daemon).
+    """
     config = write_daemon_config(tmp_path, fake_api)
-    conf_dir = tmp_path / "confs"
-    with config.open("a") as f:  # isolated streams: confs here, supervisord nowhere
+    with config.open("a") as f:
         f.write(f'[supervisor]\nconf_dir = "confs"\nuser = "{getpass.getuser()}"\n'
                 f'server_url = "unix://{tmp_path}/no-supervisord.sock"\n')  # fmt: skip
     out = tmp_path / "out"
     out.mkdir()
+    return config, out, Child("daemon", "run", "--config", str(config), cwd=tmp_path, out=out)
+
+
+async def test_a_full_run_leaves_no_secret_in_anything_sfmd_wrote(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    fake_api.configure(rate=20, record_bytes=False)
+    config, out, daemon = start_unsupervised(tmp_path, fake_api)
+    conf_dir = tmp_path / "confs"
     socket_path = tmp_path / "sfmd.sock"
-    daemon = Child("daemon", "run", "--config", str(config), cwd=tmp_path, out=out)
     alone: Child | None = None
     steps = 0
 
@@ -354,14 +363,8 @@ async def test_hostile_stream_names_are_refused_through_the_api_and_sfmctl(
     tmp_path: Path, fake_api: FakeAPI
 ) -> None:
     fake_api.configure(rate=5, record_bytes=False)
-    config = write_daemon_config(tmp_path, fake_api)
-    with config.open("a") as f:
-        f.write(f'[supervisor]\nconf_dir = "confs"\nuser = "{getpass.getuser()}"\n'
-                f'server_url = "unix://{tmp_path}/no-supervisord.sock"\n')  # fmt: skip
-    out = tmp_path / "out"
-    out.mkdir()
+    _config, out, daemon = start_unsupervised(tmp_path, fake_api)
     socket_path = tmp_path / "sfmd.sock"
-    daemon = Child("daemon", "run", "--config", str(config), cwd=tmp_path, out=out)
     try:
         await wait_until(lambda: socket_path.exists() or bool(daemon.exit_report()), DEADLINE,
                          "the control socket")  # fmt: skip

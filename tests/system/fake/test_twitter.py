@@ -43,13 +43,6 @@ async def fake() -> AsyncIterator[FakeAPI]:
         await api.stop()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=5)
-    async with aiohttp.ClientSession(timeout=timeout) as s:
-        yield s
-
-
 def signed(
     cred: Credential,
     method: str,

@@ -42,13 +42,6 @@ async def fake(credentials: dict[str, Credential]) -> AsyncIterator[FakeAPI]:
         await api.stop()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=5)
-    async with aiohttp.ClientSession(timeout=timeout) as s:
-        yield s
-
-
 async def call(
     session: aiohttp.ClientSession,
     api: FakeAPI,
