@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from sfmd.status import (
     STATUS_KEYS,
     ConnectionStatus,
@@ -35,6 +37,17 @@ def test_a_status_survives_the_status_file_and_junk_counts_as_nothing() -> None:
     assert (junk.state, junk.messages, junk.last_error) == (State.STOPPED, 0, None)
 
 
-def test_the_summary_line_puts_the_healthy_first() -> None:
-    line = describe_states(["stopped", "streaming", "backoff", "streaming"])
-    assert line == "4 streams: 2 streaming, 1 backoff, 1 stopped"
+@pytest.mark.parametrize(
+    ("states", "line"),
+    [
+        ([], "0 streams"),
+        (["streaming"], "1 stream: 1 streaming"),
+        (["backoff", "streaming"] + ["streaming"] * 10, "12 streams: 11 streaming, 1 backoff"),
+        (
+            ["stopped", "failed", "connecting", "weird"],
+            "4 streams: 1 connecting, 1 failed, 1 stopped, 1 weird",
+        ),
+    ],
+)
+def test_describe_states(states: list[str], line: str) -> None:
+    assert describe_states(states) == line
