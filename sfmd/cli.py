@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sfmd import __version__
+from sfmd.archive.coverage import keep_alive
 from sfmd.config import Config, ConfigError, load_config
 from sfmd.control.server import ControlServer
 from sfmd.credentials import Credential, CredentialsError, load_credentials
@@ -178,6 +179,9 @@ async def run_stream(
     log = get_logger(stream=spec.name)
     stop = asyncio.Event()
     install_signal_handlers(stop, log_files)
+    alive = asyncio.create_task(
+        keep_alive(config.daemon.data_dir, config.timing.flush_interval)
+    )
     async with new_session() as session:
         runner = StreamRunner(spec, credential, config, session)
         try:
@@ -191,6 +195,7 @@ async def run_stream(
         reporter.cancel()
         await runner.stop()
         write_status_file(config.daemon.state_dir, spec.name, runner.status().to_dict())
+    alive.cancel()
     return EXIT_OK
 
 

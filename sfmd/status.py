@@ -8,6 +8,7 @@ imports nothing from sfmd, so anything may import it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from collections import Counter
@@ -36,6 +37,7 @@ SUMMARY_ORDER = ("streaming", "connecting", "backoff", "failed", "stopped")
 #: The keys every STATUS object has, in their order (`StreamStatus.to_dict`).
 STATUS_KEYS = (
     "state", "since", "messages", "tweets", "bytes", "reconnects", "last_error", "current_file",
+    "connected_since", "last_gap",
 )
 
 
@@ -90,6 +92,19 @@ class StreamStatus:
     limit_undelivered: int = 0  # undelivered tweets Twitter reported in limit notices
     connection: ConnectionStatus | None = None  # a member of a shared connection: that one
     process: dict[str, Any] | None = None  # a supervisord program: supervisord's word on it
+    connected_since: datetime | None = None  # when the current streaming began
+    last_gap: dict[str, Any] | None = None  # the latest span it was not collecting
+    gap_seconds: dict[str, float] = field(default_factory=dict)  # by reason, this run
+
+    def covered(self, shown: dict[str, Any]) -> StreamStatus:
+        """This status with an archive's coverage (`Archive.coverage_shown`)."""
+        since = shown["connected_since"]
+        return dataclasses.replace(
+            self,
+            connected_since=datetime.fromtimestamp(since, UTC) if since is not None else None,
+            last_gap=shown["last_gap"],
+            gap_seconds=shown["gap_seconds"],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The API's STATUS object."""
@@ -102,6 +117,8 @@ class StreamStatus:
             "reconnects": self.reconnects,
             "last_error": self.last_error,
             "current_file": self.current_file,
+            "connected_since": iso_z(self.connected_since) if self.connected_since else None,
+            "last_gap": self.last_gap,
         }
         if self.connection is not None:
             shown["connection"] = self.connection.to_dict()
@@ -130,10 +147,20 @@ class StreamStatus:
             since = datetime.fromisoformat(str(shown.get("since")).replace("Z", "+00:00"))
         except ValueError:
             since = datetime.now(UTC)
+        try:
+            connected = text("connected_since")
+            connected_since = (
+                datetime.fromisoformat(connected.replace("Z", "+00:00")) if connected else None
+            )
+        except ValueError:
+            connected_since = None
+        last_gap = shown.get("last_gap")
         return cls(
             state=state, since=since, messages=count("messages"), tweets=count("tweets"),
             bytes=count("bytes"), reconnects=count("reconnects"),
             last_error=text("last_error"), current_file=text("current_file"),
+            connected_since=connected_since,
+            last_gap=last_gap if isinstance(last_gap, dict) else None,
         )
 
 
@@ -148,6 +175,7 @@ class StreamSample(NamedTuple):
     reconnects: int
     limit_undelivered: int
     files_published: int
+    gap_seconds: dict[str, float] = {}  # by reason; never mutated: each sample has its own
 
 
 @dataclass(frozen=True)

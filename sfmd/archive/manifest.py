@@ -1,4 +1,6 @@
-"""The fixity manifest: one JSON line per published file (name, interval, counts, sha256).
+"""The fixity manifest: one JSON line per published file (name, interval, counts, sha256), with
+the gaps in its span and its provenance (see `coverage`), and a line with `"file": null` for
+a span with nothing stored.
 
 A line is appended only after its file is complete, fsynced and renamed, and the manifest is
 fsynced after every append, so each line describes a file that is on disk as described. A
@@ -13,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sfmd.archive.disk import _write_all
 from sfmd.archive.naming import iso_utc
@@ -37,9 +40,12 @@ class PublishedFile:
     tweets: int
     bytes: int  # uncompressed, line ends included
     sha256: str  # of the file as stored
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    provenance: dict[str, Any] | None = None
+    closed: bool = False  # the last line of a run that ended cleanly (a stop, a shutdown)
 
     def manifest_line(self) -> bytes:
-        entry = {
+        entry: dict[str, Any] = {
             "file": self.relpath,
             "start": iso_utc(self.start),
             "end": iso_utc(self.end),
@@ -47,11 +53,21 @@ class PublishedFile:
             "tweets": self.tweets,
             "bytes": self.bytes,
             "sha256": self.sha256,
+            "gaps": self.gaps,
+            "provenance": self.provenance,
         }
+        if self.closed:
+            entry["closed"] = True
         return json.dumps(entry).encode() + b"\n"
 
 
-def append_manifest(manifest: Path, files: list[PublishedFile]) -> None:
+class ManifestLine(Protocol):
+    """Anything the manifest holds a line for: a published file, or a span with none."""
+
+    def manifest_line(self) -> bytes: ...
+
+
+def append_manifest(manifest: Path, files: Sequence[ManifestLine]) -> None:
     """Append one line per file and fsync; a torn last line (crash mid-append) is left alone
     and a new line is started after it, so what was recorded before is never rewritten."""
     fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -73,7 +89,8 @@ def append_manifest(manifest: Path, files: list[PublishedFile]) -> None:
 
 
 def read_manifest(manifest: Path) -> list[dict[str, Any]]:
-    """The manifest's entries; torn or foreign lines are skipped."""
+    """The manifest's file entries (not the `"file": null` ones); torn or foreign lines are
+    skipped."""
     try:
         raw = manifest.read_bytes()
     except FileNotFoundError:
@@ -87,3 +104,23 @@ def read_manifest(manifest: Path) -> list[dict[str, Any]]:
         if isinstance(entry, dict) and isinstance(entry.get("file"), str):
             entries.append(entry)
     return entries
+
+
+def last_entry(manifest: Path, tail: int = 1 << 16) -> dict[str, Any] | None:
+    """The manifest's last whole entry, file or not, read from its end: a manifest grows for
+    years and 1,000 streams open at once."""
+    try:
+        with open(manifest, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail))
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    for line in reversed(raw.splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a torn last line, or the cut-off first one
+        if isinstance(entry, dict) and "end" in entry and "file" in entry:
+            return entry
+    return None

@@ -16,10 +16,11 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sfmd.archive.deflate import Deflate
 from sfmd.archive.disk import _makedirs_durable, _write_all
-from sfmd.archive.manifest import PublishedFile, append_manifest
+from sfmd.archive.manifest import ManifestLine, PublishedFile, append_manifest
 from sfmd.archive.naming import FileName, _next_free, _part_path, _rename_final, _utc
 from sfmd.durable import fsync_dir
 
@@ -141,6 +142,15 @@ class _PartFile:
         return False
 
 
+@dataclass(frozen=True)
+class Described:
+    """What a file's manifest line says besides the file: see `coverage`."""
+
+    gaps: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    closed: bool = False
+
+
 @dataclass
 class _Completion:
     """What `_complete` did: `step` names the step that failed ("complete" or "publish"), if
@@ -154,7 +164,12 @@ class _Completion:
 
 
 def _complete(
-    part: _PartFile, end: float, data_dir: Path, manifest: Path, owed: list[PublishedFile]
+    part: _PartFile,
+    end: float,
+    data_dir: Path,
+    manifest: Path,
+    owed: list[ManifestLine],
+    described: Described,
 ) -> _Completion:
     """Finish and fsync a `.part`, rename it, fsync its folder and append its manifest line
     (after any `owed` ones): publishing, in the order that keeps every step recoverable."""
@@ -180,6 +195,9 @@ def _complete(
         tweets=part.tweets,
         bytes=part.bytes,
         sha256=part.sha256,
+        gaps=described.gaps,
+        provenance=described.provenance,
+        closed=described.closed,
     )
     try:
         append_manifest(manifest, [*owed, done.published])

@@ -37,13 +37,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import enum
 import fcntl
 import functools
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,12 +52,20 @@ from typing import Any, TypeVar
 import structlog
 import structlog.typing
 
+from sfmd.archive import coverage as cov
+from sfmd.archive.coverage import Coverage, CoverageLine
 from sfmd.archive.deflate import Deflate
 from sfmd.archive.disk import _makedirs_durable
 from sfmd.archive.errors import ArchiveError
-from sfmd.archive.manifest import MANIFEST_NAME, PublishedFile, append_manifest
+from sfmd.archive.manifest import (
+    MANIFEST_NAME,
+    ManifestLine,
+    PublishedFile,
+    append_manifest,
+    last_entry,
+)
 from sfmd.archive.naming import interval_start, iso_utc, spread_offset
-from sfmd.archive.partfile import _complete, _PartFile
+from sfmd.archive.partfile import Described, _complete, _PartFile
 from sfmd.archive.recovery import CountItems, _leftovers, _unrecorded, recover_part
 
 #: Archive I/O has threads of its own. At a rotation boundary every stream publishes at once
@@ -216,7 +225,11 @@ class Archive:
         # before this stream's turn in the publish spread; published at that turn.
         self._retiring: _PartFile | None = None
         self._orphans: list[Path] = []  # closed `.part` files left by a failure, to publish later
-        self._unrecorded: list[PublishedFile] = []  # published, manifest line not yet written
+        self._unrecorded: list[ManifestLine] = []  # published, manifest line not yet written
+        self.coverage = Coverage(self.stream_dir / cov.JOURNAL_NAME)
+        # Where the manifest's lines end: the next line starts here (None: no line yet).
+        self._covered: float | None = None
+        self._opened = 0.0  # when this run's open() began
         self._error: ArchiveError | None = None
         self._retry_at = 0.0
         self._closing = False
@@ -239,6 +252,7 @@ class Archive:
             raise
 
     async def _open(self) -> list[PublishedFile]:
+        self._opened = self._clock()
         try:
             self._lock_fd, lock_error = await _io(_lock_directory, self.stream_dir)
             if lock_error is not None:
@@ -250,16 +264,20 @@ class Archive:
             raise self._failure("open", self.stream_dir, exc) from exc
         for path in unknown:
             self._log.warning("unknown_leftover", file=self._rel(path))
-        recovered = [f for part in parts if (f := await self._recover(part)) is not None]
+        last, before = await _io(_previous_run, self.manifest, self.coverage.journal)
+        recovered = [
+            f for part in parts if (f := await self._recover(part, before)) is not None
+        ]
         try:
             missing = await _io(_unrecorded, self.data_dir, self.stream_dir, self.name, self._count)
         except OSError as exc:
             self._log.error("manifest_reconcile_failed", error=str(exc))
             missing = []
-        owed = {f.relpath for f in self._unrecorded}  # already queued for the manifest
-        missing = [f for f in missing if f.relpath not in owed]
+        owed = {f.relpath for f in self._unrecorded if isinstance(f, PublishedFile)}
+        missing = [self._described(f, before) for f in missing if f.relpath not in owed]
         if missing:
             await self._record(missing, "recovered", reason="no manifest line")
+        self._resume(last, before, recovered + missing)
         self._state = _State.OPEN
         self._writer = asyncio.create_task(self._run(), name=f"archive-{self.name}")
         return recovered + missing
@@ -334,6 +352,25 @@ class Archive:
         """The last write failure while messages wait for a retry; None when healthy."""
         return self._error if self._pending else None
 
+    # -- coverage: what the stream's connection reports --------------------------------------
+
+    def streaming(self) -> None:
+        """The stream collects from now on: an open gap ends."""
+        self.coverage.up(self._clock())
+
+    def not_streaming(self, reason: str, error: str | None = None) -> None:
+        """The stream stopped collecting (a failure, a reconnect): a gap begins, from when
+        this run began if the stream has not streamed yet in it."""
+        self.coverage.down(self._clock(), reason, error, since=self._opened)
+
+    def asking(self, what: dict[str, Any]) -> None:
+        """The stream asks for `what` from now on (its provenance)."""
+        self.coverage.asked_for(self._clock(), what)
+
+    def coverage_shown(self) -> dict[str, Any]:
+        """For the stream's status: `Coverage.shown` now."""
+        return self.coverage.shown(self._clock())
+
     # -- the writer task ---------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -396,6 +433,18 @@ class Archive:
                 await self._open_part(self._pending[0].start)
             except ArchiveError as exc:
                 self._failed(exc, loop)
+        quiet_until = self._quiet_until()
+        if quiet_until is not None and self._clock() >= quiet_until:
+            await self._cover_until(interval_start(self._clock(), self._save_interval))
+
+    def _quiet_until(self) -> float | None:
+        """When the interval the manifest ends in is over for this stream, if nothing is
+        waiting to be written: then its time is covered by a `"file": null` line."""
+        if self._part or self._retiring or self._pending or self._covered is None:
+            return None
+        if self._closing:
+            return None
+        return self._publish_due(interval_start(self._covered, self._save_interval))
 
     def _take_batch(self) -> _Segment:
         """Everything queued for the head's interval, as one batch.
@@ -441,6 +490,9 @@ class Archive:
             delays.append(self._pending[0].start + self._save_interval - self._clock())
         if self._part is not None or self._pending or self._retiring is not None:
             delays.append(self._max_sleep)
+        quiet_until = self._quiet_until()
+        if quiet_until is not None:
+            delays.append(quiet_until - self._clock())
         if not delays:
             await self._wake.wait()
             return
@@ -512,12 +564,20 @@ class Archive:
         if await _io(part.abandon):
             self._orphans.append(part.path)
 
-    async def _publish(self, part: _PartFile) -> PublishedFile:
+    async def _publish(self, part: _PartFile, *, closed: bool = False) -> PublishedFile:
         """Complete, rename, fsync and record a file in one trip to the pool: at a boundary
-        every stream publishes within seconds, and each trip costs the loop a wake-up."""
-        end = self._end(part.name.start)
+        every stream publishes within seconds, and each trip costs the loop a wake-up.
+        `closed`: its line is the last of this run."""
+        start = part.name.start
+        end = self._end(start)
+        await self._cover_until(start)
+        described = Described(
+            self.coverage.gaps_within(start, end),
+            self.coverage.provenance_within(start, end),
+            closed,
+        )
         owed = list(self._unrecorded)
-        done = await _io(_complete, part, end, self.data_dir, self.manifest, owed)
+        done = await _io(_complete, part, end, self.data_dir, self.manifest, owed, described)
         if done.step == "complete":
             assert done.error is not None
             await self._abandon(part)
@@ -529,6 +589,8 @@ class Archive:
             raise self._failure("publish", part.path, done.error)
         published = done.published
         assert published is not None
+        self._covered = max(self._covered or end, end)
+        self.coverage.written_until(self._covered)
         if done.fsync_error is not None:  # published all the same; only a power loss undoes it
             self._log.error(
                 "fsync_failed", dir=str(published.path.parent), error=str(done.fsync_error)
@@ -558,11 +620,18 @@ class Archive:
                 self._close_result = await self._publish(self._retiring)
             except ArchiveError as exc:
                 self._close_error = self._close_error or exc
-        if self._part is not None and self._close_error is None:
+        now = self._clock()
+        part = self._part
+        closed = False  # the run's last line, saying it ended cleanly, is written
+        if part is not None and self._close_error is None:
+            closed = now < part.name.start + self._save_interval  # its interval still runs
             try:
-                self._close_result = await self._publish(self._part)
+                self._close_result = await self._publish(part, closed=closed)
             except ArchiveError as exc:
                 self._close_error = exc
+                closed = False
+        if self._close_error is None and not closed:
+            await self._cover_until(now, closed=True)
         if self._orphans:
             await self._recover_orphans()
         if self._unrecorded and self._close_error is None:
@@ -575,7 +644,9 @@ class Archive:
 
     # -- recovery and bookkeeping --------------------------------------------------------------
 
-    async def _recover(self, part: Path) -> PublishedFile | None:
+    async def _recover(self, part: Path, before: Coverage | None = None) -> PublishedFile | None:
+        """Publish a leftover `.part`, described by the coverage of the run that wrote it
+        (`before`, read from its journal; this run's own for a file it abandoned)."""
         try:
             published = await _io(recover_part, part, self.data_dir, self._deflate, self._count)
         except OSError as exc:
@@ -587,8 +658,53 @@ class Archive:
         if published is None:
             self._log.warning("recovered", file=self._rel(part), messages=0, removed=True)
             return None
+        published = self._described(published, before or self.coverage)
         await self._record([published], "recovered", leftover=self._rel(part))
         return published
+
+    def _described(self, published: PublishedFile, source: Coverage) -> PublishedFile:
+        """A file's line with the gaps and provenance `source` knows for its span."""
+        a, b = published.start.timestamp(), published.end.timestamp()
+        return dataclasses.replace(
+            published, gaps=source.gaps_within(a, b), provenance=source.provenance_within(a, b)
+        )
+
+    def _resume(
+        self, last: dict[str, Any] | None, before: Coverage, recovered: list[PublishedFile]
+    ) -> None:
+        """Begin this run's coverage where the manifest ends.
+
+        A stream with no line yet, or whose last line predates coverage, begins now. After a
+        clean stop the gap since then is `stopped`; after a crash it is `daemon_down`, from
+        the dead run's last sign of life (its mark under `.alive`, its last line, the
+        leftovers it wrote). The gap stays open until the stream streams again.
+        """
+        now = self._clock()
+        described = last is not None and "gaps" in last
+        if not described and before.began is None and not recovered:
+            self._covered = self.coverage.began = now
+            self.coverage.written_until(now)
+            return
+        ends = [f.end.timestamp() for f in recovered]
+        if described:
+            assert last is not None
+            ends.append(cov.parse_iso(last["end"]))
+        if described and last is not None and last.get("closed"):
+            reason, since = cov.STOPPED, max(ends)
+        else:
+            alive = cov.last_alive(self.data_dir, before.writer.get("run", ""))
+            known = [*ends, *([alive] if alive else []), *([before.began] if before.began else [])]
+            since = min(max(known), now)
+            reason = cov.DAEMON_DOWN
+            for gap in before.gaps:  # what was open when the run died ended with it
+                if gap.end is None:
+                    gap.end = max(since, gap.start)
+        self._covered = max(ends) if ends else (before.began or since)
+        self.coverage.began = self._covered
+        self.coverage.gaps = [*before.gaps, cov.Gap(since, reason)]
+        self.coverage.asked = before.asked
+        self.coverage.started = True  # a collection resumes: a failing first connect extends it
+        self.coverage.written_until(self._covered)
 
     async def _recover_orphans(self) -> None:
         orphans, self._orphans = self._orphans, []
@@ -597,7 +713,12 @@ class Archive:
 
     async def _record(self, files: list[PublishedFile], event: str, **extra: Any) -> None:
         """Manifest lines (with any still owed from before), then logs and callbacks."""
-        self._unrecorded.extend(files)
+        await self._append_lines(files)
+        self._announce(files, event, **extra)
+
+    async def _append_lines(self, lines: Sequence[ManifestLine]) -> None:
+        """Append `lines` after any still owed; what fails stays owed for the next append."""
+        self._unrecorded.extend(lines)
         if self._unrecorded:
             try:
                 await _io(append_manifest, self.manifest, list(self._unrecorded))
@@ -605,7 +726,22 @@ class Archive:
                 self._manifest_failed(exc)
             else:
                 self._unrecorded.clear()
-        self._announce(files, event, **extra)
+
+    async def _cover_until(self, t: float, *, closed: bool = False) -> None:
+        """A `"file": null` line from where the manifest ends to `t`: time with nothing
+        stored (a quiet interval, a stopped stream, a dead daemon). With `closed`, also when
+        there is no time to cover: the run's last line says it ended cleanly."""
+        covered = self._covered
+        if covered is None or (covered >= t and not closed):
+            return
+        t = max(t, covered)
+        line = CoverageLine(
+            covered, t, self.coverage.gaps_within(covered, t),
+            self.coverage.provenance_within(covered, t), closed,
+        )
+        await self._append_lines([line])
+        self._covered = t
+        self.coverage.written_until(t)
 
     def _manifest_failed(self, exc: OSError) -> None:
         self._log.error(
@@ -689,3 +825,8 @@ class Archive:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _previous_run(manifest: Path, journal: Path | None) -> tuple[dict[str, Any] | None, Coverage]:
+    """The manifest's last line and the coverage the previous run left in its journal."""
+    return last_entry(manifest), Coverage.load(journal) if journal else Coverage()

@@ -71,6 +71,10 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
         name = f"sfmd_stream_{attr}_total"
         _family(lines, name, "counter", doc)
         lines += [f'{name}{{stream="{label}"}} {getattr(s, attr)}' for s, label in streams]
+    _family(lines, "sfmd_stream_gap_seconds_total", "counter",
+            "Seconds the stream was set but not collecting, by reason, since the daemon began")
+    lines += [f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",stream="{label}"}} '
+              f"{seconds:.3f}" for s, label in streams for reason, seconds in s.gap_seconds.items()]
     _family(lines, "sfmd_stream_state", "gauge", "1 for the stream's current state")
     lines += [_state_lines(label, s.state) for s, label in streams]
     _family(lines, "sfmd_stream_limit_undelivered", "gauge",

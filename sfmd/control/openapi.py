@@ -35,6 +35,15 @@ STATUS_SCHEMA: dict[str, Any] = {
         "reconnects": {"type": "integer", "minimum": 0},
         "last_error": {"type": ["string", "null"]},
         "current_file": {"type": ["string", "null"]},
+        "connected_since": {
+            "type": ["string", "null"], "format": "date-time",
+            "description": "when the current streaming began; null while not streaming",
+        },
+        "last_gap": {
+            "type": ["object", "null"],
+            "description": "the latest span the stream was set but not collecting: from, to"
+            " (null while it lasts), reason, error, refilled",
+        },
         "connection": {
             "type": "object",
             "description": "v2 filters: the connection they share with the credential's other"

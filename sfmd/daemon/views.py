@@ -54,6 +54,7 @@ class Views:
                 reconnects=status.reconnects,
                 limit_undelivered=status.limit_undelivered,
                 files_published=runner.archive.published if runner else d.shared.published(spec),
+                gap_seconds=status.gap_seconds,
             )
 
     def connections(self) -> Iterator[ConnectionSample]:

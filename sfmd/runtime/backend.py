@@ -65,7 +65,8 @@ class Ledger:
     def stopped(self, name: str, status: StreamStatus) -> None:
         """Remember a stopped stream's counters."""
         self.last[name] = dataclasses.replace(
-            status, state=State.STOPPED, since=datetime.now(UTC), connection=None
+            status, state=State.STOPPED, since=datetime.now(UTC), connection=None,
+            connected_since=None,
         )
 
     def forget(self, name: str) -> None:

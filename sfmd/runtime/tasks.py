@@ -129,7 +129,7 @@ class StreamRunner:
         return task
 
     def status(self) -> StreamStatus:
-        return self.stream.status_now()
+        return self.stream.status_now().covered(self.archive.coverage_shown())
 
 
 class TaskBackend:

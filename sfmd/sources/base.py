@@ -38,6 +38,15 @@ class Sink(Protocol):
         """Why the sink refuses messages now (a full disk), or None when it takes them."""
         ...
 
+    def streaming(self) -> None:
+        """The connection streams from now on."""
+
+    def not_streaming(self, reason: str, error: str | None = None) -> None:
+        """The connection stopped streaming (`archive.coverage` names the reasons)."""
+
+    def asking(self, what: dict[str, Any]) -> None:
+        """The connection asks for `what` from now on: the request's provenance."""
+
 
 class Connection(Protocol):
     """One stream's own connection, as a back end drives it: started once, retargeted by

@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 
-def manifest(data_dir: Path, name: str) -> list[dict[str, Any]]:
-    """The stream's manifest lines; none before its first publication."""
+def manifest_lines(data_dir: Path, name: str) -> list[dict[str, Any]]:
+    """Every line of the stream's manifest: its published files and the spans with none."""
     path = data_dir / name / "manifest.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def manifest(data_dir: Path, name: str) -> list[dict[str, Any]]:
+    """The manifest's lines for published files, in order; none before the first one."""
+    return [entry for entry in manifest_lines(data_dir, name) if entry["file"] is not None]
 
 
 def read_published(data_dir: Path, entry: dict[str, Any]) -> bytes:

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -61,6 +62,9 @@ class Router:
         self.members: dict[str, Member] = {}
         self.routes: dict[str, tuple[str, ...]] = {}  # rule id → member names
         self.unrouted = 0  # messages no member wanted (an old rule, an errors object)
+        self.ids: dict[str, str] = {}  # rule value → its id at the API, once known
+        self.live = False  # the connection streams now
+        self.asked: dict[str, Any] = {}  # what the connection asks for, members' rules aside
 
     @property
     def current_file(self) -> None:
@@ -69,6 +73,36 @@ class Router:
     @property
     def error(self) -> None:
         return None  # one member's full disk must not stop the others' connection
+
+    # -- coverage: the connection's is every member's ----------------------------------------
+
+    def streaming(self) -> None:
+        self.live = True
+        for member in self.members.values():
+            member.archive.streaming()
+
+    def not_streaming(self, reason: str, error: str | None = None) -> None:
+        self.live = False
+        for member in self.members.values():
+            member.archive.not_streaming(reason, error)
+
+    def asking(self, what: dict[str, Any]) -> None:
+        self.asked = what
+        for name in self.members:
+            self.ask_for(name)
+
+    def ask_for(self, name: str) -> None:
+        """Tell a member's archive what is asked on its behalf: the connection's request and
+        the member's rules, with their ids at the API once known."""
+        member = self.members[name]
+        rules = [{"value": v, "id": self.ids.get(v)} for v in member.spec.rules]
+        member.archive.asking({**self.asked, "rules": rules})
+
+    def joined(self, name: str) -> None:
+        """A member joins the open connection: collecting from now if it streams."""
+        if self.live:
+            self.members[name].archive.streaming()
+        self.ask_for(name)
 
     def names_for(self, message: bytes) -> set[str]:
         try:
@@ -202,6 +236,7 @@ class FilterGroup:
                 failed[name] = e
                 continue
             self.router.members[name] = Member(spec, archive)
+            self.router.joined(name)
         if check_rules or self.problem is not None or self.wanted_rules() != self._synced:
             await self.sync_rules()
         return failed
@@ -229,6 +264,11 @@ class FilterGroup:
         self.router.routes = {
             rule.id: tuple(wanted[rule.value]) for rule in self.held if rule.value in wanted
         }
+        ids = {rule.value: rule.id for rule in self.held}
+        if ids != self.router.ids:  # the members' provenance names their rules' ids
+            self.router.ids = ids
+            for name in self.router.members:
+                self.router.ask_for(name)
         if self.problem is not None:
             self.log.info("rules_in_sync")
         self.problem = None
@@ -297,7 +337,7 @@ class FilterGroup:
             last_error=member.error or self.problem or conn.last_error,
             current_file=str(current) if current is not None else None,
             connection=self.connection_status(),
-        )
+        ).covered(member.archive.coverage_shown())
 
     def connection_status(self) -> ConnectionStatus:
         conn = self.stream.status

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from sfmd.archive import ArchiveError
+from sfmd.archive import ArchiveError, coverage
 from sfmd.config import TimingConfig
 from sfmd.credentials import Credential
 from sfmd.logs import get_logger
@@ -191,6 +191,7 @@ class Stream:
         The old connection ends as in `stop` (what was read is handed over first), so a
         filter change costs one reconnect and no file: the archive never notices.
         """
+        self.sink.not_streaming(coverage.RECONNECT, "the filter changed")
         await self.stop(grace)
         self.target = target
         self.start()
@@ -241,6 +242,9 @@ class Stream:
             "disconnected", reason=ended.reason, failure=ended.kind.value, wait=round(wait, 3)
         )
         self._set_state(State.BACKOFF, reason=ended.reason, error=ended.reason)
+        limited = ended.kind is Failure.RATE_LIMIT
+        self.sink.not_streaming(coverage.RATE_LIMITED if limited else coverage.BACKOFF,
+                                ended.reason)
         self.log.info("backoff", wait=round(wait, 3), failure=ended.kind.value)
         await asyncio.sleep(wait)
 
@@ -268,7 +272,14 @@ class Stream:
             sock_connect=self.timing.connect_timeout,
             sock_read=self.timing.stall_timeout,
         )
-        self.log.info("connecting", endpoint=self.target.endpoint, url=url.split("?")[0])
+        endpoint = url.split("?")[0]
+        self.log.info("connecting", endpoint=self.target.endpoint, url=endpoint)
+        self.sink.asking({
+            "source": "twitter",
+            "endpoint": endpoint,
+            "credential": self.target.credential.name,
+            "params": dict(self.target.params),
+        })
         async with self.session.request(
             method, url, data=body, headers=headers, timeout=timeout, read_bufsize=READ_BUFSIZE
         ) as resp:
@@ -276,6 +287,7 @@ class Stream:
                 raise await self._http_error(resp)
             self.log.info("connected", status=resp.status)
             self._set_state(State.STREAMING, reason="HTTP 200")
+            self.sink.streaming()
             self._response = resp
             try:
                 await self._read(resp)

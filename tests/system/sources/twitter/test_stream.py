@@ -343,6 +343,15 @@ class _ListSink:
     async def write(self, messages: list[bytes], tweets: int) -> None:
         self.messages.extend(messages)
 
+    def streaming(self) -> None:
+        pass
+
+    def not_streaming(self, reason: str, error: str | None = None) -> None:
+        pass
+
+    def asking(self, what: dict[str, Any]) -> None:
+        pass
+
 
 async def test_a_stopped_connection_leaves_nothing_alive(
     fake_api: FakeAPI, credentials: dict[str, Credential]

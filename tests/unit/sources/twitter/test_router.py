@@ -18,11 +18,22 @@ class Archive:
         self.tweets = 0
         self.full = False
 
+        self.events: list[tuple[str, Any]] = []
+
     async def write(self, messages: list[bytes], tweets: int) -> None:
         if self.full:
             raise ArchiveError("disk full")
         self.lines += messages
         self.tweets += tweets
+
+    def streaming(self) -> None:
+        self.events.append(("streaming", None))
+
+    def not_streaming(self, reason: str, error: str | None = None) -> None:
+        self.events.append(("not_streaming", reason))
+
+    def asking(self, what: dict[str, Any]) -> None:
+        self.events.append(("asking", what))
 
 
 def router_with(*names: str) -> tuple[Router, dict[str, Any]]:
@@ -72,3 +83,28 @@ async def test_one_member_s_full_disk_does_not_stop_the_others() -> None:
     archives["a"].full = False
     await router.write([message({"id": "10"})], 1)
     assert router.members["a"].error is None and len(archives["a"].lines) == 1
+
+
+def test_the_connection_s_coverage_is_every_member_s() -> None:
+    router, archives = router_with("a", "b")
+    router.ids = {"a": "10"}
+    router.asking({"source": "twitter", "endpoint": "http://h/2/tweets/search/stream"})
+    router.streaming()
+    router.not_streaming("backoff", "HTTP 503")
+    assert archives["a"].events == [
+        ("asking", {"source": "twitter", "endpoint": "http://h/2/tweets/search/stream",
+                    "rules": [{"value": "a", "id": "10"}]}),
+        ("streaming", None),
+        ("not_streaming", "backoff"),
+    ]
+    assert archives["b"].events[0][1]["rules"] == [{"value": "b", "id": None}]
+
+
+def test_a_member_that_joins_a_live_connection_collects_at_once() -> None:
+    router, _ = router_with("a")
+    router.streaming()
+    late, _ = router_with("c")
+    router.members["c"] = late.members["c"]
+    router.joined("c")
+    events = late.members["c"].archive.events  # type: ignore[attr-defined]
+    assert [kind for kind, _ in events] == ["streaming", "asking"]
