@@ -50,9 +50,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from benchlib import cpu_seconds, cpu_times, dated_section, pinned, publish  # noqa: E402
 
-from sfmd import oauth  # noqa: E402
 from sfmd.credentials import load_credentials  # noqa: E402
 from sfmd.registry import Registry, validate_stream  # noqa: E402
+from sfmd.sources.twitter import oauth  # noqa: E402
 
 STREAM = "bench"
 CREDENTIAL = "bench"
