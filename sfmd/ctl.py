@@ -22,15 +22,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 from sfmd.errors import SfmdError
 from sfmd.status import IDLE, TROUBLED
 
+if TYPE_CHECKING:
+    from sfmd.archive.timeline import Report
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_SOCKET = "/run/sfm/sfmd.sock"
 SOCKET_ENV = "SFMCTL_SOCKET"
+DEFAULT_CONFIG = "/etc/sfm/sfmd.toml"
+CONFIG_ENV = "SFMD_CONFIG"
 DEFAULT_TIMEOUT = 30.0
 
 #: Settings whose values are lists; an option given only as '' clears its list.
@@ -444,6 +450,81 @@ def cmd_modify(args: argparse.Namespace, client: Client) -> int:
     return _report(args, client.call("PATCH", stream_path(args.name), body), "modified")
 
 
+def cmd_coverage(args: argparse.Namespace, client: Client) -> int:
+    """Read from the files, not the socket: a report on downtime must work during it."""
+    from sfmd.archive.timeline import report  # only here: keeps start-up light
+
+    stream_dir = data_dir(args) / args.name
+    if not (stream_dir / "manifest.jsonl").exists():
+        raise CtlError(f"stream {args.name!r} has no manifest under {stream_dir.parent}")
+    result = report(stream_dir, args.since, args.until)
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(render_coverage(result))
+    return EXIT_OK
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """--data-dir, else data_dir from --config, $SFMD_CONFIG or the usual config file."""
+    if args.data_dir:
+        return Path(args.data_dir)
+    from sfmd.config import ConfigError, load_config
+
+    path = args.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        return load_config(path).daemon.data_dir
+    except ConfigError as e:
+        raise UsageError(f"{e} (or give --data-dir)") from None
+
+
+def render_coverage(result: Report) -> str:
+    """`sfmctl coverage`'s table: the connected share, every gap, the files per day."""
+    percent = result.percent
+    lines = [
+        f"stream {result.stream}: {_utc_text(result.since)} to {_utc_text(result.until)}",
+        f"connected {'-' if percent is None else f'{percent:.2f} %'} of the "
+        f"{duration(result.recorded)} recorded "
+        f"({duration(result.until - result.since - result.recorded)} not recorded)",
+    ]
+    if result.without_coverage:
+        lines.append(f"{result.without_coverage} older lines hold no coverage: their gaps are "
+                     "unknown")
+    lines.append("")
+    if result.gaps:
+        lines += table([
+            ["FROM", "TO", "LASTED", "REASON", "REFILLED", "ERROR"],
+            *([g["from"], g["to"], duration(g["seconds"]), g["reason"],
+               g.get("refilled", "none"), g.get("error") or ""] for g in result.gaps),
+        ])
+    else:
+        lines.append("no gaps")
+    lines.append("")
+    lines += table([
+        ["DAY", "FILES", "MESSAGES", "TWEETS", "GAPS"],
+        *([d.day, str(d.files), str(d.messages), str(d.tweets), duration(d.gap_seconds)]
+          for d in result.days),
+    ])
+    return "\n".join(lines)
+
+
+def _utc_text(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def moment(text: str) -> float:
+    """An ISO 8601 date or date and time, as epoch seconds; UTC unless it names a zone."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 moment, e.g. 2026-12-04 or 2026-12-04T12:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
 def cmd_start(args: argparse.Namespace, client: Client) -> int:
     return _report(args, client.call("POST", stream_path(args.name, "start")), "started")
 
@@ -556,6 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
              "a list option replaces the whole list, and '' empties it")
     p.add_argument("name", metavar="NAME")
     _settings_options(p, filter_fields=True, creating=False)
+
+    p = verb("coverage", cmd_coverage, "a stream's connected time, gaps and files per day, "
+             "read from its manifest (works while sfmd is down)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--since", type=moment, metavar="ISO", help="from this moment (UTC if no "
+                   "zone is given; default: the manifest's first line)")
+    p.add_argument("--until", type=moment, metavar="ISO", help="up to this moment (default: "
+                   "the manifest's last line)")
+    p.add_argument("--data-dir", metavar="DIR", help="sfmd's data_dir (default: the one in "
+                   f"--config, ${CONFIG_ENV} or {DEFAULT_CONFIG})")
 
     for name, func, text in (
         ("start", cmd_start, "make a stream active"),
