@@ -29,6 +29,12 @@ STOP_BUDGET = 10.0
 MAX_SOCKET_PATH = 107
 
 
+#: Where commands that read sfmd's files look for its config when not told: $SFMD_CONFIG,
+#: else the packaged units' path.
+CONFIG_ENV = "SFMD_CONFIG"
+DEFAULT_CONFIG = "/etc/sfm/sfmd.toml"
+
+
 class ConfigError(SfmdError):
     """The config file is missing, unreadable or holds a bad key; the message names the key."""
 

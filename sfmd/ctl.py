@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
+from sfmd.config import CONFIG_ENV, DEFAULT_CONFIG
 from sfmd.errors import SfmdError
 from sfmd.status import IDLE, TROUBLED
 
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_SOCKET = "/run/sfm/sfmd.sock"
 SOCKET_ENV = "SFMCTL_SOCKET"
-DEFAULT_CONFIG = "/etc/sfm/sfmd.toml"
-CONFIG_ENV = "SFMD_CONFIG"
 DEFAULT_TIMEOUT = 30.0
 
 #: Settings whose values are lists; an option given only as '' clears its list.
