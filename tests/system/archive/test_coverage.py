@@ -34,6 +34,13 @@ def gaps(data: Path) -> list[tuple[float, float, str, dict[str, Any]]]:
     ]
 
 
+def the_gap(data: Path) -> tuple[float, float, str, dict[str, Any]]:
+    """The one gap the test caused, and nothing else."""
+    found = gaps(data)
+    assert len(found) == 1, found
+    return found[0]
+
+
 async def streaming(api: FakeAPI, connections: int) -> None:
     """Until the fake API has sent messages on the `connections`-th stream connection."""
     await wait_until(
@@ -76,15 +83,12 @@ async def test_stop_and_start_leave_a_stopped_gap(tmp_path: Path, fake_api: Fake
         async with Api(tmp_path / "sfmd.sock") as api:
             await api.ok("POST", "/streams/f1/stop")
             stopped = stream_connections(fake_api)[0].closed
-            await asyncio.sleep(0.1)  # nothing to wait for: the stream is off for a moment
             await api.ok("POST", "/streams/f1/start")
         await streaming(fake_api, 2)
         await stop(proc)
     finally:
         proc.kill()
-    found = gaps(tmp_path / "data")
-    assert len(found) == 1, found
-    [(start, end, reason, _)] = found
+    start, end, reason, _ = the_gap(tmp_path / "data")
     assert reason == "stopped"
     assert stopped is not None and abs(start - wall(stopped)) < SLACK
     resumed = stream_connections(fake_api)[1].first_byte
@@ -98,12 +102,16 @@ async def test_a_refused_connection_is_a_backoff_gap_with_the_error(
     proc = await daemon_with_filter(tmp_path, fake_api)
     try:
         await streaming(fake_api, 2)
+        async with Api(tmp_path / "sfmd.sock") as api:
+            shown = (await api.ok("GET", "/streams/f1"))["status"]
+            _, page = await api.call("GET", "/metrics")
+        assert shown["connected_since"] is not None
+        assert shown["last_gap"]["reason"] == "backoff" and shown["last_gap"]["to"] is not None
+        assert 'sfmd_stream_gap_seconds_total{reason="backoff",stream="f1"}' in page
         await stop(proc)
     finally:
         proc.kill()
-    found = gaps(tmp_path / "data")
-    assert len(found) == 1, found
-    [(start, end, reason, gap)] = found
+    start, end, reason, gap = the_gap(tmp_path / "data")
     refused, resumed = stream_connections(fake_api)[:2]
     assert reason == "backoff" and "503" in gap["error"] and gap["refilled"] == "none"
     assert abs(start - wall(refused.opened)) < SLACK  # a first connection: from the start
@@ -118,9 +126,7 @@ async def test_a_rate_limit_wait_is_a_rate_limited_gap(tmp_path: Path, fake_api:
         await stop(proc)
     finally:
         proc.kill()
-    found = gaps(tmp_path / "data")
-    assert len(found) == 1, found
-    [(start, end, reason, gap)] = found
+    start, end, reason, gap = the_gap(tmp_path / "data")
     refused, resumed = stream_connections(fake_api)[:2]
     assert refused.status == 420 and reason == "rate_limited" and "420" in gap["error"]
     assert abs(start - wall(refused.opened)) < SLACK
@@ -132,12 +138,13 @@ async def test_a_killed_daemon_leaves_a_daemon_down_gap(tmp_path: Path, fake_api
     proc = await daemon_with_filter(tmp_path, fake_api)
     try:
         await streaming(fake_api, 1)
-        await asyncio.sleep(0.5)  # the stream has been streaming a while when the kill lands
+        await wait_until(lambda: any(p.stat().st_size for p in (tmp_path / "data").rglob(
+            "*.part")), what="messages on disk before the kill")
         killed = time.time()
         proc.kill()
     finally:
         proc.kill()
-    await asyncio.sleep(2)  # downtime long enough to tell apart from the slack
+    await asyncio.sleep(2)  # a downtime, not a wait: long enough to tell apart from the slack
     config = tmp_path / "sfmd.toml"
     proc = await start_daemon(tmp_path, config)
     try:
@@ -145,9 +152,8 @@ async def test_a_killed_daemon_leaves_a_daemon_down_gap(tmp_path: Path, fake_api
         await stop(proc)
     finally:
         proc.kill()
-    found = gaps(tmp_path / "data")
-    assert [g[2] for g in found] == ["daemon_down"], found
-    [(start, end, _, _)] = found
+    start, end, reason, _ = the_gap(tmp_path / "data")
+    assert reason == "daemon_down"
     assert abs(start - killed) < SLACK
     resumed = stream_connections(fake_api)[1].first_byte
     assert resumed is not None and abs(end - wall(resumed)) < SLACK

@@ -55,3 +55,13 @@ def test_shared_v2_connections_have_metrics_of_their_own() -> None:
     assert 'sfmd_v2_connection_messages_total{connection="v2-filter@alpha"} 9' in page
     assert 'sfmd_v2_connection_unrouted_total{connection="v2-filter@alpha"} 2' in page
     assert 'sfmd_v2_connection_rules{connection="v2-filter@alpha"} 3' in page
+
+
+def test_gap_seconds_are_a_counter_by_reason() -> None:
+    gappy = sample(5)._replace(gap_seconds={"backoff": 12.5, "daemon_down": 3.0})
+    page = Metrics(lambda: [gappy, sample(1)], time.monotonic()).render().decode()
+    families = {f.name: f for f in text_string_to_metric_families(page)}
+    gaps = families["sfmd_stream_gap_seconds"]
+    assert gaps.type == "counter"
+    assert {(s.labels["reason"], s.value) for s in gaps.samples} == {
+        ("backoff", 12.5), ("daemon_down", 3.0)}
