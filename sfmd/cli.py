@@ -122,7 +122,7 @@ def load_all(config_path: Path) -> tuple[Config, dict[str, Credential], Registry
 
 def find_stream(
     registry: Registry, credentials: dict[str, Credential], name: str
-) -> tuple[StreamSpec, Credential]:
+) -> tuple[StreamSpec, Credential | None]:
     try:
         spec = registry.get(name)
     except KeyError:
@@ -139,7 +139,7 @@ def find_stream(
     problem = source_of(spec).credential_problem(spec, credentials)
     if problem:
         raise StartupError(problem)
-    return spec, credentials[spec.credential]
+    return spec, credentials.get(spec.credential)
 
 
 # -- sfmd run ----------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 async def run_stream(
-    config: Config, spec: StreamSpec, credential: Credential, log_files: LogFiles
+    config: Config, spec: StreamSpec, credential: Credential | None, log_files: LogFiles
 ) -> int:
     """One stream until SIGTERM/SIGINT; then publish the open file and exit 0."""
     log = get_logger(stream=spec.name)

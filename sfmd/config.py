@@ -89,6 +89,14 @@ class TimingConfig:
 
 
 @dataclass(frozen=True)
+class BlueskyConfig:
+    jetstream_url: str
+    compress: bool
+    rewind: float
+    idle_timeout: float
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     server_url: str
     conf_dir: Path
@@ -103,6 +111,7 @@ class Config:
     twitter: TwitterConfig
     timing: TimingConfig
     supervisor: SupervisorConfig
+    bluesky: BlueskyConfig
 
 
 SECTIONS: dict[str, type] = {
@@ -110,6 +119,7 @@ SECTIONS: dict[str, type] = {
     "twitter": TwitterConfig,
     "timing": TimingConfig,
     "supervisor": SupervisorConfig,
+    "bluesky": BlueskyConfig,
 }
 
 
@@ -182,6 +192,23 @@ def _url(value: Any, base: Path) -> str:
     if parts.query or parts.fragment:
         raise _Bad(f"{rule}, without ?query or #fragment")
     return value.rstrip("/")
+
+
+def _websocket_url(value: Any, base: Path) -> str:
+    """A ws(s) URL such as a Jetstream instance's /subscribe."""
+    rule = 'must be a ws:// or wss:// URL like "wss://jetstream2.us-east.bsky.network/subscribe"'
+    if not isinstance(value, str):
+        raise _Bad(rule)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _Bad(rule) from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise _Bad(rule)
+    if parts.query or parts.fragment:
+        raise _Bad(f"{rule}, without ?query or #fragment")
+    return value
 
 
 def _supervisor_url(value: Any, base: Path) -> str:
@@ -379,6 +406,14 @@ KEYS: tuple[Key, ...] = (
     Key("supervisor", "user", "sfm",
         _text(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", "a user name of 1-32 of A-Z a-z 0-9 _ . -"),
         "the Unix user isolated streams run as"),
+    Key("bluesky", "jetstream_url", "wss://jetstream2.us-east.bsky.network/subscribe",
+        _websocket_url, "the Jetstream instance's v1 /subscribe (a stream may name another)"),
+    Key("bluesky", "compress", True, _flag,
+        "ask for zstd frames (about 56 % smaller on the wire); sfmd ships the dictionary"),
+    Key("bluesky", "rewind", 10, _seconds,
+        "seconds the cursor goes back on every reconnect; events already stored are dropped"),
+    Key("bluesky", "idle_timeout", 60, _seconds,
+        "seconds with no frame at all (pings included) after which the socket counts as dead"),
 )
 # fmt: on
 

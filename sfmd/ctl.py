@@ -39,7 +39,9 @@ SOCKET_ENV = "SFMCTL_SOCKET"
 DEFAULT_TIMEOUT = 30.0
 
 #: Settings whose values are lists; an option given only as '' clears its list.
-LIST_FIELDS = ("track", "follow", "locations", "people", "language")
+LIST_FIELDS = ("track", "follow", "locations", "people", "language", "collections", "dids")
+#: The option of each list setting, where their names differ.
+LIST_OPTIONS = {"collections": "collection", "dids": "did"}
 
 
 
@@ -216,13 +218,13 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the options name; a list option given only as '' becomes []."""
     body: dict[str, Any] = {}
     for field in LIST_FIELDS:
-        given = getattr(args, field, None)
+        given = getattr(args, LIST_OPTIONS.get(field, field), None)
         if given is not None:
             body[field] = [item for values in given for item in values]
     rules = getattr(args, "rule", None)
     if rules is not None:
         body["rules"] = [{"value": value} for value in rules if value != ""]
-    for field in ("credential", "isolation", "api"):
+    for field in ("credential", "isolation", "api", "source", "endpoint"):
         value = getattr(args, field, None)
         if value is not None:
             body[field] = value
@@ -336,16 +338,30 @@ def render_show(stream: dict[str, Any], now: datetime | None = None) -> str:
         f"{p} (not found)" if p in unresolved else f"{p} (id {ids[p]})" if p in ids else p
         for p in stream.get("people", [])
     ]
-    pairs = [
+    source = stream.get("source", "twitter")
+    settings = [
         ("name", stream["name"]),
+        ("source", source),
         ("kind", stream["kind"]),
-        ("track", _items(stream.get("track", []))),
-        ("follow", _items(stream.get("follow", []))),
-        ("locations", _items([",".join(f"{c:g}" for c in box) for box in stream.get(
-            "locations", [])]).replace(", ", "  ")),
-        ("people", _items(people)),
-        ("language", _items(stream.get("language", []))),
-        ("credential", stream.get("credential") or "-"),
+    ]
+    if source == "bluesky":
+        settings += [
+            ("collections", _items(stream.get("collections", [])) or "(all)"),
+            ("dids", _items(stream.get("dids", [])) or "(all)"),
+            ("endpoint", stream.get("endpoint") or "(the configured jetstream_url)"),
+        ]
+    else:
+        settings += [
+            ("track", _items(stream.get("track", []))),
+            ("follow", _items(stream.get("follow", []))),
+            ("locations", _items([",".join(f"{c:g}" for c in box) for box in stream.get(
+                "locations", [])]).replace(", ", "  ")),
+            ("people", _items(people)),
+            ("language", _items(stream.get("language", []))),
+            ("credential", stream.get("credential") or "-"),
+        ]
+    pairs = [
+        *settings,
         ("active", "yes" if stream.get("active") else "no"),
         ("isolation", stream.get("isolation", "-")),
         ("state", st["state"]),
@@ -433,7 +449,8 @@ def _report(args: argparse.Namespace, answer: dict[str, Any], done: str) -> int:
 
 
 def cmd_add(args: argparse.Namespace, client: Client) -> int:
-    body = {"name": args.name, "kind": "filter", **settings_from(args)}
+    kind = "jetstream" if getattr(args, "source", None) == "bluesky" else "filter"
+    body = {"name": args.name, "kind": kind, **settings_from(args)}
     return _report(args, client.call("POST", "/streams", body), "added")
 
 
@@ -585,6 +602,15 @@ def _settings_options(
         p.add_argument("--rule", action="append", metavar="RULE", help=(
             "a v2 filter rule, e.g. 'cats has:images' (repeat for several; not split on"
             " commas)"))
+        p.add_argument("--collection", action="append", type=words, metavar="NSIDS", help=(
+            "Bluesky: record collections, e.g. app.bsky.feed.post or app.bsky.*"))
+        p.add_argument("--did", action="append", type=words, metavar="DIDS",
+                       help="Bluesky: only these accounts' events, comma-separated")
+        p.add_argument("--endpoint", metavar="URL", help=(
+            "Bluesky: another Jetstream instance's ws(s)://.../subscribe"))
+    if creating and filter_fields:
+        p.add_argument("--source", choices=("twitter", "bluesky"), help=(
+            "the network (default twitter); bluesky makes a Jetstream stream"))
     if creating:
         p.add_argument("--api", choices=("v1.1", "v2"), help="Twitter's API (default v1.1)")
     p.add_argument("--credential", metavar="C", help="the credential to connect with" + (

@@ -45,6 +45,7 @@ DAEMON_DOWN = "daemon_down"
 BACKOFF = "backoff"
 RATE_LIMITED = "rate_limited"
 RECONNECT = "reconnect"
+EVENT_REFUSED = "event_refused"  # an instant: one event not stored (too large, not JSON)
 
 HOST = socket.gethostname()
 #: This process among every run that ever wrote to a data folder: its sign of life's name.
@@ -74,7 +75,8 @@ class Gap:
     def clipped(self, a: float, b: float) -> dict[str, Any] | None:
         """The part of this gap within [a, b], as a manifest entry, or None."""
         start, end = max(self.start, a), min(self.end if self.end is not None else b, b)
-        if end <= start:
+        instant = self.end == self.start and a <= self.start <= b
+        if end <= start and not instant:
             return None
         entry: dict[str, Any] = {"from": _iso(start), "to": _iso(end), "reason": self.reason}
         if self.error:
@@ -139,6 +141,18 @@ class Coverage:
                              reason, error=error))
         self._save()
 
+    def refill(self, refilled: str) -> None:
+        """The source fetched again what the latest gap missed: "all", "some" or "none"."""
+        closed = [g for g in self.gaps if g.end is not None and g.end > g.start]
+        if closed:
+            closed[-1].refilled = refilled
+            self._save()
+
+    def instant(self, t: float, reason: str, error: str) -> None:
+        """Something not stored at one moment (an event refused): a gap of no length."""
+        self.gaps.append(Gap(t, reason, end=t, error=error))
+        self._save()
+
     def asked_for(self, t: float, what: dict[str, Any]) -> None:
         """The stream asks for `what` from `t` on (a connection, a changed filter)."""
         if self.asked and self.asked[-1].what == what:
@@ -148,7 +162,7 @@ class Coverage:
 
     @property
     def open_gap(self) -> Gap | None:
-        return self.gaps[-1] if self.gaps and self.gaps[-1].end is None else None
+        return next((g for g in reversed(self.gaps) if g.end is None), None)
 
     @property
     def last_gap(self) -> Gap | None:

@@ -367,6 +367,14 @@ class Archive:
         """The stream asks for `what` from now on (its provenance)."""
         self.coverage.asked_for(self._clock(), what)
 
+    def refilled(self, value: str) -> None:
+        """What the source fetched again of the latest gap: "all", "some" or "none"."""
+        self.coverage.refill(value)
+
+    def refused(self, why: str) -> None:
+        """One message was not stored (too large, not what the source sends): on record."""
+        self.coverage.instant(self._clock(), cov.EVENT_REFUSED, why)
+
     def coverage_shown(self) -> dict[str, Any]:
         """For the stream's status: `Coverage.shown` now."""
         return self.coverage.shown(self._clock())

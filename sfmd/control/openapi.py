@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from sfmd import __version__
-from sfmd.registry import json_schema
+from sfmd.registry import FIELDS, json_schema
+from sfmd.registry.fields import SOURCES, fields_of
 from sfmd.status import STATES, STATUS_KEYS
 
 ERROR_CODES = {
@@ -73,10 +74,20 @@ def stream_schema() -> dict[str, Any]:
         },
         "status": {"$ref": "#/components/schemas/Status"},
     }
+    derived = {"twitter": ["people_ids", "people_unresolved"]}  # what sfmd adds
+    every = set.intersection(*(set(fields_of(source)) for source in SOURCES))
     return {
         "type": "object",
         "properties": properties,
-        "required": [*settings["properties"], "people_ids", "people_unresolved", "status"],
+        "required": [*(f for f in FIELDS if f in every), "status"],
+        # Each network's streams show their own settings: a Bluesky stream has no track.
+        "allOf": [
+            {
+                "if": {"properties": {"source": {"const": source}}},
+                "then": {"required": [*fields_of(source), *derived.get(source, [])]},
+            }
+            for source in SOURCES
+        ],
     }
 
 

@@ -67,7 +67,7 @@ class Admission:
 
     async def ask_network(self, spec: StreamSpec, old: StreamSpec | None) -> StreamSpec:
         """The source's network checks; the spec with what they looked up filled in."""
-        credential = self.credentials()[spec.credential]
+        credential = self.credentials().get(spec.credential)
         return await source_of(spec).admit(
             spec, old, credential, self.context(), self.in_use(spec)
         )

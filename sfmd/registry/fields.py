@@ -24,6 +24,11 @@ MAX_LANGUAGE = 100
 MAX_RULES = 1000  # v2: rules per app at the highest access level; the API enforces its own cap
 MAX_RULE_CHARS = 1024  # v2: 512 at the basic access level, 1,024 at the higher ones
 APIS = ("v1.1", "v2")
+SOURCES = ("twitter", "bluesky")
+#: Each network's kinds of stream.
+KINDS = {"twitter": ("filter", "sample"), "bluesky": ("jetstream",)}
+MAX_COLLECTIONS = 100  # Jetstream's own limits
+MAX_DIDS = 10_000
 
 #: The fields a filter needs at least one of, and a sample may not have.
 FILTER_FIELDS = ("track", "follow", "locations", "people")
@@ -305,6 +310,7 @@ class Field:
     rule: Rule
     doc: str
     default: Any = _REQUIRED
+    sources: tuple[str, ...] = SOURCES  # the networks whose streams have this setting
 
     @property
     def required(self) -> bool:
@@ -332,9 +338,9 @@ FIELDS: dict[str, Field] = {
         ),
         Field(
             "kind",
-            Choice(("filter", "sample")),
-            "statuses/filter.json or statuses/sample.json (with api v2: the filtered stream"
-            " with rules, or the sample stream). Fixed once created.",
+            Choice(tuple(kind for kinds in KINDS.values() for kind in kinds)),
+            "Twitter: filter (statuses/filter.json; with api v2 the filtered stream with rules)"
+            " or sample. Bluesky: jetstream. Fixed once created.",
         ),
         Field(
             "track",
@@ -352,6 +358,7 @@ FIELDS: dict[str, Field] = {
             ),
             "Phrases to match: a space inside a phrase means AND, the phrases are ORed.",
             (),
+            sources=("twitter",),
         ),
         Field(
             "follow",
@@ -369,12 +376,14 @@ FIELDS: dict[str, Field] = {
             ),
             "Numeric user ids, as strings, whose tweets to collect.",
             (),
+            sources=("twitter",),
         ),
         Field(
             "locations",
             ListOf(Box(), "box", "boxes", MAX_LOCATIONS),
             "Bounding boxes [west, south, east, north], in degrees, longitude first.",
             (),
+            sources=("twitter",),
         ),
         Field(
             "people",
@@ -390,6 +399,7 @@ FIELDS: dict[str, Field] = {
             ),
             "Screen names, turned into follow ids through users/lookup when set or changed.",
             (),
+            sources=("twitter",),
         ),
         Field(
             "language",
@@ -406,6 +416,7 @@ FIELDS: dict[str, Field] = {
             ),
             "Only tweets detected as in one of these languages (optional).",
             (),
+            sources=("twitter",),
         ),
         Field(
             "credential",
@@ -416,6 +427,7 @@ FIELDS: dict[str, Field] = {
             ),
             "The credential to connect with; defaults to [twitter] default_credential.",
             None,  # filled from default_credential by validate_stream
+            sources=("twitter",),
         ),
         Field("active", Flag(), "Whether the stream should be running.", True),
         Field(
@@ -430,15 +442,74 @@ FIELDS: dict[str, Field] = {
             "Twitter's API version. v2 filters on one credential share one connection, each"
             " message going to the streams whose rules it matched. Fixed once created.",
             "v1.1",
+            sources=("twitter",),
         ),
         Field(
             "rules",
             ListOf(RuleValue(), "rule", "rules", MAX_RULES),
             "v2 filters only: the rules to collect, each tagged by sfmd with the stream's name.",
             (),
+            sources=("twitter",),
+        ),
+        Field(
+            "source",
+            Choice(SOURCES),
+            "The network: twitter or bluesky (Jetstream). Fixed once created.",
+            "twitter",
+        ),
+        Field(
+            "collections",
+            ListOf(
+                Text(
+                    r"^[a-zA-Z][a-zA-Z0-9-]*(\.[a-zA-Z0-9-]+)+(\.[a-zA-Z][a-zA-Z0-9]*|\.\*)$",
+                    317,
+                    "an NSID such as app.bsky.feed.post, or a prefix such as app.bsky.*",
+                ),
+                "collection",
+                "collections",
+                MAX_COLLECTIONS,
+            ),
+            "Bluesky: the record collections to collect (empty: all). Identity and account"
+            " events come whatever the collections.",
+            (),
+            sources=("bluesky",),
+        ),
+        Field(
+            "dids",
+            ListOf(
+                Text(
+                    r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$",
+                    2048,
+                    "a DID such as did:plc:ewvi7nxzyoun6zhxrhs64oiz",
+                ),
+                "DID",
+                "DIDs",
+                MAX_DIDS,
+            ),
+            "Bluesky: only the events of these accounts (empty: every account).",
+            (),
+            sources=("bluesky",),
+        ),
+        Field(
+            "endpoint",
+            Text(
+                r"^$|^wss?://[^\s/?#]+(/[^\s?#]*)?$",
+                300,
+                "empty (the configured jetstream_url) or a ws:// or wss:// URL of a Jetstream"
+                " instance's /subscribe",
+                min_len=0,
+            ),
+            "Bluesky: another Jetstream instance than [bluesky] jetstream_url (optional).",
+            "",
+            sources=("bluesky",),
         ),
     )
 }
+
+
+def fields_of(source: str) -> list[str]:
+    """The settings a stream of `source` has, in the table's order."""
+    return [f.name for f in FIELDS.values() if source in f.sources]
 
 V1_ONLY = (*FILTER_FIELDS, "language")
 
@@ -450,6 +521,8 @@ CROSS_RULES = (
     f"follow ids plus people must not exceed {MAX_FOLLOW} (each person becomes one follow id).",
     "At most one active v1.1 stream per credential, and one active v2 sample; any number of"
     " v2 filters.",
+    "A Bluesky stream (source bluesky) is of kind jetstream and has none of Twitter's settings"
+    " (no credential); a Twitter stream has none of Bluesky's.",
 )
 
 
@@ -472,9 +545,22 @@ def json_schema(*, for_patch: bool = False) -> dict[str, Any]:
     if for_patch:
         return schema
     schema["required"] = [f.name for f in FIELDS.values() if f.required]
+    source_rules = [
+        {
+            "if": {"properties": {"source": {"const": source}}, **(
+                {"required": ["source"]} if source != "twitter" else {})},
+            "then": {
+                "properties": {"kind": {"enum": list(KINDS[source])}},
+                "not": {"anyOf": [{"required": [f.name]} for f in FIELDS.values()
+                                  if source not in f.sources]},
+            },
+        }
+        for source in SOURCES
+    ]
     v2 = {"properties": {"api": {"const": "v2"}}, "required": ["api"]}
     none_of = {"properties": {name: {"maxItems": 0} for name in (*FILTER_FIELDS, "rules")}}
     schema["allOf"] = [
+        *source_rules,
         {
             "if": {"properties": {"kind": {"const": "sample"}}, "required": ["kind"]},
             "then": none_of,

@@ -25,11 +25,13 @@ import orjson
 from sfmd.registry.fields import (
     FIELDS,
     FILTER_FIELDS,
+    KINDS,
     MAX_FOLLOW,
     V1_ONLY,
     ValidationError,
     _json_type,
     _show,
+    fields_of,
 )
 
 
@@ -63,16 +65,10 @@ class StreamSpec:
     api: str = "v1.1"
     rules: tuple[str, ...] = ()  # v2 rule values
     people_ids: tuple[tuple[str, str], ...] = ()  # (screen name, id) pairs, set by sfmd
-
-    @property
-    def endpoint(self) -> str:
-        return self.kind
-
-    @property
-    def source(self) -> str:
-        """The network: a key of `sfmd.sources.SOURCES`. Every stream is Twitter's until the
-        field table gains a `source` field, with the second network."""
-        return "twitter"
+    source: str = "twitter"  # a key of `sfmd.sources.SOURCES`
+    collections: tuple[str, ...] = ()  # Bluesky
+    dids: tuple[str, ...] = ()  # Bluesky
+    endpoint: str = ""  # Bluesky: a Jetstream instance other than the configured one
 
     @property
     def people_unresolved(self) -> list[str]:
@@ -81,24 +77,32 @@ class StreamSpec:
         return [name for name in self.people if name.lower() not in found]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form, as the control API returns and the registry file stores it."""
-        return {
+        """The JSON form, as the control API returns and the registry file stores it: the
+        settings of the stream's network (a Bluesky stream has no `track`)."""
+        every = {
             "name": self.name,
+            "source": self.source,
             "kind": self.kind,
             "track": list(self.track),
             "follow": list(self.follow),
             "locations": [list(box) for box in self.locations],
             "people": list(self.people),
             "language": list(self.language),
+            "collections": list(self.collections),
+            "dids": list(self.dids),
+            "endpoint": self.endpoint,
             "credential": self.credential,
             "active": self.active,
             "isolation": self.isolation,
             "api": self.api,
             "rules": [{"value": value} for value in self.rules],
         }
+        return {key: value for key, value in every.items() if self.source in FIELDS[key].sources}
 
     def to_record(self) -> dict[str, Any]:
         """The settings plus what sfmd derived (people_ids): the registry file and API answers."""
+        if self.source != "twitter":
+            return self.to_dict()
         return {**self.to_dict(), "people_ids": dict(self.people_ids)}
 
     @functools.cached_property
@@ -113,7 +117,9 @@ class StreamSpec:
         without its closing brace, for the daemon to add `status` to. Encoded once per spec (a
         spec never changes): encoding every stream's settings on every listing was most of
         GET /streams' cost at 1,000 streams."""
-        view = {**self.to_record(), "people_unresolved": self.people_unresolved}
+        view = self.to_record()
+        if self.source == "twitter":
+            view["people_unresolved"] = self.people_unresolved
         return orjson.dumps(view)[:-1]
 
     def wire_params(self) -> dict[str, str]:
@@ -138,9 +144,11 @@ class StreamSpec:
 
     @functools.cached_property
     def _connection_key(self) -> tuple[object, ...]:
+        if self.source == "bluesky":  # new collections or DIDs go out on the open connection
+            return (self.source, self.endpoint)
         if self.api == "v2":
-            return (self.api, self.endpoint, self.credential)
-        return (self.endpoint, sorted(self.wire_params().items()), self.people, self.credential)
+            return (self.api, self.kind, self.credential)
+        return (self.kind, sorted(self.wire_params().items()), self.people, self.credential)
 
     @functools.cached_property
     def mode(self) -> Mode:
@@ -157,8 +165,11 @@ class StreamSpec:
 
         v1.1 streams need the credential's user tokens (Twitter cuts the older of two
         connections on them); a v2 sample needs the app's one sample connection; v2 filters
-        share the app's one filtered-stream connection. The name is also the lock's file name.
+        share the app's one filtered-stream connection; a Bluesky stream has a connection of
+        its own. The name is also the lock's file name.
         """
+        if self.source == "bluesky":
+            return f"bluesky.{self.name}"
         return slot_of(self.api, self.kind, self.credential)
 
     @property
@@ -191,10 +202,18 @@ def validate_stream(
             raise ValidationError(
                 "invalid", name, f"unknown field {_show(name)}; known fields: {', '.join(FIELDS)}"
             )
+    source = FIELDS["source"].check(data["source"]) if "source" in data else "twitter"
     values: dict[str, Any] = {}
     for f in FIELDS.values():
+        if f.name in data and source not in f.sources:
+            raise ValidationError(
+                "invalid", f.name, f"a {source} stream has no {f.name}; its settings are "
+                f"{', '.join(fields_of(source))}",
+            )
         if f.name in data:
             values[f.name] = f.check(data[f.name])
+        elif source not in f.sources:
+            values[f.name] = f.default if f.default is not None else ""
         elif f.name == "credential" and default_credential is not None:
             values[f.name] = default_credential
         elif f.required or f.default is None:
@@ -204,12 +223,20 @@ def validate_stream(
             values[f.name] = f.default
     spec = StreamSpec(**values)
     _check_cross_rules(spec)
-    if credentials is not None:
+    if credentials is not None and "credential" in fields_of(source):
         check_credential(spec.credential, credentials)
     return spec
 
 
 def _check_cross_rules(spec: StreamSpec) -> None:
+    kinds = KINDS[spec.source]
+    if spec.kind not in kinds:
+        raise ValidationError(
+            "invalid", "kind", f"a {spec.source} stream's kind must be one of "
+            f"{', '.join(kinds)}; got {spec.kind!r}",
+        )
+    if spec.source != "twitter":
+        return
     if spec.api == "v2":
         _check_v2(spec)
         return
@@ -284,7 +311,7 @@ def apply_patch(
         )
     current = spec.to_dict()
     for name, value in patch.items():
-        if name in ("name", "kind", "api") and value != current[name]:
+        if name in ("name", "kind", "api", "source") and value != current.get(name, value):
             raise ValidationError(
                 "invalid",
                 name,

@@ -32,9 +32,11 @@ class Plan:
 
 
 def can_retarget(running: StreamSpec, wanted: StreamSpec) -> bool:
-    """A new filter on the same credential and endpoint needs a new connection, not a new
-    archive or lock."""
-    return running.credential == wanted.credential and running.endpoint == wanted.endpoint
+    """New settings on the same credential, kind and instance need a new connection, not a
+    new archive or lock."""
+    return (running.credential, running.kind, running.endpoint) == (
+        wanted.credential, wanted.kind, wanted.endpoint
+    )
 
 
 def diff(

@@ -73,7 +73,7 @@ class StreamRunner:
     def __init__(
         self,
         spec: StreamSpec,
-        credential: Credential,
+        credential: Credential | None,
         config: Config,
         session: aiohttp.ClientSession,
     ) -> None:
@@ -101,7 +101,7 @@ class StreamRunner:
             self.lock.release()
             raise
         self.stream.start(delay)
-        self.log.info("stream_started", endpoint=self.spec.endpoint)
+        self.log.info("stream_started", kind=self.spec.kind)
 
     async def stop(self) -> None:
         """Close the connection, publish the open file, release the slot."""
@@ -117,6 +117,13 @@ class StreamRunner:
     def can_retarget(self, spec: StreamSpec) -> bool:
         """A new filter on the same credential needs a new connection, not a new archive."""
         return can_retarget(self.spec, spec)
+
+    async def refresh(self, spec: StreamSpec) -> None:
+        """Settings the open connection takes as they are (a Bluesky stream's collections:
+        an options_update); nothing for the ones it never sees."""
+        changed, self.spec = spec != self.spec, spec
+        if changed:
+            await self.source.update(self.stream, spec, self.context)
 
     async def retarget(self, spec: StreamSpec) -> None:
         """Reconnect with `spec`'s settings; the open file and the slot's lock stay."""
@@ -177,7 +184,7 @@ class TaskBackend:
         wanted = self.wanted(specs)
         steps = self.plan(specs)
         for name in steps.refresh:
-            self.runners[name].spec = wanted[name]  # a change Twitter never sees
+            await self.runners[name].refresh(wanted[name])
         for name in steps.retarget:
             await self._retarget(self.runners[name], wanted[name])
         for name in steps.start:
@@ -198,7 +205,7 @@ class TaskBackend:
     # -- steps -------------------------------------------------------------------------------
 
     async def _start_runner(self, spec: StreamSpec, delay: float = 0.0) -> None:
-        credential = self.credentials()[spec.credential]
+        credential = self.credentials().get(spec.credential)
         runner = StreamRunner(spec, credential, self.config, self.session())
         try:
             await runner.start(delay=delay)

@@ -47,6 +47,12 @@ class Sink(Protocol):
     def asking(self, what: dict[str, Any]) -> None:
         """The connection asks for `what` from now on: the request's provenance."""
 
+    def refilled(self, value: str) -> None:
+        """What the source fetched again of the latest gap: "all", "some" or "none"."""
+
+    def refused(self, why: str) -> None:
+        """One message could not be stored (too large, not JSON): written down, not silent."""
+
 
 class Connection(Protocol):
     """One stream's own connection, as a back end drives it: started once, retargeted by
@@ -124,7 +130,7 @@ class Source(Protocol):
         ...
 
     def connection(
-        self, spec: StreamSpec, credential: Credential, sink: Sink, context: Context
+        self, spec: StreamSpec, credential: Credential | None, sink: Sink, context: Context
     ) -> Connection:
         """A stream's own connection (`Mode.TASK` and `Mode.PROCESS`), not started."""
         ...
@@ -135,6 +141,11 @@ class Source(Protocol):
         """Reconnect `connection` with `spec`'s settings, keeping its sink."""
         ...
 
+    async def update(self, connection: Connection, spec: StreamSpec, context: Context) -> None:
+        """Settings changed that the open connection can take as they are (its
+        `connection_key` did not change): apply them, or do nothing."""
+        ...
+
     def shared(self, credential: Credential, context: Context) -> SharedConnection:
         """The connection `Mode.SHARED` streams on `credential` share, not started."""
         ...
@@ -143,7 +154,7 @@ class Source(Protocol):
         self,
         spec: StreamSpec,
         old: StreamSpec | None,
-        credential: Credential,
+        credential: Credential | None,
         context: Context,
         in_use: set[str],
     ) -> StreamSpec:

@@ -35,8 +35,9 @@ class TwitterSource:
     # -- connections -------------------------------------------------------------------------
 
     def connection(
-        self, spec: StreamSpec, credential: Credential, sink: Sink, context: Context
+        self, spec: StreamSpec, credential: Credential | None, sink: Sink, context: Context
     ) -> Stream:
+        assert credential is not None, "credential_problem() refuses a Twitter stream without"
         return Stream(
             self._target(spec, credential, context),
             self._dialect(spec, context),
@@ -50,6 +51,9 @@ class TwitterSource:
     ) -> None:
         target = self._target(spec, connection.target.credential, context)
         await connection.retarget(target, grace=grace)
+
+    async def update(self, connection: Stream, spec: StreamSpec, context: Context) -> None:
+        """Nothing: what a Twitter connection sends is all in its `connection_key`."""
 
     def shared(self, credential: Credential, context: Context) -> FilterGroup:
         return FilterGroup(
@@ -71,7 +75,7 @@ class TwitterSource:
             params = stream_params(context.config.twitter)
         else:
             params = spec.wire_params()
-        return StreamTarget(spec.name, spec.endpoint, params, credential)
+        return StreamTarget(spec.name, spec.kind, params, credential)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -79,10 +83,11 @@ class TwitterSource:
         self,
         spec: StreamSpec,
         old: StreamSpec | None,
-        credential: Credential,
+        credential: Credential | None,
         context: Context,
         in_use: set[str],
     ) -> StreamSpec:
+        assert credential is not None, "credential_problem() refuses a Twitter stream without"
         await self._dry_run(spec, credential, context, in_use)
         if old is None or spec.people != old.people:
             spec = await self._resolve_people(spec, credential, context)

@@ -116,7 +116,7 @@ def test_a_sample_takes_no_selector(selector: dict[str, Any]) -> None:
 
 def test_a_sample_may_have_a_language_and_empty_selectors() -> None:
     spec = ok({"name": "s", "kind": "sample", "track": [], "language": ["en"]})
-    assert spec.kind == spec.endpoint == "sample"
+    assert spec.kind == "sample" and spec.source == "twitter"
     assert spec.wire_params() == {"language": "en"}
 
 
@@ -353,7 +353,7 @@ def test_the_json_schema_comes_from_the_same_table() -> None:
     assert props["follow"]["maxItems"] == 5000
     assert props["locations"]["maxItems"] == 25
     assert props["people"]["maxItems"] == 100
-    assert props["kind"]["enum"] == ["filter", "sample"]
+    assert props["kind"]["enum"] == ["filter", "sample", "jetstream"]
     assert props["isolation"]["default"] == "task"
     assert "1-60 bytes" in props["track"]["description"]
     patch = json_schema(for_patch=True)

@@ -267,7 +267,8 @@ def test_a_corrupt_registry_file_is_refused_naming_file_and_problem(
 def test_a_valid_hand_written_file_loads(tmp_path: Path) -> None:
     (tmp_path / "streams.json").write_text(json.dumps({"version": 1, "streams": [GOOD_ENTRY]}))
     loaded = Registry.load(tmp_path, credentials=CREDS).get("news").to_dict()
-    assert loaded == {**GOOD_ENTRY, "api": "v1.1", "rules": []}  # written before v2 existed
+    # Written before v2 and Bluesky existed: their settings take their defaults.
+    assert loaded == {**GOOD_ENTRY, "api": "v1.1", "rules": [], "source": "twitter"}
 
 
 def test_an_unreadable_registry_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,325 @@
+"""One Jetstream stream's connection: subscribe, read, store, back off, resume.
+
+The WebSocket is Jetstream's v1 `/subscribe` with `wantedCollections`, `wantedDids`,
+`cursor` and `compress=true`, and never `maxMessageSizeBytes` (the server would silently skip
+larger events). Each compressed frame is one zstd frame made with Jetstream's dictionary; text
+frames (an instance without compression) are taken too. Pings are answered; a socket that
+stays silent for `idle_timeout`, pings included, is dead. New collections or DIDs go out as
+an `options_update` on the open socket, never as a reconnect.
+
+Every (re)connect resumes from the resume point (see `resume`), and every failure becomes a
+logged wait by the same rules as Twitter's streams, never giving up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sfmd.archive import ArchiveError, coverage
+from sfmd.logs import get_logger
+from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
+from sfmd.sources.base import Sink
+from sfmd.sources.bluesky import zstd
+from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
+from sfmd.sources.bluesky.resume import ResumePoint
+from sfmd.status import State, StreamStatus
+
+#: A text frame larger than this is refused (Jetstream's own events are a few KB).
+MAX_FRAME_BYTES = 64 << 20
+#: DIDs listed one by one in a file's provenance; more are summed up by count and digest.
+DIDS_SHOWN = 100
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What one stream asks a Jetstream instance for."""
+
+    name: str
+    url: str
+    collections: tuple[str, ...]
+    dids: tuple[str, ...]
+    compress: bool
+
+    def query(self, cursor: int | None) -> list[tuple[str, str]]:
+        query = [("wantedCollections", c) for c in self.collections]
+        query += [("wantedDids", d) for d in self.dids]
+        if cursor is not None:
+            query.append(("cursor", str(cursor)))
+        if self.compress:
+            query.append(("compress", "true"))
+        return query
+
+    def options_update(self) -> str:
+        payload = {"wantedCollections": list(self.collections), "wantedDids": list(self.dids),
+                   "maxMessageSizeBytes": 0}  # 0: no limit, which an archive needs
+        return json.dumps({"type": "options_update", "payload": payload})
+
+    def provenance(self, cursor: int | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"wantedCollections": list(self.collections),
+                                  "compress": self.compress}
+        if len(self.dids) <= DIDS_SHOWN:
+            params["wantedDids"] = list(self.dids)
+        else:
+            digest = hashlib.sha256("\n".join(sorted(self.dids)).encode()).hexdigest()
+            params["wantedDids"] = {"count": len(self.dids), "sha256_sorted": digest}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return {"source": "bluesky", "endpoint": self.url, "params": params}
+
+
+@dataclass(frozen=True)
+class JetstreamTiming:
+    idle_timeout: float = 60.0
+    connect_timeout: float = 30.0
+    rewind: float = 10.0
+    backoff: BackoffPolicy = dataclasses.field(default_factory=BackoffPolicy)
+
+
+class JetstreamStream:
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        session: aiohttp.ClientSession,
+        sink: Sink,
+        stream_dir: Path,
+        timing: JetstreamTiming | None = None,
+    ) -> None:
+        self.subscription = subscription
+        self.session = session
+        self.sink = sink
+        self.stream_dir = stream_dir
+        self.timing = timing or JetstreamTiming()
+        self.status = StreamStatus()
+        self.backoff = Backoff(self.timing.backoff)
+        self.log = get_logger(stream=subscription.name)
+        self.resume: ResumePoint | None = None
+        self.duplicates = 0  # events the replay brought again, dropped
+        self.refused = 0  # frames that were not events, or too large
+        self._connections = 0
+        self._task: asyncio.Task[None] | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._stopping = False
+
+    # -- start, stop, change ----------------------------------------------------------------
+
+    def start(self, delay: float = 0.0) -> None:
+        self._stopping = False
+        self._set_state(State.CONNECTING, reason="started")
+        self._task = asyncio.create_task(self.run(delay), name=f"jetstream:{self.name}")
+
+    @property
+    def name(self) -> str:
+        return self.subscription.name
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Close the socket; the read loop hands over what it read and ends."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        if self._ws is not None:
+            await self._ws.close()
+        else:
+            task.cancel()
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(task)
+        except TimeoutError:
+            self.log.error("stop_timed_out", grace=grace)
+            task.cancel()
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+        except Exception:
+            pass  # the task died of a bug earlier; its owner logged it
+        finally:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def change(self, subscription: Subscription) -> None:
+        """New collections or DIDs: an `options_update` on the open socket (the next
+        connection asks for them anyway)."""
+        self.subscription = subscription
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        await ws.send_str(subscription.options_update())
+        newest = self.resume.newest if self.resume else None
+        self.sink.asking(subscription.provenance(None))
+        self.log.info("options_update", collections=list(subscription.collections),
+                      dids=len(subscription.dids), after_time_us=newest)
+
+    # -- the main loop -----------------------------------------------------------------------
+
+    async def run(self, delay: float = 0.0) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.resume is None:
+                self.resume = await asyncio.to_thread(
+                    ResumePoint.from_files, self.stream_dir, int(self.timing.rewind * 1e6)
+                )
+                self.log.info("resume_point", newest_time_us=self.resume.newest,
+                              cursor=self.resume.cursor)
+            while True:
+                failure, reason = await self._connect_and_read()
+                if self._stopping:
+                    self.log.info("disconnected", reason="stopping")
+                    return
+                await self._wait_after(failure, reason)
+        finally:
+            self._set_state(State.STOPPED, reason="stopped")
+
+    async def _connect_and_read(self) -> tuple[Failure, str]:
+        """One connection, until it ends: how it failed and why."""
+        assert self.resume is not None
+        if self._connections:
+            self.status.reconnects += 1
+        self._connections += 1
+        self._set_state(State.CONNECTING, reason="reconnecting after backoff")
+        cursor = self.resume.cursor
+        sub = self.subscription
+        self.log.info("connecting", url=sub.url, cursor=cursor)
+        self.sink.asking(sub.provenance(cursor))
+        try:
+            async with self.session.ws_connect(
+                sub.url,
+                params=sub.query(cursor),
+                autoping=False,  # pings are answered here: they count as signs of life
+                max_msg_size=MAX_FRAME_BYTES,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                compress=0,
+            ) as ws:
+                self._ws = ws
+                try:
+                    self.log.info("connected")
+                    self._set_state(State.STREAMING, reason="subscribed")
+                    self.sink.streaming()
+                    return await self._read(ws, cursor)
+                finally:
+                    self._ws = None
+        except aiohttp.WSServerHandshakeError as e:
+            limited = e.status == 429
+            self.log.warning("upgrade_refused", status=e.status, reason=e.message)
+            return (Failure.RATE_LIMIT if limited else Failure.HTTP,
+                    f"HTTP {e.status}: {e.message}")
+        except TimeoutError:
+            return Failure.NETWORK, "connect timed out"
+        except (aiohttp.ClientError, OSError) as e:
+            return Failure.NETWORK, f"network error: {type(e).__name__}: {e}"
+        except ArchiveError as e:
+            self.log.error("archive_error", error=str(e))
+            return Failure.HTTP, f"archive: {e}"
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, cursor: int | None
+                    ) -> tuple[Failure, str]:
+        assert self.resume is not None
+        resume = self.resume
+        before = resume.newest
+        first = True
+        decompressor = zstd.decompressor()
+        while True:
+            try:
+                async with asyncio.timeout(self.timing.idle_timeout):
+                    msg = await ws.receive()
+            except TimeoutError:
+                return Failure.NETWORK, f"idle: no frame for {self.timing.idle_timeout:g} s"
+            if msg.type == aiohttp.WSMsgType.PING:
+                await ws.pong(msg.data)
+                continue
+            if msg.type in (aiohttp.WSMsgType.PONG,):
+                continue
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                try:
+                    text = zstd.inflate(msg.data, decompressor)
+                except zstd.Refused as e:
+                    self._refuse(f"compressed frame refused: {e}")
+                    continue
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                text = msg.data.encode()
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                return Failure.NETWORK, f"socket error: {ws.exception()}"
+            else:  # CLOSE, CLOSING, CLOSED
+                code = ws.close_code
+                return Failure.NETWORK, f"the instance closed the socket (code {code})"
+            try:
+                event = parse(text)
+            except NotAnEvent as e:
+                self._refuse(f"a frame that is not an event ({e}): {len(text)} bytes")
+                continue
+            time_us = event["time_us"]
+            key = identity(event, text)
+            if first:
+                first = False
+                self._note_refill(before, time_us, cursor)
+            if resume.seen(key):
+                self.duplicates += 1
+                continue
+            await self.sink.write([text], int(event.get("kind") == "commit"))
+            resume.stored(key, time_us)
+            status = self.status
+            status.messages += 1
+            status.tweets += event.get("kind") == "commit"
+            status.bytes += len(text) + 1
+            self.backoff.reset()
+
+    def _note_refill(self, before: int | None, first_us: int, cursor: int | None) -> None:
+        """After a reconnect, what the replay brought back of the time the stream was down:
+        all of it when it began at or before the newest event stored (the instance still
+        held everything since); only part when it began after (older events were past its
+        replay window)."""
+        if before is None or cursor is None:
+            return
+        self.sink.refilled("all" if first_us <= before else "some")
+        if first_us > before:
+            self.log.warning("replay_window", newest_stored_us=before, first_replayed_us=first_us)
+
+    def _refuse(self, why: str) -> None:
+        self.refused += 1
+        self.log.warning("event_refused", why=why)
+        self.sink.refused(why)
+
+    async def _wait_after(self, failure: Failure, reason: str) -> None:
+        wait = self.backoff.failure(failure)
+        self.log.warning("disconnected", reason=reason, failure=failure.value, wait=round(wait, 3))
+        self._set_state(State.BACKOFF, reason=reason, error=reason)
+        limited = failure is Failure.RATE_LIMIT
+        self.sink.not_streaming(coverage.RATE_LIMITED if limited else coverage.BACKOFF, reason)
+        await asyncio.sleep(wait)
+        while self.sink.error is not None:  # a full disk: connect once it takes messages
+            wait = self.backoff.failure(Failure.HTTP)
+            self._set_state(State.BACKOFF, reason="the archive refuses writes",
+                            error=f"archive: {self.sink.error}")
+            await asyncio.sleep(wait)
+
+    # -- status --------------------------------------------------------------------------------
+
+    def _set_state(self, state: State, *, reason: str, error: str | None = None) -> None:
+        changed = state is not self.status.state
+        self.status.state = state
+        if error is not None:
+            self.status.last_error = error
+        if changed:
+            self.log.info("stream_state", state=state.value, reason=reason)
+            self.status.since = datetime.now(UTC)
+
+    def status_now(self) -> StreamStatus:
+        current = self.sink.current_file
+        return dataclasses.replace(
+            self.status, current_file=str(current) if current is not None else None
+        )
