@@ -67,6 +67,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.json",
         help="JSON list of faults, one per connection attempt, in order",
     )
+    jetstream = parser.add_argument_group("the Jetstream instance (ws://HOST:PORT/subscribe)")
+    jetstream.add_argument(
+        "--jetstream-rate",
+        type=float,
+        default=20.0,
+        help="events the instance produces per second, subscribed or not; 0: none",
+    )
+    jetstream.add_argument(
+        "--jetstream-burst",
+        type=int,
+        default=None,
+        help="produce in bursts of this many events (same mean rate); unset: steady",
+    )
+    jetstream.add_argument(
+        "--jetstream-window",
+        type=float,
+        default=86400.0,
+        help="seconds of events kept for cursor replay",
+    )
+    jetstream.add_argument(
+        "--jetstream-ping-interval",
+        type=float,
+        default=30.0,
+        help="seconds between WebSocket pings on each connection",
+    )
+    jetstream.add_argument(
+        "--jetstream-seed", type=int, default=0, help="what the produced events hold follows it"
+    )
+    jetstream.add_argument(
+        "--jetstream-outbox",
+        type=int,
+        default=10_000,
+        help="drop a live subscriber this many events behind (no close frame); 0: never",
+    )
     parser.add_argument(
         "--record",
         action="store_true",
@@ -97,6 +131,12 @@ def run(args: argparse.Namespace) -> int:
             delete_every=args.delete_every,
             limit_every=args.limit_every,
             record_bytes=args.record,
+            jetstream_rate=args.jetstream_rate,
+            jetstream_burst=args.jetstream_burst,
+            jetstream_window=args.jetstream_window,
+            jetstream_ping_interval=args.jetstream_ping_interval,
+            jetstream_seed=args.jetstream_seed,
+            jetstream_outbox=args.jetstream_outbox,
         )
         api.script(*faults)
     except (OSError, ValueError, CredentialsError) as e:
@@ -118,6 +158,7 @@ async def _serve_forever(api: FakeAPI) -> int:
     print(api.url, flush=True)
     print(f"sfmd fakeapi: stream_url = {api.stream_url}", file=sys.stderr, flush=True)
     print(f"sfmd fakeapi: api_url = {api.api_url}", file=sys.stderr, flush=True)
+    print(f"sfmd fakeapi: jetstream_url = {api.jetstream_url}", file=sys.stderr, flush=True)
     await stopping.wait()
     await api.stop()
     return 0

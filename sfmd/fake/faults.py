@@ -1,10 +1,11 @@
 """The fault script: scripted misbehaviour, one fault per connection attempt.
 
-A fault is a JSON object such as `{"cut_after": 3}` or `{"status": 429, "endpoint":
-"v2/stream"}`. The server keeps one `FaultScript` for every fake it hosts; each attempt takes
-the first queued fault whose `endpoint` matches it (`FakeAPI.take_fault`), so one script can
-drive v1.1 and v2 connections in a known order. Faults are checked when queued: a
-silently ignored typo would make a test pass without testing anything.
+A fault is a JSON object such as `{"cut_after": 3}`, `{"status": 429, "endpoint":
+"v2/stream"}` or `{"close_after": 5, "endpoint": "jetstream"}`. The server keeps one
+`FaultScript` for every fake it hosts; each attempt takes the first queued fault whose
+`endpoint` matches it (`FakeAPI.take_fault`), so one script can drive v1.1, v2 and Jetstream
+connections in a known order. Faults are checked when queued: a silently ignored typo would
+make a test pass without testing anything.
 """
 
 from __future__ import annotations
@@ -22,15 +23,28 @@ TRIGGERS = (
     "malformed_after",
     "error_after",
 )
+#: The Jetstream fake's triggers (endpoint "jetstream"), besides the shared stall_after.
+JETSTREAM_TRIGGERS = (
+    "close_after",
+    "slow_consumer_after",
+    "oversize_after",
+    "not_json_after",
+)
+#: Twitter triggers a Jetstream connection cannot take (Jetstream has its own names).
+_TWITTER_ONLY = frozenset(TRIGGERS) - {"stall_after"}
 V1_STREAMS = frozenset({"filter", "sample"})
 V2_STREAMS = frozenset({"v2/filter", "v2/sample"})
 #: What a fault's "endpoint" may name: one endpoint, or "stream" / "v2/stream" for either.
 #: These are the endpoint names the mounted fakes give their routes.
-ENDPOINTS = frozenset({"stream", "users/lookup", "v2/stream", "v2/rules", *V1_STREAMS, *V2_STREAMS})
+ENDPOINTS = frozenset(
+    {"stream", "users/lookup", "v2/stream", "v2/rules", "jetstream", *V1_STREAMS, *V2_STREAMS}
+)
 DISCONNECT_SHAPES = ("full", "type_only")
 _FAULT_KEYS = frozenset(
     {
         *TRIGGERS,
+        *JETSTREAM_TRIGGERS,
+        "duration",
         "status",
         "body",
         "headers",
@@ -51,17 +65,19 @@ def check_fault(fault: Any) -> dict[str, Any]:
     unknown = sorted(set(fault) - _FAULT_KEYS)
     if unknown:
         raise FakeAPIError(f"unknown fault key(s) {', '.join(unknown)}")
-    triggers = [k for k in TRIGGERS if k in fault]
+    triggers = [k for k in (*TRIGGERS, *JETSTREAM_TRIGGERS) if k in fault]
     if len(triggers) + ("status" in fault) > 1:
-        raise FakeAPIError("a fault takes at most one of status, " + ", ".join(TRIGGERS))
-    for key in (*TRIGGERS, "status", "code", "size"):
+        raise FakeAPIError(
+            "a fault takes at most one of status, " + ", ".join((*TRIGGERS, *JETSTREAM_TRIGGERS))
+        )
+    for key in (*TRIGGERS, *JETSTREAM_TRIGGERS, "status", "code", "size"):
         if key in fault and (
             not isinstance(fault[key], int) or isinstance(fault[key], bool) or fault[key] < 0
         ):
             raise FakeAPIError(f"fault {key} must be a whole number >= 0")
     if "status" in fault and not 100 <= fault["status"] <= 599:
         raise FakeAPIError("fault status must be an HTTP status code")
-    for key in ("delay", "reset_in"):
+    for key in ("delay", "reset_in", "duration"):
         if key in fault and (
             not isinstance(fault[key], int | float)
             or isinstance(fault[key], bool)
@@ -81,6 +97,13 @@ def check_fault(fault: Any) -> dict[str, Any]:
     if endpoint not in ENDPOINTS:
         raise FakeAPIError(f"fault endpoint must be one of {', '.join(sorted(ENDPOINTS))}")
     v2_stream = endpoint == "v2/stream" or endpoint in V2_STREAMS
+    if endpoint == "jetstream":
+        _check_jetstream_fault(fault, triggers)
+        return dict(fault)
+    if jetstream_only := [k for k in (*JETSTREAM_TRIGGERS, "duration") if k in fault]:
+        raise FakeAPIError(
+            f"fault {jetstream_only[0]} is a Jetstream fault: set endpoint to jetstream"
+        )
     if triggers and endpoint in ("users/lookup", "v2/rules"):
         raise FakeAPIError(f"fault {triggers[0]} needs a stream endpoint, not {endpoint}")
     if "error_after" in fault and not v2_stream:
@@ -91,6 +114,20 @@ def check_fault(fault: Any) -> dict[str, Any]:
         if "disconnect_after" not in fault or not v2_stream:
             raise FakeAPIError("fault disconnect_shape goes with disconnect_after on v2/...")
     return dict(fault)
+
+
+def _check_jetstream_fault(fault: dict[str, Any], triggers: list[str]) -> None:
+    """What a Jetstream connection can take: status (with body, headers, delay), or one of
+    close_after, stall_after (with duration), slow_consumer_after, oversize_after (with size),
+    not_json_after."""
+    if twitter_only := [k for k in triggers if k in _TWITTER_ONLY]:
+        raise FakeAPIError(f"fault {twitter_only[0]} is not a Jetstream fault")
+    for key, needs in (("duration", "stall_after"), ("size", "oversize_after")):
+        if key in fault and needs not in fault:
+            raise FakeAPIError(f"fault {key} goes with {needs} on endpoint jetstream")
+    for key in ("code", "disconnect_shape", "reset_in"):
+        if key in fault:
+            raise FakeAPIError(f"fault {key} is not a Jetstream fault")
 
 
 def fault_matches(wanted: str, endpoint: str) -> bool:

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from sfmd.credentials import Credential
 from sfmd.fake.faults import FaultScript
+from sfmd.fake.jetstream import JetstreamAPI, JetstreamEvent
 from sfmd.fake.mount import FIRST_SEQ, ConnectionRecord, Handler, Mount, StreamHandle
 from sfmd.fake.settings import FakeAPIError, Settings
 from sfmd.fake.twitter import V1API
@@ -51,6 +52,12 @@ class FakeAPI:
         delete_every: int = 0,
         limit_every: int = 0,
         record_bytes: bool = False,
+        jetstream_rate: float = 20.0,
+        jetstream_burst: int | None = None,
+        jetstream_window: float = 86400.0,
+        jetstream_ping_interval: float = 30.0,
+        jetstream_seed: int = 0,
+        jetstream_outbox: int = 10_000,
     ) -> None:
         self._bind_host = host
         self._bind_port = port
@@ -63,6 +70,12 @@ class FakeAPI:
                 "delete_every": delete_every,
                 "limit_every": limit_every,
                 "record_bytes": record_bytes,
+                "jetstream_rate": jetstream_rate,
+                "jetstream_burst": jetstream_burst,
+                "jetstream_window": jetstream_window,
+                "jetstream_ping_interval": jetstream_ping_interval,
+                "jetstream_seed": jetstream_seed,
+                "jetstream_outbox": jetstream_outbox,
             }
         )
         self.settings = self._initial
@@ -77,7 +90,8 @@ class FakeAPI:
         # The hosted fakes, in the order their routes are added.
         self.v1 = V1API(self, credentials)
         self.v2 = V2API(self, credentials)
-        self._apis: tuple[Mount, ...] = (self.v1, self.v2)
+        self.jetstream = JetstreamAPI(self)
+        self._apis: tuple[Mount, ...] = (self.v1, self.v2, self.jetstream)
 
     # ---- lifecycle
 
@@ -90,6 +104,11 @@ class FakeAPI:
     def api_url(self) -> str:
         """What `[twitter] api_url` points at: the v2 paths start with /2/ under it."""
         return self.url
+
+    @property
+    def jetstream_url(self) -> str:
+        """The Jetstream instance's v1 subscribe WebSocket: `ws://HOST:PORT/subscribe`."""
+        return "ws" + self.url.removeprefix("http") + "/subscribe"
 
     async def start(self) -> None:
         app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -109,10 +128,12 @@ class FakeAPI:
         port = self._runner.addresses[0][1]
         host = f"[{self._bind_host}]" if ":" in self._bind_host else self._bind_host
         self.url = f"http://{host}:{port}"
+        self.jetstream.start()  # the instance produces from now on, subscribed or not
 
     async def stop(self) -> None:
         """Close every stream (no disconnect message), then the listening socket."""
         await self._close_streams("server_stop")
+        await self.jetstream.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -149,13 +170,15 @@ class FakeAPI:
 
         A fault's optional "endpoint" ("stream" by default, meaning filter or sample; or
         "filter", "sample", "users/lookup"; for v2 "v2/stream", meaning v2/filter or
-        v2/sample, or "v2/filter", "v2/sample", "v2/rules") says which attempts may take it.
+        v2/sample, or "v2/filter", "v2/sample", "v2/rules"; "jetstream" for the Jetstream
+        instance) says which attempts may take it.
         """
         self._faults.add(*faults)
 
     def configure(self, **settings: Any) -> None:
         """Change settings now; open streams see them on their next step."""
         self.settings = self.settings.updated(settings)
+        self.jetstream.settings_changed()
         for stream in self._streams:
             stream.wake.set()
 
@@ -171,6 +194,22 @@ class FakeAPI:
         """Each message fully sent on v2 connection `conn` with the rule ids it matched."""
         return self.v2.sent(conn)
 
+    def jetstream_events(
+        self, since_us: int | None = None, until_us: int | None = None
+    ) -> list[JetstreamEvent]:
+        """The events the Jetstream instance holds with since_us <= time_us <= until_us
+        (each bound optional), oldest first; `.text` is the JSON exactly as sent."""
+        return self.jetstream.events(since_us, until_us)
+
+    def jetstream_produce(self, count: int) -> list[JetstreamEvent]:
+        """Make the Jetstream instance produce `count` events now, whatever its rate."""
+        return self.jetstream.produce(count)
+
+    def jetstream_options(self, conn: int) -> list[dict[str, Any]]:
+        """Jetstream connection `conn`'s options_update messages, applied (with `from_us`)
+        or refused (with `error` and `close_code`), in order."""
+        return self.jetstream.options_updates(conn)
+
     def rules(self, credential: str) -> list[dict[str, str]]:
         """The v2 rules of a credential's app (`app-N` when serving without credentials)."""
         return self.v2.rules(credential)
@@ -184,6 +223,7 @@ class FakeAPI:
         for api in self._apis:
             api.reset()
         self.settings = self._initial
+        self.jetstream.settings_changed()
         self.notify()
 
     async def wait_for(

@@ -35,6 +35,19 @@ class Settings:
     max_rules: int = 1000
     #: v2: a refused rule answers HTTP 400 instead of a 2xx whose body holds `errors`.
     rules_errors_as_http: bool = False
+    #: Jetstream: events the instance produces a second, subscribed or not (0: none).
+    jetstream_rate: float = 20.0
+    #: Jetstream: produce in bursts of this many events at once (same mean rate); None: steady.
+    jetstream_burst: int | None = None
+    #: Jetstream: seconds of events kept for cursor replay; older ones are dropped.
+    jetstream_window: float = 86400.0
+    #: Jetstream: seconds between the server's WebSocket pings on every connection.
+    jetstream_ping_interval: float = 30.0
+    #: Jetstream: what the produced events hold (DIDs, kinds, records) follows from this seed.
+    jetstream_seed: int = 0
+    #: Jetstream: a live subscriber this many events behind the tip is dropped, as the real
+    #: server drops one whose outbox is full (no close frame); 0: never.
+    jetstream_outbox: int = 10_000
 
     def updated(self, changes: dict[str, Any]) -> Settings:
         """A checked copy with `changes` applied; a bad key or value raises FakeAPIError."""
@@ -57,7 +70,14 @@ _COUNT_SETTINGS = frozenset(
         "multi_match_every",
         "untagged_every",
         "max_rules",
+        "jetstream_burst",
+        "jetstream_seed",
+        "jetstream_outbox",
     }
+)
+_OPTIONAL_SETTINGS = frozenset({"total", "jetstream_burst"})
+_POSITIVE_SETTINGS = frozenset(
+    {"keepalive_interval", "jetstream_window", "jetstream_ping_interval"}
 )
 
 
@@ -66,7 +86,7 @@ def _check_setting(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise FakeAPIError(f"{key} must be true or false")
         return value
-    if key == "total" and value is None:
+    if key in _OPTIONAL_SETTINGS and value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FakeAPIError(f"{key} must be a number")
@@ -74,8 +94,8 @@ def _check_setting(key: str, value: Any) -> Any:
         if value != int(value) or value < 0:
             raise FakeAPIError(f"{key} must be a whole number >= 0")
         return int(value)
-    if key == "keepalive_interval" and value <= 0:
-        raise FakeAPIError("keepalive_interval must be > 0")
+    if key in _POSITIVE_SETTINGS and value <= 0:
+        raise FakeAPIError(f"{key} must be > 0")
     if value < 0:
         raise FakeAPIError(f"{key} must be >= 0")
     return float(value)

@@ -62,6 +62,7 @@ def write_config(
     compress: bool = True,
     timing: dict[str, float] | None = None,
     twitter: dict[str, Any] | None = None,
+    bluesky: dict[str, Any] | None = None,
 ) -> Path:
     """An sfmd.toml under tmp_path with short timings; paths relative to it, as allowed."""
     lines = [
@@ -82,6 +83,9 @@ def write_config(
     lines.append("[timing]")
     for key, value in {**FAST_TIMING, **(timing or {})}.items():
         lines.append(f"{key} = {value}")
+    if bluesky:
+        lines.append("[bluesky]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in bluesky.items()]
     path = tmp_path / "sfmd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -93,7 +97,10 @@ def write_daemon_config(tmp_path: Path, fake_api: FakeAPI, **kwargs: Any) -> Pat
         "rest_url": fake_api.stream_url, "api_url": fake_api.api_url, **kwargs.pop("twitter", {})
     }
     timing = {"start_jitter": 0, "reconcile_interval": 1, **kwargs.pop("timing", {})}
-    return write_config(tmp_path, fake_api.stream_url, twitter=twitter, timing=timing, **kwargs)
+    bluesky = {"jetstream_url": fake_api.jetstream_url, "idle_timeout": 2, "rewind": 2,
+               **kwargs.pop("bluesky", {})}
+    return write_config(tmp_path, fake_api.stream_url, twitter=twitter, timing=timing,
+                        bluesky=bluesky, **kwargs)
 
 
 def register(tmp_path: Path, credentials: dict[str, Credential], **body: Any) -> None:
