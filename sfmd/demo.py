@@ -44,13 +44,16 @@ STREAMS: list[dict[str, Any]] = [
     {"name": "demo-filter", "kind": "filter", "track": ["archive", "public library"],
      "people": ["librarycongress"], "credential": "demo-filter"},
     {"name": "demo-sample", "kind": "sample", "credential": "demo-sample"},
+    {"name": "demo-bluesky", "source": "bluesky", "kind": "jetstream",
+     "collections": ["app.bsky.feed.post"]},
 ]
 
 
-def demo_config(base: Path, api_url: str) -> Config:
+def demo_config(base: Path, api_url: str, jetstream_url: str) -> Config:
     config = default_config(base)
     return dataclasses.replace(
         config,
+        bluesky=dataclasses.replace(config.bluesky, jetstream_url=jetstream_url),
         daemon=dataclasses.replace(config.daemon, save_interval=2),
         twitter=dataclasses.replace(
             config.twitter, stream_url=api_url, rest_url=api_url,
@@ -69,20 +72,22 @@ async def run_demo(seconds: float = 8.0, base: Path | None = None) -> int:
     fake = FakeAPI(load_credentials(cred_file), rate=40, message_size=1200, delete_every=25,
                    limit_every=60)
     await fake.start()
-    config = demo_config(base, fake.stream_url)
+    config = demo_config(base, fake.stream_url, fake.jetstream_url)
     setup_logging(config.daemon.log_dir / "sfmd.log", stderr=False)
     daemon = Daemon(config)
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
     client = Client(str(config.daemon.control_socket))
     print(f"sfmd demo in {base}")
-    print(f"  fake streaming API at {fake.url}; control socket {config.daemon.control_socket}")
+    print(f"  fake streaming API at {fake.url} (Twitter) and {fake.jetstream_url} (Bluesky)")
+    print(f"  control socket {config.daemon.control_socket}")
     print("  files rotate every 2 s, on UTC boundaries\n")
 
     await daemon.startup(control)
     try:
         for body in STREAMS:
             created = await asyncio.to_thread(client.call, "POST", "/streams", body)
-            print(f"added {created['kind']} stream {created['name']}")
+            network = "" if created["source"] == "twitter" else f"{created['source']} "
+            print(f"added {network}{created['kind']} stream {created['name']}")
         before = (await asyncio.to_thread(client.call, "GET", "/streams"))["streams"]
         sampled = time.monotonic()
         deadline = sampled + seconds
@@ -101,9 +106,13 @@ async def run_demo(seconds: float = 8.0, base: Path | None = None) -> int:
         manifest = config.daemon.data_dir / body["name"] / "manifest.jsonl"
         for line in manifest.read_text().splitlines():
             entry = json.loads(line)
+            gaps = f"  gaps: {len(entry['gaps'])}" if entry.get("gaps") else ""
+            if entry["file"] is None:
+                print(f"  (nothing stored {entry['start']} to {entry['end']}){gaps}")
+                continue
             print(
                 f"  {entry['file']}  {entry['messages']:>4} messages  "
-                f"sha256 {entry['sha256'][:12]}…"
+                f"sha256 {entry['sha256'][:12]}…{gaps}"
             )
     leftovers = list(config.daemon.data_dir.rglob("*.part"))
     print(f"\n.part files left: {len(leftovers)}")

@@ -130,7 +130,9 @@ def report(
 
 
 def _joined(gaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per gap: a gap that crosses lines is written once per line it crosses."""
+    """One entry per gap: a gap that crosses lines is written once per line it crosses, and
+    its latest piece knows best what was refilled (a replay after a reconnect is judged when
+    its first event arrives, after the earlier lines were written)."""
     out: list[dict[str, Any]] = []
     for gap in sorted(gaps, key=lambda g: parse_iso(g["from"])):
         last = out[-1] if out else None
@@ -143,8 +145,7 @@ def _joined(gaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if parse_iso(gap["to"]) > parse_iso(last["to"]):
                 last["to"] = gap["to"]
             last["seconds"] = round(parse_iso(last["to"]) - parse_iso(last["from"]), 3)
-            if last.get("refilled") != gap.get("refilled"):
-                last["refilled"] = "some"
+            last["refilled"] = gap.get("refilled", last.get("refilled"))
             continue
         out.append(dict(gap))
     return out

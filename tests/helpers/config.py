@@ -97,7 +97,7 @@ def write_daemon_config(tmp_path: Path, fake_api: FakeAPI, **kwargs: Any) -> Pat
         "rest_url": fake_api.stream_url, "api_url": fake_api.api_url, **kwargs.pop("twitter", {})
     }
     timing = {"start_jitter": 0, "reconcile_interval": 1, **kwargs.pop("timing", {})}
-    bluesky = {"jetstream_url": fake_api.jetstream_url, "idle_timeout": 2, "rewind": 2,
+    bluesky = {"jetstream_url": fake_api.jetstream_url, "idle_timeout": 5, "rewind": 2,
                **kwargs.pop("bluesky", {})}
     return write_config(tmp_path, fake_api.stream_url, twitter=twitter, timing=timing,
                         bluesky=bluesky, **kwargs)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sfmd.archive.timeline import report
 from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
@@ -163,21 +164,42 @@ async def test_a_crash_loop_loses_nothing_and_stores_nothing_twice(
     event produced while the stream was set is stored exactly once."""
     proc = await daemon_with(tmp_path, fake_api, EVERYTHING)
     config = tmp_path / "sfmd.toml"
-    kills = 6
+    kills = 20
     try:
         for round_ in range(kills):
             await until_sent(fake_api, round_ + 1, 30)
             await wait_until(lambda: any(p.stat().st_size for p in (tmp_path / "data").rglob(
                 "*.part")), what="events on disk")
             proc.kill()  # SIGKILL: no publish, no goodbye
-            await asyncio.sleep(2.5)  # a downtime longer than rewind (2 s), not a wait
+            await asyncio.sleep(2.2)  # a downtime longer than rewind (2 s), not a wait
             proc = await start_daemon(tmp_path, config)
         await until_sent(fake_api, kills + 1, 50)
         await stop(proc)
     finally:
         proc.kill()
     check_exactly_once(fake_api, stored_messages(tmp_path / "data", "all"))
-    gaps = [g for line in manifest_lines(tmp_path / "data", "all") for g in line["gaps"]]
-    assert [g["reason"] for g in gaps].count("daemon_down") >= kills
-    assert all(g["refilled"] == "all" for g in gaps if g["reason"] == "daemon_down")
+    gaps = report(tmp_path / "data" / "all").gaps  # a gap once, however many lines it crosses
+    assert [g["reason"] for g in gaps].count("daemon_down") == kills, gaps
+    assert all(g["refilled"] == "all" for g in gaps if g["reason"] == "daemon_down"), gaps
     proc.signal(signal.SIGTERM)
+
+
+async def test_a_resume_point_past_the_replay_window_is_a_gap_partly_refilled(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    proc = await daemon_with(tmp_path, fake_api, EVERYTHING)
+    fake_api.configure(jetstream_window=1)  # the instance keeps one second of the past
+    try:
+        await until_sent(fake_api, 1, 50)
+        proc.kill()
+        await asyncio.sleep(3)  # a downtime longer than the window, not a wait
+        proc = await start_daemon(tmp_path, tmp_path / "sfmd.toml")
+        await until_sent(fake_api, 2, 50)
+        await stop(proc)
+    finally:
+        proc.kill()
+    [restart] = upgraded(fake_api)[1:]
+    assert restart.summary["clamped"] is True  # the cursor was older than the window
+    gaps = report(tmp_path / "data" / "all").gaps
+    assert [(g["reason"], g["refilled"]) for g in gaps] == [("daemon_down", "some")], gaps
+    assert "replay_window" in [e["event"] for e in log_events(tmp_path)]
