@@ -177,38 +177,34 @@ def _text(pattern: str, rule: str) -> Parser:
     return parse
 
 
-def _url(value: Any, base: Path) -> str:
-    """An http(s) base URL; a trailing slash is dropped so callers can append `/path`."""
-    rule = 'must be an http:// or https:// base URL like "https://stream.twitter.com/1.1"'
-    if not isinstance(value, str):
-        raise _Bad(rule)
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise _Bad(rule) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Bad(rule)
-    if parts.query or parts.fragment:
-        raise _Bad(f"{rule}, without ?query or #fragment")
-    return value.rstrip("/")
+def _url_of(schemes: tuple[str, ...], what: str, example: str) -> Parser:
+    """A URL of one of `schemes`; a trailing slash is dropped so callers can append
+    `/path`. `what` names it in the message ("an http:// or https:// base URL")."""
+    rule = f'must be {what} like "{example}"'
+
+    def parse(value: Any, base: Path) -> str:
+        if not isinstance(value, str):
+            raise _Bad(rule)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise _Bad(rule) from None
+        if parts.scheme not in schemes or not parts.hostname:
+            raise _Bad(rule)
+        if parts.query or parts.fragment:
+            raise _Bad(f"{rule}, without ?query or #fragment")
+        return value.rstrip("/")
+
+    return parse
 
 
-def _websocket_url(value: Any, base: Path) -> str:
-    """A ws(s) URL such as a Jetstream instance's /subscribe."""
-    rule = 'must be a ws:// or wss:// URL like "wss://jetstream2.us-east.bsky.network/subscribe"'
-    if not isinstance(value, str):
-        raise _Bad(rule)
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise _Bad(rule) from None
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise _Bad(rule)
-    if parts.query or parts.fragment:
-        raise _Bad(f"{rule}, without ?query or #fragment")
-    return value
+_url = _url_of(
+    ("http", "https"), "an http:// or https:// base URL", "https://stream.twitter.com/1.1"
+)
+_websocket_url = _url_of(
+    ("ws", "wss"), "a ws:// or wss:// URL", "wss://jetstream2.us-east.bsky.network/subscribe"
+)
 
 
 def _supervisor_url(value: Any, base: Path) -> str:

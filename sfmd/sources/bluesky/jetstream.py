@@ -14,25 +14,23 @@ logged wait by the same rules as Twitter's streams, never giving up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from sfmd.archive import ArchiveError, coverage
-from sfmd.logs import get_logger
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.base import Sink
 from sfmd.sources.bluesky import zstd
 from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
 from sfmd.sources.bluesky.resume import ResumePoint
-from sfmd.status import State, StreamStatus
+from sfmd.sources.life import ConnectionLife
+from sfmd.status import State
 
 #: A text frame larger than this is refused (Jetstream's own events are a few KB).
 MAX_FRAME_BYTES = 64 << 20
@@ -85,7 +83,7 @@ class JetstreamTiming:
     backoff: BackoffPolicy = dataclasses.field(default_factory=BackoffPolicy)
 
 
-class JetstreamStream:
+class JetstreamStream(ConnectionLife):
     def __init__(
         self,
         subscription: Subscription,
@@ -95,61 +93,26 @@ class JetstreamStream:
         stream_dir: Path,
         timing: JetstreamTiming | None = None,
     ) -> None:
+        super().__init__(subscription.name, sink)
         self.subscription = subscription
         self.session = session
-        self.sink = sink
         self.stream_dir = stream_dir
         self.timing = timing or JetstreamTiming()
-        self.status = StreamStatus()
         self.backoff = Backoff(self.timing.backoff)
-        self.log = get_logger(stream=subscription.name)
         self.resume: ResumePoint | None = None
         self.duplicates = 0  # events the replay brought again, dropped
         self.refused = 0  # frames that were not events, or too large
         self._connections = 0
-        self._task: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._stopping = False
 
     # -- start, stop, change ----------------------------------------------------------------
 
-    def start(self, delay: float = 0.0) -> None:
-        self._stopping = False
-        self._set_state(State.CONNECTING, reason="started")
-        self._task = asyncio.create_task(self.run(delay), name=f"jetstream:{self.name}")
-
-    @property
-    def name(self) -> str:
-        return self.subscription.name
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return self._task
-
-    async def stop(self, grace: float = 5.0) -> None:
-        """Close the socket; the read loop hands over what it read and ends."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        if self._ws is not None:
-            await self._ws.close()
-        else:
-            task.cancel()
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.shield(task)
-        except TimeoutError:
-            self.log.error("stop_timed_out", grace=grace)
-            task.cancel()
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise
-        except Exception:
-            pass  # the task died of a bug earlier; its owner logged it
-        finally:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def _interrupt(self) -> bool:
+        """Close the socket: the read loop sees the close and hands over what it read."""
+        if self._ws is None:
+            return False
+        await self._ws.close()
+        return True
 
     async def change(self, subscription: Subscription) -> None:
         """New collections or DIDs: an `options_update` on the open socket (the next
@@ -306,20 +269,3 @@ class JetstreamStream:
             self._set_state(State.BACKOFF, reason="the archive refuses writes",
                             error=f"archive: {self.sink.error}")
             await asyncio.sleep(wait)
-
-    # -- status --------------------------------------------------------------------------------
-
-    def _set_state(self, state: State, *, reason: str, error: str | None = None) -> None:
-        changed = state is not self.status.state
-        self.status.state = state
-        if error is not None:
-            self.status.last_error = error
-        if changed:
-            self.log.info("stream_state", state=state.value, reason=reason)
-            self.status.since = datetime.now(UTC)
-
-    def status_now(self) -> StreamStatus:
-        current = self.sink.current_file
-        return dataclasses.replace(
-            self.status, current_file=str(current) if current is not None else None
-        )

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -25,9 +23,9 @@ import aiohttp
 from sfmd.archive import ArchiveError, coverage
 from sfmd.config import TimingConfig
 from sfmd.credentials import Credential
-from sfmd.logs import get_logger
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.base import Sink
+from sfmd.sources.life import ConnectionLife
 from sfmd.sources.twitter.framing import FramingError
 from sfmd.status import State, StreamStatus
 
@@ -114,7 +112,7 @@ class Ended(Exception):
         self.reset_ok = reset_ok
 
 
-class Stream:
+class Stream(ConnectionLife):
     def __init__(
         self,
         target: StreamTarget,
@@ -124,66 +122,29 @@ class Stream:
         sink: Sink,
         timing: StreamTiming | None = None,
     ) -> None:
+        super().__init__(target.name, sink)
         self.target = target
         self.dialect = dialect
         self.session = session
-        self.sink = sink
         self.timing = timing or StreamTiming()
-        self.status = StreamStatus()
         self.backoff = Backoff(self.timing.backoff)
-        self.log = get_logger(stream=target.name)
         self._connections = 0
         self._healthy = False  # this connection delivered a message: backoff may reset
-        self._task: asyncio.Task[None] | None = None
         self._response: aiohttp.ClientResponse | None = None
-        self._stopping = False
 
     # -- start and stop --------------------------------------------------------------------
 
-    def start(self, delay: float = 0.0) -> None:
-        """Run in a task; `delay` spreads many streams' first connections (start-up jitter)."""
-        self._stopping = False
-        self._set_state(State.CONNECTING, reason="started")
-        self._task = asyncio.create_task(self.run(delay), name=f"stream:{self.target.name}")
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return self._task
-
-    async def stop(self, grace: float = 5.0) -> None:
-        """End the connection without losing what was already read.
-
-        While reading, the response is closed so the read loop ends after handing its last
-        batch to the sink; cancelling there could drop a batch mid-write. Anywhere else
-        (connecting, backing off) nothing is in flight and the task is simply cancelled.
-        Whatever happens, the task is gone within `grace` seconds.
-        """
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        if self._response is not None:
-            # close() alone would hand the read loop aiohttp's one module-level "Connection
-            # closed" exception; each raise adds this connection's frames (response, parser,
-            # last chunk) to its __traceback__, which lives forever: ~10 KB per reconnect.
-            self._response.content.set_exception(aiohttp.ClientConnectionError("stream stopped"))
-            self._response.close()
-        else:
-            task.cancel()
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.shield(task)
-        except TimeoutError:
-            self.log.error("stop_timed_out", grace=grace)
-            task.cancel()
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise  # our caller was cancelled, not the task
-        except Exception:
-            pass  # the task died of a bug earlier; its owner logged it from the task
-        finally:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def _interrupt(self) -> bool:
+        """While reading, the response is closed so the read loop ends after handing its
+        last batch to the sink; cancelling there could drop a batch mid-write."""
+        if self._response is None:
+            return False
+        # close() alone would hand the read loop aiohttp's one module-level "Connection
+        # closed" exception; each raise adds this connection's frames (response, parser,
+        # last chunk) to its __traceback__, which lives forever: ~10 KB per reconnect.
+        self._response.content.set_exception(aiohttp.ClientConnectionError("stream stopped"))
+        self._response.close()
+        return True
 
     async def retarget(self, target: StreamTarget, grace: float = 5.0) -> None:
         """Reconnect at once with new settings, keeping the counters and the sink open.
@@ -339,25 +300,6 @@ class Stream:
                 self.log.warning("partial_message_dropped", bytes=framer.pending)
         if ending is not None:
             raise ending
-
-    # -- status ----------------------------------------------------------------------------
-
-    def _set_state(self, state: State, *, reason: str, error: str | None = None) -> None:
-        """Move to `state` and log why; `last_error` keeps the latest failure until replaced."""
-        changed = state is not self.status.state
-        self.status.state = state
-        if error is not None:
-            self.status.last_error = error
-        if changed:
-            self.log.info("stream_state", state=state.value, reason=reason)
-            self.status.since = datetime.now(UTC)
-
-    def status_now(self) -> StreamStatus:
-        """The status with the file being written now (a copy: the counters keep moving)."""
-        current = self.sink.current_file
-        return dataclasses.replace(
-            self.status, current_file=str(current) if current is not None else None
-        )
 
 
 async def _body_snippet(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
