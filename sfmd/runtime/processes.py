@@ -84,8 +84,13 @@ STREAM_STATES = {
 
 
 def settings_fingerprint(spec: StreamSpec) -> str:
-    """A short hash of what the stream sends to Twitter: no filter text, but changes with it."""
-    return hashlib.sha256(repr(spec.connection_key()).encode()).hexdigest()[:16]
+    """A short hash of what the stream asks its network for: no filter text, but changes with
+    it. A process reads its settings when it starts, so a Bluesky stream's new collections or
+    DIDs (an options_update for a task) restart its process too."""
+    asked: tuple[object, ...] = spec.connection_key()
+    if spec.source == "bluesky":
+        asked = (*asked, spec.collections, spec.dids)
+    return hashlib.sha256(repr(asked).encode()).hexdigest()[:16]
 
 
 class ProcessStreams:

@@ -1,5 +1,5 @@
 """Process-isolated streams without a supervisord: state mapping, and refusals before any
-conf is written (sfmd.runtime.processes)."""
+conf is written, and what restarts a process (sfmd.runtime.processes)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sfmd.ops.confs import ConfError
-from sfmd.runtime.processes import ProcessStreams, process_status
+from sfmd.registry import apply_patch, validate_stream
+from sfmd.runtime.processes import ProcessStreams, process_status, settings_fingerprint
 from tests.helpers.confs import SLEEPER, spec, write_supervisor_config
 
 
@@ -43,3 +44,14 @@ def test_process_status_maps_supervisor_states() -> None:
     running = {"statename": "RUNNING", "start": 1700000000, "pid": 42, "description": "x"}
     assert process_status(running)["state"] == "streaming"
     assert process_status(running)["last_error"] is None
+
+
+def test_a_bluesky_process_restarts_for_new_collections_a_twitter_one_keeps_its_hash() -> None:
+    bluesky = validate_stream({"name": "p", "source": "bluesky", "kind": "jetstream",
+                               "collections": ["app.bsky.feed.post"], "isolation": "process"})
+    changed = apply_patch(bluesky, {"collections": ["app.bsky.feed.like"]})
+    assert settings_fingerprint(changed) != settings_fingerprint(bluesky)
+    twitter = validate_stream({"name": "t", "kind": "filter", "track": ["x"],
+                               "credential": "c", "isolation": "process"})
+    assert settings_fingerprint(apply_patch(twitter, {"active": False})) == settings_fingerprint(
+        twitter)
