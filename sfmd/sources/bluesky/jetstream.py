@@ -104,6 +104,8 @@ class JetstreamStream(ConnectionLife):
         self.refused = 0  # frames that were not events, or too large
         self._connections = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._last_frame = 0.0  # loop time of the last frame of any kind
+        self._idle = False  # the watchdog closed the socket
 
     # -- start, stop, change ----------------------------------------------------------------
 
@@ -165,7 +167,8 @@ class JetstreamStream(ConnectionLife):
                 params=sub.query(cursor),
                 autoping=False,  # pings are answered here: they count as signs of life
                 max_msg_size=MAX_FRAME_BYTES,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                # A close handshake with a dead peer waits this long at most.
+                timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
                 compress=0,
             ) as ws:
                 self._ws = ws
@@ -191,16 +194,39 @@ class JetstreamStream(ConnectionLife):
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, cursor: int | None
                     ) -> tuple[Failure, str]:
+        loop = asyncio.get_running_loop()
+        self._last_frame = loop.time()
+        watchdog = asyncio.create_task(self._watch_idle(ws))
+        try:
+            return await self._frames(ws, cursor, loop)
+        finally:
+            watchdog.cancel()
+
+    async def _watch_idle(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Close a socket that has been silent for `idle_timeout`, pings included: one timer
+        per idle period rather than one per frame."""
+        loop = asyncio.get_running_loop()
+        idle = self.timing.idle_timeout
+        while not ws.closed:
+            left = self._last_frame + idle - loop.time()
+            if left <= 0:
+                self._idle = True
+                await ws.close()
+                return
+            await asyncio.sleep(left)
+
+    async def _frames(self, ws: aiohttp.ClientWebSocketResponse, cursor: int | None,
+                      loop: asyncio.AbstractEventLoop) -> tuple[Failure, str]:
         assert self.resume is not None
         resume = self.resume
         before = resume.newest
         first = True
         decompressor = zstd.decompressor()
+        self._idle = False
         while True:
-            try:
-                async with asyncio.timeout(self.timing.idle_timeout):
-                    msg = await ws.receive()
-            except TimeoutError:
+            msg = await ws.receive()
+            self._last_frame = loop.time()
+            if self._idle:
                 return Failure.NETWORK, f"idle: no frame for {self.timing.idle_timeout:g} s"
             if msg.type == aiohttp.WSMsgType.PING:
                 await ws.pong(msg.data)

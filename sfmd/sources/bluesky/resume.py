@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ class ResumePoint:
         self.rewind_us = rewind_us
         self.newest: int | None = None
         self._recent: dict[Identity, int] = {}  # identity → time_us
-        self._pruned_at = 0
+        # The same identities in the order they were stored: events come in time order
+        # (a replay, then the live tail), so the oldest are at the left.
+        self._order: deque[tuple[int, Identity]] = deque()
 
     @property
     def cursor(self) -> int | None:
@@ -39,18 +42,22 @@ class ResumePoint:
 
     def stored(self, key: Identity, time_us: int) -> None:
         self._recent[key] = time_us
+        self._order.append((time_us, key))
         if self.newest is None or time_us > self.newest:
             self.newest = time_us
-        if len(self._recent) - self._pruned_at > 4096:
-            self._prune()
+        self._prune()
 
     def _prune(self) -> None:
-        """Forget identities older than the replay can bring back."""
-        if self.newest is None:
-            return
+        """Forget identities older than the replay can bring back: from the left, so each is
+        looked at once however dense the events (an event stored out of order is kept until
+        the ones before it go)."""
+        assert self.newest is not None
         floor = self.newest - 2 * self.rewind_us
-        self._recent = {k: t for k, t in self._recent.items() if t >= floor}
-        self._pruned_at = len(self._recent)
+        order, recent = self._order, self._recent
+        while order and order[0][0] < floor:
+            time_us, key = order.popleft()
+            if recent.get(key) == time_us:
+                del recent[key]
 
     @classmethod
     def from_files(cls, stream_dir: Path, rewind_us: int) -> ResumePoint:
@@ -67,11 +74,14 @@ class ResumePoint:
                 t = _time_us(line)
                 if t is not None and t >= floor:
                     try:
-                        point._recent[identity(parse(line), line)] = t
+                        key = identity(parse(line), line)
                     except NotAnEvent:
                         continue
+                    point._recent[key] = t
+                    point._order.append((t, key))
             if newest < floor:
                 break  # older files hold nothing the replay can bring back
+        point._order = deque(sorted(point._order, key=lambda entry: entry[0]))
         return point
 
 

@@ -76,3 +76,13 @@ def test_what_a_subscription_asks_for() -> None:
     many = Subscription("p", "ws://h", (), tuple(f"did:plc:{i}" for i in range(500)), True)
     shown = many.provenance(None)["params"]["wantedDids"]
     assert shown["count"] == 500 and len(shown["sha256_sorted"]) == 64
+
+
+def test_identities_are_forgotten_once_the_replay_cannot_bring_them_back() -> None:
+    point = ResumePoint(rewind_us=1_000)
+    events = [(("did", "c", str(i)), T0 + i) for i in range(50_000)]  # one a microsecond
+    for key, time_us in events:
+        point.stored(key, time_us)
+    assert point.seen(events[-1][0]) and point.seen(events[-2000][0])
+    assert not point.seen(events[0][0]) and not point.seen(events[-2002][0])
+    assert len(point._recent) == 2001  # what twice the rewind holds, no more
