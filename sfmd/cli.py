@@ -16,7 +16,12 @@ from sfmd import __version__
 from sfmd.archive.coverage import keep_alive
 from sfmd.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load_config
 from sfmd.control.server import ControlServer
-from sfmd.credentials import Credential, CredentialsError, load_credentials
+from sfmd.credentials import (
+    Credential,
+    CredentialsError,
+    credentials_problems,
+    load_credentials,
+)
 from sfmd.ctl import moment
 from sfmd.daemon.app import Daemon, StartupError
 from sfmd.locks import CredentialBusy
@@ -73,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `sfmd fakeapi ...` to sfmd.fake.cli before parsing.
     sub.add_parser("fakeapi", help="run the bundled simulated streaming API (see --help there)")
+
+    p = sub.add_parser(
+        "check", help="check the config, credentials and registry without starting anything",
+        description="Like `nginx -t`: load and check the config file, the credentials file "
+        "(its mode too) and the stream registry; report every problem found. Exit 0 when "
+        "sfmd run would start with them, 1 otherwise.",
+    )
+    p.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
         "verify", help="the fixity audit: every manifest entry's file exists as described",
@@ -281,6 +295,29 @@ def config_for_files(path: Path | None) -> Config:
         return load_config(chosen)
     except ConfigError as e:
         raise StartupError(str(e)) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """What `sfmd run` would refuse at start-up, and what it would start but mark failed."""
+    path = args.config or Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    config = config_for_files(path)
+    try:
+        credentials = load_credentials(config.twitter.credentials_file)
+        registry = Registry.load(config.daemon.state_dir)
+    except (CredentialsError, RegistryError) as e:
+        raise StartupError(str(e)) from None
+    problems = credentials_problems(
+        credentials, config.twitter.default_credential, config.twitter.credentials_file
+    )
+    for spec in registry.list():
+        problem = source_of(spec).credential_problem(spec, credentials) if spec.active else None
+        if problem:
+            problems.append(f"stream {spec.name!r} would be marked failed: {problem}")
+    for problem in problems:
+        print(f"sfmd check: {problem}", file=sys.stderr)
+    print(f"{path}: {'ok' if not problems else f'{len(problems)} problems'} "
+          f"({len(credentials)} credentials, {len(registry)} streams)")
+    return EXIT_OK if not problems else EXIT_FAILED
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -37,6 +37,11 @@ class Credential:
     def has_oauth1(self) -> bool:
         return all(getattr(self, key) for key in OAUTH1_KEYS)
 
+    def placeholders(self) -> list[str]:
+        """The keys still holding the example file's REPLACE-WITH-... text (names only)."""
+        return [key for key in (*OAUTH1_KEYS, *OPTIONAL_KEYS)
+                if str(getattr(self, key) or "").startswith("REPLACE-WITH-")]
+
     def secrets(self) -> list[str]:
         """Every secret value, for tests and redaction: none of these may ever be printed."""
         values = [getattr(self, key) for key in (*OAUTH1_KEYS, *OPTIONAL_KEYS)]
@@ -117,3 +122,22 @@ def load_credentials(
             )
         creds[name] = Credential(name=name, **table)
     return creds
+
+
+def credentials_problems(
+    credentials: dict[str, Credential], default_credential: str, path: Path
+) -> list[str]:
+    """What stops `sfmd run`: a default credential the file lacks, and keys still holding the
+    example's placeholders. Names and keys only, never a value."""
+    problems = []
+    # An empty file (a deployment with Bluesky streams only) needs no default.
+    if credentials and default_credential not in credentials:
+        known = ", ".join(sorted(credentials)) or "none"
+        problems.append(f"[twitter] default_credential {default_credential!r} is not in "
+                        f"{path} (known: {known})")
+    for name, credential in sorted(credentials.items()):
+        placeholders = credential.placeholders()
+        if placeholders:
+            problems.append(f"credential {name!r} in {path} still holds the example's "
+                            f"placeholder in {', '.join(placeholders)}: put the real keys there")
+    return problems

@@ -57,7 +57,7 @@ def demo_config(base: Path, api_url: str, jetstream_url: str) -> Config:
         daemon=dataclasses.replace(config.daemon, save_interval=2),
         twitter=dataclasses.replace(
             config.twitter, stream_url=api_url, rest_url=api_url,
-            credentials_file=base / "credentials.toml",
+            credentials_file=base / "credentials.toml", default_credential="demo-sample",
         ),
         timing=dataclasses.replace(config.timing, start_jitter=0),
     )

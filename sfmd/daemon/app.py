@@ -23,7 +23,12 @@ import aiohttp
 
 from sfmd.archive.coverage import keep_alive
 from sfmd.config import Config
-from sfmd.credentials import Credential, CredentialsError, load_credentials
+from sfmd.credentials import (
+    Credential,
+    CredentialsError,
+    credentials_problems,
+    load_credentials,
+)
 from sfmd.daemon.admission import Admission
 from sfmd.daemon.heap import Heap
 from sfmd.daemon.views import Views
@@ -112,6 +117,12 @@ class Daemon:
     async def startup(self, control: Any = None) -> None:
         try:
             self.credentials = load_credentials(self.config.twitter.credentials_file)
+            twitter = self.config.twitter
+            problems = credentials_problems(
+                self.credentials, twitter.default_credential, twitter.credentials_file
+            )
+            if problems:
+                raise StartupError("; ".join(problems))
             # Not checked against the credentials here: a stream whose credential is gone is
             # marked failed with the reason, the others run.
             self.registry = Registry.load(self.config.daemon.state_dir)

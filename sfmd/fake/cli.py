@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate",
         type=float,
-        default=0.0,
-        help="messages per second per connection; 0: as fast as possible",
+        default=20.0,  # like a real stream; a dry run flat out fills a disk in hours
+        help="messages per second per connection; 0: as fast as possible (for benchmarks)",
     )
     parser.add_argument(
         "--total",

@@ -133,14 +133,18 @@ class Text:
     min_len: int = 1
     in_bytes: bool = False  # lengths in UTF-8 bytes (Twitter's unit for track), not characters
     type_hint: str = ""
+    prefix: str = ""  # accepted before the value and dropped (the @ of a screen name)
 
     def schema(self) -> dict[str, Any]:
         # A character never takes fewer bytes than one, so maxLength bounds a byte limit too.
+        pattern = self.pattern
+        if self.prefix:  # the anchored pattern, with the prefix allowed in front
+            pattern = f"^{re.escape(self.prefix)}?{pattern.removeprefix('^')}"
         return {
             "type": "string",
             "minLength": self.min_len,
-            "maxLength": self.max_len,
-            "pattern": self.pattern,
+            "maxLength": self.max_len + len(self.prefix),
+            "pattern": pattern,
         }
 
     def check(self, value: object, field: str, label: str, subject: str) -> str:
@@ -150,6 +154,8 @@ class Text:
                 field,
                 f"{label} must be a string, got {_json_type(value)}{self.type_hint}",
             )
+        if self.prefix:
+            value = value.removeprefix(self.prefix)
         try:
             encoded = value.encode("utf-8")
         except UnicodeEncodeError:
@@ -391,7 +397,8 @@ FIELDS: dict[str, Field] = {
                 Text(
                     r"^[A-Za-z0-9_]+$",
                     15,
-                    "a screen name of 1-15 characters of A-Z a-z 0-9 _ (without @)",
+                    "a screen name of 1-15 characters of A-Z a-z 0-9 _ (a leading @ is dropped)",
+                    prefix="@",
                 ),
                 "screen name",
                 "screen names",
@@ -405,10 +412,10 @@ FIELDS: dict[str, Field] = {
             "language",
             ListOf(
                 Text(
-                    r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$",
+                    r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$",
                     35,
-                    "a BCP 47 code: 2-8 letters, then optional -subtags of 1-8 letters or"
-                    " digits, e.g. en or pt-BR",
+                    "a BCP 47 code: a 2-3 letter language (ISO 639, not its name), then optional"
+                    " -subtags of 1-8 letters or digits, e.g. en or pt-BR",
                 ),
                 "code",
                 "codes",

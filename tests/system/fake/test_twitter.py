@@ -460,3 +460,11 @@ def test_command_line_serves_until_sigterm() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_the_command_line_paces_like_a_real_stream_unless_told_otherwise() -> None:
+    """A dry run flat out would fill a disk in hours: the default rate is a real stream's."""
+    shown = subprocess.run([sys.executable, "-m", "sfmd", "fakeapi", "--help"],
+                           capture_output=True, text=True, timeout=30, check=True).stdout
+    flat = " ".join(shown.split())
+    assert "--rate RATE messages per second per connection" in flat and "(default: 20.0)" in flat
