@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", nargs="?", help="the stream's name in the registry")
     p.add_argument("--all", action="store_true", help="one conf per process-isolated stream")
-    p.add_argument("--config", required=True, type=Path, help="the sfmd TOML config file")
+    p.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     p.set_defaults(func=cmd_supervisor_conf)
 
     # Listed for --help only: main() hands `sfmd fakeapi ...` to sfmd.fake.cli before parsing.
@@ -270,12 +270,19 @@ def cmd_supervisor_conf(args: argparse.Namespace) -> int:
     if bool(args.name) == bool(args.all):
         print("sfmd supervisor-conf: give a stream NAME or --all", file=sys.stderr)
         return EXIT_USAGE
-    config, credentials, registry = load_all(args.config)
+    config, credentials, registry = load_all(config_path(args.config))
     processes = ProcessStreams(config)
     if args.all:
         specs = [s for s in registry.list() if s.mode is Mode.PROCESS]
+        if not specs:
+            print("sfmd supervisor-conf: no stream has isolation = \"process\"; nothing to "
+                  "print", file=sys.stderr)
     else:
         specs = [find_stream(registry, credentials, args.name)[0]]
+        if specs[0].mode is not Mode.PROCESS:
+            print(f"sfmd supervisor-conf: stream {args.name!r} runs as a task in sfmd run "
+                  "(isolation = \"task\"); this is the conf it would take as a process, and "
+                  "sfmd does not use it", file=sys.stderr)
     try:
         print("\n".join(processes.render(spec) for spec in specs), end="")
     except ConfError as e:
@@ -288,18 +295,22 @@ def cmd_supervisor_conf(args: argparse.Namespace) -> int:
 CONFIG_HELP = "the sfmd TOML config file (default: $SFMD_CONFIG, else /etc/sfm/sfmd.toml)"
 
 
+def config_path(given: Path | None) -> Path:
+    """--config, else $SFMD_CONFIG, else the path the shipped units use."""
+    return given or Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
 def config_for_files(path: Path | None) -> Config:
     """The config of commands that read the files, not the daemon."""
-    chosen = path or Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     try:
-        return load_config(chosen)
+        return load_config(config_path(path))
     except ConfigError as e:
         raise StartupError(str(e)) from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """What `sfmd run` would refuse at start-up, and what it would start but mark failed."""
-    path = args.config or Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    path = config_path(args.config)
     config = config_for_files(path)
     try:
         credentials = load_credentials(config.twitter.credentials_file)

@@ -395,19 +395,28 @@ def print_json(answer: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    """The table; exit 1 when a stream shown is failed or backing off, as `supervisorctl
+    status` does for a program that is not running, so monitoring can call it."""
     started = time.monotonic()
     streams = client.call("GET", "/streams")["streams"]
     if args.json:
-        print_json({"streams": _only(streams, args.names)})
-        return EXIT_OK
+        shown = _only(streams, args.names)
+        print_json({"streams": shown})
+        return _health_code(shown)
     rate = None
     if not args.once:
         time.sleep(args.interval)  # the rate needs two samples some time apart
         later = client.call("GET", "/streams")["streams"]
         rate = rates(streams, later, time.monotonic() - started)
         streams = later
-    print(render_status(_only(streams, args.names), rate))
-    return EXIT_OK
+    shown = _only(streams, args.names)
+    print(render_status(shown, rate))
+    return _health_code(shown)
+
+
+def _health_code(streams: list[dict[str, Any]]) -> int:
+    troubled = any(s["status"]["state"] in TROUBLED for s in streams)
+    return EXIT_FAILED if troubled else EXIT_OK
 
 
 def _only(streams: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:

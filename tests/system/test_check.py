@@ -64,3 +64,20 @@ def test_a_broken_config_is_named(tmp_path: Path) -> None:
     config.write_text(config.read_text() + "\n[daemon2]\n")
     checked = sfmd("check", "--config", str(config), cwd=tmp_path)
     assert checked.returncode == 1 and "unknown table [daemon2]" in checked.stderr
+
+
+def test_supervisor_conf_finds_the_config_and_says_what_it_prints(tmp_path: Path) -> None:
+    config = home(tmp_path, CREDENTIALS_TOML)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "streams.json").write_text(json.dumps({"version": 1, "streams": [
+        {"name": "s", "kind": "sample", "credential": "alpha"}]}))
+    env = {**os.environ, "SFMD_CONFIG": str(config)}  # no --config: the environment's
+    done = subprocess.run([sys.executable, "-m", "sfmd", "supervisor-conf", "s"],
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "[program:sfm-stream-s]" in done.stdout
+    assert "runs as a task" in done.stderr  # a conf sfmd itself does not use
+    empty = subprocess.run([sys.executable, "-m", "sfmd", "supervisor-conf", "--all"],
+                           capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
+    assert empty.returncode == 0 and empty.stdout == ""
+    assert 'no stream has isolation = "process"' in empty.stderr

@@ -385,10 +385,13 @@ async def test_status_shows_the_last_error_under_a_troubled_row(site: Site) -> N
     assert (await sfmctl(site, "add", "bad", "--track", "t", "--credential", "alpha")).code == 0
     seen: list[str] = []
 
+    codes: list[int] = []
+
     async def troubled() -> bool:
-        out = (await sfmctl(site, "status", "--once")).out
-        seen.append(out)
-        return "last error:" in out
+        shown = await sfmctl(site, "status", "--once")
+        seen.append(shown.out)
+        codes.append(shown.code)
+        return "last error:" in shown.out
 
     async with asyncio.timeout(DEADLINE):
         while not await troubled():
@@ -397,6 +400,7 @@ async def test_status_shows_the_last_error_under_a_troubled_row(site: Site) -> N
     row = next(i for i, line in enumerate(lines) if line.startswith("bad "))
     assert lines[row].split()[2] in ("backoff", "failed")
     assert lines[row + 1].startswith("    last error:") and "503" in lines[row + 1], lines
+    assert codes[-1] == 1  # a troubled stream: monitoring sees it in the exit code
     await site.api.reset()  # drop the faults left, so no later test meets them
 
 
