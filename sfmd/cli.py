@@ -34,6 +34,11 @@ from sfmd.runtime.tasks import StreamRunner, new_session
 from sfmd.sources import source_of
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DESCRIPTION = (
+    "sfmd collects Twitter and Bluesky streams into clock-rotated files with a fixity "
+    "manifest. `sfmd run` is the daemon (manage its streams with sfmctl); the other commands "
+    "check, audit and package what it stored."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sfmd", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sfmd", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"sfmd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -166,6 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise StartupError(str(e)) from None
     log_files = setup_logging(config.daemon.log_dir / "sfmd.log")
     raise_file_limit()
+    # The log is JSON for machines; a person starting sfmd by hand learns where things are.
+    print(f"sfmd {__version__}: logging to {config.daemon.log_dir / 'sfmd.log'}, control "
+          f"socket {config.daemon.control_socket}", flush=True)
     return asyncio.run(run_daemon(config, log_files))
 
 

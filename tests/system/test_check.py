@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.helpers.config import CREDENTIALS_TOML, write_config
+from tests.helpers.waits import wait_until_sync
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "etc" / "credentials.toml.example"
 
@@ -81,3 +83,27 @@ def test_supervisor_conf_finds_the_config_and_says_what_it_prints(tmp_path: Path
                            capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
     assert empty.returncode == 0 and empty.stdout == ""
     assert 'no stream has isolation = "process"' in empty.stderr
+
+
+def test_sfmd_run_says_where_it_logs_and_listens(tmp_path: Path) -> None:
+    config = home(tmp_path, CREDENTIALS_TOML)
+    with subprocess.Popen([sys.executable, "-m", "sfmd", "run", "--config", str(config)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=tmp_path) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            # Stopped once it serves: a SIGTERM before its handlers exist would kill it.
+            wait_until_sync(lambda: (tmp_path / "sfmd.sock").exists(), what="the socket")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, errors = proc.communicate(timeout=15)
+    assert f"logging to {tmp_path / 'log' / 'sfmd.log'}" in first
+    assert f"control socket {tmp_path / 'sfmd.sock'}" in first
+    assert proc.returncode == 0, errors
+
+
+def test_sfmd_help_speaks_to_an_operator() -> None:
+    shown = subprocess.run([sys.executable, "-m", "sfmd", "--help"], capture_output=True,
+                           text=True, timeout=30, check=True).stdout
+    assert "sfmd collects" in shown and "Thin by design" not in shown
