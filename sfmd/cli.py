@@ -171,9 +171,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise StartupError(str(e)) from None
     log_files = setup_logging(config.daemon.log_dir / "sfmd.log")
     raise_file_limit()
-    # The log is JSON for machines; a person starting sfmd by hand learns where things are.
-    print(f"sfmd {__version__}: logging to {config.daemon.log_dir / 'sfmd.log'}, control "
-          f"socket {config.daemon.control_socket}", flush=True)
     return asyncio.run(run_daemon(config, log_files))
 
 
@@ -202,9 +199,15 @@ async def run_daemon(config: Config, log_files: LogFiles) -> int:
         get_logger().info("signal_received")
         daemon.request_stop()
 
+    def started() -> None:
+        # The log is JSON for machines; a person starting sfmd by hand learns where things
+        # are, once it has started (a refused start prints only its reason, on stderr).
+        print(f"sfmd {__version__}: logging to {config.daemon.log_dir / 'sfmd.log'}, control "
+              f"socket {config.daemon.control_socket}", flush=True)
+
     waiter = asyncio.create_task(stop_on_signal())
     try:
-        await daemon.serve(control, Notifier.from_env())
+        await daemon.serve(control, Notifier.from_env(), started=started)
     except StartupError:
         await daemon.shutdown(None)
         raise

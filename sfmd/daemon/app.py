@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -98,11 +98,19 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def serve(self, control: Any = None, notifier: Notifier | None = None) -> None:
+    async def serve(
+        self,
+        control: Any = None,
+        notifier: Notifier | None = None,
+        started: Callable[[], None] | None = None,
+    ) -> None:
         """startup → main_loop → shutdown; `control` is the API server (started after load),
-        `notifier` tells systemd (READY, STATUS, WATCHDOG, STOPPING) when it asked to know."""
+        `notifier` tells systemd (READY, STATUS, WATCHDOG, STOPPING) when it asked to know,
+        `started` is called once start-up has succeeded."""
         notifier = notifier or Notifier(None)
         await self.startup(control)
+        if started is not None:
+            started()
         notifier.ready(self.views.status_line())
         pinger = asyncio.create_task(watchdog_loop(notifier, self.views.status_line))
         try:
