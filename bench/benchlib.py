@@ -1,11 +1,15 @@
-"""What every benchmark here shares: /proc readings, CPU pinning, and the results file."""
+"""What every benchmark here shares: /proc readings, CPU pinning, stopping a child, and the
+results file."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -90,3 +94,15 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))
     return ordered[int(rank) - 1]
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM a child that still runs, then SIGKILL it if it has not exited within
+    `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchlib import cpu_seconds, dated_section, percentile, pinned, publish
+from benchlib import cpu_seconds, dated_section, percentile, pinned, publish, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -182,13 +182,7 @@ class FakeAPIProcess:
         self.stream_url = self.url + "/1.1"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
 
 
 class DaemonProcess:

@@ -48,7 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from benchlib import cpu_seconds, cpu_times, dated_section, pinned, publish  # noqa: E402
+from benchlib import cpu_seconds, cpu_times, dated_section, pinned, publish, terminate  # noqa: E402
 
 from sfmd.credentials import load_credentials  # noqa: E402
 from sfmd.registry import Registry, validate_stream  # noqa: E402
@@ -203,13 +203,7 @@ class FakeAPIProcess:
         return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
 
 
 def stream_request(stream_url: str, track: str | None) -> tuple[str, str, dict[str, str]]:

@@ -64,7 +64,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(BENCH))
 
-from benchlib import cpu_seconds, cpu_times, dated_section, load_average, pinned, publish  # noqa: E402
+from benchlib import cpu_seconds, cpu_times, dated_section, load_average, pinned, publish, terminate  # noqa: E402
 from ingest import busy_cores, machine_facts, peak_rss_mb  # noqa: E402
 
 STREAM = "bench"
@@ -220,13 +220,7 @@ class FakeInstance:
         return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
 
 
 # --------------------------------------------------------------------------- the plain client
