@@ -16,6 +16,12 @@ from sfmd.logs import get_logger
 
 log = get_logger()
 
+# Connections the kernel queues before the daemon accepts them. aiohttp's default of 128 is
+# too few for a burst of sfmctl calls and scrapes: a Unix socket whose queue is full refuses a
+# non-blocking connect with EAGAIN, which asyncio takes for "in progress" and then reports as a
+# connected socket that fails its first write (ENOTCONN). The kernel caps it at somaxconn.
+BACKLOG = 1024
+
 
 class ControlServer:
     """The API on the Unix socket: claimed safely, chmodded, closed first at shutdown."""
@@ -34,7 +40,7 @@ class ControlServer:
         # Bind under a umask that already gives the configured mode: no moment of looser access.
         old = os.umask(0o777 & ~self.mode)
         try:
-            await web.UnixSite(self._runner, str(self.path)).start()
+            await web.UnixSite(self._runner, str(self.path), backlog=BACKLOG).start()
         finally:
             os.umask(old)
         os.chmod(self.path, self.mode)
