@@ -16,6 +16,11 @@ from sfmd.errors import SfmdError
 
 OAUTH1_KEYS = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
 OPTIONAL_KEYS = ("bearer_token",)
+#: A Mastodon account's keys, given together: the instance's URL (not secret) and the user
+#: access token (secret).
+MASTODON_KEYS = ("mastodon_instance", "mastodon_token")
+SECRET_KEYS = (*OAUTH1_KEYS, *OPTIONAL_KEYS, "mastodon_token")
+ALL_KEYS = (*OAUTH1_KEYS, *OPTIONAL_KEYS, *MASTODON_KEYS)
 
 
 class CredentialsError(SfmdError):
@@ -32,19 +37,25 @@ class Credential:
     access_token: str = field(repr=False, default="")
     access_token_secret: str = field(repr=False, default="")
     bearer_token: str = field(repr=False, default="")
+    mastodon_instance: str = ""
+    mastodon_token: str = field(repr=False, default="")
 
     @property
     def has_oauth1(self) -> bool:
         return all(getattr(self, key) for key in OAUTH1_KEYS)
 
+    @property
+    def has_mastodon(self) -> bool:
+        return bool(self.mastodon_instance and self.mastodon_token)
+
     def placeholders(self) -> list[str]:
         """The keys still holding the example file's REPLACE-WITH-... text (names only)."""
-        return [key for key in (*OAUTH1_KEYS, *OPTIONAL_KEYS)
+        return [key for key in ALL_KEYS
                 if str(getattr(self, key) or "").startswith("REPLACE-WITH-")]
 
     def secrets(self) -> list[str]:
         """Every secret value, for tests and redaction: none of these may ever be printed."""
-        values = [getattr(self, key) for key in (*OAUTH1_KEYS, *OPTIONAL_KEYS)]
+        values = [getattr(self, key) for key in SECRET_KEYS]
         return [v for v in values if v]
 
     def __str__(self) -> str:
@@ -97,11 +108,11 @@ def load_credentials(
                 f"credentials file {path}: `{name}` must be a table like [{name}] holding "
                 f"{', '.join(OAUTH1_KEYS)}"
             )
-        unknown = sorted(set(table) - set(OAUTH1_KEYS) - set(OPTIONAL_KEYS))
+        unknown = sorted(set(table) - set(ALL_KEYS))
         if unknown:
             raise CredentialsError(
                 f"credentials file {path}: [{name}] has unknown key(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(OAUTH1_KEYS + OPTIONAL_KEYS)}"
+                f"allowed: {', '.join(ALL_KEYS)}"
             )
         for key, value in table.items():
             if not isinstance(value, str) or not value:
@@ -115,11 +126,30 @@ def load_credentials(
                 f"credentials file {path}: [{name}] is missing {', '.join(missing)}; "
                 "OAuth 1.0a needs all four keys"
             )
-        if not present and "bearer_token" not in table:
+        mastodon = [k for k in MASTODON_KEYS if k in table]
+        if len(mastodon) == 1:
+            missing = [k for k in MASTODON_KEYS if k not in table]
+            raise CredentialsError(
+                f"credentials file {path}: [{name}] has {mastodon[0]} but not {missing[0]}; "
+                "a Mastodon account needs both"
+            )
+        instance = table.get("mastodon_instance", "")
+        if instance and not instance.startswith("REPLACE-WITH-") and not (
+            instance.startswith(("https://", "http://")) and "/" not in
+            instance.split("://", 1)[1].rstrip("/")
+        ):
+            raise CredentialsError(
+                f"credentials file {path}: [{name}] mastodon_instance must be the instance's "
+                "address, like https://mastodon.social (no path)"
+            )
+        if not present and "bearer_token" not in table and not mastodon:
             raise CredentialsError(
                 f"credentials file {path}: [{name}] holds no keys; give the four OAuth 1.0a "
-                "keys (and/or bearer_token for API v2)"
+                "keys (and/or bearer_token for API v2), or mastodon_instance and "
+                "mastodon_token for a Mastodon account"
             )
+        if instance:
+            table = {**table, "mastodon_instance": instance.rstrip("/")}
         creds[name] = Credential(name=name, **table)
     return creds
 
