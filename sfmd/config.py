@@ -97,6 +97,13 @@ class BlueskyConfig:
 
 
 @dataclass(frozen=True)
+class MastodonConfig:
+    fill_overlap: float
+    idle_timeout: float
+    fill_max_pages: int
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     server_url: str
     conf_dir: Path
@@ -112,6 +119,7 @@ class Config:
     timing: TimingConfig
     supervisor: SupervisorConfig
     bluesky: BlueskyConfig
+    mastodon: MastodonConfig
 
 
 SECTIONS: dict[str, type] = {
@@ -120,6 +128,7 @@ SECTIONS: dict[str, type] = {
     "timing": TimingConfig,
     "supervisor": SupervisorConfig,
     "bluesky": BlueskyConfig,
+    "mastodon": MastodonConfig,
 }
 
 
@@ -410,6 +419,13 @@ KEYS: tuple[Key, ...] = (
         "seconds the cursor goes back on every reconnect; events already stored are dropped"),
     Key("bluesky", "idle_timeout", 60, _seconds,
         "seconds with no frame at all (pings included) after which the socket counts as dead"),
+    Key("mastodon", "fill_overlap", 60, _seconds,
+        "seconds of status-id time a gap fill re-reads below the resume point (late posts)"),
+    Key("mastodon", "idle_timeout", 90, _seconds,
+        "seconds with no frame and no ping after which the streaming socket counts as dead"),
+    Key("mastodon", "fill_max_pages", 250, _integer(1),
+        "pages of 40 statuses one gap fill reads at most; a longer gap is recorded as partly"
+        " refilled"),
 )
 # fmt: on
 

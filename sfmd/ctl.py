@@ -224,7 +224,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     rules = getattr(args, "rule", None)
     if rules is not None:
         body["rules"] = [{"value": value} for value in rules if value != ""]
-    for field in ("credential", "isolation", "api", "source", "endpoint"):
+    for field in ("credential", "isolation", "api", "source", "endpoint", "kind", "tag", "list"):
         value = getattr(args, field, None)
         if value is not None:
             body[field] = value
@@ -350,6 +350,8 @@ def render_show(stream: dict[str, Any], now: datetime | None = None) -> str:
             ("dids", _items(stream.get("dids", [])) or "(all)"),
             ("endpoint", stream.get("endpoint") or "(the configured jetstream_url)"),
         ]
+    elif source == "mastodon":
+        settings += [(key, stream[key]) for key in ("tag", "list") if key in stream]
     else:
         settings += [
             ("track", _items(stream.get("track", []))),
@@ -457,8 +459,12 @@ def _report(args: argparse.Namespace, answer: dict[str, Any], done: str) -> int:
     return EXIT_OK
 
 
+#: The kind `sfmctl add` gives a stream of each source when --kind names none.
+DEFAULT_KIND = {"twitter": "filter", "bluesky": "jetstream", "mastodon": "hashtag"}
+
+
 def cmd_add(args: argparse.Namespace, client: Client) -> int:
-    kind = "jetstream" if getattr(args, "source", None) == "bluesky" else "filter"
+    kind = DEFAULT_KIND[getattr(args, "source", None) or "twitter"]
     body = {"name": args.name, "kind": kind, **settings_from(args)}
     return _report(args, client.call("POST", "/streams", body), "added")
 
@@ -617,9 +623,16 @@ def _settings_options(
                        help="Bluesky: only these accounts' events, comma-separated")
         p.add_argument("--endpoint", metavar="URL", help=(
             "Bluesky: another Jetstream instance's ws(s)://.../subscribe"))
+        p.add_argument("--tag", metavar="TAG", help=(
+            "Mastodon hashtag streams: the hashtag (a leading # is dropped)"))
+        p.add_argument("--list", metavar="ID", help="Mastodon list streams: the list's id")
     if creating and filter_fields:
-        p.add_argument("--source", choices=("twitter", "bluesky"), help=(
-            "the network (default twitter); bluesky makes a Jetstream stream"))
+        p.add_argument("--source", choices=("twitter", "bluesky", "mastodon"), help=(
+            "the network (default twitter); bluesky makes a Jetstream stream, mastodon a"
+            " hashtag stream unless --kind says otherwise"))
+        p.add_argument("--kind", metavar="KIND", help=(
+            "Mastodon: public, public:local, public:remote, hashtag (the default),"
+            " hashtag:local, list or user (the account's home timeline)"))
     if creating:
         p.add_argument("--api", choices=("v1.1", "v2"), help="Twitter's API (default v1.1)")
     p.add_argument("--credential", metavar="C", help="the credential to connect with" + (

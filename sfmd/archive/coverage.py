@@ -71,6 +71,7 @@ class Gap:
     end: float | None = None
     error: str | None = None
     refilled: str = "none"  # "all", "some" or "none": what a source could fetch again
+    unrecoverable: tuple[str, ...] = ()  # what no refill can fetch (Mastodon: deletes, edits)
 
     def clipped(self, a: float, b: float) -> dict[str, Any] | None:
         """The part of this gap within [a, b], as a manifest entry, or None."""
@@ -82,17 +83,21 @@ class Gap:
         if self.error:
             entry["error"] = self.error
         entry["refilled"] = self.refilled
+        if self.unrecoverable:
+            entry["unrecoverable"] = list(self.unrecoverable)
         return entry
 
     def to_json(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "reason": self.reason,
-                "error": self.error, "refilled": self.refilled}
+                "error": self.error, "refilled": self.refilled,
+                "unrecoverable": list(self.unrecoverable)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Gap:
         return cls(float(data["start"]), str(data["reason"]),
                    None if data.get("end") is None else float(data["end"]),
-                   data.get("error"), str(data.get("refilled", "none")))
+                   data.get("error"), str(data.get("refilled", "none")),
+                   tuple(map(str, data.get("unrecoverable") or ())))
 
 
 @dataclass
@@ -141,11 +146,13 @@ class Coverage:
                              reason, error=error))
         self._save()
 
-    def refill(self, refilled: str) -> None:
-        """The source fetched again what the latest gap missed: "all", "some" or "none"."""
+    def refill(self, refilled: str, unrecoverable: tuple[str, ...] = ()) -> None:
+        """The source fetched again what the latest gap missed: "all", "some" or "none";
+        `unrecoverable` names what it cannot fetch at all."""
         closed = [g for g in self.gaps if g.end is not None and g.end > g.start]
         if closed:
             closed[-1].refilled = refilled
+            closed[-1].unrecoverable = unrecoverable
             self._save()
 
     def instant(self, t: float, reason: str, error: str) -> None:
@@ -185,6 +192,8 @@ class Coverage:
         if gap is not None:
             last = {"from": _iso(gap.start), "to": _iso(gap.end) if gap.end else None,
                     "reason": gap.reason, "error": gap.error, "refilled": gap.refilled}
+            if gap.unrecoverable:
+                last["unrecoverable"] = list(gap.unrecoverable)
         return {
             "connected_since": self.connected_since,
             "last_gap": last,

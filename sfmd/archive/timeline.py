@@ -146,6 +146,8 @@ def _joined(gaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 last["to"] = gap["to"]
             last["seconds"] = round(parse_iso(last["to"]) - parse_iso(last["from"]), 3)
             last["refilled"] = gap.get("refilled", last.get("refilled"))
+            if "unrecoverable" in gap:
+                last["unrecoverable"] = gap["unrecoverable"]
             continue
         out.append(dict(gap))
     return out

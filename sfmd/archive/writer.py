@@ -367,9 +367,10 @@ class Archive:
         """The stream asks for `what` from now on (its provenance)."""
         self.coverage.asked_for(self._clock(), what)
 
-    def refilled(self, value: str) -> None:
-        """What the source fetched again of the latest gap: "all", "some" or "none"."""
-        self.coverage.refill(value)
+    def refilled(self, value: str, unrecoverable: tuple[str, ...] = ()) -> None:
+        """What the source fetched again of the latest gap: "all", "some" or "none", and
+        what it cannot fetch at all."""
+        self.coverage.refill(value, unrecoverable)
 
     def refused(self, why: str) -> None:
         """One message was not stored (too large, not what the source sends): on record."""

@@ -75,6 +75,7 @@ def stream_schema() -> dict[str, Any]:
         "status": {"$ref": "#/components/schemas/Status"},
     }
     derived = {"twitter": ["people_ids", "people_unresolved"]}  # what sfmd adds
+    by_kind = {"mastodon": {"tag", "list"}}  # shown only by the kinds that have them
     every = set.intersection(*(set(fields_of(source)) for source in SOURCES))
     return {
         "type": "object",
@@ -84,7 +85,10 @@ def stream_schema() -> dict[str, Any]:
         "allOf": [
             {
                 "if": {"properties": {"source": {"const": source}}},
-                "then": {"required": [*fields_of(source), *derived.get(source, [])]},
+                "then": {"required": [
+                    *(f for f in fields_of(source) if f not in by_kind.get(source, ())),
+                    *derived.get(source, []),
+                ]},
             }
             for source in SOURCES
         ],

@@ -87,7 +87,7 @@ class Daemon:
             config,
             self._credentials,
             lambda: source_context(config, self._session()),
-            lambda spec: self.shared.rules_in_use(spec.credential, self.specs()),
+            lambda spec: self.shared.rules_in_use(spec.slot, self.specs()),
         )
 
     @property

@@ -24,9 +24,17 @@ MAX_LANGUAGE = 100
 MAX_RULES = 1000  # v2: rules per app at the highest access level; the API enforces its own cap
 MAX_RULE_CHARS = 1024  # v2: 512 at the basic access level, 1,024 at the higher ones
 APIS = ("v1.1", "v2")
-SOURCES = ("twitter", "bluesky")
+SOURCES = ("twitter", "bluesky", "mastodon")
 #: Each network's kinds of stream.
-KINDS = {"twitter": ("filter", "sample"), "bluesky": ("jetstream",)}
+KINDS = {
+    "twitter": ("filter", "sample"),
+    "bluesky": ("jetstream",),
+    "mastodon": ("public", "public:local", "public:remote", "hashtag", "hashtag:local", "list",
+                 "user"),
+}
+#: The Mastodon kinds that name a hashtag (`tag`), and the one that names a list (`list`).
+TAG_KINDS = ("hashtag", "hashtag:local")
+LIST_KINDS = ("list",)
 MAX_COLLECTIONS = 100  # Jetstream's own limits
 MAX_DIDS = 10_000
 
@@ -432,15 +440,17 @@ FIELDS: dict[str, Field] = {
                 64,
                 "1-64 characters with no control character, naming a table in the credentials file",
             ),
-            "The credential to connect with; defaults to [twitter] default_credential.",
-            None,  # filled from default_credential by validate_stream
-            sources=("twitter",),
+            "The credential to connect with. Twitter: defaults to [twitter] default_credential."
+            " Mastodon: required, a table with mastodon_instance and mastodon_token.",
+            None,  # filled from default_credential by validate_stream (Twitter only)
+            sources=("twitter", "mastodon"),
         ),
         Field("active", Flag(), "Whether the stream should be running.", True),
         Field(
             "isolation",
             Choice(("task", "process")),
-            "Run as a task in the daemon, or as its own process under supervisord.",
+            "Run as a task in the daemon, or as its own process under supervisord (Mastodon"
+            " streams share their account's connection, so they run as tasks).",
             "task",
         ),
         Field(
@@ -461,7 +471,7 @@ FIELDS: dict[str, Field] = {
         Field(
             "source",
             Choice(SOURCES),
-            "The network: twitter or bluesky (Jetstream). Fixed once created.",
+            "The network: twitter, bluesky (Jetstream) or mastodon. Fixed once created.",
             "twitter",
         ),
         Field(
@@ -510,6 +520,27 @@ FIELDS: dict[str, Field] = {
             "",
             sources=("bluesky",),
         ),
+        Field(
+            "tag",
+            Text(
+                # Letters, digits, marks and _ of any script; no space or ASCII punctuation.
+                rf"^[^\s!-/:-@\[-^`{{-~{_NO_CONTROL}]*$",
+                100,
+                "a hashtag of 1-100 letters, digits or _ (a leading # is dropped)",
+                min_len=0,
+                prefix="#",
+            ),
+            "Mastodon hashtag and hashtag:local streams: the hashtag, without its #.",
+            "",
+            sources=("mastodon",),
+        ),
+        Field(
+            "list",
+            Text(r"^$|^[0-9]{1,20}$", 20, "a list id of 1-20 digits", min_len=0),
+            "Mastodon list streams: the id of one of the account's lists.",
+            "",
+            sources=("mastodon",),
+        ),
     )
 }
 
@@ -530,6 +561,8 @@ CROSS_RULES = (
     " v2 filters.",
     "A Bluesky stream (source bluesky) is of kind jetstream and has none of Twitter's settings"
     " (no credential); a Twitter stream has none of Bluesky's.",
+    "A Mastodon stream (source mastodon) names its credential; hashtag kinds need a tag, the"
+    " list kind a list, the other kinds neither; Mastodon streams run as tasks.",
 )
 
 
@@ -566,8 +599,22 @@ def json_schema(*, for_patch: bool = False) -> dict[str, Any]:
     ]
     v2 = {"properties": {"api": {"const": "v2"}}, "required": ["api"]}
     none_of = {"properties": {name: {"maxItems": 0} for name in (*FILTER_FIELDS, "rules")}}
+    def mastodon(kinds: tuple[str, ...] | None, then: dict[str, Any]) -> dict[str, Any]:
+        when: dict[str, Any] = {"source": {"const": "mastodon"}}
+        if kinds is not None:
+            when["kind"] = {"enum": list(kinds)}
+        return {"if": {"properties": when, "required": list(when)}, "then": then}
+
+    others = [k for k in KINDS["mastodon"] if k not in TAG_KINDS]
     schema["allOf"] = [
         *source_rules,
+        mastodon(None, {"required": ["credential"], "properties": {
+            "isolation": {"const": "task"}}}),
+        mastodon(TAG_KINDS, {"required": ["tag"], "properties": {"tag": {"minLength": 1}}}),
+        mastodon(LIST_KINDS, {"required": ["list"], "properties": {"list": {"minLength": 1}}}),
+        mastodon(tuple(others), {"properties": {"tag": {"maxLength": 0}}}),
+        mastodon(tuple(k for k in KINDS["mastodon"] if k not in LIST_KINDS),
+                 {"properties": {"list": {"maxLength": 0}}}),
         {
             "if": {"properties": {"kind": {"const": "sample"}}, "required": ["kind"]},
             "then": none_of,

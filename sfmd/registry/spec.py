@@ -26,7 +26,9 @@ from sfmd.registry.fields import (
     FIELDS,
     FILTER_FIELDS,
     KINDS,
+    LIST_KINDS,
     MAX_FOLLOW,
+    TAG_KINDS,
     V1_ONLY,
     ValidationError,
     _json_type,
@@ -46,6 +48,11 @@ class Mode(enum.Enum):
 def slot_of(api: str, kind: str, credential: str) -> str:
     """The name of the connection a stream of this api and kind needs on `credential`."""
     return credential if api == "v1.1" else f"{credential}.v2-{kind}"
+
+
+def mastodon_slot(credential: str) -> str:
+    """The name of a Mastodon account's one streaming connection."""
+    return f"{credential}.mastodon"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class StreamSpec:
     collections: tuple[str, ...] = ()  # Bluesky
     dids: tuple[str, ...] = ()  # Bluesky
     endpoint: str = ""  # Bluesky: a Jetstream instance other than the configured one
+    tag: str = ""  # Mastodon hashtag kinds, without its #
+    list: str = ""  # Mastodon list kind: the list's id
 
     @property
     def people_unresolved(self) -> list[str]:
@@ -91,12 +100,19 @@ class StreamSpec:
             "collections": list(self.collections),
             "dids": list(self.dids),
             "endpoint": self.endpoint,
+            "tag": self.tag,
+            "list": self.list,
             "credential": self.credential,
             "active": self.active,
             "isolation": self.isolation,
             "api": self.api,
             "rules": [{"value": value} for value in self.rules],
         }
+        if self.source == "mastodon":  # only the kind's own: a public stream shows no tag
+            if self.kind not in TAG_KINDS:
+                del every["tag"]
+            if self.kind not in LIST_KINDS:
+                del every["list"]
         return {key: value for key, value in every.items() if self.source in FIELDS[key].sources}
 
     def to_record(self) -> dict[str, Any]:
@@ -146,6 +162,8 @@ class StreamSpec:
     def _connection_key(self) -> tuple[object, ...]:
         if self.source == "bluesky":  # new collections or DIDs go out on the open connection
             return (self.source, self.endpoint)
+        if self.source == "mastodon":  # (un)subscribing happens on the account's connection
+            return (self.source, self.credential)
         if self.api == "v2":
             return (self.api, self.kind, self.credential)
         return (self.kind, sorted(self.wire_params().items()), self.people, self.credential)
@@ -154,7 +172,7 @@ class StreamSpec:
     def mode(self) -> Mode:
         """Which back end runs this stream; computed here once, so nothing else reads `api`,
         `kind` and `isolation` to decide."""
-        if self.api == "v2" and self.kind == "filter":
+        if (self.api == "v2" and self.kind == "filter") or self.source == "mastodon":
             return Mode.SHARED
         return Mode.PROCESS if self.isolation == "process" else Mode.TASK
 
@@ -166,10 +184,13 @@ class StreamSpec:
         v1.1 streams need the credential's user tokens (Twitter cuts the older of two
         connections on them); a v2 sample needs the app's one sample connection; v2 filters
         share the app's one filtered-stream connection; a Bluesky stream has a connection of
-        its own. The name is also the lock's file name.
+        its own; a Mastodon account's streams share its one streaming connection. The name is
+        also the lock's file name.
         """
         if self.source == "bluesky":
             return f"bluesky.{self.name}"
+        if self.source == "mastodon":
+            return mastodon_slot(self.credential)
         return slot_of(self.api, self.kind, self.credential)
 
     @property
@@ -214,10 +235,13 @@ def validate_stream(
             values[f.name] = f.check(data[f.name])
         elif source not in f.sources:
             values[f.name] = f.default if f.default is not None else ""
-        elif f.name == "credential" and default_credential is not None:
+        elif f.name == "credential" and default_credential is not None and source == "twitter":
             values[f.name] = default_credential
         elif f.required or f.default is None:
-            hint = "; no default_credential is configured" if f.name == "credential" else ""
+            hint = ""
+            if f.name == "credential":
+                hint = ("; name a table holding mastodon_instance and mastodon_token"
+                        if source == "mastodon" else "; no default_credential is configured")
             raise ValidationError("invalid", f.name, f"{f.name} is required{hint}")
         else:
             values[f.name] = f.default
@@ -235,6 +259,9 @@ def _check_cross_rules(spec: StreamSpec) -> None:
             "invalid", "kind", f"a {spec.source} stream's kind must be one of "
             f"{', '.join(kinds)}; got {spec.kind!r}",
         )
+    if spec.source == "mastodon":
+        _check_mastodon(spec)
+        return
     if spec.source != "twitter":
         return
     if spec.api == "v2":
@@ -286,6 +313,23 @@ def _check_v2(spec: StreamSpec) -> None:
             "v2 filters on one credential share one connection in the daemon, so they run as "
             'tasks; isolation must be "task"',
         )
+
+
+def _check_mastodon(spec: StreamSpec) -> None:
+    if spec.kind in TAG_KINDS and not spec.tag:
+        raise ValidationError("invalid", "tag", f"a {spec.kind} stream needs a tag")
+    if spec.kind not in TAG_KINDS and spec.tag:
+        raise ValidationError(
+            "invalid", "tag", f"a {spec.kind} stream takes no tag; tags are for "
+            f"{' and '.join(TAG_KINDS)} streams")
+    if spec.kind in LIST_KINDS and not spec.list:
+        raise ValidationError("invalid", "list", "a list stream needs the list's id")
+    if spec.kind not in LIST_KINDS and spec.list:
+        raise ValidationError("invalid", "list", f"a {spec.kind} stream takes no list")
+    if spec.isolation != "task":
+        raise ValidationError(
+            "invalid", "isolation", "a Mastodon account's streams share one connection in the"
+            ' daemon, so they run as tasks; isolation must be "task"')
 
 
 def check_credential(name: str, credentials: Collection[str]) -> None:

@@ -1,6 +1,7 @@
-"""Streams that share one connection per credential (`Mode.SHARED`): today Twitter v2 filters.
+"""Streams that share one connection (`Mode.SHARED`): Twitter v2 filters (one filtered-stream
+connection per credential) and Mastodon streams (one streaming socket per account).
 
-One shared connection (the source's `SharedConnection`) per credential with active members;
+One shared connection (the source's `SharedConnection`) per slot with active members;
 adding, changing or removing a member happens on the open connection, never reconnecting it.
 This back end only decides which connections exist and who belongs to them.
 """
@@ -36,17 +37,18 @@ class SharedBackend:
         self.session = session
         self.credentials = credentials
         self.ledger = ledger
-        self.groups: dict[str, SharedConnection] = {}  # by credential name
+        self.groups: dict[str, SharedConnection] = {}  # by slot (`StreamSpec.slot`)
         self.forgotten: set[str] = set()  # members deleted while running: their tags stay ours
         self.check_rules = False  # set for the periodic pass: ask the rules API about drift
 
     @staticmethod
     def wanted(specs: Sequence[StreamSpec]) -> dict[str, list[StreamSpec]]:
-        """The active members, by credential."""
+        """The active members, by slot: one credential may hold a v2 filter connection and
+        a Mastodon one, which share nothing."""
         wanted: dict[str, list[StreamSpec]] = {}
         for spec in specs:
             if spec.active and spec.mode is Mode.SHARED:
-                wanted.setdefault(spec.credential, []).append(spec)
+                wanted.setdefault(spec.slot, []).append(spec)
         return wanted
 
     async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
@@ -56,28 +58,29 @@ class SharedBackend:
     async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
         wanted = self.wanted(specs)
         known = {s.name for s in specs} | self.forgotten
-        for credential, group in list(self.groups.items()):
-            staying = {s.name for s in wanted.get(credential, [])}
+        for slot, group in list(self.groups.items()):
+            staying = {s.name for s in wanted.get(slot, [])}
             for name in group.members():
                 if name not in staying:
                     self.ledger.stopped(name, group.member_status(name))
-            if credential not in wanted:
+            if slot not in wanted:
                 await group.update([], known)  # let go of what the stopped members asked for
                 await group.stop()
-                del self.groups[credential]
-                log.info("v2_connection_stopped", connection=group.name)
-        for credential, members in wanted.items():
-            group = self.groups.get(credential)
+                del self.groups[slot]
+                log.info("shared_connection_stopped", connection=group.name)
+        for slot, members in wanted.items():
+            group = self.groups.get(slot)
             if group is None:
                 context = source_context(self.config, self.session())
-                group = source_of(members[0]).shared(self.credentials()[credential], context)
+                credential = self.credentials()[members[0].credential]
+                group = source_of(members[0]).shared(credential, context)
                 try:
                     await group.start()
                 except CredentialBusy as e:
                     for spec in members:
                         self.ledger.fail(spec.name, str(e))
                     continue
-                self.groups[credential] = group
+                self.groups[slot] = group
             failed = await group.update(members, known, check_rules=self.check_rules)
             for spec in members:
                 if spec.name in failed:
@@ -86,7 +89,7 @@ class SharedBackend:
                     self.ledger.clear(spec.name)
 
     def group_of(self, spec: StreamSpec) -> SharedConnection | None:
-        group = self.groups.get(spec.credential)
+        group = self.groups.get(spec.slot)
         return group if group is not None and spec.name in group else None
 
     def status(self, spec: StreamSpec) -> StreamStatus | None:
@@ -95,13 +98,13 @@ class SharedBackend:
             return None
         return group.member_status(spec.name)
 
-    def rules_in_use(self, credential: str, specs: Sequence[StreamSpec]) -> set[str]:
+    def rules_in_use(self, slot: str, specs: Sequence[StreamSpec]) -> set[str]:
         """What needs no new check at the network: what the registry's active members on the
         credential ask for (checked when it was stored), and what its connection asks for or
         holds now. Either side alone can lag the other while a change is being applied: a
         value a stopped stream let go of may still be at the API for a moment."""
-        wanted = {v for s in self.wanted(specs).get(credential, []) for v in s.rules}
-        group = self.groups.get(credential)
+        wanted = {v for s in self.wanted(specs).get(slot, []) for v in s.rules}
+        group = self.groups.get(slot)
         return wanted | group.rules_in_use() if group is not None else wanted
 
     def published(self, spec: StreamSpec) -> int:

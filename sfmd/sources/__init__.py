@@ -9,11 +9,13 @@ from __future__ import annotations
 from sfmd.registry import StreamSpec
 from sfmd.sources.base import Connection, Context, SharedConnection, Sink, Source
 from sfmd.sources.bluesky.source import BlueskySource
+from sfmd.sources.mastodon.source import MastodonSource
 from sfmd.sources.twitter.source import TwitterSource
 
 SOURCES: dict[str, Source] = {
     "twitter": TwitterSource(),
     "bluesky": BlueskySource(),
+    "mastodon": MastodonSource(),
 }
 
 

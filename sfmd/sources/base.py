@@ -47,8 +47,9 @@ class Sink(Protocol):
     def asking(self, what: dict[str, Any]) -> None:
         """The connection asks for `what` from now on: the request's provenance."""
 
-    def refilled(self, value: str) -> None:
-        """What the source fetched again of the latest gap: "all", "some" or "none"."""
+    def refilled(self, value: str, unrecoverable: tuple[str, ...] = ()) -> None:
+        """What the source fetched again of the latest gap: "all", "some" or "none", and
+        what it cannot fetch at all (Mastodon: deletes and edits)."""
 
     def refused(self, why: str) -> None:
         """One message could not be stored (too large, not JSON): written down, not silent."""

@@ -30,10 +30,9 @@ from sfmd.sources.bluesky import zstd
 from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
 from sfmd.sources.bluesky.resume import ResumePoint
 from sfmd.sources.life import ConnectionLife
+from sfmd.sources.websocket import MAX_FRAME_BYTES, IdleWatch
 from sfmd.status import State
 
-#: A text frame larger than this is refused (Jetstream's own events are a few KB).
-MAX_FRAME_BYTES = 64 << 20
 #: DIDs listed one by one in a file's provenance; more are summed up by count and digest.
 DIDS_SHOWN = 100
 
@@ -104,8 +103,6 @@ class JetstreamStream(ConnectionLife):
         self.refused = 0  # frames that were not events, or too large
         self._connections = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._last_frame = 0.0  # loop time of the last frame of any kind
-        self._idle = False  # the watchdog closed the socket
 
     # -- start, stop, change ----------------------------------------------------------------
 
@@ -194,39 +191,20 @@ class JetstreamStream(ConnectionLife):
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, cursor: int | None
                     ) -> tuple[Failure, str]:
-        loop = asyncio.get_running_loop()
-        self._last_frame = loop.time()
-        watchdog = asyncio.create_task(self._watch_idle(ws))
-        try:
-            return await self._frames(ws, cursor, loop)
-        finally:
-            watchdog.cancel()
-
-    async def _watch_idle(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Close a socket that has been silent for `idle_timeout`, pings included: one timer
-        per idle period rather than one per frame."""
-        loop = asyncio.get_running_loop()
-        idle = self.timing.idle_timeout
-        while not ws.closed:
-            left = self._last_frame + idle - loop.time()
-            if left <= 0:
-                self._idle = True
-                await ws.close()
-                return
-            await asyncio.sleep(left)
+        with IdleWatch(ws, self.timing.idle_timeout) as watch:
+            return await self._frames(ws, cursor, watch)
 
     async def _frames(self, ws: aiohttp.ClientWebSocketResponse, cursor: int | None,
-                      loop: asyncio.AbstractEventLoop) -> tuple[Failure, str]:
+                      watch: IdleWatch) -> tuple[Failure, str]:
         assert self.resume is not None
         resume = self.resume
         before = resume.newest
         first = True
         decompressor = zstd.decompressor()
-        self._idle = False
         while True:
             msg = await ws.receive()
-            self._last_frame = loop.time()
-            if self._idle:
+            watch.frame()
+            if watch.fired:
                 return Failure.NETWORK, f"idle: no frame for {self.timing.idle_timeout:g} s"
             if msg.type == aiohttp.WSMsgType.PING:
                 await ws.pong(msg.data)

@@ -10,15 +10,11 @@ across reconnects, restarts and `kill -9`.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections import deque
 from pathlib import Path
-from typing import Any
 
+from sfmd.archive.tail import file_lines, newest_files
 from sfmd.sources.bluesky.events import Identity, NotAnEvent, identity, parse
-
-_TAIL = 1 << 18  # the manifest's last lines are enough to find the newest files
 
 
 class ResumePoint:
@@ -62,8 +58,8 @@ class ResumePoint:
     @classmethod
     def from_files(cls, stream_dir: Path, rewind_us: int) -> ResumePoint:
         point = cls(rewind_us)
-        for path in reversed(_newest_files(stream_dir)):
-            lines = _read_lines(path)
+        for path in reversed(newest_files(stream_dir)):
+            lines = file_lines(path)
             newest = max((t for t in map(_time_us, lines) if t is not None), default=None)
             if newest is None:
                 continue
@@ -83,35 +79,6 @@ class ResumePoint:
                 break  # older files hold nothing the replay can bring back
         point._order = deque(sorted(point._order, key=lambda entry: entry[0]))
         return point
-
-
-def _newest_files(stream_dir: Path) -> list[Path]:
-    """The files of the manifest's last lines, oldest first."""
-    try:
-        with open(stream_dir / "manifest.jsonl", "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - _TAIL))
-            raw = f.read()
-    except FileNotFoundError:
-        return []
-    files: list[Path] = []
-    for line in raw.splitlines():
-        try:
-            entry: Any = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-            files.append(stream_dir.parent / entry["file"])
-    return files[-8:]
-
-
-def _read_lines(path: Path) -> list[bytes]:
-    try:
-        raw = path.read_bytes()
-        data = gzip.decompress(raw) if path.name.endswith(".gz") else raw
-    except (OSError, EOFError, gzip.BadGzipFile):
-        return []
-    return data.split(b"\n")[:-1]
 
 
 def _time_us(line: bytes) -> int | None:

@@ -359,7 +359,8 @@ def test_the_json_schema_comes_from_the_same_table() -> None:
     assert props["follow"]["maxItems"] == 5000
     assert props["locations"]["maxItems"] == 25
     assert props["people"]["maxItems"] == 100
-    assert props["kind"]["enum"] == ["filter", "sample", "jetstream"]
+    assert props["kind"]["enum"] == ["filter", "sample", "jetstream", "public", "public:local",
+                                     "public:remote", "hashtag", "hashtag:local", "list", "user"]
     assert props["isolation"]["default"] == "task"
     assert "1-60 bytes" in props["track"]["description"]
     patch = json_schema(for_patch=True)

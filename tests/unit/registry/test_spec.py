@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfmd.registry import FIELDS, ValidationError, apply_patch
+from sfmd.registry import FIELDS, Mode, ValidationError, apply_patch, validate_stream
 from sfmd.registry.fields import fields_of
 from tests.helpers.specs import CREDS, filt, ok
 
@@ -36,7 +36,53 @@ def test_to_dict_holds_every_field_as_json_lists() -> None:
         "rules": [],
     }
     assert sorted(spec.to_dict()) == sorted(fields_of("twitter"))  # Twitter's, no Bluesky's
-    assert set(fields_of("twitter")) | set(fields_of("bluesky")) == set(FIELDS)
+    assert set(fields_of("twitter")) | set(fields_of("bluesky")) | set(
+        fields_of("mastodon")) == set(FIELDS)
+
+
+def test_a_mastodon_stream_shows_its_kinds_own_fields_only() -> None:
+    tag = validate_stream({"name": "t", "source": "mastodon", "kind": "hashtag", "tag": "#Archives",
+              "credential": "fedi"})
+    assert tag.to_dict() == {"name": "t", "source": "mastodon", "kind": "hashtag",
+                             "tag": "Archives", "credential": "fedi", "active": True,
+                             "isolation": "task"}
+    public = validate_stream({"name": "p", "source": "mastodon", "kind": "public:local", "credential": "fedi"})
+    assert "tag" not in public.to_dict() and "list" not in public.to_dict()
+    listed = validate_stream({"name": "l", "source": "mastodon", "kind": "list", "list": "42",
+                 "credential": "fedi"})
+    assert listed.to_dict()["list"] == "42"
+    # One connection per account, whatever the kind and tag; a new tag keeps it.
+    assert tag.mode is Mode.SHARED and tag.slot == "fedi.mastodon" == public.slot
+    assert apply_patch(tag, {"tag": "python"}).connection_key() == tag.connection_key()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "hashtag"}, "tag"),
+        ({"kind": "hashtag:local", "tag": "two words"}, "tag"),
+        ({"kind": "hashtag", "tag": "a,b"}, "tag"),
+        ({"kind": "public", "tag": "archives"}, "tag"),
+        ({"kind": "list"}, "list"),
+        ({"kind": "list", "list": "abc"}, "list"),
+        ({"kind": "user", "list": "1"}, "list"),
+        ({"kind": "user", "isolation": "process"}, "isolation"),
+        ({"kind": "user", "track": ["x"]}, "track"),
+        ({"kind": "jetstream"}, "kind"),
+    ],
+)
+def test_a_mastodon_stream_is_refused_naming_the_field(body: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        validate_stream({"name": "m", "source": "mastodon", "credential": "fedi", **body})
+    assert e.value.field == field and e.value.status == 422
+
+
+def test_a_mastodon_stream_names_its_credential() -> None:
+    with pytest.raises(ValidationError) as e:
+        validate_stream({"name": "m", "source": "mastodon", "kind": "user"},
+                        default_credential="default")
+    assert e.value.field == "credential"
+    assert "mastodon_instance" in str(e.value)
 
 
 def test_wire_params_join_lists_and_omit_empty_ones() -> None:
