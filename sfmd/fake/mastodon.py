@@ -114,6 +114,8 @@ class _Connection:
     outbox: deque[tuple[str, bool]] = field(default_factory=deque)  # (text, is an event)
     alive: bool = True
     stalled: bool = False
+    #: Pings that came during a stall, answered when it ends (a stalled server reads nothing).
+    unanswered: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -388,7 +390,7 @@ class MastodonAPI:
 
     async def _serve_rest(self, request: web.Request, stream: StreamHandle) -> web.Response:
         record = stream.record
-        request["arrived_wall"] = time.time()
+        record.summary = {"wall": time.time()}  # when it arrived; `opened` is monotonic
         token, _ = self._token(request, protocol=False)
         owner = self._owner(token)
         record.credential = owner
@@ -473,7 +475,7 @@ class MastodonAPI:
         self._requests.append(
             {
                 "monotonic": record.opened,
-                "wall": request.get("arrived_wall", time.time()),
+                "wall": (record.summary or {}).get("wall", time.time()),
                 "credential": record.credential,
                 "method": request.method,
                 "path": request.path,
@@ -678,7 +680,9 @@ class MastodonAPI:
                 summary["pongs"] += 1
                 continue
             if message.type == WSMsgType.PING:
-                if not conn.stalled:
+                if conn.stalled:
+                    conn.unanswered.append(message.data)
+                else:
                     with contextlib.suppress(ConnectionError):
                         await ws.pong(message.data)
                 continue
@@ -769,6 +773,9 @@ class MastodonAPI:
                     await stream.sleep_until(until)
                 conn.stalled = False
                 conn.alive = True
+                for data in conn.unanswered:
+                    await ws.pong(data)
+                conn.unanswered.clear()
                 ping_at = loop.time() + self._host.settings.mastodon_ping_interval
                 continue
             now = loop.time()
