@@ -3,8 +3,9 @@
 A fault is a JSON object such as `{"cut_after": 3}`, `{"status": 429, "endpoint":
 "v2/stream"}` or `{"close_after": 5, "endpoint": "jetstream"}`. The server keeps one
 `FaultScript` for every fake it hosts; each attempt takes the first queued fault whose
-`endpoint` matches it (`FakeAPI.take_fault`), so one script can drive v1.1, v2 and Jetstream
-connections in a known order. Faults are checked when queued: a silently ignored typo would
+`endpoint` matches it (`FakeAPI.take_fault`), so one script can drive v1.1, v2, Jetstream
+and Mastodon connections in a known order. A Mastodon REST fault with `times` answers that
+many matching requests. Faults are checked when queued: a silently ignored typo would
 make a test pass without testing anything.
 """
 
