@@ -1,13 +1,15 @@
 """The simulated APIs, for demos, tests and dry runs: never imported by `sfmd run`.
 
 `server` hosts the fakes on loopback and owns what they share; `mount` is the seam a fake is
-written against; `twitter` (v1.1), `v2` and `jetstream` (a Bluesky Jetstream instance) are the
-fakes; `rulebook` keeps v2's rules; `faults`, `pacing` and `settings` are the scriptable
+written against; `twitter` (v1.1), `v2`, `jetstream` (a Bluesky Jetstream instance) and
+`mastodon` (a Mastodon instance) are the fakes; `rulebook` keeps v2's rules; `timelines` holds
+the Mastodon instance's statuses; `faults`, `pacing` and `settings` are the scriptable
 misbehaviour, the send rate and the live knobs every fake reads; `cli` is `sfmd fakeapi`.
 """
 
 from sfmd.fake.faults import FaultScript, check_fault
 from sfmd.fake.jetstream import JetstreamAPI, JetstreamEvent, JetstreamFilter
+from sfmd.fake.mastodon import MastodonAPI
 from sfmd.fake.mount import FIRST_SEQ, ConnectionRecord, Host, Mount, StreamHandle
 from sfmd.fake.server import FakeAPI
 from sfmd.fake.settings import FakeAPIError, Settings
@@ -26,6 +28,7 @@ __all__ = [
     "JetstreamAPI",
     "JetstreamEvent",
     "JetstreamFilter",
+    "MastodonAPI",
     "Mount",
     "Settings",
     "StreamHandle",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sfmd.credentials import CredentialsError, load_credentials
 from sfmd.fake.server import FakeAPI
-from sfmd.fake.settings import FakeAPIError
+from sfmd.fake.settings import FakeAPIError, Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,11 +101,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         help="drop a live subscriber this many events behind (no close frame); 0: never",
     )
+    mastodon = parser.add_argument_group(
+        "the Mastodon instance (REST on --port, streaming on --mastodon-streaming-port)"
+    )
+    mastodon.add_argument(
+        "--mastodon-streaming-port",
+        type=int,
+        default=0,
+        help="port of the streaming server; 0 picks a free one (printed)",
+    )
+    mastodon.add_argument(
+        "--mastodon-rate",
+        type=float,
+        default=5.0,
+        help="statuses the instance posts per second in total, watched or not; 0: none",
+    )
+    mastodon.add_argument(
+        "--mastodon-seed", type=int, default=0, help="what the posted statuses hold follows it"
+    )
+    mastodon.add_argument(
+        "--mastodon-ping-interval",
+        type=float,
+        default=30.0,
+        help="seconds between the streaming server's pings; no pong by the next one: dropped",
+    )
+    mastodon.add_argument(
+        "--mastodon-rate-limit",
+        type=int,
+        default=300,
+        help="REST requests per token per rate-limit window",
+    )
+    mastodon.add_argument(
+        "--mastodon-rate-window",
+        type=float,
+        default=300.0,
+        help="seconds of the rate-limit window (aligned to the epoch)",
+    )
+    mastodon.add_argument(
+        "--mastodon-tags",
+        type=_names,
+        default=",".join(Settings.mastodon_tags),
+        metavar="TAG,TAG",
+        help="the hashtags posted statuses draw from",
+    )
+    mastodon.add_argument(
+        "--mastodon-lists",
+        type=_names,
+        default=",".join(Settings.mastodon_lists),
+        metavar="ID,ID",
+        help="the ids of the lists every token owns",
+    )
     parser.add_argument(
         "--record",
         action="store_true",
         help="keep every sent message for GET /_fake/sent/CONN (memory grows)",
     )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names, for --mastodon-tags and --mastodon-lists."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def main(argv: Sequence[str]) -> int:
@@ -137,6 +192,14 @@ def run(args: argparse.Namespace) -> int:
             jetstream_ping_interval=args.jetstream_ping_interval,
             jetstream_seed=args.jetstream_seed,
             jetstream_outbox=args.jetstream_outbox,
+            mastodon_streaming_port=args.mastodon_streaming_port,
+            mastodon_rate=args.mastodon_rate,
+            mastodon_seed=args.mastodon_seed,
+            mastodon_ping_interval=args.mastodon_ping_interval,
+            mastodon_rate_limit=args.mastodon_rate_limit,
+            mastodon_rate_window=args.mastodon_rate_window,
+            mastodon_tags=args.mastodon_tags,
+            mastodon_lists=args.mastodon_lists,
         )
         api.script(*faults)
     except (OSError, ValueError, CredentialsError) as e:
@@ -159,6 +222,12 @@ async def _serve_forever(api: FakeAPI) -> int:
     print(f"sfmd fakeapi: stream_url = {api.stream_url}", file=sys.stderr, flush=True)
     print(f"sfmd fakeapi: api_url = {api.api_url}", file=sys.stderr, flush=True)
     print(f"sfmd fakeapi: jetstream_url = {api.jetstream_url}", file=sys.stderr, flush=True)
+    print(f"sfmd fakeapi: mastodon_url = {api.mastodon_url}", file=sys.stderr, flush=True)
+    print(
+        f"sfmd fakeapi: mastodon_streaming_url = {api.mastodon_streaming_url}",
+        file=sys.stderr,
+        flush=True,
+    )
     await stopping.wait()
     await api.stop()
     return 0

@@ -3,8 +3,9 @@
 A fault is a JSON object such as `{"cut_after": 3}`, `{"status": 429, "endpoint":
 "v2/stream"}` or `{"close_after": 5, "endpoint": "jetstream"}`. The server keeps one
 `FaultScript` for every fake it hosts; each attempt takes the first queued fault whose
-`endpoint` matches it (`FakeAPI.take_fault`), so one script can drive v1.1, v2 and Jetstream
-connections in a known order. Faults are checked when queued: a silently ignored typo would
+`endpoint` matches it (`FakeAPI.take_fault`), so one script can drive v1.1, v2, Jetstream
+and Mastodon connections in a known order. A Mastodon REST fault with `times` answers that
+many matching requests. Faults are checked when queued: a silently ignored typo would
 make a test pass without testing anything.
 """
 
@@ -30,6 +31,13 @@ JETSTREAM_TRIGGERS = (
     "oversize_after",
     "not_json_after",
 )
+#: The Mastodon fake's endpoints: the streaming WebSocket, the REST timelines, discovery;
+#: "mastodon/rest" names either REST endpoint.
+MASTODON_STREAMING = "mastodon/streaming"
+MASTODON_TIMELINES = "mastodon/timelines"
+MASTODON_INSTANCE = "mastodon/instance"
+MASTODON_REST = frozenset({MASTODON_TIMELINES, MASTODON_INSTANCE})
+MASTODON_ENDPOINTS = frozenset({MASTODON_STREAMING, "mastodon/rest", *MASTODON_REST})
 #: Twitter triggers a Jetstream connection cannot take (Jetstream has its own names).
 _TWITTER_ONLY = frozenset(TRIGGERS) - {"stall_after"}
 V1_STREAMS = frozenset({"filter", "sample"})
@@ -37,7 +45,16 @@ V2_STREAMS = frozenset({"v2/filter", "v2/sample"})
 #: What a fault's "endpoint" may name: one endpoint, or "stream" / "v2/stream" for either.
 #: These are the endpoint names the mounted fakes give their routes.
 ENDPOINTS = frozenset(
-    {"stream", "users/lookup", "v2/stream", "v2/rules", "jetstream", *V1_STREAMS, *V2_STREAMS}
+    {
+        "stream",
+        "users/lookup",
+        "v2/stream",
+        "v2/rules",
+        "jetstream",
+        *V1_STREAMS,
+        *V2_STREAMS,
+        *MASTODON_ENDPOINTS,
+    }
 )
 DISCONNECT_SHAPES = ("full", "type_only")
 _FAULT_KEYS = frozenset(
@@ -54,6 +71,8 @@ _FAULT_KEYS = frozenset(
         "endpoint",
         "disconnect_shape",
         "reset_in",
+        "retry_after",
+        "times",
     }
 )
 
@@ -70,20 +89,27 @@ def check_fault(fault: Any) -> dict[str, Any]:
         raise FakeAPIError(
             "a fault takes at most one of status, " + ", ".join((*TRIGGERS, *JETSTREAM_TRIGGERS))
         )
-    for key in (*TRIGGERS, *JETSTREAM_TRIGGERS, "status", "code", "size"):
+    for key in (*TRIGGERS, *JETSTREAM_TRIGGERS, "status", "code", "size", "times"):
         if key in fault and (
             not isinstance(fault[key], int) or isinstance(fault[key], bool) or fault[key] < 0
         ):
             raise FakeAPIError(f"fault {key} must be a whole number >= 0")
     if "status" in fault and not 100 <= fault["status"] <= 599:
         raise FakeAPIError("fault status must be an HTTP status code")
-    for key in ("delay", "reset_in", "duration"):
+    for key in ("delay", "reset_in", "duration", "retry_after"):
         if key in fault and (
             not isinstance(fault[key], int | float)
             or isinstance(fault[key], bool)
             or fault[key] < 0
         ):
             raise FakeAPIError(f"fault {key} must be a number of seconds >= 0")
+    endpoint = fault.get("endpoint", "stream")
+    if endpoint in MASTODON_ENDPOINTS:
+        _check_mastodon_fault(fault, triggers, endpoint)
+        return dict(fault)
+    for key in ("retry_after", "times"):
+        if key in fault:
+            raise FakeAPIError(f"fault {key} is a Mastodon fault: set endpoint to mastodon/...")
     if "reset_in" in fault and "status" not in fault:
         raise FakeAPIError("fault reset_in goes with a status (it sets x-rate-limit-* headers)")
     if "body" in fault and not isinstance(fault["body"], str):
@@ -93,7 +119,6 @@ def check_fault(fault: Any) -> dict[str, Any]:
         and all(isinstance(v, str) for v in fault["headers"].values())
     ):
         raise FakeAPIError("fault headers must be an object of strings")
-    endpoint = fault.get("endpoint", "stream")
     if endpoint not in ENDPOINTS:
         raise FakeAPIError(f"fault endpoint must be one of {', '.join(sorted(ENDPOINTS))}")
     v2_stream = endpoint == "v2/stream" or endpoint in V2_STREAMS
@@ -130,12 +155,45 @@ def _check_jetstream_fault(fault: dict[str, Any], triggers: list[str]) -> None:
             raise FakeAPIError(f"fault {key} is not a Jetstream fault")
 
 
+def _check_mastodon_fault(fault: dict[str, Any], triggers: list[str], endpoint: str) -> None:
+    """The streaming endpoint takes status (with retry_after, body, headers, delay), or
+    close_after (with code: a close frame instead of a dropped socket), or stall_after (with
+    duration). The REST endpoints take status (with reset_in for a 429, body, headers,
+    delay) and times (the next N matching requests, default 1)."""
+    streaming = endpoint == MASTODON_STREAMING
+    allowed = {"close_after", "stall_after"} if streaming else set()
+    if wrong := [k for k in triggers if k not in allowed]:
+        raise FakeAPIError(f"fault {wrong[0]} is not a {endpoint} fault")
+    if not triggers and "status" not in fault:
+        raise FakeAPIError(f"a {endpoint} fault needs status" + (
+            ", close_after or stall_after" if streaming else ""
+        ))
+    pairs = [("duration", "stall_after"), ("retry_after", "status")]
+    pairs += [("code", "close_after")] if streaming else [("reset_in", "status")]
+    for key, needs in pairs:
+        if key in fault and needs not in fault:
+            raise FakeAPIError(f"fault {key} goes with {needs} on endpoint {endpoint}")
+    banned = ["size", "disconnect_shape"]
+    banned += ["reset_in", "times"] if streaming else ["code", "duration"]
+    if wrong := [k for k in banned if k in fault]:
+        raise FakeAPIError(f"fault {wrong[0]} is not a {endpoint} fault")
+    if "reset_in" in fault and fault["status"] != 429:
+        raise FakeAPIError("fault reset_in goes with status 429 on the Mastodon REST API")
+    if "code" in fault and not (fault["code"] == 1000 or 3000 <= fault["code"] <= 4999
+                                or 1001 <= fault["code"] <= 1014):
+        raise FakeAPIError("fault code must be a WebSocket close code (1000-1014, 3000-4999)")
+    if "times" in fault and fault["times"] < 1:
+        raise FakeAPIError("fault times must be at least 1")
+
+
 def fault_matches(wanted: str, endpoint: str) -> bool:
     """Whether a fault scripted for `wanted` applies to an attempt on `endpoint`."""
     if wanted == "stream":
         return endpoint in V1_STREAMS
     if wanted == "v2/stream":
         return endpoint in V2_STREAMS
+    if wanted == "mastodon/rest":
+        return endpoint in MASTODON_REST
     return wanted == endpoint
 
 

@@ -30,6 +30,7 @@ from aiohttp import web
 from sfmd.credentials import Credential
 from sfmd.fake.faults import FaultScript
 from sfmd.fake.jetstream import JetstreamAPI, JetstreamEvent
+from sfmd.fake.mastodon import MastodonAPI
 from sfmd.fake.mount import FIRST_SEQ, ConnectionRecord, Handler, Mount, StreamHandle
 from sfmd.fake.settings import FakeAPIError, Settings
 from sfmd.fake.twitter import V1API
@@ -58,6 +59,14 @@ class FakeAPI:
         jetstream_ping_interval: float = 30.0,
         jetstream_seed: int = 0,
         jetstream_outbox: int = 10_000,
+        mastodon_rate: float = 5.0,
+        mastodon_seed: int = 0,
+        mastodon_ping_interval: float = 30.0,
+        mastodon_rate_limit: int = 300,
+        mastodon_rate_window: float = 300.0,
+        mastodon_tags: tuple[str, ...] | list[str] | None = None,
+        mastodon_lists: tuple[str, ...] | list[str] | None = None,
+        mastodon_streaming_port: int = 0,
     ) -> None:
         self._bind_host = host
         self._bind_port = port
@@ -76,8 +85,16 @@ class FakeAPI:
                 "jetstream_ping_interval": jetstream_ping_interval,
                 "jetstream_seed": jetstream_seed,
                 "jetstream_outbox": jetstream_outbox,
+                "mastodon_rate": mastodon_rate,
+                "mastodon_seed": mastodon_seed,
+                "mastodon_ping_interval": mastodon_ping_interval,
+                "mastodon_rate_limit": mastodon_rate_limit,
+                "mastodon_rate_window": mastodon_rate_window,
+                **({} if mastodon_tags is None else {"mastodon_tags": mastodon_tags}),
+                **({} if mastodon_lists is None else {"mastodon_lists": mastodon_lists}),
             }
         )
+        self._streaming_port = mastodon_streaming_port
         self.settings = self._initial
         self.log: list[ConnectionRecord] = []
         self._faults = FaultScript()
@@ -91,7 +108,8 @@ class FakeAPI:
         self.v1 = V1API(self, credentials)
         self.v2 = V2API(self, credentials)
         self.jetstream = JetstreamAPI(self)
-        self._apis: tuple[Mount, ...] = (self.v1, self.v2, self.jetstream)
+        self.mastodon = MastodonAPI(self, credentials)
+        self._apis: tuple[Mount, ...] = (self.v1, self.v2, self.jetstream, self.mastodon)
 
     # ---- lifecycle
 
@@ -109,6 +127,18 @@ class FakeAPI:
     def jetstream_url(self) -> str:
         """The Jetstream instance's v1 subscribe WebSocket: `ws://HOST:PORT/subscribe`."""
         return "ws" + self.url.removeprefix("http") + "/subscribe"
+
+    @property
+    def mastodon_url(self) -> str:
+        """The Mastodon instance's REST base (`http://HOST:PORT`): what a credential's
+        `mastodon_instance` is set to."""
+        return self.url
+
+    @property
+    def mastodon_streaming_url(self) -> str:
+        """The Mastodon streaming server (`ws://HOST:STREAMPORT`, a second port), as
+        `/api/v2/instance` names it in `configuration.urls.streaming`."""
+        return self.mastodon.streaming_url
 
     async def start(self) -> None:
         app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -129,11 +159,13 @@ class FakeAPI:
         host = f"[{self._bind_host}]" if ":" in self._bind_host else self._bind_host
         self.url = f"http://{host}:{port}"
         self.jetstream.start()  # the instance produces from now on, subscribed or not
+        await self.mastodon.start(self.url, self._bind_host, self._streaming_port)
 
     async def stop(self) -> None:
         """Close every stream (no disconnect message), then the listening socket."""
         await self._close_streams("server_stop")
         await self.jetstream.stop()
+        await self.mastodon.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -171,7 +203,8 @@ class FakeAPI:
         A fault's optional "endpoint" ("stream" by default, meaning filter or sample; or
         "filter", "sample", "users/lookup"; for v2 "v2/stream", meaning v2/filter or
         v2/sample, or "v2/filter", "v2/sample", "v2/rules"; "jetstream" for the Jetstream
-        instance) says which attempts may take it.
+        instance; "mastodon/streaming", "mastodon/timelines", "mastodon/instance", or
+        "mastodon/rest" for either REST one) says which attempts may take it.
         """
         self._faults.add(*faults)
 
@@ -179,6 +212,7 @@ class FakeAPI:
         """Change settings now; open streams see them on their next step."""
         self.settings = self.settings.updated(settings)
         self.jetstream.settings_changed()
+        self.mastodon.settings_changed()
         for stream in self._streams:
             stream.wake.set()
 
@@ -210,6 +244,62 @@ class FakeAPI:
         or refused (with `error` and `close_code`), in order."""
         return self.jetstream.options_updates(conn)
 
+    def mastodon_post(
+        self,
+        *,
+        tags: tuple[str, ...] | list[str] = (),
+        local: bool = True,
+        lists: tuple[str, ...] | list[str] = (),
+        home: bool = False,
+        older_than_ms: int | None = None,
+        stream: bool = True,
+    ) -> dict[str, Any]:
+        """Post one status now and answer its JSON (a Mastodon 4.x Status).
+
+        It goes live to every matching subscription and into the REST timelines: public,
+        public:local or public:remote, a hashtag timeline per tag (case kept in the status,
+        matched case-insensitively), each list in `lists` (ids from the `mastodon_lists`
+        setting), and home (`home=True`, the `user` stream). `older_than_ms`: its id is from
+        that many ms ago, below ids already served (a remote post that arrived late).
+        `stream=False`: only in the REST timelines, as if it went out while no one listened.
+        """
+        return self.mastodon.post(
+            tags=tags, local=local, lists=lists, home=home, older_than_ms=older_than_ms,
+            stream=stream,
+        )
+
+    def mastodon_edit(self, status_id: str | int) -> dict[str, Any]:
+        """Edit a status (new content, `edited_at` set): streamed as `status.update` to the
+        subscriptions it matches, and what REST serves from now on. Answers the new version."""
+        return self.mastodon.edit(status_id)
+
+    def mastodon_delete(self, status_id: str | int) -> None:
+        """Delete a status: streamed as `delete` (payload: the id) and gone from REST."""
+        self.mastodon.delete(status_id)
+
+    def mastodon_status(self, status_id: str | int) -> dict[str, Any]:
+        """A status's JSON as it is now (the edited version after an edit)."""
+        return self.mastodon.status(status_id)
+
+    def mastodon_posted(self) -> list[dict[str, Any]]:
+        """Every status posted (by the schedule or `mastodon_post`), in posting order: `id`,
+        `timelines` (the stream arrays it belongs to, tags lower-cased), `local`, `tags`,
+        `lists`, `home`, `posted_at` (wall), `monotonic`, `streamed`, `edits`, `edited_at`,
+        `deleted_at`."""
+        return self.mastodon.posted()
+
+    def mastodon_requests(self) -> list[dict[str, Any]]:
+        """Every REST request answered, in order: `monotonic` and `wall` (when it arrived),
+        `credential` (the token's owner, never the token), `method`, `path`, `query`
+        (without access_token), `status`, and the `remaining` and `reset` headers sent."""
+        return self.mastodon.requests()
+
+    def mastodon_subscriptions(self, conn: int) -> list[dict[str, Any]]:
+        """Streaming connection `conn`'s subscribe and unsubscribe messages, in order: `type`,
+        `stream`, `tag` / `list` as sent, `at` (monotonic), and `result` (subscribed,
+        already, unsubscribed, not_subscribed) or `error`."""
+        return self.mastodon.subscriptions(conn)
+
     def rules(self, credential: str) -> list[dict[str, str]]:
         """The v2 rules of a credential's app (`app-N` when serving without credentials)."""
         return self.v2.rules(credential)
@@ -224,6 +314,7 @@ class FakeAPI:
             api.reset()
         self.settings = self._initial
         self.jetstream.settings_changed()
+        self.mastodon.settings_changed()
         self.notify()
 
     async def wait_for(

@@ -48,6 +48,22 @@ class Settings:
     #: Jetstream: a live subscriber this many events behind the tip is dropped, as the real
     #: server drops one whose outbox is full (no close frame); 0: never.
     jetstream_outbox: int = 10_000
+    #: Mastodon: statuses the instance posts a second in total, watched or not (0: only the
+    #: ones a test posts with `mastodon_post`).
+    mastodon_rate: float = 5.0
+    #: Mastodon: what the posted statuses hold (authors, text, tags drawn) follows this seed.
+    mastodon_seed: int = 0
+    #: Mastodon: seconds between the streaming server's pings; a socket that did not answer
+    #: the previous ping is dropped at the next one.
+    mastodon_ping_interval: float = 30.0
+    #: Mastodon: REST requests a token (or, without one, an address) may make per window.
+    mastodon_rate_limit: int = 300
+    #: Mastodon: the rate-limit window in seconds (windows are aligned to the epoch).
+    mastodon_rate_window: float = 300.0
+    #: Mastodon: the hashtags posted statuses draw from.
+    mastodon_tags: tuple[str, ...] = ("archives", "fediverse", "python", "mastodon", "history")
+    #: Mastodon: the ids of the lists every token owns.
+    mastodon_lists: tuple[str, ...] = ("1", "2")
 
     def updated(self, changes: dict[str, Any]) -> Settings:
         """A checked copy with `changes` applied; a bad key or value raises FakeAPIError."""
@@ -73,15 +89,26 @@ _COUNT_SETTINGS = frozenset(
         "jetstream_burst",
         "jetstream_seed",
         "jetstream_outbox",
+        "mastodon_seed",
+        "mastodon_rate_limit",
     }
 )
 _OPTIONAL_SETTINGS = frozenset({"total", "jetstream_burst"})
 _POSITIVE_SETTINGS = frozenset(
-    {"keepalive_interval", "jetstream_window", "jetstream_ping_interval"}
+    {
+        "keepalive_interval",
+        "jetstream_window",
+        "jetstream_ping_interval",
+        "mastodon_ping_interval",
+        "mastodon_rate_window",
+    }
 )
+_NAME_LIST_SETTINGS = frozenset({"mastodon_tags", "mastodon_lists"})
 
 
 def _check_setting(key: str, value: Any) -> Any:
+    if key in _NAME_LIST_SETTINGS:
+        return _check_names(key, value)
     if key in _BOOL_SETTINGS:
         if not isinstance(value, bool):
             raise FakeAPIError(f"{key} must be true or false")
@@ -99,3 +126,21 @@ def _check_setting(key: str, value: Any) -> Any:
     if value < 0:
         raise FakeAPIError(f"{key} must be >= 0")
     return float(value)
+
+
+def _check_names(key: str, value: Any) -> tuple[str, ...]:
+    """A list of names (hashtags without '#', list ids): non-empty, no spaces, no repeats."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise FakeAPIError(f"{key} must be a list of names")
+    names: list[str] = []
+    for name in value:
+        if not isinstance(name, str) or not name or name.startswith("#") or any(
+            c.isspace() for c in name
+        ):
+            raise FakeAPIError(f"{key}: {name!r} is not a name (no '#', no spaces, not empty)")
+        if name.lower() in (n.lower() for n in names):
+            raise FakeAPIError(f"{key}: {name!r} is given twice")
+        names.append(name)
+    if key == "mastodon_tags" and not names:
+        raise FakeAPIError("mastodon_tags must name at least one hashtag")
+    return tuple(names)
