@@ -46,7 +46,8 @@ def test_a_mastodon_stream_shows_its_kinds_own_fields_only() -> None:
     assert tag.to_dict() == {"name": "t", "source": "mastodon", "kind": "hashtag",
                              "tag": "Archives", "credential": "fedi", "active": True,
                              "isolation": "task"}
-    public = validate_stream({"name": "p", "source": "mastodon", "kind": "public:local", "credential": "fedi"})
+    public = validate_stream({"name": "p", "source": "mastodon", "kind": "public:local",
+                              "credential": "fedi"})
     assert "tag" not in public.to_dict() and "list" not in public.to_dict()
     listed = validate_stream({"name": "l", "source": "mastodon", "kind": "list", "list": "42",
                  "credential": "fedi"})
