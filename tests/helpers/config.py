@@ -25,7 +25,18 @@ consumer_secret = "cs-beta-SECRET"
 access_token = "at-beta-SECRET"
 access_token_secret = "ats-beta-SECRET"
 bearer_token = "bt-beta-SECRET"
+
+[fedi]
+mastodon_instance = "http://fake-mastodon.invalid"
+mastodon_token = "mt-fedi-SECRET"
+
+[fedi2]
+mastodon_instance = "http://fake-mastodon.invalid"
+mastodon_token = "mt-fedi2-SECRET"
 """
+#: What the credentials' Mastodon tables name until `write_daemon_config` points them at the
+#: fake API's instance (whose port is known only once it runs).
+MASTODON_PLACEHOLDER = "http://fake-mastodon.invalid"
 
 # Short versions of Twitter's timings, so fault tests run in seconds.
 FAST_TIMING = {
@@ -63,6 +74,7 @@ def write_config(
     timing: dict[str, float] | None = None,
     twitter: dict[str, Any] | None = None,
     bluesky: dict[str, Any] | None = None,
+    mastodon: dict[str, Any] | None = None,
 ) -> Path:
     """An sfmd.toml under tmp_path with short timings; paths relative to it, as allowed."""
     lines = [
@@ -83,24 +95,30 @@ def write_config(
     lines.append("[timing]")
     for key, value in {**FAST_TIMING, **(timing or {})}.items():
         lines.append(f"{key} = {value}")
-    if bluesky:
-        lines.append("[bluesky]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in bluesky.items()]
+    for section, values in (("bluesky", bluesky), ("mastodon", mastodon)):
+        if values:
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
     path = tmp_path / "sfmd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def write_daemon_config(tmp_path: Path, fake_api: FakeAPI, **kwargs: Any) -> Path:
-    """A daemon config against the fake API: REST calls go to it too, no start-up jitter."""
+    """A daemon config against the fake API: REST calls go to it too, no start-up jitter,
+    and the credentials' Mastodon accounts live on its instance."""
+    creds = tmp_path / "credentials.toml"
+    if creds.exists() and MASTODON_PLACEHOLDER in (text := creds.read_text()):
+        creds.write_text(text.replace(MASTODON_PLACEHOLDER, fake_api.mastodon_url))
     twitter = {
         "rest_url": fake_api.stream_url, "api_url": fake_api.api_url, **kwargs.pop("twitter", {})
     }
     timing = {"start_jitter": 0, "reconcile_interval": 1, **kwargs.pop("timing", {})}
     bluesky = {"jetstream_url": fake_api.jetstream_url, "idle_timeout": 5, "rewind": 2,
                **kwargs.pop("bluesky", {})}
+    mastodon = {"idle_timeout": 5, "fill_overlap": 2, **kwargs.pop("mastodon", {})}
     return write_config(tmp_path, fake_api.stream_url, twitter=twitter, timing=timing,
-                        bluesky=bluesky, **kwargs)
+                        bluesky=bluesky, mastodon=mastodon, **kwargs)
 
 
 def register(tmp_path: Path, credentials: dict[str, Credential], **body: Any) -> None:

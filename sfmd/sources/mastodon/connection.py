@@ -401,7 +401,8 @@ class AccountConnection:
         member.archive.asking(self._provenance(member))
         if first and ws is not None and not ws.closed:
             await ws.send_str(member.channel.message("subscribe"))
-            self.log.info("subscribed", stream=member.spec.name, **member.channel.describe())
+            self.log.info("subscribed", stream=member.spec.name,
+                          channel=member.channel.describe())
 
     async def _unsubscribe(self, ws: aiohttp.ClientWebSocketResponse | None, member: Member
                            ) -> None:
@@ -416,7 +417,8 @@ class AccountConnection:
         if ws is not None and not ws.closed:
             with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                 await ws.send_str(member.channel.message("unsubscribe"))
-            self.log.info("unsubscribed", stream=member.spec.name, **member.channel.describe())
+            self.log.info("unsubscribed", stream=member.spec.name,
+                          channel=member.channel.describe())
 
     def _provenance(self, member: Member) -> dict[str, Any]:
         return {
