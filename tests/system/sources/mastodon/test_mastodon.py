@@ -4,9 +4,12 @@ faults, restarts and a crash; an account's streams share one socket."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +246,70 @@ async def test_a_crash_and_a_restart_ten_seconds_later_lose_nothing(
             for line in backfilled(tmp_path, "tag-archives")} >= set(down_posts)
     down = [g for g in gaps(tmp_path, "tag-archives") if g["reason"] == "daemon_down"]
     assert down and down[-1]["refilled"] == "all"
+
+
+async def test_a_429_on_the_fill_waits_for_the_reset_then_finishes(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    fake_api.configure(mastodon_rate=20, mastodon_tags=["archives"])
+    proc = await daemon_with(tmp_path, fake_api, TAG)
+    try:
+        since = await subscribed(fake_api)
+        await wait_until(lambda: upgraded(fake_api)[-1].sent_count >= 10, DEADLINE, "streaming")
+        async with Api(tmp_path / "sfmd.sock") as client:
+            await client.ok("POST", "/streams/tag-archives/stop")
+            stopped = time.monotonic()
+            await wait_until(lambda: len(posted_on(fake_api, TIMELINE, stopped)) >= 30,
+                             DEADLINE, "30 statuses posted while stopped")
+            fake_api.script({"endpoint": "mastodon/timelines", "status": 429, "reset_in": 3})
+            await client.ok("POST", "/streams/tag-archives/start")
+            await wait_until(lambda: any(e["event"] == "fill_done"
+                                         for e in log_events(tmp_path, "tag-archives")),
+                             DEADLINE, "the fill done")
+        await stop(proc)
+    finally:
+        proc.kill()
+    requests = [r for r in fake_api.mastodon_requests() if "/timelines/" in r["path"]]
+    limited = [i for i, r in enumerate(requests) if r["status"] == 429]
+    assert limited, "no 429 answered"
+    reset = requests[limited[0]]["reset"]
+    after = requests[limited[0] + 1:]
+    assert after and all(r["wall"] >= _unix(reset) for r in after), "a request before the reset"
+    assert all(r["status"] == 200 for r in after)
+    check_exactly_once(tmp_path, fake_api, "tag-archives", TIMELINE, since,
+                       posted_before_close(fake_api, upgraded(fake_api)[-1]))
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_refused_token_fails_the_streams_with_a_reason_and_is_retried_gently(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    fake_api.configure(mastodon_rate=20, mastodon_tags=["archives"])
+    fake_api.script(*[{"endpoint": "mastodon/streaming", "status": 401,
+                       "body": "Invalid access token"}] * 3)
+    proc = await daemon_with(tmp_path, fake_api, TAG)
+    try:
+        async with Api(tmp_path / "sfmd.sock") as client:
+            async def state() -> dict[str, Any]:
+                return (await client.ok("GET", "/streams/tag-archives"))["status"]
+            deadline = time.monotonic() + DEADLINE
+            status = await state()
+            while status["state"] != "failed" and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                status = await state()
+            assert status["state"] == "failed", status
+            assert "fedi" in status["last_error"] and "revoked" in status["last_error"]
+            assert "SECRET" not in json.dumps(status)
+            await subscribed(fake_api)  # the faults used up: connected
+            await wait_until(lambda: upgraded(fake_api)[-1].sent_count >= 5, DEADLINE,
+                             "streaming")
+        await stop(proc)
+    finally:
+        proc.kill()
+    attempts = [r.opened for r in sockets(fake_api)]
+    waits = [b - a for a, b in itertools.pairwise(attempts)]
+    # HTTP backoff: 0.4 s, then 0.8, then 1.6 (the test config's), never hammering.
+    assert len(waits) == 3 and all(w >= 0.35 for w in waits) and waits[2] > waits[0], waits
