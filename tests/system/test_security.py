@@ -154,7 +154,8 @@ class RecordingApi(Api):
 
 
 def stream_records(api: FakeAPI, credential: str) -> list[ConnectionRecord]:
-    return [r for r in api.log if r.endpoint in ("filter", "sample") and r.credential == credential]
+    endpoints = ("filter", "sample", "mastodon/streaming")
+    return [r for r in api.log if r.endpoint in endpoints and r.credential == credential]
 
 
 def flowing(api: FakeAPI, credential: str, at_least: int = 3) -> bool:
@@ -223,6 +224,21 @@ async def test_a_full_run_leaves_no_secret_in_anything_sfmd_wrote(
                              "body": '{"errors": [{"code": 32}]}'})  # fmt: skip
             code, _, err = await ctl("modify", "f1", "--people", "carol")
             assert code == 1 and "lookup_failed" in err, err
+
+            # A Mastodon stream: its token goes to the streaming server (refused once with
+            # a 401) and to the REST timeline when a stop and start make it fill its gap.
+            fake_api.configure(mastodon_rate=20, mastodon_tags=["archives"])
+            fake_api.script({"endpoint": "mastodon/streaming", "status": 401})
+            code, _, err = await ctl("add", "m1", "--source", "mastodon", "--kind", "hashtag",
+                                     "--tag", "#archives", "--credential", "fedi")
+            assert code == 0, err
+            await wait_until(lambda: flowing(fake_api, "fedi"), DEADLINE, "m1 streaming")
+            for verb in ("stop", "start"):
+                code, _, err = await ctl(verb, "m1")
+                assert code == 0, err
+            await wait_until(lambda: any("/timelines/" in r["path"] and r["status"] == 200
+                                         for r in fake_api.mastodon_requests()),
+                             DEADLINE, "m1's gap fill")
 
             # Refused requests, each answered with a message.
             for method, path, body in [
