@@ -34,7 +34,7 @@ def test_a_good_setup_checks_ok_and_counts_what_it_found(tmp_path: Path) -> None
         {"name": "s", "kind": "sample", "credential": "alpha"}]}))
     done = sfmd("check", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"{config}: ok (2 credentials, 1 streams)"
+    assert done.stdout.strip() == f"{config}: ok (4 credentials, 1 streams)"
     assert not list(tmp_path.glob("*.sock")) and not (tmp_path / "log").exists()
 
 

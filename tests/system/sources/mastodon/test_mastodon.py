@@ -313,3 +313,36 @@ async def test_a_refused_token_fails_the_streams_with_a_reason_and_is_retried_ge
     waits = [b - a for a, b in itertools.pairwise(attempts)]
     # HTTP backoff: 0.4 s, then 0.8, then 1.6 (the test config's), never hammering.
     assert len(waits) == 3 and all(w >= 0.35 for w in waits) and waits[2] > waits[0], waits
+
+
+async def test_a_fill_that_cannot_finish_says_what_it_refilled(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    fake_api.configure(mastodon_rate=40, mastodon_tags=["archives"])
+    # One page of 40 at most: a gap of more than 40 statuses is refilled only in part.
+    proc = await daemon_with(tmp_path, fake_api, TAG, mastodon={"fill_max_pages": 1})
+    try:
+        await subscribed(fake_api)
+        await wait_until(lambda: upgraded(fake_api)[-1].sent_count >= 10, DEADLINE, "streaming")
+        async with Api(tmp_path / "sfmd.sock") as client:
+            await client.ok("POST", "/streams/tag-archives/stop")
+            stopped = time.monotonic()
+            await wait_until(lambda: len(posted_on(fake_api, TIMELINE, stopped)) >= 100,
+                             DEADLINE, "100 statuses posted while stopped")
+            await client.ok("POST", "/streams/tag-archives/start")
+            await wait_until(lambda: any(e["event"] == "fill_incomplete"
+                                         for e in log_events(tmp_path, "tag-archives")),
+                             DEADLINE, "the fill cut short")
+            status = (await client.ok("GET", "/streams/tag-archives"))["status"]
+            assert "gap fill incomplete" in status["last_error"]
+            assert "fill_max_pages" in status["last_error"]
+            assert status["last_gap"]["refilled"] == "some"
+        await stop(proc)
+    finally:
+        proc.kill()
+    stopped_gaps = [g for g in gaps(tmp_path, "tag-archives") if g["reason"] == "stopped"]
+    assert stopped_gaps and stopped_gaps[-1]["refilled"] == "some"
+    assert stopped_gaps[-1]["unrecoverable"] == ["delete", "status.update"]
+    ids = stored_ids(tmp_path, "tag-archives")
+    assert len(ids) == len(set(ids))
+    assert 0 < len(backfilled(tmp_path, "tag-archives")) <= 40
