@@ -24,6 +24,11 @@ def credential_problem(spec: StreamSpec, credentials: Mapping[str, Credential]) 
         )
     if spec.api == "v2":
         return bearer_problem(credential)
+    if not credential.has_oauth1 and not credential.bearer_token:
+        return (
+            f"credential {spec.credential!r} holds no Twitter keys (only a Mastodon account); "
+            "v1.1 streams need the four OAuth 1.0a keys"
+        )
     if not credential.has_oauth1:
         return (
             f"credential {spec.credential!r} has only a bearer_token; v1.1 streams need the "
