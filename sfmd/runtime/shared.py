@@ -37,6 +37,7 @@ class SharedBackend:
         self.credentials = credentials
         self.ledger = ledger
         self.groups: dict[str, SharedConnection] = {}  # by credential name
+        self.keys: dict[str, Credential] = {}  # the keys each group connected with
         self.forgotten: set[str] = set()  # members deleted while running: their tags stay ours
         self.check_rules = False  # set for the periodic pass: ask the rules API about drift
 
@@ -56,7 +57,18 @@ class SharedBackend:
     async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
         wanted = self.wanted(specs)
         known = {s.name for s in specs} | self.forgotten
+        keys = self.credentials()
         for credential, group in list(self.groups.items()):
+            if credential in wanted and keys.get(credential) not in (None, self.keys[credential]):
+                # New keys in the credentials file: a new connection with them, the members
+                # rejoin it below. What they asked for stays at the API.
+                for name in group.members():
+                    self.ledger.stopped(name, group.member_status(name))
+                await group.stop()
+                del self.groups[credential]
+                log.info("v2_connection_stopped", connection=group.name,
+                         reason="its credential's keys changed in the credentials file")
+                continue
             staying = {s.name for s in wanted.get(credential, [])}
             for name in group.members():
                 if name not in staying:
@@ -65,12 +77,13 @@ class SharedBackend:
                 await group.update([], known)  # let go of what the stopped members asked for
                 await group.stop()
                 del self.groups[credential]
+                self.keys.pop(credential, None)
                 log.info("v2_connection_stopped", connection=group.name)
         for credential, members in wanted.items():
             group = self.groups.get(credential)
             if group is None:
                 context = source_context(self.config, self.session())
-                group = source_of(members[0]).shared(self.credentials()[credential], context)
+                group = source_of(members[0]).shared(keys[credential], context)
                 try:
                     await group.start()
                 except CredentialBusy as e:
@@ -78,6 +91,7 @@ class SharedBackend:
                         self.ledger.fail(spec.name, str(e))
                     continue
                 self.groups[credential] = group
+                self.keys[credential] = keys[credential]
             failed = await group.update(members, known, check_rules=self.check_rules)
             for spec in members:
                 if spec.name in failed:
