@@ -85,7 +85,7 @@ class Daemon:
         )
         self._stop = asyncio.Event()
         self._alive: asyncio.Task[None] | None = None
-        self.processes = ProcessBackend(config)
+        self.processes = ProcessBackend(config, credentials=self._credentials)
         self.tasks = TaskBackend(
             config, self._session, self._credentials, self.ledger,
             reconcile=self.reconcile, lock=self._lock,
