@@ -210,11 +210,19 @@ async def run_daemon(config: Config) -> int:
         raise
     raise_file_limit()
     stop = asyncio.Event()
+    notifier = Notifier.from_env()
     reloads: set[asyncio.Task[None]] = set()
+
+    async def reload_signalled() -> None:
+        notifier.reloading()
+        try:
+            await daemon.reload_quietly()
+        finally:
+            notifier.ready(daemon.views.status_line())
 
     def reload() -> None:
         # SIGHUP: the logs were reopened; now the credentials, as `sfmctl reload` does.
-        task = asyncio.create_task(daemon.reload_quietly())
+        task = asyncio.create_task(reload_signalled())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -233,7 +241,7 @@ async def run_daemon(config: Config) -> int:
 
     waiter = asyncio.create_task(stop_on_signal())
     try:
-        await daemon.serve(control, Notifier.from_env(), started=started)
+        await daemon.serve(control, notifier, started=started)
     finally:
         waiter.cancel()
     return EXIT_OK

@@ -585,6 +585,12 @@ def cmd_reload(args: argparse.Namespace, client: Client) -> int:
         if stream["state"] == "failed":
             print(f"sfmctl: warning: stream {stream['name']} failed: {stream['last_error']}",
                   file=sys.stderr)
+    config = answer.get("config") or {}
+    if config.get("needs_restart"):
+        print(f"sfmctl: warning: the config file changed ({', '.join(config['needs_restart'])}"
+              "); reload does not apply it: restart sfmd for that", file=sys.stderr)
+    if config.get("error"):
+        print(f"sfmctl: warning: a restart would fail now: {config['error']}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -246,8 +246,19 @@ def document() -> dict[str, Any]:
                 },
                 "Reloaded": {
                     "type": "object",
-                    "required": ["credentials", "streams"],
+                    "required": ["credentials", "streams", "config"],
                     "properties": {
+                        "config": {
+                            "type": "object",
+                            "description": "the config file is not reloaded: its keys that "
+                            "changed since start-up (they need a restart), or the error a "
+                            "restart would now stop at",
+                            "required": ["needs_restart", "error"],
+                            "properties": {
+                                "needs_restart": {"type": "array", "items": {"type": "string"}},
+                                "error": {"type": ["string", "null"]},
+                            },
+                        },
                         "credentials": {
                             "type": "object",
                             "description": "credential names (never keys) added, changed "

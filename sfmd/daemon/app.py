@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from sfmd.archive.coverage import keep_alive
-from sfmd.config import Config
+from sfmd.config import SECTIONS, Config, ConfigError, load_config
 from sfmd.credentials import (
     Credential,
     CredentialsError,
@@ -349,7 +349,30 @@ class Daemon:
                 status = self.views.status_of(spec)
                 streams.append({"name": spec.name, "credential": spec.credential,
                                 "state": status.state.value, "last_error": status.last_error})
-        return {"credentials": changes, "streams": streams}
+        return {"credentials": changes, "streams": streams, "config": self._config_news()}
+
+    def _config_news(self) -> dict[str, Any]:
+        """What a reload does not apply: the config file's keys that changed since start-up
+        (they take effect at the next start), or why a start would now refuse the file."""
+        news: dict[str, Any] = {"needs_restart": [], "error": None}
+        if self.config.path is None:
+            return news
+        try:
+            now = load_config(self.config.path)
+        except ConfigError as e:
+            news["error"] = str(e)
+            log.warning("config_broken", error=news["error"],
+                        note="the running daemon is unaffected; a restart would fail")
+            return news
+        for section in SECTIONS:
+            old, new = getattr(self.config, section), getattr(now, section)
+            news["needs_restart"] += [
+                f"[{section}] {f.name}" for f in dataclasses.fields(old)
+                if getattr(old, f.name) != getattr(new, f.name)
+            ]
+        if news["needs_restart"]:
+            log.warning("config_needs_restart", keys=news["needs_restart"])
+        return news
 
     async def reload_quietly(self) -> None:
         """`reload` for SIGHUP: nobody waits for an answer, so a refusal goes to the log."""

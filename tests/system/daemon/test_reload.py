@@ -117,11 +117,14 @@ async def test_reload_takes_fixed_and_new_keys_and_reconnects_only_their_streams
         code, out, _ = await sfmctl(sock, "health")
         assert code == 1 and "1 failed" in out and "g1: credential 'gamma'" in out, out
 
-        # Fixed and added: one reload, no restart.
+        # Fixed and added: one reload, no restart. A config change is not applied: said.
         write_keys(tmp_path, CREDENTIALS_TOML + GAMMA)
+        config.write_text(config.read_text().replace("stall_timeout = 1.0", "stall_timeout = 2"))
         code, out, err = await sfmctl(sock, "reload")
         assert code == 0, err
         assert out.splitlines()[0] == "credentials reloaded: added gamma; changed alpha", out
+        assert "the config file changed ([timing] stall_timeout)" in err
+        assert "restart sfmd" in err
         await wait_until(lambda: streaming_on(api, "alpha") is not None, 10, "alpha streaming")
         await wait_until(lambda: streaming_on(api, "gamma") is not None, 10, "gamma streaming")
         await wait_until(lambda: v2_streaming(api) is not None, 10, "the v2 filters streaming")
@@ -140,6 +143,15 @@ async def test_reload_takes_fixed_and_new_keys_and_reconnects_only_their_streams
         assert "(reload_refused)" in err and "the credentials in use stay" in err
         assert [e for e in log_events(tmp_path) if e["event"] == "reload_refused"]
         assert streaming_on(api, "alpha") is alpha and streaming_on(api, "beta") is beta
+
+        # A config a restart would refuse: the daemon runs on, the reload warns.
+        write_keys(tmp_path, CREDENTIALS_TOML + GAMMA)
+        good_config = config.read_text()
+        config.write_text(good_config.replace("stall_timeout = 2", "stall_timeout = -1"))
+        code, out, err = await sfmctl(sock, "reload")
+        assert code == 0 and out.startswith("credentials reloaded: no change"), (out, err)
+        assert "a restart would fail now" in err and "stall_timeout" in err, err
+        config.write_text(good_config)
 
         # SIGHUP does the same, and still reopens the log: gamma gone, its stream fails.
         write_keys(tmp_path, CREDENTIALS_TOML)
