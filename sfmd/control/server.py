@@ -21,6 +21,8 @@ log = get_logger()
 # non-blocking connect with EAGAIN, which asyncio takes for "in progress" and then reports as a
 # connected socket that fails its first write (ENOTCONN). The kernel caps it at somaxconn.
 BACKLOG = 1024
+#: The longest path a Unix socket can be bound to (sun_path less its NUL).
+MAX_SOCKET_PATH = 107
 
 
 class ControlServer:
@@ -47,21 +49,31 @@ class ControlServer:
             raise StartupError(
                 f"cannot create the control socket's folder {self.path.parent}: {e.strerror}"
             ) from None
+        # Bound and listening under a name of its own, then renamed into place: whoever sees
+        # the socket file can connect (a client polling for it never meets a refusal).
+        staging = self.path.with_name(f".sfmd-{os.getpid()}.sock")
+        if len(os.fsencode(staging)) > MAX_SOCKET_PATH:
+            staging = self.path  # too long a name to stage: bound in place
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Bind under a umask that already gives the configured mode: no moment of looser
         # access.
         old = os.umask(0o777 & ~self.mode)
         try:
-            sock.bind(str(self.path))
+            staging.unlink(missing_ok=True)  # a leftover of a killed start with our pid
+            sock.bind(str(staging))
             sock.listen(BACKLOG)
+            os.chmod(staging, self.mode)
+            if staging != self.path:
+                os.rename(staging, self.path)
         except OSError as e:
             sock.close()
+            if staging != self.path:
+                staging.unlink(missing_ok=True)
             raise StartupError(
                 f"cannot listen on control socket {self.path}: {e.strerror}"
             ) from None
         finally:
             os.umask(old)
-        os.chmod(self.path, self.mode)
         self._sock = sock
 
     async def start(self) -> None:
