@@ -62,7 +62,8 @@ class Views:
                 bytes=status.bytes,
                 reconnects=status.reconnects,
                 limit_undelivered=status.limit_undelivered,
-                files_published=runner.archive.published if runner else d.shared.published(spec),
+                files_published=d.ledger.published.get(spec.name, 0)
+                + (runner.archive.published if runner else d.shared.published(spec)),
                 gap_seconds=status.gap_seconds,
             )
 

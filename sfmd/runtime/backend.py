@@ -45,6 +45,7 @@ class Ledger:
     def __init__(self) -> None:
         self.failed: dict[str, tuple[datetime, str]] = {}
         self.last: dict[str, StreamStatus] = {}  # with the earlier runs' counters added
+        self.published: dict[str, int] = {}  # files the stream's earlier runs published
 
     def fail(self, name: str, reason: str) -> None:
         """Mark `name` failed; logged once per new reason, `since` kept across repeats."""
@@ -66,9 +67,11 @@ class Ledger:
         for name in [n for n in self.failed if n not in wanted]:
             del self.failed[name]
 
-    def stopped(self, name: str, status: StreamStatus) -> None:
+    def stopped(self, name: str, status: StreamStatus, published: int = 0) -> None:
         """Remember a stopped stream's counters: `status` is its back end's, from the run
-        that ended; the earlier runs' are added."""
+        that ended, and `published` the files that run published; the earlier runs' are
+        added."""
+        self.published[name] = self.published.get(name, 0) + published
         self.last[name] = dataclasses.replace(
             status.plus(self.last.get(name)), state=State.STOPPED, since=datetime.now(UTC),
             connection=None, connected_since=None,
@@ -81,6 +84,7 @@ class Ledger:
 
     def forget(self, name: str) -> None:
         self.last.pop(name, None)
+        self.published.pop(name, None)
         self.failed.pop(name, None)
 
     def status(self, name: str) -> StreamStatus:

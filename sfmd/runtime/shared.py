@@ -63,7 +63,8 @@ class SharedBackend:
                 # New keys in the credentials file: a new connection with them, the members
                 # rejoin it below. What they asked for stays at the API.
                 for name in group.members():
-                    self.ledger.stopped(name, group.member_status(name))
+                    self.ledger.stopped(name, group.member_status(name),
+                                        published=group.published(name))
                 await group.stop()
                 del self.groups[credential]
                 log.info("v2_connection_stopped", connection=group.name,
@@ -72,7 +73,8 @@ class SharedBackend:
             staying = {s.name for s in wanted.get(credential, [])}
             for name in group.members():
                 if name not in staying:
-                    self.ledger.stopped(name, group.member_status(name))
+                    self.ledger.stopped(name, group.member_status(name),
+                                        published=group.published(name))
             if credential not in wanted:
                 await group.update([], known)  # let go of what the stopped members asked for
                 await group.stop()

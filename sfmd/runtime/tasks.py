@@ -238,7 +238,7 @@ class TaskBackend:
             await runner.stop()
         except ArchiveError as e:
             get_logger(stream=name).error("stop_failed", error=str(e))
-        self.ledger.stopped(name, runner.status())
+        self.ledger.stopped(name, runner.status(), published=runner.archive.published)
 
     # -- crashes -----------------------------------------------------------------------------
 

@@ -282,6 +282,13 @@ async def test_restart_reconnects_and_keeps_the_counters(site: Site) -> None:
     assert_refused(await sfmctl(site, "restart", "nosuch"), "not_found", "nosuch")
 
 
+async def files_published(site: Site, name: str) -> int:
+    async with Api(site.socket) as api:
+        _, page = await api.call("GET", "/metrics")
+    line = f'sfmd_stream_files_published_total{{stream="{name}"}} '
+    return int(next(row for row in page.splitlines() if row.startswith(line)).split()[-1])
+
+
 @on_daemon
 async def test_counters_survive_a_stop_and_a_start(site: Site) -> None:
     assert (await sfmctl(site, "sample", "cnt", "--credential", "beta")).code == 0
@@ -290,9 +297,12 @@ async def test_counters_survive_a_stop_and_a_start(site: Site) -> None:
     assert (await sfmctl(site, "stop", "cnt")).code == 0
     stopped = (await sfmctl(site, "--json", "show", "cnt")).json()["status"]
     assert stopped["messages"] > 0 and stopped["bytes"] > 0
+    published = await files_published(site, "cnt")
+    assert published >= 1  # the stop published the open file
     assert (await sfmctl(site, "start", "cnt")).code == 0
     second = await connection(site.api, "beta")
     await wait_until(lambda: second.sent_count >= 20, DEADLINE, "more messages")
+    assert await files_published(site, "cnt") >= published  # a Prometheus counter: no reset
     seen: list[dict[str, Any]] = []
 
     async def grown() -> bool:

@@ -49,3 +49,12 @@ def test_every_counter_is_carried() -> None:
     earlier = StreamStatus(**{key: 1 for key in COUNTERS})
     now = StreamStatus(**{key: 2 for key in COUNTERS}).plus(earlier)
     assert all(getattr(now, key) == 3 for key in COUNTERS)
+
+
+def test_files_published_add_up_across_runs_until_the_stream_is_deleted() -> None:
+    ledger = Ledger()
+    ledger.stopped("s", run(1), published=2)
+    ledger.stopped("s", run(1), published=3)
+    assert ledger.published["s"] == 5
+    ledger.forget("s")
+    assert "s" not in ledger.published
