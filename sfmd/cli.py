@@ -9,7 +9,7 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sfmd import __version__
@@ -169,9 +169,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as e:
         raise StartupError(str(e)) from None
-    log_files = setup_logging(config.daemon.log_dir / "sfmd.log")
-    raise_file_limit()
-    return asyncio.run(run_daemon(config, log_files))
+    return asyncio.run(run_daemon(config))
+
+
+def open_log(path: Path) -> LogFiles:
+    """The daemon's log, or a StartupError saying why it cannot be written."""
+    try:
+        return setup_logging(path)
+    except OSError as e:
+        raise StartupError(f"cannot write the log file {path}: {e.strerror}; fix the "
+                           "folder's owner or mode, or set daemon.log_dir") from None
 
 
 def raise_file_limit() -> None:
@@ -187,12 +194,39 @@ def raise_file_limit() -> None:
         get_logger().info("open_files_limit", soft=target, hard=hard)
 
 
-async def run_daemon(config: Config, log_files: LogFiles) -> int:
-    """The daemon until SIGTERM/SIGINT; then stop every stream, publish, exit 0."""
+async def run_daemon(config: Config) -> int:
+    """The daemon until SIGTERM/SIGINT; then stop every stream, publish, exit 0.
+
+    The control socket is claimed before the log is opened: a second daemon on the same
+    config is refused (on stderr) without writing a line into the first one's log.
+    """
     daemon = Daemon(config)
-    stop = asyncio.Event()
-    install_signal_handlers(stop, log_files)
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
+    control.claim()
+    try:
+        log_files = open_log(config.daemon.log_dir / "sfmd.log")
+    except StartupError:
+        control.release()
+        raise
+    raise_file_limit()
+    stop = asyncio.Event()
+    notifier = Notifier.from_env()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload_signalled() -> None:
+        notifier.reloading()
+        try:
+            await daemon.reload_quietly()
+        finally:
+            notifier.ready(daemon.views.status_line())
+
+    def reload() -> None:
+        # SIGHUP: the logs were reopened; now the credentials, as `sfmctl reload` does.
+        task = asyncio.create_task(reload_signalled())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    install_signal_handlers(stop, log_files, on_hup=reload)
 
     async def stop_on_signal() -> None:
         await stop.wait()
@@ -207,10 +241,7 @@ async def run_daemon(config: Config, log_files: LogFiles) -> int:
 
     waiter = asyncio.create_task(stop_on_signal())
     try:
-        await daemon.serve(control, Notifier.from_env(), started=started)
-    except StartupError:
-        await daemon.shutdown(None)
-        raise
+        await daemon.serve(control, notifier, started=started)
     finally:
         waiter.cancel()
     return EXIT_OK
@@ -260,17 +291,23 @@ async def report_status(config: Config, runner: StreamRunner) -> None:
         await asyncio.sleep(config.timing.status_interval)
 
 
-def install_signal_handlers(stop: asyncio.Event, log_files: LogFiles) -> None:
+def install_signal_handlers(
+    stop: asyncio.Event, log_files: LogFiles, on_hup: Callable[[], None] | None = None
+) -> None:
+    """SIGTERM/SIGINT stop; SIGHUP reopens the log files (logrotate's postrotate relies on
+    it), then calls `on_hup` (the daemon reloads its credentials)."""
     loop = asyncio.get_running_loop()
     log = get_logger()
 
-    def reopen() -> None:
+    def hup() -> None:
         log_files.reopen()
         log.info("logs_reopened")
+        if on_hup is not None:
+            on_hup()
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reopen)
+    loop.add_signal_handler(signal.SIGHUP, hup)
 
 
 # -- sfmd supervisor-conf ----------------------------------------------------------------

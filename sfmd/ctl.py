@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from sfmd.config import CONFIG_ENV, DEFAULT_CONFIG
 from sfmd.errors import SfmdError
-from sfmd.status import IDLE, TROUBLED
+from sfmd.status import IDLE, SUMMARY_ORDER, TROUBLED
 
 if TYPE_CHECKING:
     from sfmd.archive.timeline import Report
@@ -466,12 +466,23 @@ DEFAULT_KIND = {"twitter": "filter", "bluesky": "jetstream", "mastodon": "hashta
 def cmd_add(args: argparse.Namespace, client: Client) -> int:
     kind = DEFAULT_KIND[getattr(args, "source", None) or "twitter"]
     body = {"name": args.name, "kind": kind, **settings_from(args)}
-    return _report(args, client.call("POST", "/streams", body), "added")
+    return _report(args, _create(client, body), "added")
 
 
 def cmd_sample(args: argparse.Namespace, client: Client) -> int:
     body = {"name": args.name, "kind": "sample", **settings_from(args)}
-    return _report(args, client.call("POST", "/streams", body), "added")
+    return _report(args, _create(client, body), "added")
+
+
+def _create(client: Client, body: dict[str, Any]) -> Any:
+    """POST /streams; a taken name's refusal says which command changes that stream (the
+    API speaks to every client, so it names no command)."""
+    try:
+        return client.call("POST", "/streams", body)
+    except CtlError as e:
+        if e.code == "name_taken":
+            e.message += f" (sfmctl modify {body['name']} ...)"
+        raise
 
 
 def cmd_modify(args: argparse.Namespace, client: Client) -> int:
@@ -562,6 +573,58 @@ def cmd_start(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_stop(args: argparse.Namespace, client: Client) -> int:
     return _report(args, client.call("POST", stream_path(args.name, "stop")), "stopped")
+
+
+def cmd_restart(args: argparse.Namespace, client: Client) -> int:
+    """Stop and start in one request: nothing is left half-done if sfmctl is interrupted."""
+    return _report(args, client.call("POST", stream_path(args.name, "restart")), "restarted")
+
+
+def cmd_reload(args: argparse.Namespace, client: Client) -> int:
+    """The credentials file read again; what changed, and how the streams on it stand."""
+    answer = client.call("POST", "/reload")
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    print(render_reload(answer))
+    for stream in answer["streams"]:
+        if stream["state"] == "failed":
+            print(f"sfmctl: warning: stream {stream['name']} failed: {stream['last_error']}",
+                  file=sys.stderr)
+    config = answer.get("config") or {}
+    if config.get("needs_restart"):
+        print(f"sfmctl: warning: the config file changed ({', '.join(config['needs_restart'])}"
+              "); reload does not apply it: restart sfmd for that", file=sys.stderr)
+    if config.get("error"):
+        print(f"sfmctl: warning: a restart would fail now: {config['error']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def render_reload(answer: dict[str, Any]) -> str:
+    changes = answer["credentials"]
+    said = [f"{what} {', '.join(names)}" for what, names in changes.items() if names]
+    lines = ["credentials reloaded: " + ("; ".join(said) if said else "no change")]
+    for stream in answer["streams"]:
+        lines.append(f"  {stream['name']} ({stream['credential']}): {stream['state']}")
+    return "\n".join(lines)
+
+
+def cmd_health(args: argparse.Namespace, client: Client) -> int:
+    """One line for a monitoring check: exit 0 when sfmd answers and no stream is failed."""
+    answer = client.call("GET", "/health")
+    failed = answer.get("failed", [])
+    if args.json:
+        print_json(answer)
+    else:
+        states = answer.get("states", {})
+        order = [s for s in SUMMARY_ORDER if s in states] + sorted(set(states) - set(SUMMARY_ORDER))
+        counts = ", ".join(f"{states[s]} {s}" for s in order)
+        verdict = f"{len(failed)} failed" if failed else "ok"
+        print(f"sfmd {verdict}: {answer['streams']} streams"
+              + (f" ({counts})" if counts else "") + f", up {duration(answer['uptime'])}")
+        for stream in failed:
+            print(f"    {stream['name']}: {stream['last_error'] or 'failed'}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_delete(args: argparse.Namespace, client: Client) -> int:
@@ -698,10 +761,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("start", cmd_start, "make a stream active"),
         ("stop", cmd_stop, "make a stream inactive; its open file is published"),
+        ("restart", cmd_restart, "stop a stream and start it again (a new connection and "
+         "file); an inactive stream is started"),
         ("delete", cmd_delete, "remove a stream; its published files stay"),
     ):
         p = verb(name, func, text)
         p.add_argument("name", metavar="NAME")
+
+    verb("reload", cmd_reload, "read the credentials file again: streams whose keys changed "
+         "reconnect, streams failed for a credential now fixed start (as SIGHUP does)")
+    verb("health", cmd_health, "one line for monitoring: exit 0 when sfmd answers and no "
+         "stream is failed, 1 otherwise")
     return parser
 
 

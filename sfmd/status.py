@@ -41,6 +41,11 @@ STATUS_KEYS = (
 )
 
 
+#: The running totals a stream keeps across its stops and starts within one daemon's life
+#: (`StreamStatus.plus`): they start from 0 only when the daemon starts.
+COUNTERS = ("messages", "tweets", "bytes", "reconnects", "limit_undelivered")
+
+
 @functools.lru_cache(maxsize=4096)
 def iso_z(moment: datetime) -> str:
     """A moment as the API shows it (ISO 8601, UTC, with Z); cached because GET /streams
@@ -104,6 +109,14 @@ class StreamStatus:
             connected_since=datetime.fromtimestamp(since, UTC) if since is not None else None,
             last_gap=shown["last_gap"],
             gap_seconds=shown["gap_seconds"],
+        )
+
+    def plus(self, earlier: StreamStatus | None) -> StreamStatus:
+        """This status with the `COUNTERS` of the stream's earlier runs added (a copy)."""
+        if earlier is None:
+            return self
+        return dataclasses.replace(
+            self, **{key: getattr(self, key) + getattr(earlier, key) for key in COUNTERS}
         )
 
     def to_dict(self) -> dict[str, Any]:

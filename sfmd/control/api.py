@@ -124,6 +124,8 @@ class ControlApi:
         app.router.add_delete("/streams/{name}", self.delete)
         app.router.add_post("/streams/{name}/start", self.start)
         app.router.add_post("/streams/{name}/stop", self.stop)
+        app.router.add_post("/streams/{name}/restart", self.restart)
+        app.router.add_post("/reload", self.reload)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
         return app
@@ -174,6 +176,17 @@ class ControlApi:
         spec = await self.daemon.modify(name, {"active": active})
         self._audit(request, name, 200, active=active)
         return json_answer(self.daemon.views.view_json(spec))
+
+    async def restart(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        spec = await self.daemon.restart(name)
+        self._audit(request, name, 200, restarted=True)
+        return json_answer(self.daemon.views.view_json(spec))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        report = await self.daemon.reload()
+        log.info("api_reload", uid=peer_uid(request), **report["credentials"])
+        return answer(report)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(

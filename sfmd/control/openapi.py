@@ -20,7 +20,7 @@ ERROR_CODES = {
     409: "name_taken | credential_in_use | conflict",
     413: "too_large",
     415: "unsupported_media_type",
-    422: "invalid",
+    422: "invalid | reload_refused",
     502: "lookup_failed | rules_unavailable",
 }
 
@@ -178,6 +178,29 @@ def document() -> dict[str, Any]:
                 "post": {"operationId": "stopStream", "responses": {
                     "200": stream, "404": _error_response(404), "409": _error_response(409)}},
             },
+            "/streams/{name}/restart": {
+                "parameters": [name_param],
+                # An inactive stream is started, with a start's checks.
+                "post": {
+                    "operationId": "restartStream",
+                    "description": "Stop the stream and start it again (a fresh connection "
+                    "and file); an inactive stream is made active. Settings are unchanged.",
+                    "responses": {"200": stream, **{k: v for k, v in write_errors.items()
+                                                    if k not in ("400", "413", "415")}},
+                },
+            },
+            "/reload": {
+                "post": {
+                    "operationId": "reload",
+                    "description": "Read the credentials file again (its mode is checked "
+                    "again). Streams whose credential's keys changed reconnect; streams that "
+                    "failed for a credential that now serves them start; streams whose "
+                    "credential left the file fail, with the reason. A file start-up would "
+                    "refuse is refused (422 reload_refused) and the credentials in use stay.",
+                    "responses": {"200": _json("Reloaded", "the credentials now in use"),
+                                  "422": _error_response(422)},
+                },
+            },
             "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {
                 "description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -201,11 +224,70 @@ def document() -> dict[str, Any]:
                 "Status": STATUS_SCHEMA,
                 "Health": {
                     "type": "object",
-                    "required": ["status", "streams", "uptime"],
+                    "required": ["status", "streams", "uptime", "states", "failed"],
                     "properties": {
-                        "status": {"const": "ok"},
+                        "status": {"const": "ok", "description": "the daemon answers"},
                         "streams": {"type": "integer", "minimum": 0},
                         "uptime": {"type": "number", "minimum": 0},
+                        "states": {
+                            "type": "object",
+                            "description": "how many streams are in each state",
+                            "additionalProperties": {"type": "integer", "minimum": 1},
+                        },
+                        "failed": {
+                            "type": "array",
+                            "description": "the failed streams: each needs a person",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "last_error"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "last_error": {"type": ["string", "null"]},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Reloaded": {
+                    "type": "object",
+                    "required": ["credentials", "streams", "config"],
+                    "properties": {
+                        "config": {
+                            "type": "object",
+                            "description": "the config file is not reloaded: its keys that "
+                            "changed since start-up (they need a restart), or the error a "
+                            "restart would now stop at",
+                            "required": ["needs_restart", "error"],
+                            "properties": {
+                                "needs_restart": {"type": "array", "items": {"type": "string"}},
+                                "error": {"type": ["string", "null"]},
+                            },
+                        },
+                        "credentials": {
+                            "type": "object",
+                            "description": "credential names (never keys) added, changed "
+                            "and removed",
+                            "required": ["added", "changed", "removed"],
+                            "properties": {
+                                key: {"type": "array", "items": {"type": "string"}}
+                                for key in ("added", "changed", "removed")
+                            },
+                        },
+                        "streams": {
+                            "type": "array",
+                            "description": "active streams on those credentials, as the "
+                            "reload left them",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "credential", "state", "last_error"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "credential": {"type": "string"},
+                                    "state": {"enum": list(STATES)},
+                                    "last_error": {"type": ["string", "null"]},
+                                },
+                            },
+                        },
                     },
                 },
                 "Error": {

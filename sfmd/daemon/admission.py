@@ -46,7 +46,7 @@ class Admission:
         return spec
 
     def changed(self, old: StreamSpec, body: object, registry: Registry) -> StreamSpec:
-        """An existing stream's settings after a PATCH, checked likewise."""
+        """An existing stream's settings after a change, checked likewise."""
         spec = apply_patch(old, body, credentials=self.credentials().keys())
         self.fits(spec, registry, new=False)
         return spec
@@ -56,7 +56,7 @@ class Admission:
         if new and spec.name in registry:
             raise ValidationError(
                 "name_taken", "name", f"a stream named {spec.name!r} already exists; "
-                "choose another name or change that stream with PATCH"
+                "choose another name, or change that stream instead"
             )
         registry.check_credential_free(spec)
         problem = source_of(spec).credential_problem(spec, self.credentials())

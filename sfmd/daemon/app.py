@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from sfmd.archive.coverage import keep_alive
-from sfmd.config import Config
+from sfmd.config import SECTIONS, Config, ConfigError, load_config
 from sfmd.credentials import (
     Credential,
     CredentialsError,
@@ -53,6 +55,13 @@ class StartupError(SfmdError):
     """Something an operator must fix before sfmd can start; the message says what."""
 
 
+class ReloadRefused(Refused):
+    """The credentials file as it is now would stop start-up; the ones in use stay."""
+
+    status = 422
+    code = "reload_refused"
+
+
 class NotFound(Refused):
     """No stream by that name (the API's 404)."""
 
@@ -76,7 +85,7 @@ class Daemon:
         )
         self._stop = asyncio.Event()
         self._alive: asyncio.Task[None] | None = None
-        self.processes = ProcessBackend(config)
+        self.processes = ProcessBackend(config, credentials=self._credentials)
         self.tasks = TaskBackend(
             config, self._session, self._credentials, self.ledger,
             reconcile=self.reconcile, lock=self._lock,
@@ -108,7 +117,13 @@ class Daemon:
         `notifier` tells systemd (READY, STATUS, WATCHDOG, STOPPING) when it asked to know,
         `started` is called once start-up has succeeded."""
         notifier = notifier or Notifier(None)
-        await self.startup(control)
+        try:
+            await self.startup(control)
+        except StartupError as e:
+            # One line with the reason: nothing started, so no shutdown/stopped lines.
+            log.error("startup_failed", reason=str(e))
+            await self._abandon(control)
+            raise
         if started is not None:
             started()
         notifier.ready(self.views.status_line())
@@ -123,6 +138,10 @@ class Daemon:
                 pinger.cancel()
 
     async def startup(self, control: Any = None) -> None:
+        """Load and check everything, then serve and start the streams; a StartupError
+        (the reason an operator must fix) leaves nothing running. `control` should have
+        claimed its socket already (`ControlServer.claim`): a second daemon must be turned
+        away before it touches anything of the first one's."""
         try:
             self.credentials = load_credentials(self.config.twitter.credentials_file)
             twitter = self.config.twitter
@@ -138,8 +157,8 @@ class Daemon:
             raise StartupError(str(e)) from None
         for leftover in self.registry.remove_leftovers():
             log.info("registry_leftover_removed", file=leftover.name)
-        for folder in (self.config.daemon.data_dir, self.config.daemon.state_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        for key in ("data_dir", "state_dir"):
+            writable(key, getattr(self.config.daemon, key))
         self.session = new_session()
         # A sign of life for coverage: after a crash, each stream's downtime begins at the
         # last one (within flush_interval).
@@ -147,11 +166,22 @@ class Daemon:
             keep_alive(self.config.daemon.data_dir, self.config.timing.flush_interval)
         )
         if control is not None:
-            await control.start()  # before any stream: a second daemon stops here
+            await control.start()
         log.info("startup", streams=len(self.registry), config=str(self.config.path))
         async with self._lock:
             await self._reconcile(jitter=self.config.timing.start_jitter)
         self.heap.settle()
+
+    async def _abandon(self, control: Any = None) -> None:
+        """Undo a start-up that failed part-way, quietly: nothing had started streaming."""
+        if control is not None:
+            await control.stop()
+        if self._alive is not None:
+            self._alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._alive
+        if self.session is not None:
+            await self.session.close()
 
     async def main_loop(self) -> None:
         while not self._stop.is_set():
@@ -196,10 +226,14 @@ class Daemon:
             finally:
                 self.shared.check_rules = False
 
-    async def _reconcile(self, jitter: float = 0.0) -> None:
+    async def _reconcile(self, jitter: float = 0.0, without: str | None = None) -> None:
         """Make every back end match the registry: all stops first, then all starts.
-        Call with the lock held."""
-        registered = self._registry().list()
+        `without` names a stream to treat as stopped for this pass (a restart's first
+        half). Call with the lock held."""
+        registered = [
+            dataclasses.replace(s, active=False) if s.name == without else s
+            for s in self._registry().list()
+        ]
         self.ledger.keep_failures_of(s.name for s in registered if s.active)
         specs = self._runnable(registered)
         for backend in self.backends:
@@ -265,6 +299,86 @@ class Daemon:
             self.ledger.forget(name)
             self.tasks.forget(name)
 
+    async def restart(self, name: str) -> StreamSpec:
+        """Stop the stream and start it again, as one change: a fresh connection (and file).
+        An inactive stream is started, as `supervisorctl restart` starts a stopped program.
+        The registry is written only when the stream was inactive."""
+        spec = self.spec(name)  # 404 first
+        if not spec.active:
+            return await self.set_active(name, True)
+        async with self._lock:
+            self.tasks.forget(name)  # a person asked: no crash backoff to sit out
+            await self._reconcile(without=name)
+            await self._reconcile()
+            log.info("stream_restarted", stream=name)
+            return self.spec(name)
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the credentials file again (its mode checked again) and apply it: streams
+        whose credential changed reconnect, streams failed for a credential that now serves
+        them start, streams whose credential vanished fail with the reason (as a restart of
+        sfmd would leave them). A file that would stop start-up is refused (`ReloadRefused`)
+        and the credentials in use stay. The report names what changed, and each affected
+        stream's state."""
+        twitter = self.config.twitter
+        try:
+            new = await asyncio.to_thread(load_credentials, twitter.credentials_file)
+            problems = credentials_problems(
+                new, twitter.default_credential, twitter.credentials_file
+            )
+            if problems:
+                raise CredentialsError("; ".join(problems))
+        except CredentialsError as e:
+            log.error("reload_refused", reason=str(e))
+            raise ReloadRefused(
+                f"{e}; nothing was reloaded: the credentials in use stay"
+            ) from None
+        async with self._lock:
+            old, self.credentials = self.credentials, new
+            changes = {
+                "added": sorted(set(new) - set(old)),
+                "changed": sorted(n for n in set(new) & set(old) if new[n] != old[n]),
+                "removed": sorted(set(old) - set(new)),
+            }
+            touched = {n for names in changes.values() for n in names}
+            log.info("credentials_reloaded", **changes)
+            await self._reconcile()
+            affected = [s for s in self.specs() if s.active and s.credential in touched]
+            streams = []
+            for spec in affected:
+                status = self.views.status_of(spec)
+                streams.append({"name": spec.name, "credential": spec.credential,
+                                "state": status.state.value, "last_error": status.last_error})
+        return {"credentials": changes, "streams": streams, "config": self._config_news()}
+
+    def _config_news(self) -> dict[str, Any]:
+        """What a reload does not apply: the config file's keys that changed since start-up
+        (they take effect at the next start), or why a start would now refuse the file."""
+        news: dict[str, Any] = {"needs_restart": [], "error": None}
+        if self.config.path is None:
+            return news
+        try:
+            now = load_config(self.config.path)
+        except ConfigError as e:
+            news["error"] = str(e)
+            log.warning("config_broken", error=news["error"],
+                        note="the running daemon is unaffected; a restart would fail")
+            return news
+        for section in SECTIONS:
+            old, new = getattr(self.config, section), getattr(now, section)
+            news["needs_restart"] += [
+                f"[{section}] {f.name}" for f in dataclasses.fields(old)
+                if getattr(old, f.name) != getattr(new, f.name)
+            ]
+        if news["needs_restart"]:
+            log.warning("config_needs_restart", keys=news["needs_restart"])
+        return news
+
+    async def reload_quietly(self) -> None:
+        """`reload` for SIGHUP: nobody waits for an answer, so a refusal goes to the log."""
+        with contextlib.suppress(ReloadRefused):  # logged by reload()
+            await self.reload()
+
     def _registry(self) -> Registry:
         assert self.registry is not None, "startup() loads the registry"
         return self.registry
@@ -293,3 +407,17 @@ def _conflict(name: str) -> Refused:
         f"stream {name!r} kept changing while this change was checked; try again",
         status=409, code="conflict",
     )
+
+
+def writable(key: str, folder: Path) -> None:
+    """Make `folder` if need be and prove this user can write in it, so a start that could
+    store nothing is refused with the reason rather than failing every stream."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".sfmd-probe-"):
+            pass
+    except OSError as e:
+        raise StartupError(
+            f"[daemon] {key} {folder} is not writable by this user: {e.strerror}; fix its "
+            "owner or mode, or point the config elsewhere"
+        ) from None

@@ -4,13 +4,20 @@ systemd's one-line summary. Read-only: views never change what runs."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sfmd.registry import Mode, StreamSpec
-from sfmd.status import ConnectionSample, StreamSample, StreamStatus, describe_states
+from sfmd.status import (
+    ConnectionSample,
+    State,
+    StreamSample,
+    StreamStatus,
+    describe_states,
+)
 
 if TYPE_CHECKING:
     from sfmd.daemon.app import Daemon
@@ -26,7 +33,9 @@ class Views:
         if spec.mode is Mode.PROCESS and spec.name not in d.ledger.failed:
             return d.processes.status(spec)
         running = d.shared.status(spec) or d.tasks.status(spec)
-        return running if running is not None else d.ledger.status(spec.name)
+        if running is None:
+            return d.ledger.status(spec.name)
+        return d.ledger.running(spec.name, running)
 
     def view_json(self, spec: StreamSpec) -> bytes:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
@@ -53,7 +62,8 @@ class Views:
                 bytes=status.bytes,
                 reconnects=status.reconnects,
                 limit_undelivered=status.limit_undelivered,
-                files_published=runner.archive.published if runner else d.shared.published(spec),
+                files_published=d.ledger.published.get(spec.name, 0)
+                + (runner.archive.published if runner else d.shared.published(spec)),
                 gap_seconds=status.gap_seconds,
             )
 
@@ -74,9 +84,18 @@ class Views:
         return describe_states(self.status_of(s).state.value for s in self.daemon.specs())
 
     def health(self) -> dict[str, Any]:
+        """The daemon answers (`status` ok), and how its streams are: what a monitoring
+        check needs in one call (`sfmctl health`)."""
         d = self.daemon
+        specs = d.specs()
+        statuses = [(spec.name, self.status_of(spec)) for spec in specs]
         return {
             "status": "ok",
-            "streams": len(d.specs()),
+            "streams": len(specs),
             "uptime": round(time.monotonic() - d.started, 3),
+            "states": dict(Counter(status.state.value for _, status in statuses)),
+            "failed": [
+                {"name": name, "last_error": status.last_error}
+                for name, status in statuses if status.state is State.FAILED
+            ],
         }

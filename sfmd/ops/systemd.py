@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 from sfmd.logs import get_logger
@@ -58,6 +59,12 @@ class Notifier:
 
     def status(self, text: str) -> bool:
         return self.send(*_status_field(text))
+
+    def reloading(self) -> bool:
+        """A reload (SIGHUP) is under way; `ready()` ends it. systemd shows the unit as
+        reloading meanwhile (MONOTONIC_USEC: when it began, as systemd asks)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self, status: str | None = None) -> bool:
         return self.send("STOPPING=1", *_status_field(status))

@@ -36,11 +36,16 @@ class Backend(Protocol):
 class Ledger:
     """What the daemon knows of streams that are not running: why those that should run cannot
     (`failed`: since when, and the reason), and the last status of those that stopped, so
-    `show` still tells what they collected."""
+    `show` still tells what they collected.
+
+    It also keeps each stream's counters across its stops and starts: a back end's status
+    counts from its own start, `running` adds what the stream's earlier runs counted, so a
+    stream's totals (and the /metrics counters) start from 0 only when the daemon starts."""
 
     def __init__(self) -> None:
         self.failed: dict[str, tuple[datetime, str]] = {}
-        self.last: dict[str, StreamStatus] = {}
+        self.last: dict[str, StreamStatus] = {}  # with the earlier runs' counters added
+        self.published: dict[str, int] = {}  # files the stream's earlier runs published
 
     def fail(self, name: str, reason: str) -> None:
         """Mark `name` failed; logged once per new reason, `since` kept across repeats."""
@@ -62,15 +67,24 @@ class Ledger:
         for name in [n for n in self.failed if n not in wanted]:
             del self.failed[name]
 
-    def stopped(self, name: str, status: StreamStatus) -> None:
-        """Remember a stopped stream's counters."""
+    def stopped(self, name: str, status: StreamStatus, published: int = 0) -> None:
+        """Remember a stopped stream's counters: `status` is its back end's, from the run
+        that ended, and `published` the files that run published; the earlier runs' are
+        added."""
+        self.published[name] = self.published.get(name, 0) + published
         self.last[name] = dataclasses.replace(
-            status, state=State.STOPPED, since=datetime.now(UTC), connection=None,
-            connected_since=None,
+            status.plus(self.last.get(name)), state=State.STOPPED, since=datetime.now(UTC),
+            connection=None, connected_since=None,
         )
+
+    def running(self, name: str, status: StreamStatus) -> StreamStatus:
+        """A running stream's status (its back end's, counted from this run) with its earlier
+        runs' counters added."""
+        return status.plus(self.last.get(name))
 
     def forget(self, name: str) -> None:
         self.last.pop(name, None)
+        self.published.pop(name, None)
         self.failed.pop(name, None)
 
     def status(self, name: str) -> StreamStatus:

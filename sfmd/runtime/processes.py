@@ -17,12 +17,13 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sfmd.config import Config
+from sfmd.credentials import Credential
 from sfmd.logs import get_logger
 from sfmd.ops.confs import (
     ConfError,
@@ -231,11 +232,20 @@ class ProcessBackend:
     """The daemon's view of process-isolated streams (`Mode.PROCESS`): supervisord runs them,
     this keeps their confs and programs equal to the registry and reads their status."""
 
-    def __init__(self, config: Config, streams: ProcessStreams | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        streams: ProcessStreams | None = None,
+        credentials: Callable[[], Mapping[str, Credential]] | None = None,
+    ) -> None:
         self.config = config
         self.streams = streams or ProcessStreams(config)
+        self.credentials = credentials or dict
         self.supervised: dict[str, dict[str, Any]] = {}  # from supervisord, per reconcile
         self.problem: str | None = None  # "waiting for supervisord: ..." or an error
+        # The credential each running program read when it started, as far as this daemon
+        # knows (from when it first saw the program): new keys restart the program.
+        self.keys: dict[str, Credential | None] = {}
 
     async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
         """All of supervisord's work (stops and starts) happens in this first pass: a
@@ -259,11 +269,35 @@ class ProcessBackend:
             log.info("supervisor_applied", **changes)
         if problem is None and self.streams.wanted(specs):
             try:
+                await self._renew(self.streams.wanted(specs), skip=set(report.get("changed", [])))
                 self.supervised = await self.streams.statuses()
             except SupervisorError as e:
                 self.problem = f"waiting for supervisord: {e}"
         elif problem is None:
             self.supervised = {}
+
+    async def _renew(self, wanted: list[StreamSpec], skip: set[str]) -> None:
+        """Restart the programs whose credential's keys changed (a reload): a stream process
+        reads the credentials file when it starts. `skip`: programs supervisord restarts
+        anyway (their conf changed)."""
+        keys = self.credentials()
+        self.keys = {s.name: self.keys.get(s.name, keys.get(s.credential)) for s in wanted}
+        for spec in wanted:
+            now = keys.get(spec.credential)
+            if self.keys[spec.name] == now:
+                continue
+            self.keys[spec.name] = now
+            program = program_name(self.streams.prefix, spec.name)
+            if program in skip:
+                continue
+            log.info("stream_state", stream=spec.name, state="restarting",
+                     reason="its credential's keys changed in the credentials file")
+            try:
+                await self.streams.client.stop_process(program, wait=True)
+            except SupervisorFault as f:
+                if f.code != Fault.NOT_RUNNING:
+                    raise
+            await self.streams.client.start_process(program, wait=False)
 
     async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
         """Nothing: supervisord started what it should in `stop_unwanted`."""

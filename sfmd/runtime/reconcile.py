@@ -15,6 +15,7 @@ from sfmd.registry import StreamSpec
 
 GONE = "stopped in the registry"
 MOVED = "its credential or endpoint changed"
+RENEWED = "its credential's keys changed in the credentials file"
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,13 @@ def diff(
     running: Mapping[str, StreamSpec],
     *,
     held_back: Collection[str] = (),
+    renewed: Collection[str] = (),
 ) -> Plan:
     """The plan that makes `running` (name → the spec it runs with) equal `desired`.
 
-    A stream in `held_back` (a crashed task waiting for its restart) is not started.
+    A stream in `held_back` (a crashed task waiting for its restart) is not started; a
+    running one in `renewed` (its credential's keys changed since it started) is stopped and
+    started again, so it connects with the new keys.
     """
     stop: list[tuple[str, str]] = []
     retarget: list[str] = []
@@ -56,6 +60,8 @@ def diff(
         wanted, current = desired.get(name), running[name]
         if wanted is None:
             stop.append((name, GONE))
+        elif name in renewed:
+            stop.append((name, RENEWED))
         elif wanted.connection_key() != current.connection_key():
             if can_retarget(current, wanted):
                 retarget.append(name)

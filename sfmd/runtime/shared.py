@@ -38,6 +38,7 @@ class SharedBackend:
         self.credentials = credentials
         self.ledger = ledger
         self.groups: dict[str, SharedConnection] = {}  # by slot (`StreamSpec.slot`)
+        self.keys: dict[str, Credential] = {}  # by slot: the keys each group connected with
         self.forgotten: set[str] = set()  # members deleted while running: their tags stay ours
         self.check_rules = False  # set for the periodic pass: ask the rules API about drift
 
@@ -58,21 +59,36 @@ class SharedBackend:
     async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
         wanted = self.wanted(specs)
         known = {s.name for s in specs} | self.forgotten
+        keys = self.credentials()
         for slot, group in list(self.groups.items()):
+            held = self.keys[slot]
+            if slot in wanted and keys.get(held.name) not in (None, held):
+                # New keys in the credentials file: a new connection with them, the members
+                # rejoin it below. What they asked for stays at the network.
+                for name in group.members():
+                    self.ledger.stopped(name, group.member_status(name),
+                                        published=group.published(name))
+                await group.stop()
+                del self.groups[slot]
+                log.info("shared_connection_stopped", connection=group.name,
+                         reason="its credential's keys changed in the credentials file")
+                continue
             staying = {s.name for s in wanted.get(slot, [])}
             for name in group.members():
                 if name not in staying:
-                    self.ledger.stopped(name, group.member_status(name))
+                    self.ledger.stopped(name, group.member_status(name),
+                                        published=group.published(name))
             if slot not in wanted:
                 await group.update([], known)  # let go of what the stopped members asked for
                 await group.stop()
                 del self.groups[slot]
+                self.keys.pop(slot, None)
                 log.info("shared_connection_stopped", connection=group.name)
         for slot, members in wanted.items():
             group = self.groups.get(slot)
             if group is None:
                 context = source_context(self.config, self.session())
-                credential = self.credentials()[members[0].credential]
+                credential = keys[members[0].credential]
                 group = source_of(members[0]).shared(credential, context)
                 try:
                     await group.start()
@@ -81,6 +97,7 @@ class SharedBackend:
                         self.ledger.fail(spec.name, str(e))
                     continue
                 self.groups[slot] = group
+                self.keys[slot] = credential
             failed = await group.update(members, known, check_rules=self.check_rules)
             for spec in members:
                 if spec.name in failed:

@@ -78,6 +78,7 @@ class StreamRunner:
         session: aiohttp.ClientSession,
     ) -> None:
         self.spec = spec
+        self.credential = credential  # the keys it connects with: a reload compares them
         self.config = config
         self.log = get_logger(stream=spec.name)
         self.source = source_of(spec)
@@ -174,7 +175,13 @@ class TaskBackend:
 
     def plan(self, specs: Sequence[StreamSpec]) -> Plan:
         running = {name: runner.spec for name, runner in self.runners.items()}
-        return diff(self.wanted(specs), running, held_back=self._restarting)
+        keys = self.credentials()
+        renewed = [
+            name for name, runner in self.runners.items()
+            if runner.credential is not None
+            and keys.get(runner.spec.credential, runner.credential) != runner.credential
+        ]
+        return diff(self.wanted(specs), running, held_back=self._restarting, renewed=renewed)
 
     async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
         for name, why in self.plan(specs).stop:
@@ -231,7 +238,7 @@ class TaskBackend:
             await runner.stop()
         except ArchiveError as e:
             get_logger(stream=name).error("stop_failed", error=str(e))
-        self.ledger.stopped(name, runner.status())
+        self.ledger.stopped(name, runner.status(), published=runner.archive.published)
 
     # -- crashes -----------------------------------------------------------------------------
 

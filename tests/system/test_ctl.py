@@ -257,6 +257,79 @@ async def test_people_are_looked_up_and_unknown_ones_warned(site: Site) -> None:
     assert quiet.code == 0 and "not found" in quiet.err  # still unresolved, still said
 
 
+@on_daemon
+async def test_restart_reconnects_and_keeps_the_counters(site: Site) -> None:
+    assert (await sfmctl(site, "add", "rst", "--track", "r", "--credential", "alpha")).code == 0
+    first = await connection(site.api, "alpha")
+    await wait_until(lambda: first.sent_count >= 20, DEADLINE, "some messages")
+    before = (await sfmctl(site, "--json", "show", "rst")).json()["status"]["messages"]
+    assert before > 0
+    restarted = await sfmctl(site, "restart", "rst")
+    assert restarted.code == 0, restarted
+    assert restarted.out.startswith("rst: restarted (filter, active,"), restarted.out
+    assert first.closed is not None  # stopped before the answer came
+    second = await connection(site.api, "alpha")
+    assert second.conn > first.conn and second.params == first.params
+    after = (await sfmctl(site, "--json", "show", "rst")).json()["status"]
+    assert after["messages"] >= before  # totals for the daemon's life, not the connection's
+
+    # An inactive stream is started by restart, as supervisorctl does.
+    assert (await sfmctl(site, "stop", "rst")).code == 0
+    await wait_until(lambda: second.closed is not None, DEADLINE, "the stop")
+    again = await sfmctl(site, "--json", "restart", "rst")
+    assert again.code == 0 and again.json()["active"] is True
+    await connection(site.api, "alpha")
+    assert_refused(await sfmctl(site, "restart", "nosuch"), "not_found", "nosuch")
+
+
+async def files_published(site: Site, name: str) -> int:
+    async with Api(site.socket) as api:
+        _, page = await api.call("GET", "/metrics")
+    line = f'sfmd_stream_files_published_total{{stream="{name}"}} '
+    return int(next(row for row in page.splitlines() if row.startswith(line)).split()[-1])
+
+
+@on_daemon
+async def test_counters_survive_a_stop_and_a_start(site: Site) -> None:
+    assert (await sfmctl(site, "sample", "cnt", "--credential", "beta")).code == 0
+    first = await connection(site.api, "beta")
+    await wait_until(lambda: first.sent_count >= 20, DEADLINE, "some messages")
+    assert (await sfmctl(site, "stop", "cnt")).code == 0
+    stopped = (await sfmctl(site, "--json", "show", "cnt")).json()["status"]
+    assert stopped["messages"] > 0 and stopped["bytes"] > 0
+    published = await files_published(site, "cnt")
+    assert published >= 1  # the stop published the open file
+    assert (await sfmctl(site, "start", "cnt")).code == 0
+    second = await connection(site.api, "beta")
+    await wait_until(lambda: second.sent_count >= 20, DEADLINE, "more messages")
+    assert await files_published(site, "cnt") >= published  # a Prometheus counter: no reset
+    seen: list[dict[str, Any]] = []
+
+    async def grown() -> bool:
+        seen.append((await sfmctl(site, "--json", "show", "cnt")).json()["status"])
+        return seen[-1]["messages"] > stopped["messages"]
+
+    async with asyncio.timeout(DEADLINE):
+        while not await grown():
+            pass
+    assert all(s["messages"] >= stopped["messages"] for s in seen), seen
+    assert all(s["bytes"] >= stopped["bytes"] for s in seen), seen
+
+
+@on_daemon
+async def test_health_is_one_line_and_exit_0_when_nothing_failed(site: Site) -> None:
+    assert (await sfmctl(site, "sample", "hl", "--credential", "beta")).code == 0
+    assert (await sfmctl(site, "sample", "idle", "--credential", "alpha", "--inactive")).code == 0
+    await connection(site.api, "beta")
+    health = await sfmctl(site, "health")
+    assert health.code == 0, health
+    assert re.fullmatch(r"sfmd ok: 2 streams \((1 streaming|1 connecting), 1 stopped\), up \S+\n",
+                        health.out), health.out
+    as_json = (await sfmctl(site, "--json", "health")).json()
+    assert as_json["status"] == "ok" and as_json["failed"] == []
+    assert sum(as_json["states"].values()) == 2
+
+
 # --- refusals: the daemon's message, exit 1 --------------------------------------------------
 
 
@@ -269,7 +342,9 @@ async def test_second_active_stream_on_a_credential_is_refused_with_the_holder(
     assert_refused(second, "credential_in_use", "one")
     as_json = await sfmctl(site, "--json", "add", "two", "--track", "y", "--credential", "alpha")
     assert as_json.code == 1 and as_json.json()["error"] == "credential_in_use"
-    assert_refused(await sfmctl(site, "add", "one", "--track", "z"), "name_taken", "one")
+    taken = await sfmctl(site, "add", "one", "--track", "z")
+    assert_refused(taken, "name_taken", "one", "sfmctl modify one")
+    assert "PATCH" not in taken.err  # what the user typed was add, and modify is the fix
     names = [s["name"] for s in (await sfmctl(site, "--json", "list")).json()["streams"]]
     assert names == ["one"]  # a refused request changed nothing
 
@@ -337,6 +412,11 @@ async def test_socket_comes_from_option_config_env_or_default(site: Site) -> Non
 
 
 @on_daemon
+async def test_health_fails_when_nobody_answers(tmp_path: Path) -> None:
+    health = await sfmctl(None, "--socket", str(tmp_path / "none.sock"), "health")
+    assert health.code == 1 and "cannot reach sfmd" in health.err
+
+
 async def test_a_socket_nobody_listens_on_is_reported(tmp_path: Path) -> None:
     stale = tmp_path / "stale.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

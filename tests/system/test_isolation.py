@@ -134,3 +134,40 @@ async def test_a_change_made_while_supervisord_is_down_is_applied_when_it_return
         await stop(proc)
     finally:
         proc.kill()
+
+
+async def test_a_reload_restarts_only_the_programs_whose_keys_changed(
+    tmp_path: Path, fake_api: FakeAPI, supervisord: Supervisord
+) -> None:
+    """An isolated stream reads the credentials file when its process starts: new keys for
+    its credential restart its program, the others' keep running."""
+    good = (tmp_path / "credentials.toml").read_text()
+    (tmp_path / "credentials.toml").write_text(
+        good.replace('"ats-alpha-SECRET"', '"ats-alpha-MISTYPED"'))
+    config = isolated_config(tmp_path, fake_api, supervisord)
+    proc = await start_daemon(tmp_path, config)
+    try:
+        async with Api(tmp_path / "sfmd.sock") as api:
+            await api.ok("POST", "/streams", P1, status=201)
+            await api.ok("POST", "/streams", {"name": "p2", "kind": "sample", "credential":
+                                              "beta", "isolation": "process"}, status=201)
+            await wait_until(lambda: any(r.status == 401 and r.params.get("track")
+                                         for r in stream_connections(fake_api)), timeout=20)
+            await wait_until(lambda: any(r.status == 200 and r.closed is None
+                                         and r.endpoint == "sample" for r in live(fake_api)),
+                             timeout=20)
+            p1_pid = supervisord.info(PROGRAM)["pid"]
+            p2_pid = supervisord.info("sfm-stream-p2")["pid"]
+            (tmp_path / "credentials.toml").write_text(good)
+            reloaded = await api.ok("POST", "/reload")
+            assert reloaded["credentials"]["changed"] == ["alpha"]
+            await wait_until(lambda: any(r.status == 200 and r.endpoint == "filter"
+                                         for r in live(fake_api)), timeout=20)
+            assert supervisord.info(PROGRAM)["pid"] != p1_pid
+            assert supervisord.info("sfm-stream-p2")["pid"] == p2_pid
+            await api.ok("POST", "/streams/p1/stop")
+            await api.ok("POST", "/streams/p2/stop")
+        await stop(proc)
+    finally:
+        proc.kill()
+    assert "MISTYPED" not in (tmp_path / "log" / "sfmd.log").read_text()

@@ -23,10 +23,11 @@ class MastodonSource:
         if credential is None:
             known = ", ".join(sorted(credentials)) or "none"
             return (f"credential {spec.credential!r} is not in the credentials file (known: "
-                    f"{known}); add a table with mastodon_instance and mastodon_token there")
+                    f"{known}); add a table with mastodon_instance and mastodon_token there "
+                    "and reload sfmd (sfmctl reload, or SIGHUP)")
         if not credential.has_mastodon:
             return (f"credential {spec.credential!r} has no Mastodon account; give it "
-                    "mastodon_instance and mastodon_token")
+                    "mastodon_instance and mastodon_token and reload sfmd (sfmctl reload)")
         return None
 
     def counter(self, spec: StreamSpec) -> CountItems:

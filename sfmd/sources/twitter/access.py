@@ -20,7 +20,8 @@ def credential_problem(spec: StreamSpec, credentials: Mapping[str, Credential]) 
         known = ", ".join(sorted(credentials)) or "none"
         return (
             f"credential {spec.credential!r} is not in the credentials file (known: {known}); "
-            "add it there and restart sfmd, or give the stream another credential"
+            "add it there and reload sfmd (sfmctl reload, or SIGHUP), or give the stream "
+            "another credential"
         )
     if spec.api == "v2":
         return bearer_problem(credential)
@@ -32,6 +33,6 @@ def credential_problem(spec: StreamSpec, credentials: Mapping[str, Credential]) 
     if not credential.has_oauth1:
         return (
             f"credential {spec.credential!r} has only a bearer_token; v1.1 streams need the "
-            'four OAuth 1.0a keys (or set "api": "v2")'
+            'four OAuth 1.0a keys (or make it a v2 stream)'
         )
     return None

@@ -291,11 +291,18 @@ async def test_sfmd_run_tells_systemd_ready_watchdog_and_stopping(
             "a status line showing the stream streaming",
         )
 
+        # `systemctl reload` (SIGHUP): RELOADING=1, then READY=1 once the reload is done.
+        proc.signal(signal.SIGHUP)
+        await wait_until(lambda: len(fake.with_field("READY=1")) == 2, 5, "READY=1 again")
+        reloading = fake.with_field("RELOADING=1")
+        assert len(reloading) == 1 and "MONOTONIC_USEC=" in reloading[0][1]
+        assert ready_at < reloading[0][0] <= fake.with_field("READY=1")[1][0]
+
         proc.signal(signal.SIGTERM)
         assert await proc.wait(10) == 0, proc.stderr
         assert len(fake.with_field("STOPPING=1")) == 1
         assert fake.with_field("STOPPING=1")[0][0] > ready_at
-        assert len(fake.with_field("READY=1")) == 1
+        assert len(fake.with_field("READY=1")) == 2
     finally:
         proc.kill()
         fake.close()

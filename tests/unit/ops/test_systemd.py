@@ -20,6 +20,7 @@ def test_no_notify_socket_means_a_silent_no_op() -> None:
     assert n.ready("up") is False
     assert n.watchdog() is False
     assert n.stopping() is False
+    assert n.reloading() is False
 
 
 async def test_watchdog_loop_returns_at_once_without_systemd() -> None:

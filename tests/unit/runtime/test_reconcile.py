@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sfmd.registry import StreamSpec, validate_stream, with_people_ids
-from sfmd.runtime.reconcile import GONE, MOVED, Plan, diff
+from sfmd.runtime.reconcile import GONE, MOVED, RENEWED, Plan, diff
 
 
 def spec(name: str, **settings: Any) -> StreamSpec:
@@ -48,3 +48,15 @@ def test_a_change_the_connection_never_sees_is_a_refresh() -> None:
 def test_held_back_streams_do_not_start() -> None:
     plan = diff({"a": spec("a"), "b": spec("b")}, {}, held_back={"a"})
     assert plan.start == ("b",)
+
+
+def test_new_keys_for_its_credential_are_a_stop_then_a_start() -> None:
+    """A reload changed the credential's keys: same settings, a new connection."""
+    a, b = spec("a"), spec("b", credential="beta")
+    plan = diff({"a": a, "b": b}, {"a": a, "b": b}, renewed={"a"})
+    assert plan == Plan(stop=(("a", RENEWED),), start=("a",))
+
+
+def test_renewed_keys_of_a_stream_that_is_to_stop_just_stop_it() -> None:
+    plan = diff({}, {"a": spec("a")}, renewed={"a"})
+    assert plan == Plan(stop=(("a", GONE),))

@@ -1,0 +1,60 @@
+"""The ledger keeps a stream's counters across its stops and starts: they start from 0 only
+when the daemon does."""
+
+from __future__ import annotations
+
+from sfmd.runtime.backend import Ledger
+from sfmd.status import COUNTERS, State, StreamStatus
+
+
+def run(messages: int, reconnects: int = 0) -> StreamStatus:
+    """A back end's status of one run: counted from that run's start."""
+    return StreamStatus(state=State.STREAMING, messages=messages, tweets=messages - 1,
+                        bytes=messages * 100, reconnects=reconnects, limit_undelivered=2)
+
+
+def test_a_running_stream_shows_its_earlier_runs_counters_added() -> None:
+    ledger = Ledger()
+    first = run(5)
+    assert ledger.running("s", first) is first  # a first run: as its back end counts
+    ledger.stopped("s", run(10, reconnects=1))
+    stopped = ledger.status("s")
+    assert (stopped.state, stopped.messages, stopped.reconnects) == (State.STOPPED, 10, 1)
+    shown = ledger.running("s", run(3))
+    assert (shown.state, shown.messages, shown.tweets, shown.bytes) == (
+        State.STREAMING, 13, 11, 1300)
+    assert (shown.reconnects, shown.limit_undelivered) == (1, 4)
+    ledger.stopped("s", run(3))
+    assert ledger.status("s").messages == 13
+    assert ledger.running("s", run(0)).messages == 13
+
+
+def test_a_deleted_stream_starts_again_from_zero() -> None:
+    ledger = Ledger()
+    ledger.stopped("s", run(10))
+    ledger.forget("s")
+    assert ledger.running("s", run(1)).messages == 1
+
+
+def test_a_failed_stream_keeps_its_totals_too() -> None:
+    ledger = Ledger()
+    ledger.stopped("s", run(10))
+    ledger.fail("s", "credential 'x' is not in the credentials file")
+    failed = ledger.status("s")
+    assert failed.state is State.FAILED and failed.messages == 10
+
+
+def test_every_counter_is_carried() -> None:
+    assert set(COUNTERS) <= set(StreamStatus.__dataclass_fields__)
+    earlier = StreamStatus(**{key: 1 for key in COUNTERS})
+    now = StreamStatus(**{key: 2 for key in COUNTERS}).plus(earlier)
+    assert all(getattr(now, key) == 3 for key in COUNTERS)
+
+
+def test_files_published_add_up_across_runs_until_the_stream_is_deleted() -> None:
+    ledger = Ledger()
+    ledger.stopped("s", run(1), published=2)
+    ledger.stopped("s", run(1), published=3)
+    assert ledger.published["s"] == 5
+    ledger.forget("s")
+    assert "s" not in ledger.published
