@@ -16,7 +16,12 @@ import pytest
 from sfmd.credentials import load_credentials
 from sfmd.fake import ConnectionRecord, FakeAPI
 from tests.helpers.api import Api
-from tests.helpers.config import CREDENTIALS_TOML, register, write_daemon_config
+from tests.helpers.config import (
+    CREDENTIALS_TOML,
+    MASTODON_PLACEHOLDER,
+    register,
+    write_daemon_config,
+)
 from tests.helpers.daemon import SfmdProcess, start_daemon, stop
 from tests.helpers.fakeapi import stream_connections
 from tests.helpers.logs import log_events, log_text
@@ -48,7 +53,14 @@ async def sfmctl(sock: Path, *args: str) -> tuple[int, str, str]:
 
 
 def write_keys(home: Path, text: str, mode: int = 0o600) -> None:
-    """Replace the credentials file as an editor would (a new file, renamed over)."""
+    """Replace the credentials file as an editor would (a new file, renamed over). The
+    Mastodon accounts keep the instance address the config helper gave them."""
+    path = home / "credentials.toml"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.startswith("mastodon_instance = ") and MASTODON_PLACEHOLDER not in line:
+                text = text.replace(f'"{MASTODON_PLACEHOLDER}"', line.split(" = ", 1)[1])
+                break
     tmp = home / "credentials.toml.new"
     tmp.write_text(text)
     os.chmod(tmp, mode)
