@@ -64,6 +64,7 @@ from sfmd.fake.mount import (
 from sfmd.fake.settings import FakeAPIError
 from sfmd.fake.timelines import (
     KINDS,
+    LOCAL_ACCOUNTS,
     LOCAL_DOMAIN,
     Status,
     TimelineStore,
@@ -501,7 +502,7 @@ class MastodonAPI:
             "version": "4.3.0",
             "source_url": "https://github.com/mastodon/mastodon",
             "description": "A simulated instance for tests and dry runs.",
-            "usage": {"users": {"active_month": LOCAL_DOMAIN.count(".") * 20}},
+            "usage": {"users": {"active_month": LOCAL_ACCOUNTS}},
             "thumbnail": {"url": f"https://{LOCAL_DOMAIN}/packs/media/images/preview.png"},
             "icon": [],
             "languages": ["en"],

@@ -222,6 +222,8 @@ async def test_discovery_names_the_streaming_server_on_another_port(fake: FakeAP
     for path in ("/api/v1/streaming/health", "/api/v1/streaming"):
         async with session.get(fake.mastodon_url + path, headers=AUTH) as r:
             assert r.status == 404  # and the REST port none of it
+    async with session.get(http_streaming + "/api/v1/streaming", headers=AUTH) as r:
+        assert r.status == 400 and "WebSocket" in r.headers["X-Error-Message"]  # no upgrade
 
 
 # --------------------------------------------------------------------------- tokens
@@ -687,8 +689,11 @@ async def test_rest_faults_for_the_next_requests(fake: FakeAPI, session) -> None
     await wait_until(lambda: time.time() >= reset.timestamp(), timeout=3, what="the reset")
     r, _ = await get_json(session, fake, "/api/v1/timelines/home")
     assert r.status == 200
+    fake.script({"endpoint": "mastodon/rest", "status": 500, "body": "boom"})
+    r, body = await get_json(session, fake, "/api/v2/instance")  # "mastodon/rest": either
+    assert r.status == 500 and body == {"error": "boom"}
     log = fake.mastodon_requests()
-    assert [q["status"] for q in log] == [503, 503, 200, 429, 429, 200]
+    assert [q["status"] for q in log] == [503, 503, 200, 429, 429, 200, 500]
     assert all(b["wall"] >= a["wall"] and b["monotonic"] >= a["monotonic"]
                for a, b in itertools.pairwise(log))
 
