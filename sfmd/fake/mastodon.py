@@ -64,6 +64,7 @@ from sfmd.fake.mount import (
 from sfmd.fake.settings import FakeAPIError
 from sfmd.fake.timelines import (
     KINDS,
+    LOCAL_ACCOUNTS,
     LOCAL_DOMAIN,
     Status,
     TimelineStore,
@@ -146,7 +147,7 @@ class MastodonAPI:
         self._requests: list[dict[str, Any]] = []
         self._buckets: dict[str, _Bucket] = {}
         self._repeat: tuple[dict[str, Any], int] | None = None  # a REST fault with times left
-        self._streaming_app = web.Application()
+        self._streaming_app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._producer: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
@@ -170,12 +171,16 @@ class MastodonAPI:
         app.router.add_get("/_fake/mastodon/posted", self._control_posted)
         app.router.add_get("/_fake/mastodon/requests", self._control_requests)
         app.router.add_get("/_fake/mastodon/subscriptions/{conn}", self._control_subscriptions)
+        # A fresh app each time, as the server builds its own on every start.
+        self._streaming_app = web.Application()
         self._streaming_app.router.add_get(HEALTH_PATH, self._health)
         self._streaming_app.router.add_get(STREAMING_PATH, handler(MASTODON_STREAMING))
 
     async def start(self, rest_url: str, bind_host: str, port: int) -> None:
         """Bind the streaming server and begin posting (called once the REST port listens)."""
         self.url = rest_url
+        if self._streaming_app is None:
+            raise RuntimeError("add_routes must come before start")
         self._runner = web.AppRunner(
             self._streaming_app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
@@ -501,7 +506,7 @@ class MastodonAPI:
             "version": "4.3.0",
             "source_url": "https://github.com/mastodon/mastodon",
             "description": "A simulated instance for tests and dry runs.",
-            "usage": {"users": {"active_month": LOCAL_DOMAIN.count(".") * 20}},
+            "usage": {"users": {"active_month": LOCAL_ACCOUNTS}},
             "thumbnail": {"url": f"https://{LOCAL_DOMAIN}/packs/media/images/preview.png"},
             "icon": [],
             "languages": ["en"],

@@ -8,7 +8,9 @@ fake that routed it.
 
 The fakes are mounted in `FakeAPI.__init__`, the one place a new network's fake plugs in:
 construct it with the server as its `Host`, add it to `_apis`, and name its endpoints in
-`sfmd.fake.faults.ENDPOINTS` so the fault script can target them.
+`sfmd.fake.faults.ENDPOINTS` so the fault script can target them. The Mastodon instance also
+listens on a second port (its streaming server, as real instances often split it): its own
+app, whose routes still go through this server's handler, bound by `start` after the first.
 
 Every message carries a server-wide sequence number (a tweet's `id`, a notice's `seq`) and
 every connection attempt leaves a `ConnectionRecord`, so a test can prove that what reached

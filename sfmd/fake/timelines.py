@@ -193,7 +193,7 @@ class StatusMaker:
         name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 11)))
         name += rng.choice(("", "", "_", "42", "_arch", "lib"))
         created_ms = rng.randrange(1_480_000_000_000, 1_760_000_000_000)
-        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(6, 30)))
+        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 14)))
         return _Account(
             id=str(snowflake(created_ms, rng.randrange(_ID_SEQ))),
             username=name,
@@ -233,7 +233,7 @@ class StatusMaker:
                 }
             )
         words = " ".join(rng.choice(_WORDS) for _ in range(rng.choice(
-            (rng.randrange(5, 25), rng.randrange(15, 50))
+            (rng.randrange(4, 20), rng.randrange(10, 40))
         )))
         parts = [
             f'<span class="h-card" translate="no"><a href="{m["url"]}" class="u-url mention">'

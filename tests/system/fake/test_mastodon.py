@@ -222,6 +222,8 @@ async def test_discovery_names_the_streaming_server_on_another_port(fake: FakeAP
     for path in ("/api/v1/streaming/health", "/api/v1/streaming"):
         async with session.get(fake.mastodon_url + path, headers=AUTH) as r:
             assert r.status == 404  # and the REST port none of it
+    async with session.get(http_streaming + "/api/v1/streaming", headers=AUTH) as r:
+        assert r.status == 400 and "WebSocket" in r.headers["X-Error-Message"]  # no upgrade
 
 
 # --------------------------------------------------------------------------- tokens
@@ -430,10 +432,10 @@ async def test_pings_and_a_socket_that_does_not_answer_is_dropped(session) -> No
         async with streaming(session, api) as ws:
             sock = Socket(ws, answer_pings=False)
             started = time.monotonic()
-            end = await sock.to_end(timeout=5)
+            end = await sock.to_end(timeout=10)
             took = time.monotonic() - started
         assert end.type in (WS.CLOSED, WS.ERROR, WS.CLOSE)
-        assert sock.pings == 1 and 0.3 < took < 2.0  # dropped at the second tick
+        assert sock.pings == 1 and took > 0.3  # dropped at the second tick, not the first
         await wait_until(lambda: api.log[1].closed is not None, what="second socket closed")
         assert api.log[1].close_reason == "ping_timeout"
         summary = api.log[0].summary or {}
@@ -644,7 +646,7 @@ async def test_close_after_drops_the_socket_or_closes_it(fake: FakeAPI, session)
 async def test_stall_sends_nothing_and_answers_no_pings(session) -> None:
     async with FakeAPI(credentials(), mastodon_rate=0, mastodon_ping_interval=0.15,
                        record_bytes=True) as api:
-        api.script({"endpoint": "mastodon/streaming", "stall_after": 1, "duration": 1.0})
+        api.script({"endpoint": "mastodon/streaming", "stall_after": 1, "duration": 1.5})
         async with streaming(session, api) as ws:
             sock = Socket(ws)
             await sock.send(type="subscribe", stream="public")
@@ -680,15 +682,18 @@ async def test_rest_faults_for_the_next_requests(fake: FakeAPI, session) -> None
     assert statuses == [503, 503] and r.status == 429 and body == {"error": "Too many requests"}
     reset = datetime.fromisoformat(r.headers["X-RateLimit-Reset"].replace("Z", "+00:00"))
     assert r.headers["X-RateLimit-Remaining"] == "0"
-    assert 0.5 < reset.timestamp() - time.time() <= 1.0
+    assert 0.2 < reset.timestamp() - time.time() <= 1.0
     r, _ = await get_json(session, fake, "/api/v1/timelines/home")  # still held empty
     assert r.status == 429 and r.headers["X-RateLimit-Reset"] == reset.isoformat(
         timespec="microseconds").replace("+00:00", "Z")
     await wait_until(lambda: time.time() >= reset.timestamp(), timeout=3, what="the reset")
     r, _ = await get_json(session, fake, "/api/v1/timelines/home")
     assert r.status == 200
+    fake.script({"endpoint": "mastodon/rest", "status": 500, "body": "boom"})
+    r, body = await get_json(session, fake, "/api/v2/instance")  # "mastodon/rest": either
+    assert r.status == 500 and body == {"error": "boom"}
     log = fake.mastodon_requests()
-    assert [q["status"] for q in log] == [503, 503, 200, 429, 429, 200]
+    assert [q["status"] for q in log] == [503, 503, 200, 429, 429, 200, 500]
     assert all(b["wall"] >= a["wall"] and b["monotonic"] >= a["monotonic"]
                for a, b in itertools.pairwise(log))
 
@@ -796,3 +801,15 @@ async def test_the_command_prints_both_mastodon_urls(session) -> None:
         process.terminate()
         async with asyncio.timeout(10):
             assert await process.wait() == 0
+
+
+async def test_the_server_can_start_again_after_a_stop(session) -> None:
+    api = FakeAPI(mastodon_rate=0)
+    for _ in range(2):
+        await api.start()
+        try:
+            http_streaming = "http" + api.mastodon_streaming_url.removeprefix("ws")
+            async with session.get(http_streaming + "/api/v1/streaming/health") as r:
+                assert await r.text() == "OK"
+        finally:
+            await api.stop()
