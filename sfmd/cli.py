@@ -169,7 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as e:
         raise StartupError(str(e)) from None
-    log_files = setup_logging(config.daemon.log_dir / "sfmd.log")
+    log_files = setup_logging(
+        config.daemon.log_dir / "sfmd.log", log_format=config.daemon.log_format
+    )
     raise_file_limit()
     return asyncio.run(run_daemon(config, log_files))
 
@@ -190,13 +192,14 @@ def raise_file_limit() -> None:
 async def run_daemon(config: Config, log_files: LogFiles) -> int:
     """The daemon until SIGTERM/SIGINT; then stop every stream, publish, exit 0."""
     daemon = Daemon(config)
-    stop = asyncio.Event()
+    stop = StopSignal()
     install_signal_handlers(stop, log_files)
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
 
     async def stop_on_signal() -> None:
         await stop.wait()
-        get_logger().info("signal_received")
+        get_logger().info("signal_received", signal=stop.signal_name,
+                          action="stopping every stream")
         daemon.request_stop()
 
     def started() -> None:
@@ -222,7 +225,9 @@ async def run_daemon(config: Config, log_files: LogFiles) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     config, credentials, registry = load_all(args.config)
     spec, credential = find_stream(registry, credentials, args.name)
-    log_files = setup_logging(config.daemon.log_dir / f"stream-{spec.name}.log")
+    log_files = setup_logging(
+        config.daemon.log_dir / f"stream-{spec.name}.log", log_format=config.daemon.log_format
+    )
     return asyncio.run(run_stream(config, spec, credential, log_files))
 
 
@@ -231,7 +236,7 @@ async def run_stream(
 ) -> int:
     """One stream until SIGTERM/SIGINT; then publish the open file and exit 0."""
     log = get_logger(stream=spec.name)
-    stop = asyncio.Event()
+    stop = StopSignal()
     install_signal_handlers(stop, log_files)
     alive = asyncio.create_task(
         keep_alive(config.daemon.data_dir, config.timing.flush_interval)
@@ -245,7 +250,7 @@ async def run_stream(
             raise StartupError(str(e)) from None
         reporter = asyncio.create_task(report_status(config, runner))
         await stop.wait()
-        log.info("shutdown", reason="signal")
+        log.info("shutdown", reason="signal", signal=stop.signal_name)
         reporter.cancel()
         await runner.stop()
         write_status_file(config.daemon.state_dir, spec.name, runner.status().to_dict())
@@ -260,16 +265,28 @@ async def report_status(config: Config, runner: StreamRunner) -> None:
         await asyncio.sleep(config.timing.status_interval)
 
 
-def install_signal_handlers(stop: asyncio.Event, log_files: LogFiles) -> None:
+class StopSignal(asyncio.Event):
+    """Set by SIGTERM or SIGINT, remembering which (the log names the signal that stopped
+    sfmd: a supervisor's stop and a person's Ctrl-C read differently afterwards)."""
+
+    signal_name: str | None = None
+
+    def received(self, sig: signal.Signals) -> None:
+        if self.signal_name is None:
+            self.signal_name = sig.name
+        self.set()
+
+
+def install_signal_handlers(stop: StopSignal, log_files: LogFiles) -> None:
     loop = asyncio.get_running_loop()
     log = get_logger()
 
     def reopen() -> None:
         log_files.reopen()
-        log.info("logs_reopened")
+        log.info("logs_reopened", signal="SIGHUP")
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.received, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, stop.received, signal.SIGINT)
     loop.add_signal_handler(signal.SIGHUP, reopen)
 
 
