@@ -635,12 +635,15 @@ def _event(raw: bytes) -> dict[str, Any] | None:
 
 
 def _wanted(raw: bytes, name: str | None) -> bool:
-    """A line of the named stream or shared connection (every line when none is named;
-    lines that are not JSON only then)."""
+    """A line of the named stream or shared connection (every line when none is named). A
+    line that is not JSON is a console-format line: its third word names who."""
     if name is None:
         return bool(raw.strip())
     event = _event(raw)
-    return event is not None and logline.who(event) == name
+    if event is None:
+        words = raw.split(None, 3)
+        return len(words) > 2 and words[2] == name.encode()
+    return logline.who(event) == name
 
 
 def _print_log_line(raw: bytes, as_json: bool) -> None:

@@ -147,6 +147,10 @@ async def test_the_console_format_and_the_shared_connection_under_its_own_key(
     assert "connecting: started  state=connecting" in connecting
     assert any(line.endswith("signal_received  signal=SIGTERM action=\"stopping every stream\"")
                for line in lines)
+    # sfmctl tail passes console lines through, filtered by who they are about.
+    code, out, err = await sfmctl("--config", str(config), "tail", "v2-filter@alpha", "-n", "2")
+    assert code == 0, err
+    assert out.splitlines() == [line for line in lines if " v2-filter@alpha " in line][-2:]
 
 
 async def test_the_v2_connection_is_logged_as_a_connection_not_a_stream(
