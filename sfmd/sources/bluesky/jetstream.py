@@ -283,6 +283,6 @@ class JetstreamStream(ConnectionLife):
         await asyncio.sleep(wait)
         while self.sink.error is not None:  # a full disk: connect once it takes messages
             wait = self.backoff.failure(Failure.HTTP)
-            self._failed("the archive refuses writes", Failure.HTTP.value, wait,
-                         event="waiting_for_archive", error=f"archive: {self.sink.error}")
+            self._failed(f"the archive refuses writes: {self.sink.error}", Failure.HTTP.value,
+                         wait, event="waiting_for_archive", error=f"archive: {self.sink.error}")
             await asyncio.sleep(wait)

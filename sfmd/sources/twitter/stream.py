@@ -213,8 +213,8 @@ class Stream(ConnectionLife):
         disk is full would lose its first reads (the archive retries by itself)."""
         while self.sink.error is not None:
             wait = self.backoff.failure(Failure.HTTP)
-            self._failed("the archive refuses writes", Failure.HTTP.value, wait,
-                         event="waiting_for_archive", error=f"archive: {self.sink.error}")
+            self._failed(f"the archive refuses writes: {self.sink.error}", Failure.HTTP.value,
+                         wait, event="waiting_for_archive", error=f"archive: {self.sink.error}")
             await asyncio.sleep(wait)
 
     # -- one connection --------------------------------------------------------------------
