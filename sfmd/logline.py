@@ -81,6 +81,8 @@ def render(event: Mapping[str, Any]) -> str:
 
 
 def ordered(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The event with `JSON_FIRST`'s keys first, the rest in their order."""
-    first = {key: event[key] for key in JSON_FIRST if key in event}
-    return {**first, **{k: v for k, v in event.items() if k not in first}}
+    """The event with `JSON_FIRST`'s keys first, the rest in their order (an update keeps
+    a key where it first went)."""
+    out = {key: event[key] for key in JSON_FIRST if key in event}
+    out.update(event)
+    return out
