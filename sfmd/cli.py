@@ -172,10 +172,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_daemon(config))
 
 
-def open_log(path: Path) -> LogFiles:
+def open_log(path: Path, log_format: str) -> LogFiles:
     """The daemon's log, or a StartupError saying why it cannot be written."""
     try:
-        return setup_logging(path)
+        return setup_logging(path, log_format=log_format)
     except OSError as e:
         raise StartupError(f"cannot write the log file {path}: {e.strerror}; fix the "
                            "folder's owner or mode, or set daemon.log_dir") from None
@@ -204,12 +204,12 @@ async def run_daemon(config: Config) -> int:
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
     control.claim()
     try:
-        log_files = open_log(config.daemon.log_dir / "sfmd.log")
+        log_files = open_log(config.daemon.log_dir / "sfmd.log", config.daemon.log_format)
     except StartupError:
         control.release()
         raise
     raise_file_limit()
-    stop = asyncio.Event()
+    stop = StopSignal()
     notifier = Notifier.from_env()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -230,7 +230,8 @@ async def run_daemon(config: Config) -> int:
 
     async def stop_on_signal() -> None:
         await stop.wait()
-        get_logger().info("signal_received")
+        get_logger().info("signal_received", signal=stop.signal_name,
+                          action="stopping every stream")
         daemon.request_stop()
 
     def started() -> None:
@@ -253,7 +254,9 @@ async def run_daemon(config: Config) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     config, credentials, registry = load_all(args.config)
     spec, credential = find_stream(registry, credentials, args.name)
-    log_files = setup_logging(config.daemon.log_dir / f"stream-{spec.name}.log")
+    log_files = setup_logging(
+        config.daemon.log_dir / f"stream-{spec.name}.log", log_format=config.daemon.log_format
+    )
     return asyncio.run(run_stream(config, spec, credential, log_files))
 
 
@@ -262,7 +265,7 @@ async def run_stream(
 ) -> int:
     """One stream until SIGTERM/SIGINT; then publish the open file and exit 0."""
     log = get_logger(stream=spec.name)
-    stop = asyncio.Event()
+    stop = StopSignal()
     install_signal_handlers(stop, log_files)
     alive = asyncio.create_task(
         keep_alive(config.daemon.data_dir, config.timing.flush_interval)
@@ -276,7 +279,7 @@ async def run_stream(
             raise StartupError(str(e)) from None
         reporter = asyncio.create_task(report_status(config, runner))
         await stop.wait()
-        log.info("shutdown", reason="signal")
+        log.info("shutdown", reason="signal", signal=stop.signal_name)
         reporter.cancel()
         await runner.stop()
         write_status_file(config.daemon.state_dir, spec.name, runner.status().to_dict())
@@ -291,8 +294,20 @@ async def report_status(config: Config, runner: StreamRunner) -> None:
         await asyncio.sleep(config.timing.status_interval)
 
 
+class StopSignal(asyncio.Event):
+    """Set by SIGTERM or SIGINT, remembering which (the log names the signal that stopped
+    sfmd: a supervisor's stop and a person's Ctrl-C read differently afterwards)."""
+
+    signal_name: str | None = None
+
+    def received(self, sig: signal.Signals) -> None:
+        if self.signal_name is None:
+            self.signal_name = sig.name
+        self.set()
+
+
 def install_signal_handlers(
-    stop: asyncio.Event, log_files: LogFiles, on_hup: Callable[[], None] | None = None
+    stop: StopSignal, log_files: LogFiles, on_hup: Callable[[], None] | None = None
 ) -> None:
     """SIGTERM/SIGINT stop; SIGHUP reopens the log files (logrotate's postrotate relies on
     it), then calls `on_hup` (the daemon reloads its credentials)."""
@@ -301,12 +316,12 @@ def install_signal_handlers(
 
     def hup() -> None:
         log_files.reopen()
-        log.info("logs_reopened")
+        log.info("logs_reopened", signal="SIGHUP")
         if on_hup is not None:
             on_hup()
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.received, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, stop.received, signal.SIGINT)
     loop.add_signal_handler(signal.SIGHUP, hup)
 
 

@@ -51,6 +51,7 @@ class DaemonConfig:
     compress: bool
     compress_level: int
     compress_window: int
+    log_format: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class TimingConfig:
     reconcile_interval: float
     status_interval: float
     gc_interval: float
+    log_fold_interval: float
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,17 @@ def _integer(low: int, high: int | None = None) -> Parser:
     return parse
 
 
+def _choice(*choices: str) -> Parser:
+    rule = "must be one of " + ", ".join(f'"{c}"' for c in choices)
+
+    def parse(value: Any, base: Path) -> str:
+        if value not in choices:
+            raise _Bad(rule)
+        return str(value)
+
+    return parse
+
+
 def _save_interval(value: Any, base: Path) -> int:
     seconds = _integer(1)(value, base)
     if 86400 % seconds:
@@ -353,6 +366,9 @@ KEYS: tuple[Key, ...] = (
     Key("daemon", "compress_window", 12, _integer(10, 15),
         "gzip window as a power of two: 12 (4 KiB) holds about 30 KB per open file and makes "
         "files about 2 % bigger than 15 (zlib's default, about 256 KB per open file)"),
+    Key("daemon", "log_format", "json", _choice("json", "console"),
+        "sfmd.log's lines: json (one object per line, for machines and `sfmctl tail`) or "
+        "console (time, level, stream and event first, for people reading the file)"),
     Key("twitter", "stream_url", "https://stream.twitter.com/1.1", _url,
         "the v1.1 streaming API; point it at `sfmd fakeapi` for tests"),
     Key("twitter", "rest_url", "https://api.twitter.com/1.1", _url,
@@ -401,6 +417,9 @@ KEYS: tuple[Key, ...] = (
     Key("timing", "gc_interval", 3600, _seconds,
         "seconds between full garbage collections; after start-up and after each, what the "
         "streams hold is frozen so that routine collections do not pause the daemon"),
+    Key("timing", "log_fold_interval", 60, _seconds,
+        "a stream failing again the same way within this many seconds is not logged again; "
+        "one line then sums up the repeats (\"... 12 more in 60 s\")"),
     Key("supervisor", "server_url", "unix:///var/run/supervisor.sock", _supervisor_url,
         "supervisord's XML-RPC endpoint (unix:///path or http://host:port)"),
     Key("supervisor", "conf_dir", "/etc/supervisor/conf.d", _path,

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 from urllib.parse import quote
 
+from sfmd import logline
 from sfmd.config import CONFIG_ENV, DEFAULT_CONFIG
 from sfmd.errors import SfmdError
 from sfmd.status import IDLE, SUMMARY_ORDER, TROUBLED
@@ -302,7 +303,8 @@ def render_status(
             s["name"],
             s["kind"],
             st["state"],
-            since(st.get("since"), now),
+            # Down: since the outage began, not since the latest retry.
+            since(st.get("down_since") or st.get("since"), now),
             str(st["tweets"]),
             f"{r:.1f}" if r is not None else "-",
             str(st["reconnects"]),
@@ -315,7 +317,33 @@ def render_status(
         error = s["status"].get("last_error")
         if error and s["status"]["state"] in TROUBLED:
             out.append(f"    last error: {error}")
+            down = outage(s["status"], now)
+            if down:
+                out.append(f"    {down}")
     return "\n".join(out)
+
+
+def outage(status: dict[str, Any], now: datetime | None = None) -> str | None:
+    """"down 5m12s (since ...), next attempt in 12s (at ...)" for a stream that is down."""
+    down_since = status.get("down_since")
+    if not down_since:
+        return None
+    text = f"down {since(down_since, now)} (since {down_since})"
+    next_attempt = status.get("next_attempt")
+    if next_attempt:
+        text += f", next attempt in {until(next_attempt, now)} (at {next_attempt})"
+    return text
+
+
+def until(iso: str, now: datetime | None = None) -> str:
+    """How long until `iso`, as `duration` writes it ("0s" once due)."""
+    try:
+        then = datetime.fromisoformat(iso)
+    except ValueError:
+        return "?"
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return duration((then - (now or datetime.now(UTC))).total_seconds())
 
 
 def render_list(streams: list[dict[str, Any]]) -> str:
@@ -371,12 +399,24 @@ def render_show(stream: dict[str, Any], now: datetime | None = None) -> str:
         ("messages", str(st["messages"])),
         ("tweets", str(st["tweets"])),
         ("bytes", str(st["bytes"])),
-        ("reconnects", str(st["reconnects"])),
+        ("reconnects", reconnects_text(st)),
         ("last_error", st.get("last_error") or "-"),
+        ("down", outage(st, now) or "-"),
+        ("last_message_at", st.get("last_message_at") or "-"),
+        ("last_publish_at", st.get("last_publish_at") or "-"),
         ("current_file", st.get("current_file") or "-"),
     ]
     width = max(len(key) for key, _ in pairs) + 1
     return "\n".join(f"{(key + ':').ljust(width)} {value}" for key, value in pairs)
+
+
+def reconnects_text(status: dict[str, Any]) -> str:
+    """"5 (3 after a failure, 2 planned)": a filter change is not trouble."""
+    total = status["reconnects"]
+    failed, planned = status.get("reconnects_after_failure"), status.get("reconnects_planned")
+    if failed is None or planned is None:
+        return str(total)
+    return f"{total} ({failed} after a failure, {planned} planned)"
 
 
 def warn_unresolved(stream: dict[str, Any]) -> None:
@@ -567,6 +607,118 @@ def moment(text: str) -> float:
     return parsed.timestamp()
 
 
+def cmd_tail(args: argparse.Namespace, client: Client) -> int:
+    """Read the log file, not the socket: like `coverage`, it must work while sfmd is down
+    (that is when people read its log)."""
+    path = log_file(args)
+    try:
+        with open(path, "rb") as f:
+            for line in last_lines(f, args.lines, lambda raw: _wanted(raw, args.name)):
+                _print_log_line(line, args.json)
+            if args.follow:
+                follow(f, path, args)
+    except FileNotFoundError:
+        raise CtlError(f"no log file at {path} (give --log, or --config for its log_dir)") from None
+    except OSError as e:
+        raise CtlError(f"cannot read the log {path}: {e.strerror or e}") from None
+    return EXIT_OK
+
+
+#: Seconds between looks at a followed log for new lines (and for a rotation).
+TAIL_POLL = 0.2
+#: Bytes read at a time from the end of a log, looking for its last lines.
+TAIL_BLOCK = 1 << 16
+
+
+def log_file(args: argparse.Namespace) -> Path:
+    """--log, else sfmd.log in the log_dir of --config, $SFMD_CONFIG or the usual config."""
+    if args.log:
+        return Path(args.log)
+    from sfmd.config import ConfigError, load_config
+
+    path = args.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    try:
+        return load_config(path).daemon.log_dir / "sfmd.log"
+    except ConfigError as e:
+        raise UsageError(f"{e} (or give --log)") from None
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _wanted(raw: bytes, name: str | None) -> bool:
+    """A line of the named stream or shared connection (every line when none is named). A
+    line that is not JSON is a console-format line: its third word names who."""
+    if name is None:
+        return bool(raw.strip())
+    event = _event(raw)
+    if event is None:
+        words = raw.split(None, 3)
+        return len(words) > 2 and words[2] == name.encode()
+    return logline.who(event) == name
+
+
+def _print_log_line(raw: bytes, as_json: bool) -> None:
+    text = raw.decode("utf-8", "replace").rstrip("\n")
+    event = None if as_json else _event(raw)
+    print(logline.render(event) if event is not None else text, flush=True)
+
+
+def last_lines(
+    f: BinaryIO, count: int, wanted: Callable[[bytes], bool]
+) -> list[bytes]:
+    """The last `count` wanted lines of `f`, read backwards a block at a time (a log may be
+    gigabytes); leaves `f` at its end, where following begins."""
+    end = f.seek(0, os.SEEK_END)
+    found: list[bytes] = []
+    position, tail = end, b""
+    while position > 0 and len(found) < count:
+        step = min(TAIL_BLOCK, position)
+        position -= step
+        f.seek(position)
+        block = f.read(step) + tail
+        lines = block.split(b"\n")
+        tail = lines.pop(0) if position > 0 else b""  # maybe cut: completed by the next read
+        for line in reversed(lines):
+            if line and wanted(line):
+                found.append(line)
+                if len(found) == count:
+                    break
+    if position == 0 and tail and len(found) < count and wanted(tail):
+        found.append(tail)
+    f.seek(end)
+    return list(reversed(found))[-count:] if count else []
+
+
+def follow(f: BinaryIO, path: Path, args: argparse.Namespace) -> None:
+    """Print wanted lines as they are appended, until interrupted; a rotated or truncated
+    log is reopened from its start, as `tail -F` does."""
+    partial = b""
+    while True:
+        chunk = f.read()
+        if chunk:
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                if _wanted(line, args.name):
+                    _print_log_line(line, args.json)
+            continue
+        time.sleep(TAIL_POLL)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            continue  # between logrotate's rename and sfmd's reopen
+        if now.st_ino != os.fstat(f.fileno()).st_ino or now.st_size < f.tell():
+            f.close()
+            f = open(path, "rb")
+            partial = b""
+
+
 def cmd_start(args: argparse.Namespace, client: Client) -> int:
     return _report(args, client.call("POST", stream_path(args.name, "start")), "started")
 
@@ -644,6 +796,16 @@ def _positive(value: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
     if not number > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return number
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
 
 
@@ -757,6 +919,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "the manifest's last line)")
     p.add_argument("--data-dir", metavar="DIR", help="sfmd's data_dir (default: the one in "
                    f"--config, ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+
+    p = verb("tail", cmd_tail, "the daemon's log, readable: the last lines, of one stream or "
+             "all, then (with -f) new ones as they come; read from the file, so it works while "
+             "sfmd is down")
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this stream's lines (or a "
+                   "shared connection's, e.g. v2-filter@CREDENTIAL)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines, across log rotations, until Ctrl-C")
+    p.add_argument("-n", "--lines", type=_count, default=20, metavar="N",
+                   help="how many of the last lines to print first (default 20)")
+    p.add_argument("--log", metavar="FILE", help="the JSON log (default: sfmd.log in the "
+                   f"log_dir of --config, ${CONFIG_ENV} or {DEFAULT_CONFIG})")
 
     for name, func, text in (
         ("start", cmd_start, "make a stream active"),

@@ -3,6 +3,9 @@
 structlog renders; the stdlib's WatchedFileHandler writes. structlog's own file writer would
 keep writing into a rotated file forever, so the file is a stdlib handler that
 notices a rename by itself and is also reopened explicitly on SIGHUP (logrotate's postrotate).
+
+The file's lines are JSON by default (timestamp, level, event and stream first), or with
+`log_format = "console"` the readable lines of `sfmd.logline`, which a terminal gets too.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import structlog
+
+from sfmd import logline
 
 _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -39,9 +46,14 @@ class LogFiles:
 
 
 def setup_logging(
-    log_file: Path | None, *, stderr: bool | None = None, level: int = logging.INFO
+    log_file: Path | None,
+    *,
+    stderr: bool | None = None,
+    level: int = logging.INFO,
+    log_format: str = "json",
 ) -> LogFiles:
-    """Send every log event as one JSON line to `log_file`, and readably to a terminal.
+    """Send every log event as one line to `log_file` (JSON, or readable with
+    `log_format="console"`), and readably to a terminal.
 
     `stderr=None` means: echo to stderr only when it is a terminal (or when there is no file).
     """
@@ -67,25 +79,33 @@ def setup_logging(
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
-        handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
+        handler.setFormatter(_formatter(_console if log_format == "console" else _json))
         root.addHandler(handler)
         files.append(handler)
     if stderr is None:
         stderr = log_file is None or sys.stderr.isatty()
     if stderr:
         console = logging.StreamHandler(sys.stderr)
-        renderer: structlog.typing.Processor
-        if sys.stderr.isatty():
-            renderer = structlog.dev.ConsoleRenderer(colors=False)
-        else:
-            renderer = structlog.processors.JSONRenderer()
-        console.setFormatter(_formatter(renderer))
+        console.setFormatter(_formatter(_console if sys.stderr.isatty() else _json))
         root.addHandler(console)
     # aiohttp's access log is not an operator event; oauthlib logs the access token at
     # DEBUG while signing, and no secret may ever reach a log.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("oauthlib").setLevel(logging.WARNING)
     return LogFiles(files)
+
+
+_json_renderer = structlog.processors.JSONRenderer()
+
+
+def _json(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+    """JSON with timestamp, level, event and stream first: raw lines scan left to right."""
+    rendered: str = _json_renderer(logger, name, logline.ordered(event))
+    return rendered
+
+
+def _console(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+    return logline.render(event)
 
 
 def _formatter(renderer: structlog.typing.Processor) -> structlog.stdlib.ProcessorFormatter:

@@ -37,13 +37,14 @@ SUMMARY_ORDER = ("streaming", "connecting", "backoff", "failed", "stopped")
 #: The keys every STATUS object has, in their order (`StreamStatus.to_dict`).
 STATUS_KEYS = (
     "state", "since", "messages", "tweets", "bytes", "reconnects", "last_error", "current_file",
-    "connected_since", "last_gap",
+    "connected_since", "last_gap", "down_since", "next_attempt", "reconnects_after_failure",
+    "reconnects_planned", "last_message_at", "last_publish_at",
 )
 
 
 #: The running totals a stream keeps across its stops and starts within one daemon's life
 #: (`StreamStatus.plus`): they start from 0 only when the daemon starts.
-COUNTERS = ("messages", "tweets", "bytes", "reconnects", "limit_undelivered")
+COUNTERS = ("messages", "tweets", "bytes", "reconnects", "reconnects_planned", "limit_undelivered")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -66,6 +67,7 @@ class ConnectionStatus:
     rules: int  # what the connection holds at the network for its members
     foreign_rules: list[dict[str, str]]  # held at the network, owned by no sfmd stream
     rules_problem: str | None  # why the network's rules are not what the members want
+    reconnects_planned: int = 0  # of `reconnects`, those sfmd chose (none yet: rules change live)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,8 @@ class ConnectionStatus:
             "unrouted": self.unrouted,
             "errors": self.errors,
             "reconnects": self.reconnects,
+            "reconnects_after_failure": self.reconnects - self.reconnects_planned,
+            "reconnects_planned": self.reconnects_planned,
             "rules": self.rules,
             "foreign_rules": self.foreign_rules,
             "rules_problem": self.rules_problem,
@@ -100,6 +104,20 @@ class StreamStatus:
     connected_since: datetime | None = None  # when the current streaming began
     last_gap: dict[str, Any] | None = None  # the latest span it was not collecting
     gap_seconds: dict[str, float] = field(default_factory=dict)  # by reason, this run
+    # When the current outage began: the first failure since it last streamed (or since it
+    # started, if it has not streamed yet). Kept across retries, so `backoff` shows how long
+    # the stream has been down, not how long since its latest attempt; None while streaming.
+    down_since: datetime | None = None
+    next_attempt: datetime | None = None  # in backoff: when the next connection attempt is due
+    # Of `reconnects`, those sfmd chose (a new filter); the rest followed a failure.
+    reconnects_planned: int = 0
+    last_message_at: float | None = None  # epoch seconds of the last message its archive took
+    last_publish_at: float | None = None  # epoch seconds of its last published file
+
+    @property
+    def reconnects_after_failure(self) -> int:
+        """Reconnects that followed a failure (a lost, refused or stalled connection)."""
+        return max(0, self.reconnects - self.reconnects_planned)
 
     def covered(self, shown: dict[str, Any]) -> StreamStatus:
         """This status with an archive's coverage (`Archive.coverage_shown`)."""
@@ -109,6 +127,8 @@ class StreamStatus:
             connected_since=datetime.fromtimestamp(since, UTC) if since is not None else None,
             last_gap=shown["last_gap"],
             gap_seconds=shown["gap_seconds"],
+            last_message_at=shown.get("last_message_at"),
+            last_publish_at=shown.get("last_publish_at"),
         )
 
     def plus(self, earlier: StreamStatus | None) -> StreamStatus:
@@ -132,6 +152,12 @@ class StreamStatus:
             "current_file": self.current_file,
             "connected_since": iso_z(self.connected_since) if self.connected_since else None,
             "last_gap": self.last_gap,
+            "down_since": iso_z(self.down_since) if self.down_since else None,
+            "next_attempt": iso_z(self.next_attempt) if self.next_attempt else None,
+            "reconnects_after_failure": self.reconnects_after_failure,
+            "reconnects_planned": self.reconnects_planned,
+            "last_message_at": _epoch_iso(self.last_message_at),
+            "last_publish_at": _epoch_iso(self.last_publish_at),
         }
         if self.connection is not None:
             shown["connection"] = self.connection.to_dict()
@@ -160,21 +186,37 @@ class StreamStatus:
             since = datetime.fromisoformat(str(shown.get("since")).replace("Z", "+00:00"))
         except ValueError:
             since = datetime.now(UTC)
-        try:
-            connected = text("connected_since")
-            connected_since = (
-                datetime.fromisoformat(connected.replace("Z", "+00:00")) if connected else None
-            )
-        except ValueError:
-            connected_since = None
+        def moment(key: str) -> datetime | None:
+            value = text(key)
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+            except ValueError:
+                return None
+
+        def epoch(key: str) -> float | None:
+            value = moment(key)
+            return value.timestamp() if value is not None else None
+
         last_gap = shown.get("last_gap")
         return cls(
             state=state, since=since, messages=count("messages"), tweets=count("tweets"),
             bytes=count("bytes"), reconnects=count("reconnects"),
             last_error=text("last_error"), current_file=text("current_file"),
-            connected_since=connected_since,
+            connected_since=moment("connected_since"),
             last_gap=last_gap if isinstance(last_gap, dict) else None,
+            down_since=moment("down_since"), next_attempt=moment("next_attempt"),
+            reconnects_planned=count("reconnects_planned"),
+            last_message_at=epoch("last_message_at"), last_publish_at=epoch("last_publish_at"),
         )
+
+
+def _epoch_iso(moment: float | None) -> str | None:
+    """Epoch seconds as the API shows moments, to the millisecond (not cached: these change
+    with every message)."""
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 class StreamSample(NamedTuple):
@@ -189,6 +231,9 @@ class StreamSample(NamedTuple):
     limit_undelivered: int
     files_published: int
     gap_seconds: dict[str, float] = {}  # by reason; never mutated: each sample has its own
+    reconnects_planned: int = 0  # of `reconnects`
+    last_message_at: float | None = None  # epoch seconds
+    last_publish_at: float | None = None  # epoch seconds
 
 
 @dataclass(frozen=True)
@@ -201,6 +246,7 @@ class ConnectionSample:
     errors: int
     reconnects: int
     rules: int
+    reconnects_planned: int = 0  # of `reconnects`
 
 
 def describe_states(states: Iterable[str]) -> str:

@@ -196,6 +196,10 @@ class Archive:
         self.manifest = self.stream_dir / MANIFEST_NAME
         self.current_file: Path | None = None
         self.published = 0
+        # Epoch seconds of the last message taken and of the last file published, for the
+        # status and /metrics: what an alert on a silent stall compares with the clock.
+        self.last_written: float | None = None
+        self.last_published: float | None = None
         self._save_interval = save_interval
         self._compress = compress
         self._deflate = Deflate(compress_level, compress_window)
@@ -295,7 +299,8 @@ class Archive:
             self._wake.set()
             await self._progress.wait()
             self._check_writable()
-        start = max(interval_start(self._clock(), self._save_interval), self._last_start)
+        now = self.last_written = self._clock()
+        start = max(interval_start(now, self._save_interval), self._last_start)
         self._last_start = start
         size = sum(map(len, messages)) + len(messages)
         segment = self._pending[-1] if self._pending else None
@@ -377,8 +382,10 @@ class Archive:
         self.coverage.instant(self._clock(), cov.EVENT_REFUSED, why)
 
     def coverage_shown(self) -> dict[str, Any]:
-        """For the stream's status: `Coverage.shown` now."""
-        return self.coverage.shown(self._clock())
+        """For the stream's status: `Coverage.shown` now, and when it last took a message
+        and published a file."""
+        return {**self.coverage.shown(self._clock()), "last_message_at": self.last_written,
+                "last_publish_at": self.last_published}
 
     # -- the writer task ---------------------------------------------------------------------
 
@@ -763,6 +770,7 @@ class Archive:
     def _announce(self, files: list[PublishedFile], event: str, **extra: Any) -> None:
         for published in files:
             self.published += 1
+            self.last_published = self._clock()
             self._log.info(
                 event,
                 file=published.relpath,

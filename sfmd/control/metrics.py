@@ -28,14 +28,23 @@ _STREAM_COUNTERS = (
     ("messages", "Messages received and stored, keep-alives aside"),
     ("tweets", "Tweets received and stored"),
     ("bytes", "Bytes of messages stored, uncompressed"),
-    ("reconnects", "Connections opened after the first"),
     ("files_published", "Files published (renamed from .part)"),
 )
 _CONNECTION_COUNTERS = (
     ("messages", "Messages received on the shared v2 filter connection"),
     ("unrouted", "Messages no stream's rules claimed (old rules, errors objects)"),
     ("errors", "errors objects the v2 API sent in the stream"),
-    ("reconnects", "Connections opened after the first"),
+)
+_RECONNECTS_DOC = (
+    "Connections opened after the first, by cause: failure (the one before was lost, refused "
+    "or stalled) or planned (sfmd reconnected for new settings)"
+)
+#: Moments a silent stall shows in: alert on `time() - sample` growing.
+_STREAM_MOMENTS = (
+    ("last_message", "last_message_at",
+     "Unix time of the last message the stream stored (absent: none since sfmd started)"),
+    ("last_publish", "last_publish_at",
+     "Unix time the stream last published a file (absent: none since sfmd started)"),
 )
 
 
@@ -50,6 +59,12 @@ def _state_lines(label: str, current: str) -> str:
         f'sfmd_stream_state{{state="{state}",stream="{label}"}} {int(state == current)}'
         for state in STATES
     )
+
+
+def _reconnects(name: str, labels: str, total: int, planned: int) -> tuple[str, str]:
+    """The two samples of a reconnect counter: after a failure, and planned."""
+    return (f'{name}{{cause="failure",{labels}}} {total - planned}',
+            f'{name}{{cause="planned",{labels}}} {planned}')
 
 
 def _family(lines: list[str], name: str, kind: str, doc: str) -> None:
@@ -71,6 +86,14 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
         name = f"sfmd_stream_{attr}_total"
         _family(lines, name, "counter", doc)
         lines += [f'{name}{{stream="{label}"}} {getattr(s, attr)}' for s, label in streams]
+    _family(lines, "sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC)
+    lines += [line for s, label in streams for line in _reconnects(
+        "sfmd_stream_reconnects_total", f'stream="{label}"', s.reconnects, s.reconnects_planned)]
+    for metric, attr, doc in _STREAM_MOMENTS:
+        name = f"sfmd_stream_{metric}_timestamp_seconds"
+        _family(lines, name, "gauge", doc)
+        lines += [f'{name}{{stream="{label}"}} {getattr(s, attr):.3f}'
+                  for s, label in streams if getattr(s, attr) is not None]
     _family(lines, "sfmd_stream_gap_seconds_total", "counter",
             "Seconds the stream was set but not collecting, by reason, since the daemon began")
     lines += [f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",stream="{label}"}} '
@@ -87,6 +110,10 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
         _family(lines, name, "counter", doc)
         lines += [f'{name}{{connection="{label}"}} {getattr(c, attr)}'
                   for c, label in connections]
+    _family(lines, "sfmd_v2_connection_reconnects_total", "counter", _RECONNECTS_DOC)
+    lines += [line for c, label in connections for line in _reconnects(
+        "sfmd_v2_connection_reconnects_total", f'connection="{label}"', c.reconnects,
+        c.reconnects_planned)]
     _family(lines, "sfmd_v2_connection_rules", "gauge", "Rules sfmd holds at the API")
     lines += [f'sfmd_v2_connection_rules{{connection="{label}"}} {c.rules}'
               for c, label in connections]

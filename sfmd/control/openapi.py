@@ -29,11 +29,20 @@ STATUS_SCHEMA: dict[str, Any] = {
     "required": list(STATUS_KEYS),
     "properties": {
         "state": {"enum": list(STATES)},
-        "since": {"type": "string", "format": "date-time"},
+        "since": {
+            "type": "string", "format": "date-time",
+            "description": "when the stream entered its state; for a stream stopped since"
+            " before this daemon started, the daemon's start (it has been stopped at least"
+            " that long)",
+        },
         "messages": {"type": "integer", "minimum": 0},
         "tweets": {"type": "integer", "minimum": 0},
         "bytes": {"type": "integer", "minimum": 0},
-        "reconnects": {"type": "integer", "minimum": 0},
+        "reconnects": {
+            "type": "integer", "minimum": 0,
+            "description": "connections opened after the first: reconnects_after_failure"
+            " plus reconnects_planned",
+        },
         "last_error": {"type": ["string", "null"]},
         "current_file": {"type": ["string", "null"]},
         "connected_since": {
@@ -44,6 +53,35 @@ STATUS_SCHEMA: dict[str, Any] = {
             "type": ["object", "null"],
             "description": "the latest span the stream was set but not collecting: from, to"
             " (null while it lasts), reason, error, refilled",
+        },
+        "down_since": {
+            "type": ["string", "null"], "format": "date-time",
+            "description": "when the current outage began (the first failure since the"
+            " stream last streamed), kept across retries; null while streaming or stopped",
+        },
+        "next_attempt": {
+            "type": ["string", "null"], "format": "date-time",
+            "description": "in backoff (or a crashed task's restart wait): when the next"
+            " connection attempt is due; null otherwise",
+        },
+        "reconnects_after_failure": {
+            "type": "integer", "minimum": 0,
+            "description": "reconnects that followed a lost, refused or stalled connection",
+        },
+        "reconnects_planned": {
+            "type": "integer", "minimum": 0,
+            "description": "reconnects sfmd chose: new filter settings",
+        },
+        "last_message_at": {
+            "type": ["string", "null"], "format": "date-time",
+            "description": "when the stream last stored a message; null: none since this"
+            " daemon started it (alert on a silent stall with /metrics'"
+            " sfmd_stream_last_message_timestamp_seconds)",
+        },
+        "last_publish_at": {
+            "type": ["string", "null"], "format": "date-time",
+            "description": "when the stream last published a file; null: none since this"
+            " daemon started it",
         },
         "connection": {
             "type": "object",

@@ -65,6 +65,9 @@ class Views:
                 files_published=d.ledger.published.get(spec.name, 0)
                 + (runner.archive.published if runner else d.shared.published(spec)),
                 gap_seconds=status.gap_seconds,
+                reconnects_planned=status.reconnects_planned,
+                last_message_at=status.last_message_at,
+                last_publish_at=status.last_publish_at,
             )
 
     def connections(self) -> Iterator[ConnectionSample]:
@@ -77,6 +80,7 @@ class Views:
                 errors=status.errors,
                 reconnects=status.reconnects,
                 rules=status.rules,
+                reconnects_planned=status.reconnects_planned,
             )
 
     def status_line(self) -> str:

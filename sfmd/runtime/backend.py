@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sfmd.logs import get_logger
@@ -46,6 +46,10 @@ class Ledger:
         self.failed: dict[str, tuple[datetime, str]] = {}
         self.last: dict[str, StreamStatus] = {}  # with the earlier runs' counters added
         self.published: dict[str, int] = {}  # files the stream's earlier runs published
+        self.retry_at: dict[str, datetime] = {}  # a crashed task's restart, while it waits
+        # A stream stopped since before this daemon began has been stopped at least this
+        # long; its true moment is not known here, and "now" would say it just stopped.
+        self.started = datetime.now(UTC)
 
     def fail(self, name: str, reason: str) -> None:
         """Mark `name` failed; logged once per new reason, `since` kept across repeats."""
@@ -54,18 +58,24 @@ class Ledger:
             get_logger(stream=name).error("stream_failed", reason=reason)
         self.failed[name] = (since, reason)
 
-    def restarting(self, name: str, reason: str) -> None:
-        """A failure that is being dealt with (a crashed task): shown, not logged again."""
-        self.failed[name] = (datetime.now(UTC), reason)
+    def restarting(self, name: str, reason: str, retry_in: float | None = None) -> None:
+        """A failure that is being dealt with (a crashed task, started again in `retry_in`
+        seconds): shown, not logged again."""
+        now = datetime.now(UTC)
+        self.failed[name] = (now, reason)
+        if retry_in is not None:
+            self.retry_at[name] = now + timedelta(seconds=retry_in)
 
     def clear(self, name: str) -> None:
         self.failed.pop(name, None)
+        self.retry_at.pop(name, None)
 
     def keep_failures_of(self, names: Iterable[str]) -> None:
         """Forget the failures of streams no longer meant to run."""
         wanted = set(names)
         for name in [n for n in self.failed if n not in wanted]:
             del self.failed[name]
+            self.retry_at.pop(name, None)
 
     def stopped(self, name: str, status: StreamStatus, published: int = 0) -> None:
         """Remember a stopped stream's counters: `status` is its back end's, from the run
@@ -74,7 +84,7 @@ class Ledger:
         self.published[name] = self.published.get(name, 0) + published
         self.last[name] = dataclasses.replace(
             status.plus(self.last.get(name)), state=State.STOPPED, since=datetime.now(UTC),
-            connection=None, connected_since=None,
+            connection=None, connected_since=None, down_since=None, next_attempt=None,
         )
 
     def running(self, name: str, status: StreamStatus) -> StreamStatus:
@@ -86,14 +96,17 @@ class Ledger:
         self.last.pop(name, None)
         self.published.pop(name, None)
         self.failed.pop(name, None)
+        self.retry_at.pop(name, None)
 
     def status(self, name: str) -> StreamStatus:
-        """The status of a stream that runs nowhere: failed, or stopped with its counters."""
-        base = self.last.get(name) or StreamStatus()
+        """The status of a stream that runs nowhere: failed (down since it failed), or
+        stopped with its counters."""
+        base = self.last.get(name) or StreamStatus(since=self.started)
         failure = self.failed.get(name)
         if failure is None:
             return base
         since, reason = failure
         return dataclasses.replace(
-            base, state=State.FAILED, since=since, last_error=reason, current_file=None
+            base, state=State.FAILED, since=since, last_error=reason, current_file=None,
+            down_since=since, next_attempt=self.retry_at.get(name),
         )

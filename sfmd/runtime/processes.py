@@ -313,6 +313,7 @@ class ProcessBackend:
         }
         if not spec.active:
             status.state, status.current_file = State.STOPPED, None
+            status.down_since = status.next_attempt = None  # stopped on purpose: not down
         elif self.problem:
             if supervised is None:
                 status.state = State.STOPPED

@@ -102,7 +102,8 @@ class StreamRunner:
             self.lock.release()
             raise
         self.stream.start(delay)
-        self.log.info("stream_started", kind=self.spec.kind)
+        self.log.info("stream_started", state="connecting", kind=self.spec.kind,
+                      **({"delay": round(delay, 3)} if delay else {}))
 
     async def stop(self) -> None:
         """Close the connection, publish the open file, release the slot."""
@@ -221,7 +222,6 @@ class TaskBackend:
             return
         self.ledger.clear(spec.name)
         self.runners[spec.name] = runner
-        get_logger(stream=spec.name).info("stream_state", state="started", delay=round(delay, 3))
         self._watch(runner)
 
     async def _retarget(self, runner: StreamRunner, spec: StreamSpec) -> None:
@@ -274,7 +274,7 @@ class TaskBackend:
             async with self._lock:
                 if self.runners.get(name) is runner:
                     await self._stop_runner(name, "crashed")
-                    self.ledger.restarting(name, "crashed; restarting")
+                    self.ledger.restarting(name, "crashed; restarting", retry_in=wait)
             await asyncio.sleep(wait)
         finally:
             self._restarting.discard(name)

@@ -27,6 +27,9 @@ class BackoffPolicy:
     http_max: float = 320.0
     ratelimit_start: float = 60.0
     ratelimit_max: float = 960.0
+    # Not arithmetic but how retries are told: the same failure again within this many
+    # seconds is summed up in one log line rather than logged each time (`ConnectionLife`).
+    log_fold_interval: float = 60.0
 
     @classmethod
     def from_config(cls, timing: TimingConfig) -> BackoffPolicy:
@@ -37,6 +40,7 @@ class BackoffPolicy:
             http_max=timing.http_backoff_max,
             ratelimit_start=timing.ratelimit_backoff_start,
             ratelimit_max=timing.ratelimit_backoff_max,
+            log_fold_interval=timing.log_fold_interval,
         )
 
 
@@ -46,9 +50,14 @@ class Backoff:
     def __init__(self, policy: BackoffPolicy) -> None:
         self.policy = policy
         self._counts = {kind: 0 for kind in Failure}
+        self.last_wait = 0.0  # what `failure` last answered: the status's next attempt
 
     def failure(self, kind: Failure) -> float:
         """Record one failure and return the wait in seconds before reconnecting."""
+        self.last_wait = self._wait(kind)
+        return self.last_wait
+
+    def _wait(self, kind: Failure) -> float:
         self._counts[kind] += 1
         n = self._counts[kind]
         p = self.policy

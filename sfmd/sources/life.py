@@ -1,9 +1,24 @@
-"""What every connection of every network shares: its task, its state, a graceful stop.
+"""What every connection of every network shares: its task, its state, a graceful stop, and
+how its life is told in the log and the status.
 
 A source's connection class (Twitter's `Stream`, Bluesky's `JetstreamStream`) inherits this
 and writes `run()`, its life from connect to stop, and `_interrupt()`, which makes a read in
 progress end by itself (closing the response or socket), so that what was read is handed
 over before the task ends. Nothing else is meant to be overridden.
+
+`run()` reports each step through the same few methods, so every network's log reads alike:
+one line per change of state, carrying its reason: `_attempting` (a `connecting` line),
+`_streaming` (`connected`), `_failed` (`disconnected`, with the failure's kind and the wait
+before the next attempt) and `_stopped` (no line: the back end says why it stops). The same
+failure again within `BackoffPolicy.log_fold_interval` is not logged again: one line later
+sums up the repeats ("... 12 more in 60 s"), so an outage of hours is a few lines a stream,
+not thousands. `_set_state` stays for a source that logs its own way: it moves the state
+and logs a `stream_state` line.
+
+The status these keep: `down_since` (when the current outage began, kept across retries),
+`next_attempt` (in backoff, when the next try is due, from the wait `self.backoff` last
+gave), and the reconnect counters split into planned (`restart`: new settings) and the rest,
+which followed a failure.
 """
 
 from __future__ import annotations
@@ -11,21 +26,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sfmd.logs import get_logger
+from sfmd.sources.backoff import Backoff, BackoffPolicy
 from sfmd.sources.base import Sink
 from sfmd.status import State, StreamStatus
 
 
+@dataclasses.dataclass
+class _Fold:
+    """Failures being summed up: the reason they share, since when, how many went unlogged."""
+
+    reason: str
+    began: float  # monotonic: when the line that opened the fold was logged
+    repeated: int = 0  # identical failures not logged since
+    attempts: int = 0  # connection attempts not logged since
+
+
 class ConnectionLife:
-    def __init__(self, name: str, sink: Sink) -> None:
+    #: The source's reconnect arithmetic (set in its `__init__`): the wait it last gave is
+    #: the status's `next_attempt`, its policy says how long identical failures are folded.
+    backoff: Backoff | None = None
+
+    def __init__(self, name: str, sink: Sink, *, log_key: str = "stream") -> None:
+        """`log_key` names the field the log lines carry `name` in: `stream` for a stream's
+        own connection, `connection` for one shared by several streams."""
         self.name = name
         self.sink = sink
         self.status = StreamStatus()
-        self.log = get_logger(stream=name)
+        self.log = get_logger(**{log_key: name})
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._attempts = 0  # connection attempts in this life, the first included
+        self._planned = False  # the next attempt is a reconnect sfmd chose (`restart`)
+        self._fold: _Fold | None = None
 
     async def run(self, delay: float = 0.0) -> None:
         """Connect, read and reconnect until stopped; never return on a transient error."""
@@ -37,9 +75,10 @@ class ConnectionLife:
         raise NotImplementedError
 
     def start(self, delay: float = 0.0) -> None:
-        """Run in a task; `delay` spreads many streams' first connections (start-up jitter)."""
+        """Run in a task; `delay` spreads many streams' first connections (start-up jitter).
+        No line of its own: the back end that starts it logs that it did."""
         self._stopping = False
-        self._set_state(State.CONNECTING, reason="started")
+        self._move(State.CONNECTING)
         self._task = asyncio.create_task(self.run(delay), name=f"stream:{self.name}")
 
     @property
@@ -70,15 +109,128 @@ class ConnectionLife:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    async def restart(self, grace: float = 5.0, change: Callable[[], None] | None = None) -> None:
+        """Reconnect on purpose: stop (handing over what was read), apply `change` (new
+        settings), start again. The reconnect counts as planned, not as a failure, and the
+        caller logs why it restarts."""
+        await self.stop(grace)
+        if change is not None:
+            change()
+        self._planned = True
+        self.start()
+
+    # -- telling the connection's life --------------------------------------------------------
+
+    def _attempting(self, **fields: Any) -> None:
+        """A connection attempt begins: counted (after the first, as a reconnect), state
+        `connecting`, one `connecting` line unless a failure repeats (then the attempts are
+        counted in the fold's sum)."""
+        planned = self._planned
+        if self._attempts:
+            self.status.reconnects += 1
+            self.status.reconnects_planned += planned
+        reason = "started" if not self._attempts else "settings changed" if planned else "retry"
+        self._attempts += 1
+        self._planned = False
+        self._move(State.CONNECTING)
+        if self._fold is not None and self._fold.repeated:
+            # The same failure came twice: retries are summed up, not told one by one.
+            self._fold.attempts += 1
+            return
+        self.log.info("connecting", state=State.CONNECTING.value, reason=reason, **fields)
+
+    def _streaming(self, **fields: Any) -> None:
+        """The connection delivers: state `streaming`, one `connected` line (after the sum
+        of any failures being folded)."""
+        self._unfold()
+        self._move(State.STREAMING)
+        self.log.info("connected", state=State.STREAMING.value, **fields)
+
+    def _failed(
+        self,
+        reason: str,
+        failure: str,
+        wait: float,
+        *,
+        event: str = "disconnected",
+        error: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """The connection ended or could not be made, and the next attempt is `wait` seconds
+        away: state `backoff`, `last_error` = `error` (else `reason`), one warning line with
+        the reason, the failure's kind, the wait and the next attempt's time. The same
+        `reason` again within the fold interval is counted, not logged."""
+        self._move(State.BACKOFF, error=error or reason, wait=wait)
+        now = time.monotonic()
+        fold = self._fold
+        if fold is not None and fold.reason == reason and now - fold.began < self._fold_interval:
+            fold.repeated += 1
+            return
+        repeats: dict[str, Any] = {}
+        if fold is not None and fold.reason == reason:
+            # The interval is over: this line is the next in full and sums up the last one.
+            # (Nothing to sum up when it came back only after the interval.)
+            repeats = self._repeats(fold, now) if fold.repeated else {}
+        else:
+            self._unfold()
+        next_attempt = self.status.next_attempt
+        self.log.warning(
+            event, state=State.BACKOFF.value, reason=reason, failure=failure,
+            wait=round(wait, 3), next_attempt=next_attempt.isoformat().replace("+00:00", "Z")
+            if next_attempt else None, **repeats, **fields,
+        )
+        self._fold = _Fold(reason, now)
+
+    def _stopped(self) -> None:
+        """The connection's task ends: state `stopped`, the sum of any folded failures; no
+        line of its own (the back end says why it stops)."""
+        self._unfold()
+        self._move(State.STOPPED)
+
     def _set_state(self, state: State, *, reason: str, error: str | None = None) -> None:
-        """Move to `state` and log why; `last_error` keeps the latest failure until replaced."""
+        """Move to `state` and log why in a `stream_state` line, for a source that tells its
+        life its own way; `last_error` keeps the latest failure until replaced."""
         changed = state is not self.status.state
-        self.status.state = state
-        if error is not None:
-            self.status.last_error = error
+        wait = self.backoff.last_wait if self.backoff is not None else None
+        self._move(state, error=error, wait=wait if state is State.BACKOFF else None)
         if changed:
             self.log.info("stream_state", state=state.value, reason=reason)
-            self.status.since = datetime.now(UTC)
+
+    def _move(self, state: State, *, error: str | None = None, wait: float | None = None) -> None:
+        """The status follows a new state: `since` on a change, `down_since` from the first
+        failure until streaming again, `next_attempt` while backing off."""
+        status = self.status
+        now = datetime.now(UTC)
+        if state is not status.state:
+            status.state = state
+            status.since = now
+        if error is not None:
+            status.last_error = error
+        if state is State.BACKOFF:
+            if status.down_since is None:
+                status.down_since = now
+            status.next_attempt = now + timedelta(seconds=wait) if wait is not None else None
+        else:
+            status.next_attempt = None
+            if state in (State.STREAMING, State.STOPPED):
+                status.down_since = None
+
+    @property
+    def _fold_interval(self) -> float:
+        policy = self.backoff.policy if self.backoff is not None else BackoffPolicy()
+        return policy.log_fold_interval
+
+    def _unfold(self) -> None:
+        """End the fold: if failures went unlogged, one line sums them up."""
+        fold, self._fold = self._fold, None
+        if fold is not None and (fold.repeated or fold.attempts):
+            self.log.warning("disconnected", reason=fold.reason,
+                             **self._repeats(fold, time.monotonic()))
+
+    @staticmethod
+    def _repeats(fold: _Fold, now: float) -> dict[str, Any]:
+        return {"repeated": fold.repeated, "attempts": fold.attempts,
+                "over": round(now - fold.began, 1)}
 
     def status_now(self) -> StreamStatus:
         """The status with the file being written now (a copy: the counters keep moving)."""

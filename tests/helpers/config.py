@@ -75,6 +75,7 @@ def write_config(
     twitter: dict[str, Any] | None = None,
     bluesky: dict[str, Any] | None = None,
     mastodon: dict[str, Any] | None = None,
+    daemon: dict[str, Any] | None = None,
 ) -> Path:
     """An sfmd.toml under tmp_path with short timings; paths relative to it, as allowed."""
     lines = [
@@ -85,6 +86,7 @@ def write_config(
         'control_socket = "sfmd.sock"',
         f"save_interval = {save_interval}",
         f"compress = {'true' if compress else 'false'}",
+        *(f"{key} = {json.dumps(value)}" for key, value in (daemon or {}).items()),
         "[twitter]",
         f'stream_url = "{stream_url}"',
         'credentials_file = "credentials.toml"',

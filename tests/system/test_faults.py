@@ -337,7 +337,9 @@ async def run_lane(
     results: dict[str, Observed | BaseException] = {}
     try:
         async with starting:  # start-up is CPU-bound: one at a time, so none misses its deadline
-            proc = await start_daemon(home, write_daemon_config(home, apis[0]))
+            # Every failure in full (none folded): the checks time each wait on its own line.
+            config = write_daemon_config(home, apis[0], timing={"log_fold_interval": 0.001})
+            proc = await start_daemon(home, config)
         try:
             async with Api(home / "sfmd.sock") as ctl:
                 lane = Lane(home, apis, ctl)
@@ -414,10 +416,17 @@ def test_fault(case: Case, observed: dict[str, Observed | BaseException]) -> Non
     assert status["state"] == "streaming"
     assert status["messages"] == len(stored)
     assert status["bytes"] == sum(len(m) + 1 for m in stored)
-    assert status["reconnects"] == len([e for e in seen.log if e["event"] == "connecting"]) - 1
+    # Every attempt is in the log: told in a `connecting` line, or summed up in the line that
+    # folds a repeated failure.
+    attempts = len([e for e in seen.log if e["event"] == "connecting"])
+    attempts += sum(e.get("attempts", 0) for e in seen.log if e["event"] == "disconnected")
+    assert status["reconnects"] == attempts - 1
+    assert status["reconnects_planned"] == 0
+    assert status["reconnects_after_failure"] == status["reconnects"]
+    assert status["down_since"] is None and status["next_attempt"] is None  # well again
     if case.failure is None:
         assert status["reconnects"] == 0 and status["last_error"] is None
-        assert not [e for e in seen.log if e["event"] == "backoff" or e.get("failure")]
+        assert not [e for e in seen.log if e["event"] == "disconnected" or e.get("failure")]
     else:
         assert case.error is not None and case.error in (status["last_error"] or "")
         in_backoff = [err for state, err in seen.changes if state == "backoff"]
@@ -431,8 +440,11 @@ def test_fault(case: Case, observed: dict[str, Observed | BaseException]) -> Non
 
 
 def check_waits(case: Case, seen: Observed) -> None:
-    """The log names Twitter's wait, and the next connection came after that wait."""
-    backoffs = [e for e in seen.log if e["event"] == "backoff"]
+    """The log names Twitter's wait, and the next connection came after that wait.
+
+    A disconnect's line carries its wait (one line per failure; a repeated failure is
+    folded, and the line summing it up carries no wait)."""
+    backoffs = [e for e in seen.log if e["event"] == "disconnected" and "wait" in e]
     if case.failure is None:
         assert not backoffs
         return
@@ -446,10 +458,15 @@ def check_waits(case: Case, seen: Observed) -> None:
     assert [e["wait"] for e in backoffs] == expected
     assert {e["failure"] for e in backoffs} == {case.failure}
 
-    # In the daemon's own clock: each backoff event to the next connection attempt.
+    # In the daemon's own clock: each backoff event to the next connection attempt (unless
+    # the next failure was the same, so its attempt was folded with it).
     for backoff in backoffs:
-        after = [e for e in seen.log if e["event"] == "connecting" and at(e) >= at(backoff)]
+        after = [e for e in seen.log if e["event"] in ("connecting", "disconnected")
+                 and at(e) >= at(backoff) and e is not backoff]
         assert after, "no connection attempt after a backoff"
+        if after[0]["event"] == "disconnected":
+            assert "repeated" in after[0], after[0]
+            continue
         gap = at(after[0]) - at(backoff)
         assert backoff["wait"] - 0.01 <= gap <= backoff["wait"] + LATE, (gap, backoff["wait"])
 

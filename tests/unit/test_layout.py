@@ -33,6 +33,7 @@ FORBIDDEN = [
     ("sfmd.archive", "sfmd.sources"),
     ("sfmd.status", "sfmd."),
     ("sfmd.errors", "sfmd."),
+    ("sfmd.logline", "sfmd."),  # sfmctl renders the log with it: it stays light
 ]
 #: Who may import the fakes.
 FAKE_USERS = ("sfmd.fake", "sfmd.demo", "sfmd.cli")

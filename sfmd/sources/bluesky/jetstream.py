@@ -31,7 +31,6 @@ from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
 from sfmd.sources.bluesky.resume import ResumePoint
 from sfmd.sources.life import ConnectionLife
 from sfmd.sources.websocket import MAX_FRAME_BYTES, IdleWatch
-from sfmd.status import State
 
 #: DIDs listed one by one in a file's provenance; more are summed up by count and digest.
 DIDS_SHOWN = 100
@@ -101,7 +100,6 @@ class JetstreamStream(ConnectionLife):
         self.resume: ResumePoint | None = None
         self.duplicates = 0  # events the replay brought again, dropped
         self.refused = 0  # frames that were not events, or too large
-        self._connections = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
     # -- start, stop, change ----------------------------------------------------------------
@@ -141,22 +139,17 @@ class JetstreamStream(ConnectionLife):
             while True:
                 failure, reason = await self._connect_and_read()
                 if self._stopping:
-                    self.log.info("disconnected", reason="stopping")
                     return
                 await self._wait_after(failure, reason)
         finally:
-            self._set_state(State.STOPPED, reason="stopped")
+            self._stopped()
 
     async def _connect_and_read(self) -> tuple[Failure, str]:
         """One connection, until it ends: how it failed and why."""
         assert self.resume is not None
-        if self._connections:
-            self.status.reconnects += 1
-        self._connections += 1
-        self._set_state(State.CONNECTING, reason="reconnecting after backoff")
         cursor = self.resume.cursor
         sub = self.subscription
-        self.log.info("connecting", url=sub.url, cursor=cursor)
+        self._attempting(url=sub.url, cursor=cursor)
         self.sink.asking(sub.provenance(cursor))
         try:
             async with self.session.ws_connect(
@@ -170,8 +163,7 @@ class JetstreamStream(ConnectionLife):
             ) as ws:
                 self._ws = ws
                 try:
-                    self.log.info("connected")
-                    self._set_state(State.STREAMING, reason="subscribed")
+                    self._streaming()
                     self.sink.streaming()
                     return await self._read(ws, cursor)
                 finally:
@@ -263,13 +255,12 @@ class JetstreamStream(ConnectionLife):
 
     async def _wait_after(self, failure: Failure, reason: str) -> None:
         wait = self.backoff.failure(failure)
-        self.log.warning("disconnected", reason=reason, failure=failure.value, wait=round(wait, 3))
-        self._set_state(State.BACKOFF, reason=reason, error=reason)
+        self._failed(reason, failure.value, wait)
         limited = failure is Failure.RATE_LIMIT
         self.sink.not_streaming(coverage.RATE_LIMITED if limited else coverage.BACKOFF, reason)
         await asyncio.sleep(wait)
         while self.sink.error is not None:  # a full disk: connect once it takes messages
             wait = self.backoff.failure(Failure.HTTP)
-            self._set_state(State.BACKOFF, reason="the archive refuses writes",
-                            error=f"archive: {self.sink.error}")
+            self._failed(f"the archive refuses writes: {self.sink.error}", Failure.HTTP.value,
+                         wait, event="waiting_for_archive", error=f"archive: {self.sink.error}")
             await asyncio.sleep(wait)

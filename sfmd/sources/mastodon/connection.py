@@ -101,14 +101,13 @@ class Socket(ConnectionLife):
 
     def __init__(self, owner: AccountConnection, session: aiohttp.ClientSession,
                  timing: MastodonTiming) -> None:
-        super().__init__(owner.name, owner)
+        super().__init__(owner.name, owner, log_key="connection")
         self.owner = owner
         self.session = session
         self.timing = timing
         self.backoff = Backoff(timing.backoff)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.url: str | None = None  # the streaming socket, once discovered
-        self._connections = 0
 
     async def _interrupt(self) -> bool:
         if self.ws is None:
@@ -123,22 +122,17 @@ class Socket(ConnectionLife):
             while True:
                 failure, reason = await self._connect_and_read()
                 if self._stopping:
-                    self.log.info("disconnected", reason="stopping")
                     return
                 await self._wait_after(failure, reason)
         finally:
-            self._set_state(State.STOPPED, reason="stopped")
+            self._stopped()
 
     async def _connect_and_read(self) -> tuple[Failure, str]:
-        if self._connections:
-            self.status.reconnects += 1
-        self._connections += 1
-        self._set_state(State.CONNECTING, reason="connecting")
+        self._attempting(url=self.url)
         try:
             if self.url is None:
                 self.url = await self.owner.instance.streaming_url()
                 self.log.info("streaming_server", url=self.url)
-            self.log.info("connecting", url=self.url)
             async with self.session.ws_connect(
                 self.url,
                 headers=self.owner.instance.auth_headers,
@@ -149,8 +143,7 @@ class Socket(ConnectionLife):
             ) as ws:
                 self.ws = ws
                 try:
-                    self.log.info("connected")
-                    self._set_state(State.STREAMING, reason="connected")
+                    self._streaming(url=self.url)
                     await self.owner.opened(ws)
                     with IdleWatch(ws, self.timing.idle_timeout) as watch:
                         return await self._frames(ws, watch)
@@ -212,9 +205,10 @@ class Socket(ConnectionLife):
 
     async def _wait_after(self, failure: Failure, reason: str) -> None:
         wait = self.backoff.failure(failure)
-        self.log.warning("disconnected", reason=reason, failure=failure.value, wait=round(wait, 3))
-        refused = self.owner.token_refused is not None
-        self._set_state(State.FAILED if refused else State.BACKOFF, reason=reason, error=reason)
+        self._failed(reason, failure.value, wait)
+        if self.owner.token_refused is not None:
+            # Not a passing outage: a person must act. Still retried, at the HTTP rate.
+            self.status.state = State.FAILED
         self.owner.down(coverage.RATE_LIMITED if failure is Failure.RATE_LIMIT
                         else coverage.BACKOFF, reason)
         await asyncio.sleep(wait)

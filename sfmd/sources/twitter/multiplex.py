@@ -164,7 +164,9 @@ class FilterGroup:
         self.credential = credential
         self.config = config
         self.name = connection_name(credential.name)
-        self.log = get_logger(stream=self.name)
+        # Under `connection`, not `stream`: its lines are no stream's (`sfmctl tail` and log
+        # readers filtering by stream must not take it for one).
+        self.log = get_logger(connection=self.name)
         self.lock = CredentialLock(lock_dir, slot_of("v2", "filter", credential.name))
         self.router = Router()
         self.rules = RulesApi(
@@ -177,6 +179,7 @@ class FilterGroup:
             session=session,
             sink=self.router,
             timing=stream_timing,
+            log_key="connection",
         )
         self.held: list[Rule] = []
         self.foreign: list[Rule] = []
@@ -348,6 +351,7 @@ class FilterGroup:
             unrouted=self.router.unrouted,
             errors=self.dialect.errors,
             reconnects=conn.reconnects,
+            reconnects_planned=conn.reconnects_planned,
             rules=len(self.held),
             foreign_rules=[{"id": r.id, "value": r.value, "tag": r.tag} for r in self.foreign],
             rules_problem=self.problem,

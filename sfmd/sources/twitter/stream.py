@@ -27,7 +27,7 @@ from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.base import Sink
 from sfmd.sources.life import ConnectionLife
 from sfmd.sources.twitter.framing import FramingError
-from sfmd.status import State, StreamStatus
+from sfmd.status import StreamStatus
 
 # Answers that no amount of retrying will fix: a person must act. They are still retried (at
 # the HTTP rate, never faster) so the stream heals by itself once the cause is fixed. A 404
@@ -121,14 +121,14 @@ class Stream(ConnectionLife):
         session: aiohttp.ClientSession,
         sink: Sink,
         timing: StreamTiming | None = None,
+        log_key: str = "stream",
     ) -> None:
-        super().__init__(target.name, sink)
+        super().__init__(target.name, sink, log_key=log_key)
         self.target = target
         self.dialect = dialect
         self.session = session
         self.timing = timing or StreamTiming()
         self.backoff = Backoff(self.timing.backoff)
-        self._connections = 0
         self._healthy = False  # this connection delivered a message: backoff may reset
         self._response: aiohttp.ClientResponse | None = None
 
@@ -153,9 +153,11 @@ class Stream(ConnectionLife):
         filter change costs one reconnect and no file: the archive never notices.
         """
         self.sink.not_streaming(coverage.RECONNECT, "the filter changed")
-        await self.stop(grace)
-        self.target = target
-        self.start()
+
+        def change() -> None:
+            self.target = target
+
+        await self.restart(grace, change)
 
     # -- the main loop -----------------------------------------------------------------
 
@@ -188,25 +190,22 @@ class Stream(ConnectionLife):
                     self.log.error("archive_error", error=str(e))
                     ended = Ended(Failure.HTTP, f"archive: {e}", reset_ok=False)
                 if self._stopping:
-                    self.log.info("disconnected", reason="stopping")
                     return
                 await self._wait_after(ended)
                 await self._until_sink_takes_messages()
         finally:
-            self._set_state(State.STOPPED, reason="stopped")
+            self._stopped()
 
     async def _wait_after(self, ended: Ended) -> None:
+        """One line says it all: the disconnect, its reason, the backoff wait (and the
+        same failure again is folded, see `ConnectionLife`)."""
         if ended.reset_ok and self._healthy:
             self.backoff.reset()
         wait = self.backoff.failure(ended.kind)
-        self.log.warning(
-            "disconnected", reason=ended.reason, failure=ended.kind.value, wait=round(wait, 3)
-        )
-        self._set_state(State.BACKOFF, reason=ended.reason, error=ended.reason)
+        self._failed(ended.reason, ended.kind.value, wait)
         limited = ended.kind is Failure.RATE_LIMIT
         self.sink.not_streaming(coverage.RATE_LIMITED if limited else coverage.BACKOFF,
                                 ended.reason)
-        self.log.info("backoff", wait=round(wait, 3), failure=ended.kind.value)
         await asyncio.sleep(wait)
 
     async def _until_sink_takes_messages(self) -> None:
@@ -214,19 +213,14 @@ class Stream(ConnectionLife):
         disk is full would lose its first reads (the archive retries by itself)."""
         while self.sink.error is not None:
             wait = self.backoff.failure(Failure.HTTP)
-            self.log.warning("waiting_for_archive", error=str(self.sink.error), wait=round(wait, 3))
-            self._set_state(State.BACKOFF, reason="the archive refuses writes",
-                            error=f"archive: {self.sink.error}")
+            self._failed(f"the archive refuses writes: {self.sink.error}", Failure.HTTP.value,
+                         wait, event="waiting_for_archive", error=f"archive: {self.sink.error}")
             await asyncio.sleep(wait)
 
     # -- one connection --------------------------------------------------------------------
 
     async def _connect_and_read(self) -> None:
         self._healthy = False
-        if self._connections:
-            self.status.reconnects += 1
-        self._connections += 1
-        self._set_state(State.CONNECTING, reason="reconnecting after backoff")
         method, url, headers, body = self.dialect.request(self.target)
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -234,7 +228,7 @@ class Stream(ConnectionLife):
             sock_read=self.timing.stall_timeout,
         )
         endpoint = url.split("?")[0]
-        self.log.info("connecting", endpoint=self.target.endpoint, url=endpoint)
+        self._attempting(endpoint=self.target.endpoint, url=endpoint)
         self.sink.asking({
             "source": "twitter",
             "endpoint": endpoint,
@@ -246,8 +240,7 @@ class Stream(ConnectionLife):
         ) as resp:
             if resp.status != 200:
                 raise await self._http_error(resp)
-            self.log.info("connected", status=resp.status)
-            self._set_state(State.STREAMING, reason="HTTP 200")
+            self._streaming(status=resp.status)
             self.sink.streaming()
             self._response = resp
             try:

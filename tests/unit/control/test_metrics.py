@@ -65,3 +65,17 @@ def test_gap_seconds_are_a_counter_by_reason() -> None:
     assert gaps.type == "counter"
     assert {(s.labels["reason"], s.value) for s in gaps.samples} == {
         ("backoff", 12.5), ("daemon_down", 3.0)}
+
+
+def test_reconnects_are_split_by_cause_and_stalls_show_in_timestamps() -> None:
+    busy = sample(5)._replace(reconnects=7, reconnects_planned=3,
+                              last_message_at=1_765_000_000.25, last_publish_at=None)
+    page = Metrics(lambda: [busy], time.monotonic()).render().decode()
+    families = {f.name: f for f in text_string_to_metric_families(page)}
+    reconnects = {s.labels["cause"]: s.value for s in families["sfmd_stream_reconnects"].samples}
+    assert reconnects == {"failure": 4, "planned": 3}
+    (last,) = families["sfmd_stream_last_message_timestamp_seconds"].samples
+    assert last.labels == {"stream": "s1"} and last.value == 1_765_000_000.25
+    # Nothing published yet: no sample, rather than a 1970 that would look like a stall.
+    assert not families["sfmd_stream_last_publish_timestamp_seconds"].samples
+    assert families["sfmd_stream_last_publish_timestamp_seconds"].type == "gauge"

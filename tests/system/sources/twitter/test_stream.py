@@ -208,7 +208,10 @@ async def test_fault_is_survived_with_the_right_wait_and_nothing_lost(
     assert stored_messages(data, "f1") == sent_messages(fake_api)
     check_manifest(data, "f1")
     log_text = (tmp_path / "log" / "stream-f1.log").read_text()
-    assert '"event": "backoff"' in log_text
+    # One line tells the disconnect, its reason and the backoff wait.
+    disconnect = next(e for e in map(json.loads, log_text.splitlines())
+                      if e["event"] == "disconnected")
+    assert disconnect["wait"] == wait and disconnect["state"] == "backoff"
     if "code" in fault:
         assert f'"code": {fault["code"]}' in log_text
 
