@@ -438,9 +438,14 @@ async def _own_supervisord_rotation(root: Path, fake_api: FakeAPI) -> None:
         async with asyncio.timeout(40):
             assert await supervisord.wait() == 0
     finally:
-        if supervisord.returncode is None:
-            supervisord.kill()
-            await supervisord.wait()
+        if supervisord.returncode is None:  # a failed test: still stop its programs first
+            supervisord.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(40):
+                    await supervisord.wait()
+            except TimeoutError:
+                supervisord.kill()
+                await supervisord.wait()
 
     files = sorted(p.name for p in log_dir.iterdir())
     assert [f for f in files if f.startswith("sfmd.log")] == [
