@@ -762,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between the two samples MSG/S is measured over (default 1)")
     p.add_argument("--once", action="store_true", help="one sample, no wait; MSG/S shows '-'")
 
-    verb("list", cmd_list, "stream names with their kind and state")
+    verb("list", cmd_list, "stream names with their source, kind and state")
 
     p = verb("show", cmd_show, "one stream's settings and status")
     p.add_argument("name", metavar="NAME")

@@ -143,6 +143,11 @@ class Match:
         )
         return cls(items("track"), items("follow"), boxes, items("language"))
 
+    @property
+    def rotating(self) -> bool:
+        """More items than templates: each second's templates take other items."""
+        return len(self.track) + len(self.follow) + len(self.boxes) > MAX_VARIANTS
+
     def variants(self, second: int) -> list[dict[str, Any]]:
         """What each template changes in a tweet: one filter item each, and a language."""
         wanted: list[dict[str, Any]] = [
@@ -183,6 +188,19 @@ def _matching(obj: dict[str, Any], variant: dict[str, Any]) -> None:
         }
     if "lang" in variant:
         obj["lang"] = variant["lang"]
+
+
+def _stamps(now: float) -> tuple[bytes, bytes]:
+    """A tweet's `created_at` and `timestamp_ms` fields at `now`, as `_tweet_json` writes them;
+    the same width at every moment since 2001."""
+    created = time.strftime("%a %b %d %H:%M:%S +0000 %Y", time.gmtime(now))
+    return (b'"created_at":"%s"' % created.encode(),
+            b'"timestamp_ms":"%d"' % int(now * 1000))
+
+
+#: The moment templates are made at, and its stamps, replaced by the current ones.
+_REF_SECOND = 1_000_000_000
+_REF_STAMPS = _stamps(_REF_SECOND)
 
 
 def _tweet_json(
@@ -295,6 +313,25 @@ class MessageFactory:
 
     def __init__(self) -> None:
         self._shapes: dict[tuple[int, bool, Match | None], tuple[int, list[_TweetShape]]] = {}
+        #: Each filter's templates, stamped with `_REF_SECOND`: a new second only replaces
+        #: the two timestamps, so a thousand filters do not build a thousand tweets a second.
+        self._templates: dict[tuple[int, Match | None, int], list[bytes]] = {}
+
+    def _template(self, size: int, match: Match | None, second: int) -> list[bytes]:
+        # A filter with more items than templates takes other items each second.
+        turn = second if match is not None and match.rotating else 0
+        key = (size, match, turn)
+        templates = self._templates.get(key)
+        if templates is None:
+            variants = match.variants(second) if match is not None else [{}]
+            longest = 0 if len(variants) == 1 else max(  # several: pad all to the longest
+                len(_tweet_json(_ID_MARK, 0, _REF_SECOND, v)) for v in variants)
+            templates = [_tweet_json(_ID_MARK, size, _REF_SECOND, v, at_least=longest)
+                         for v in variants]
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            self._templates[key] = templates
+        return templates
 
     def shapes(
         self, size: int, delimited: bool, match: Match | None = None
@@ -304,11 +341,11 @@ class MessageFactory:
         cached = self._shapes.get(key)
         if cached is not None and cached[0] == second:
             return cached[1]
-        variants = match.variants(second) if match is not None else [{}]
-        longest = max(len(_tweet_json(_ID_MARK, 0, second, v)) for v in variants)
+        stamps = _stamps(second)
         shapes = []
-        for variant in variants:
-            raw = _tweet_json(_ID_MARK, size, second, variant, at_least=longest)
+        for template in self._template(size, match, second):
+            raw = template.replace(_REF_STAMPS[0], stamps[0], 1).replace(
+                _REF_STAMPS[1], stamps[1], 1)
             head, mid, tail = raw.split(str(_ID_MARK).encode())
             length = len(head) + len(mid) + len(tail) + 2 * _ID_DIGITS
             prefix = b"%d\r\n" % (length + 2) if delimited else b""

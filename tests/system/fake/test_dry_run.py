@@ -9,7 +9,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,19 @@ def test_the_docs_describe_every_fault_key_and_endpoint() -> None:
     for endpoint in sorted(ENDPOINTS):
         assert f"`{endpoint}`" in text or f'"{endpoint}"' in text, endpoint
     assert "nosuch" in text  # the unknown-user convention of users/lookup
+
+
+def test_a_filter_tweet_is_stamped_with_the_current_second() -> None:
+    """Templates are made once per filter; each second only their timestamps change."""
+    match = Match.of("filter", {"track": "archive", "locations": "-74,40,-73,41"})
+    factory = MessageFactory()
+    before = int(time.time())
+    tweets = [json.loads(factory.tweet(FIRST_SEQ + i, 2000, match)) for i in range(2)]
+    after = int(time.time())
+    for tweet in tweets:
+        stamp = int(tweet["timestamp_ms"]) // 1000
+        assert before <= stamp <= after
+        created = datetime.strptime(tweet["created_at"], "%a %b %d %H:%M:%S +0000 %Y")
+        assert int(created.replace(tzinfo=UTC).timestamp()) == stamp
+    assert "archive" in tweets[0]["text"] and tweets[1]["coordinates"]["coordinates"] == [
+        -73.5, 40.5]
