@@ -22,8 +22,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make not i
 
 
 def plan(folder: Path, target: str) -> list[str]:
-    done = subprocess.run(["make", "-n", target], cwd=folder, capture_output=True, text=True,
-                          timeout=30, check=True)
+    """What `make -n TARGET` would run; as a make of its own, not a child of `make test`
+    (whose MAKEFLAGS and MAKELEVEL would add "Entering directory" lines)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    done = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=30, check=True)
     return done.stdout.splitlines()
 
 
