@@ -1,18 +1,29 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
+# `make demo` installs sfmd and what it needs to run, nothing more; `make test` adds the test
+# tools (pytest, supervisor, ...) to the same virtualenv. Either order works.
 PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+VENV    := .venv
+BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
+STAMP   := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+# sfmd itself (editable) and its runtime dependencies.
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The runtime, plus the test extra.
+$(STAMP): $(RUNTIME) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(RUNTIME)
 	$(BIN)/sfmd demo
 
 test: $(STAMP)

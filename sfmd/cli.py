@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a short demo against the bundled fake API, in a temp dir")
     p.add_argument("--seconds", type=float, default=8.0, help="how long to stream (default 8)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temp folder (files, manifests, log) instead of removing it")
+    p.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                   help="run in DIR (a new or empty folder, kept) instead of a temp folder")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -433,7 +437,10 @@ def cmd_bag(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sfmd.demo import run_demo
 
-    return asyncio.run(run_demo(seconds=args.seconds))
+    if args.dir is not None and args.dir.exists() and any(args.dir.iterdir()):
+        print(f"sfmd demo: {args.dir} is not empty; give a new or empty folder", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(run_demo(seconds=args.seconds, base=args.dir, keep=args.keep))
 
 
 if __name__ == "__main__":

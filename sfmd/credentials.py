@@ -169,5 +169,6 @@ def credentials_problems(
         placeholders = credential.placeholders()
         if placeholders:
             problems.append(f"credential {name!r} in {path} still holds the example's "
-                            f"placeholder in {', '.join(placeholders)}: put the real keys there")
+                            f"placeholder in {', '.join(placeholders)}: put the real keys there, "
+                            "or delete the lines of keys you do not have")
     return problems

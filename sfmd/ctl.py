@@ -288,19 +288,75 @@ def table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def source_label(stream: dict[str, Any]) -> str:
+    """Which network and wire a stream uses, read from the STREAM itself: its `source`, and
+    its `api` where the source has several (Twitter's v1.1 and v2), e.g. `twitter/v2` or
+    `bluesky`. Nothing here lists the sources, so a new one shows without a change; the
+    label has no space, so `awk` and `split()` still see one word per column."""
+    source = str(stream.get("source") or "twitter")  # streams made before sources existed
+    api = stream.get("api")
+    return f"{source}/{api}" if api else source
+
+
+def shared_connections(streams: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+    """Each shared connection the streams use (`status.connection`), once, with its members
+    among them, in the order first met."""
+    seen: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for s in streams:
+        connection = s["status"].get("connection")
+        if isinstance(connection, dict) and connection.get("name"):
+            seen.setdefault(connection["name"], (connection, []))[1].append(s["name"])
+    return list(seen.values())
+
+
+def render_connections(streams: list[dict[str, Any]]) -> list[str]:
+    """The shared connections' table under `status`: one socket serves several streams (all
+    v2 filters of a credential), so its state and counters are its own, not any member's."""
+    shared = shared_connections(streams)
+    if not shared:
+        return []
+    rows = [["CONNECTION", "STATE", "MESSAGES", "UNROUTED", "ERRORS", "RECONNECTS", "RULES",
+             "STREAMS"]]
+    notes: list[list[str]] = []
+    for connection, members in shared:
+        rows.append([
+            str(connection["name"]),
+            str(connection.get("state", "-")),
+            *(str(connection.get(key, "-")) for key in ("messages", "unrouted", "errors",
+                                                         "reconnects", "rules")),
+            ",".join(members),
+        ])
+        extra = []
+        if connection.get("rules_problem"):
+            extra.append(f"    rules problem: {connection['rules_problem']}")
+        foreign = connection.get("foreign_rules") or []
+        if foreign:
+            extra.append(f"    foreign rules: {len(foreign)} held at the API that no stream "
+                         "owns (sfmctl show NAME lists them)")
+        notes.append(extra)
+    lines = table(rows)
+    out = ["", lines[0]]
+    for line, extra in zip(lines[1:], notes, strict=True):
+        out += [line.rstrip(), *extra]
+    return out
+
+
 def render_status(
     streams: list[dict[str, Any]], rate: dict[str, float] | None, now: datetime | None = None
 ) -> str:
-    """The `status` table; `rate` None means one sample, so MSG/S shows '-'."""
+    """The `status` table, then the shared connections; `rate` None means one sample, so
+    MSG/S shows '-'."""
     if not streams:
         return "no streams"
-    header = ["NAME", "KIND", "STATE", "SINCE", "TWEETS", "MSG/S", "RECONNECTS", "CURRENT FILE"]
+    header = ["NAME", "SOURCE", "KIND", "STATE", "SINCE", "TWEETS", "MSG/S", "RECONNECTS",
+              "CURRENT FILE"]
     rows = [header]
     for s in streams:
         st = s["status"]
         r = (rate or {}).get(s["name"]) if st["state"] not in IDLE else None
         rows.append([
             s["name"],
+            source_label(s),
             s["kind"],
             st["state"],
             # Down: since the outage began, not since the latest retry.
@@ -320,6 +376,7 @@ def render_status(
             down = outage(s["status"], now)
             if down:
                 out.append(f"    {down}")
+    out += render_connections(streams)
     return "\n".join(out)
 
 
@@ -349,8 +406,8 @@ def until(iso: str, now: datetime | None = None) -> str:
 def render_list(streams: list[dict[str, Any]]) -> str:
     if not streams:
         return "no streams"
-    rows = [["NAME", "KIND", "STATE"]]
-    rows += [[s["name"], s["kind"], s["status"]["state"]] for s in streams]
+    rows = [["NAME", "SOURCE", "KIND", "STATE"]]
+    rows += [[s["name"], source_label(s), s["kind"], s["status"]["state"]] for s in streams]
     return "\n".join(line.rstrip() for line in table(rows))
 
 
@@ -358,56 +415,108 @@ def _items(values: list[Any]) -> str:
     return ", ".join(str(v) for v in values) if values else "-"
 
 
+#: Settings shown by `show` only when set: each belongs to one of Twitter's APIs or to its
+#: filters, and the STREAM carries the others too, empty.
+_V1_FILTER = ("track", "follow", "locations", "people", "language")
+_ONLY_WHEN_SET = {
+    ("v1.1", "filter"): ("rules",),
+    ("v2", "filter"): _V1_FILTER,
+    ("v1.1", "sample"): (*_V1_FILTER, "rules"),
+    ("v2", "sample"): (*_V1_FILTER, "rules"),
+}
+#: Keys of a STREAM that `show` folds into others (`people`) or shows apart (`status`).
+_NOT_SETTINGS = ("status", "people_ids", "people_unresolved")
+#: What an empty setting means, where it is not "none".
+_EMPTY_MEANS = {
+    "collections": "(all)",
+    "dids": "(all)",
+    "endpoint": "(the configured jetstream_url)",
+}
+
+
+def _value(value: Any) -> list[str]:
+    """Any JSON value as the lines `show` prints: one line for a scalar or a list of
+    scalars, one line per item for a list of objects (v2 rules)."""
+    if value is None or value == "" or value == []:
+        return ["-"]
+    if isinstance(value, bool):
+        return ["yes" if value else "no"]
+    if isinstance(value, list):
+        if all(isinstance(v, dict) for v in value):
+            return [_rule_text(v) for v in value]
+        return [_items(value)]
+    if isinstance(value, dict):
+        return [", ".join(f"{k} {_value(v)[0]}" for k, v in value.items()) or "-"]
+    return [str(value)]
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    """A v2 rule as `show` prints it: its value, then anything else it holds (an id, a tag)."""
+    if "value" not in rule:
+        return json.dumps(rule, ensure_ascii=False)
+    rest = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "value")
+    return f"{rule['value']}" + (f"  ({rest})" if rest else "")
+
+
+def _setting(stream: dict[str, Any], key: str) -> list[str]:
+    value = stream[key]
+    if key == "locations":
+        return [_items([",".join(f"{c:g}" for c in box) for box in value]).replace(", ", "  ")]
+    if key == "people":
+        ids = stream.get("people_ids", {})
+        unresolved = set(stream.get("people_unresolved", []))
+        return [_items([
+            f"{p} (not found)" if p in unresolved else f"{p} (id {ids[p]})" if p in ids else p
+            for p in value
+        ])]
+    if key in _EMPTY_MEANS and value in ("", [], None):
+        return [_EMPTY_MEANS[key]]
+    return _value(value)
+
+
 def render_show(stream: dict[str, Any], now: datetime | None = None) -> str:
+    """Every setting the STREAM holds, in the API's order (so a source's own fields, such as
+    Bluesky's `collections` or a Mastodon `tag`, show without a change here), then its
+    status, then its shared connection or supervisord process if it has one."""
+    hidden = _ONLY_WHEN_SET.get((str(stream.get("api")), str(stream.get("kind"))), ())
+    first = [key for key in ("name", "source", "api", "kind") if key in stream]
+    pairs: list[tuple[str, list[str]]] = []
+    for key in [*first, *(key for key in stream if key not in first)]:
+        if key in _NOT_SETTINGS or (key in hidden and not stream[key]):
+            continue
+        pairs.append((key, _setting(stream, key)))
     st = stream["status"]
-    ids = stream.get("people_ids", {})
-    unresolved = set(stream.get("people_unresolved", []))
-    people = [
-        f"{p} (not found)" if p in unresolved else f"{p} (id {ids[p]})" if p in ids else p
-        for p in stream.get("people", [])
+    pairs += [
+        ("state", [st["state"]]),
+        ("since", [f"{st.get('since') or '-'} ({since(st.get('since'), now)} ago)"]),
+        ("reconnects", [reconnects_text(st)]),
+        ("down", [outage(st, now) or "-"]),
     ]
-    source = stream.get("source", "twitter")
-    settings = [
-        ("name", stream["name"]),
-        ("source", source),
-        ("kind", stream["kind"]),
-    ]
-    if source == "bluesky":
-        settings += [
-            ("collections", _items(stream.get("collections", [])) or "(all)"),
-            ("dids", _items(stream.get("dids", [])) or "(all)"),
-            ("endpoint", stream.get("endpoint") or "(the configured jetstream_url)"),
-        ]
-    elif source == "mastodon":
-        settings += [(key, stream[key]) for key in ("tag", "list") if key in stream]
-    else:
-        settings += [
-            ("track", _items(stream.get("track", []))),
-            ("follow", _items(stream.get("follow", []))),
-            ("locations", _items([",".join(f"{c:g}" for c in box) for box in stream.get(
-                "locations", [])]).replace(", ", "  ")),
-            ("people", _items(people)),
-            ("language", _items(stream.get("language", []))),
-            ("credential", stream.get("credential") or "-"),
-        ]
-    pairs = [
-        *settings,
-        ("active", "yes" if stream.get("active") else "no"),
-        ("isolation", stream.get("isolation", "-")),
-        ("state", st["state"]),
-        ("since", f"{st.get('since') or '-'} ({since(st.get('since'), now)} ago)"),
-        ("messages", str(st["messages"])),
-        ("tweets", str(st["tweets"])),
-        ("bytes", str(st["bytes"])),
-        ("reconnects", reconnects_text(st)),
-        ("last_error", st.get("last_error") or "-"),
-        ("down", outage(st, now) or "-"),
-        ("last_message_at", st.get("last_message_at") or "-"),
-        ("last_publish_at", st.get("last_publish_at") or "-"),
-        ("current_file", st.get("current_file") or "-"),
-    ]
+    shown_apart = {"state", "since", "connection", "process", "reconnects",
+                   "reconnects_after_failure", "reconnects_planned", "down_since",
+                   "next_attempt"}
+    pairs += [(key, _value(value)) for key, value in st.items() if key not in shown_apart]
+    connection = st.get("connection")
+    if isinstance(connection, dict):
+        pairs.append(("connection", [
+            f"{connection.get('name')} (shared), {connection.get('state')}, "
+            f"{connection.get('messages')} messages, {connection.get('unrouted')} unrouted, "
+            f"{connection.get('errors')} errors, {connection.get('reconnects')} reconnects, "
+            f"{connection.get('rules')} rules at the API"
+        ]))
+        if connection.get("rules_problem"):
+            pairs.append(("rules_problem", [str(connection["rules_problem"])]))
+        if connection.get("foreign_rules"):
+            pairs.append(("foreign_rules", _value(connection["foreign_rules"])))
+    process = st.get("process")
+    if isinstance(process, dict):
+        pairs.append(("process", _value(process)))
     width = max(len(key) for key, _ in pairs) + 1
-    return "\n".join(f"{(key + ':').ljust(width)} {value}" for key, value in pairs)
+    out: list[str] = []
+    for key, values in pairs:
+        out.append(f"{(key + ':').ljust(width)} {values[0]}")
+        out += [f"{'':{width}} {more}" for more in values[1:]]
+    return "\n".join(out)
 
 
 def reconnects_text(status: dict[str, Any]) -> str:
@@ -890,7 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between the two samples MSG/S is measured over (default 1)")
     p.add_argument("--once", action="store_true", help="one sample, no wait; MSG/S shows '-'")
 
-    verb("list", cmd_list, "stream names with their kind and state")
+    verb("list", cmd_list, "stream names with their source, kind and state")
 
     p = verb("show", cmd_show, "one stream's settings and status")
     p.add_argument("name", metavar="NAME")

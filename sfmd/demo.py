@@ -1,19 +1,25 @@
 """`sfmd demo`: the whole product in a few seconds, on loopback, in a temp dir.
 
-It starts the bundled fake API and a daemon against it, adds a filter and a sample stream
-through the control socket (as `sfmctl` would), prints the status table while files appear
-and rotate every 2 seconds, stops cleanly and says where everything is. Nothing outside the
-temp dir is touched.
+It starts the bundled fake API and a daemon against it, adds a filter, a sample and a
+Bluesky stream through the control socket, showing the `sfmctl` command that does the same
+by hand, prints `sfmctl status` while files appear and rotate every 2 seconds, stops
+cleanly, and shows what the files hold: the filter's tweets match its terms. Nothing outside
+its folder is touched; a temp folder is removed at the end unless `--keep` is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import os
+import re
+import shlex
+import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +69,76 @@ def demo_config(base: Path, api_url: str, jetstream_url: str) -> Config:
     )
 
 
-async def run_demo(seconds: float = 8.0, base: Path | None = None) -> int:
+#: sfmctl's option for each list setting of a STREAM (the others are named alike).
+_OPTIONS = {"collections": "collection", "dids": "did"}
+
+
+def sfmctl_command(socket: Path, body: dict[str, Any]) -> str:
+    """The `sfmctl` command line that creates the stream `body` describes."""
+    verb = "sample" if body["kind"] == "sample" else "add"
+    argv = ["sfmctl", "--socket", str(socket), verb, body["name"]]
+    if body.get("source", "twitter") != "twitter":
+        argv += ["--source", body["source"]]
+    for key, value in body.items():
+        if key in ("name", "kind", "source"):
+            continue
+        option = "--" + _OPTIONS.get(key, key)
+        for item in value if isinstance(value, list) else [value]:
+            argv += [option, str(item)]
+    return shlex.join(argv)
+
+
+def terms(body: dict[str, Any]) -> str:
+    """A filter's terms as a person reads them."""
+    shown = []
+    for key in ("track", "people", "follow", "collections", "dids"):
+        if body.get(key):
+            shown.append(f"{key} " + ", ".join(repr(v) for v in body[key]))
+    return "; ".join(shown) or "everything (a sample)"
+
+
+def stored(data_dir: Path, name: str) -> list[dict[str, Any]]:
+    """Every message of a stream's published files."""
+    out = []
+    for line in (data_dir / name / "manifest.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry["file"]:
+            raw = gzip.decompress((data_dir / entry["file"]).read_bytes())
+            out += [json.loads(m) for m in raw.splitlines()]
+    return out
+
+
+def what_matched(tweets: list[dict[str, Any]], stream: dict[str, Any]) -> Counter[str]:
+    """Which of a v1.1 filter's terms each tweet matches, as Twitter matches them: every word
+    of a track phrase in its text, or an author it follows."""
+    follow = {**{i: f"@{n}" for n, i in stream.get("people_ids", {}).items()},
+              **{i: f"id {i}" for i in stream.get("follow", [])}}
+    found: Counter[str] = Counter()
+    for tweet in tweets:
+        text = tweet["text"].lower()
+        hit = next((f"'{p}'" for p in stream.get("track", []) if all(
+            re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text) for w in p.lower().split())), None)
+        if hit is None:
+            hit = follow.get(tweet.get("user", {}).get("id_str"), "nothing")
+        found[hit] += 1
+    return found
+
+
+async def run_demo(
+    seconds: float = 8.0, base: Path | None = None, keep: bool = False
+) -> int:
+    """The demo in `base` (kept), or in a temp folder removed at the end unless `keep`."""
+    temporary = base is None
     base = base or Path(tempfile.mkdtemp(prefix="sfmd-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        return await _demo(seconds, base, kept=keep or not temporary)
+    finally:
+        if temporary and not keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+async def _demo(seconds: float, base: Path, kept: bool) -> int:
     cred_file = base / "credentials.toml"
     cred_file.write_text(DEMO_CREDENTIALS)
     os.chmod(cred_file, 0o600)
@@ -82,12 +156,16 @@ async def run_demo(seconds: float = 8.0, base: Path | None = None) -> int:
     print(f"  control socket {config.daemon.control_socket}")
     print("  files rotate every 2 s, on UTC boundaries\n")
 
+    socket = config.daemon.control_socket
     await daemon.startup(control)
+    created: dict[str, dict[str, Any]] = {}
     try:
         for body in STREAMS:
-            created = await asyncio.to_thread(client.call, "POST", "/streams", body)
-            network = "" if created["source"] == "twitter" else f"{created['source']} "
-            print(f"added {network}{created['kind']} stream {created['name']}")
+            answer = await asyncio.to_thread(client.call, "POST", "/streams", body)
+            created[answer["name"]] = answer
+            network = "" if answer["source"] == "twitter" else f"{answer['source']} "
+            print(f"added {network}{answer['kind']} stream {answer['name']}: {terms(body)}")
+            print(f"  by hand: {sfmctl_command(socket, body)}")
         before = (await asyncio.to_thread(client.call, "GET", "/streams"))["streams"]
         sampled = time.monotonic()
         deadline = sampled + seconds
@@ -95,7 +173,8 @@ async def run_demo(seconds: float = 8.0, base: Path | None = None) -> int:
             await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
             after = (await asyncio.to_thread(client.call, "GET", "/streams"))["streams"]
             now = time.monotonic()
-            print("\n" + render_status(after, rates(before, after, now - sampled)))
+            print(f"\n$ sfmctl --socket {shlex.quote(str(socket))} status")
+            print(render_status(after, rates(before, after, now - sampled)))
             before, sampled = after, now
     finally:
         await daemon.shutdown(control)
@@ -116,5 +195,27 @@ async def run_demo(seconds: float = 8.0, base: Path | None = None) -> int:
             )
     leftovers = list(config.daemon.data_dir.rglob("*.part"))
     print(f"\n.part files left: {len(leftovers)}")
-    print(f"data: {config.daemon.data_dir}\nlogs: {config.daemon.log_dir / 'sfmd.log'}")
+
+    print("\nwhat the files hold:")
+    for body in STREAMS:
+        messages = stored(config.daemon.data_dir, body["name"])
+        if body.get("source", "twitter") != "twitter":
+            print(f"  {body['name']}: {len(messages)} events ({terms(body)}, and every "
+                  "account's identity and account events)")
+            continue
+        tweets = [m for m in messages if "text" in m]
+        counted = f"{len(tweets)} tweets and {len(messages) - len(tweets)} delete or limit notices"
+        if body["kind"] == "filter":
+            found = what_matched(tweets, created[body["name"]])
+            shown = ", ".join(f"{n} match {term}" for term, n in found.most_common())
+            print(f"  {body['name']}: {counted}; {shown}")
+        else:
+            print(f"  {body['name']}: {counted}; a sample matches no particular term")
+
+    if kept:
+        print(f"\ndata: {config.daemon.data_dir}\nlogs: {config.daemon.log_dir / 'sfmd.log'}")
+    else:
+        print(f"\nremoved {base} (sfmd demo --keep keeps the files to look at)")
+    print("next: run the fake API and a daemon of your own, as the README's "
+          "'Running sfmd for real' says, with sfmd fakeapi --port 8089 as Twitter")
     return 0 if not leftovers else 1

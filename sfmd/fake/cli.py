@@ -205,10 +205,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, CredentialsError) as e:
         print(f"sfmd fakeapi: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve_forever(api))
+    return asyncio.run(_serve_forever(api, checked=credentials is not None))
 
 
-async def _serve_forever(api: FakeAPI) -> int:
+async def _serve_forever(api: FakeAPI, checked: bool = True) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -219,15 +219,22 @@ async def _serve_forever(api: FakeAPI) -> int:
         print(f"sfmd fakeapi: cannot listen: {e}", file=sys.stderr)
         return 1
     print(api.url, flush=True)
-    print(f"sfmd fakeapi: stream_url = {api.stream_url}", file=sys.stderr, flush=True)
-    print(f"sfmd fakeapi: api_url = {api.api_url}", file=sys.stderr, flush=True)
-    print(f"sfmd fakeapi: jetstream_url = {api.jetstream_url}", file=sys.stderr, flush=True)
-    print(f"sfmd fakeapi: mastodon_url = {api.mastodon_url}", file=sys.stderr, flush=True)
-    print(
-        f"sfmd fakeapi: mastodon_streaming_url = {api.mastodon_streaming_url}",
-        file=sys.stderr,
-        flush=True,
-    )
+    # What to put in sfmd.toml and the credentials file, key by key.
+    for key, value in (
+        ("[twitter] stream_url", api.stream_url),
+        ("[twitter] rest_url", api.stream_url),
+        ("[twitter] api_url", api.api_url),
+        ("[bluesky] jetstream_url", api.jetstream_url),
+        ("[CREDENTIAL] mastodon_instance", api.mastodon_url),
+        ("mastodon streaming server", api.mastodon_streaming_url),
+    ):
+        print(f"sfmd fakeapi: {key} = {value}", file=sys.stderr, flush=True)
+    if not checked:
+        print(
+            "sfmd fakeapi: no --credentials: every OAuth signature and bearer token is "
+            "accepted; give sfmd's credentials file to check them as Twitter would",
+            file=sys.stderr, flush=True,
+        )
     await stopping.wait()
     await api.stop()
     return 0

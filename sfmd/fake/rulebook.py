@@ -93,21 +93,43 @@ def rule_problems(value: str) -> list[str]:
     return problems
 
 
+#: A rule's terms: a "quoted phrase" (perhaps negated), a parenthesis, or a run of other text.
+_TERM = re.compile(r'-?"(?:[^"\\]|\\.)*"|[()]|[^\s()]+')
+
+
+def rule_words(value: str) -> str:
+    """Text a tweet must hold to match the rule: its keywords, "exact phrases", #hashtags,
+    @mentions and $cashtags, which Twitter ANDs (and the alternatives of an OR, all of
+    them, which matches too). Negated terms (`-cats`) and operators (`has:images`,
+    `lang:en`, ...) are left out: they are not words of the text."""
+    words = []
+    for term in _TERM.findall(value):
+        if term in ("(", ")", "OR") or term.startswith("-"):
+            continue
+        if term.startswith('"'):
+            words.append(term[1:-1].replace('\\"', '"'))
+        elif not _OPERATOR.match(term):
+            words.append(term)
+    return " ".join(words)
+
+
 @dataclass(frozen=True)
 class Rule:
-    """One rule of an app; its `matching_rules` entries are rendered once, at creation."""
+    """One rule of an app; its `matching_rules` entries and the words a tweet matching it
+    holds (JSON-escaped, for a tweet's text) are rendered once, at creation."""
 
     id: str
     value: str
     tag: str | None = None
     entry: bytes = field(default=b"", repr=False, compare=False)
     untagged_entry: bytes = field(default=b"", repr=False, compare=False)
+    words: bytes = field(default=b"", repr=False, compare=False)
 
     @classmethod
     def make(cls, rule_id: str, value: str, tag: str | None) -> Rule:
         untagged = dumps({"id": rule_id})
         tagged = untagged if tag is None else dumps({"id": rule_id, "tag": tag})
-        return cls(rule_id, value, tag, tagged, untagged)
+        return cls(rule_id, value, tag, tagged, untagged, dumps(rule_words(value))[1:-1])
 
     def to_json(self) -> dict[str, str]:
         out = {"id": self.id, "value": self.value}

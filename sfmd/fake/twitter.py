@@ -107,9 +107,109 @@ _FILLER = (
 )
 
 
-def _tweet_json(id_value: int, size: int, now: float) -> bytes:
-    """A realistic v1.1 tweet of `size` bytes (or its minimum size if that is larger)."""
-    text = "Fake tweet from sfmd fakeapi \u2014 caf\u00e9 \u2615 #fakeapi"
+#: At most this many tweet templates per filter connection, each matching one of its track
+#: phrases, follow ids or boxes; a longer filter has its items taken in turn, second by second.
+MAX_VARIANTS = 16
+_TEXT = "Fake tweet from sfmd fakeapi \u2014 caf\u00e9 \u2615 #fakeapi"
+_USER_ID = 2244994945
+
+
+@dataclass(frozen=True)
+class Match:
+    """What a filter connection asked for, so that its tweets match it as Twitter's would.
+
+    Twitter's rules: a track phrase matches a tweet whose text holds each of its words (a space
+    means AND), in any case; a follow id one the user posted; a box one whose coordinates lie
+    in it; `language` keeps tweets in those languages. Each template tweet matches one item."""
+
+    track: tuple[str, ...] = ()
+    follow: tuple[str, ...] = ()
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    language: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, endpoint: str, params: dict[str, str]) -> Match | None:
+        """The filter's parameters as sent (already checked); None for a sample."""
+        if endpoint != "filter":
+            return None
+
+        def items(key: str) -> tuple[str, ...]:
+            return tuple(i.strip() for i in params.get(key, "").split(",") if i.strip())
+
+        numbers = [float(c) for c in items("locations")]
+        boxes = tuple(
+            (numbers[i], numbers[i + 1], numbers[i + 2], numbers[i + 3])
+            for i in range(0, len(numbers) - 3, 4)
+        )
+        return cls(items("track"), items("follow"), boxes, items("language"))
+
+    @property
+    def rotating(self) -> bool:
+        """More items than templates: each second's templates take other items."""
+        return len(self.track) + len(self.follow) + len(self.boxes) > MAX_VARIANTS
+
+    def variants(self, second: int) -> list[dict[str, Any]]:
+        """What each template changes in a tweet: one filter item each, and a language."""
+        wanted: list[dict[str, Any]] = [
+            *({"track": phrase} for phrase in self.track),
+            *({"follow": user} for user in self.follow),
+            *({"box": box} for box in self.boxes),
+        ]
+        if len(wanted) > MAX_VARIANTS:
+            start = second * MAX_VARIANTS % len(wanted)
+            wanted = (wanted[start:] + wanted[:start])[:MAX_VARIANTS]
+        for i, variant in enumerate(wanted):
+            if self.language:
+                variant["lang"] = self.language[i % len(self.language)]
+        return wanted or [{}]
+
+
+def _matching(obj: dict[str, Any], variant: dict[str, Any]) -> None:
+    """Make a tweet match one filter item (`Match.variants`)."""
+    if "track" in variant:
+        obj["text"] = f"{variant['track']}: {_TEXT}"
+        start = len(obj["text"]) - len("#fakeapi")
+        obj["entities"]["hashtags"][0]["indices"] = [start, start + len("#fakeapi")]
+    if "follow" in variant:
+        user = variant["follow"]
+        obj["user"].update(id=int(user), id_str=user, screen_name=f"fake_{user}"[:15])
+    if "box" in variant:
+        west, south, east, north = variant["box"]
+        lon, lat = round((west + east) / 2, 6), round((south + north) / 2, 6)
+        obj["coordinates"] = {"type": "Point", "coordinates": [lon, lat]}
+        obj["geo"] = {"type": "Point", "coordinates": [lat, lon]}
+        obj["place"] = {
+            "id": "0123456789abcdef", "url": "https://example.org/place", "place_type": "city",
+            "name": "Fake place", "full_name": "Fake place", "country_code": "", "country": "",
+            "bounding_box": {"type": "Polygon", "coordinates": [
+                [[west, south], [west, north], [east, north], [east, south]]
+            ]},
+            "attributes": {},
+        }
+    if "lang" in variant:
+        obj["lang"] = variant["lang"]
+
+
+def _stamps(now: float) -> tuple[bytes, bytes]:
+    """A tweet's `created_at` and `timestamp_ms` fields at `now`, as `_tweet_json` writes them;
+    the same width at every moment since 2001."""
+    created = time.strftime("%a %b %d %H:%M:%S +0000 %Y", time.gmtime(now))
+    return (b'"created_at":"%s"' % created.encode(),
+            b'"timestamp_ms":"%d"' % int(now * 1000))
+
+
+#: The moment templates are made at, and its stamps, replaced by the current ones.
+_REF_SECOND = 1_000_000_000
+_REF_STAMPS = _stamps(_REF_SECOND)
+
+
+def _tweet_json(
+    id_value: int, size: int, now: float, variant: dict[str, Any] | None = None,
+    at_least: int = 0,
+) -> bytes:
+    """A realistic v1.1 tweet of `size` bytes (or its minimum size if that is larger, or
+    `at_least`), changed to match `variant` (`Match.variants`) if given."""
+    text = _TEXT
     created = time.strftime("%a %b %d %H:%M:%S +0000 %Y", time.gmtime(now))
     obj: dict[str, Any] = {
         "created_at": created,
@@ -124,8 +224,8 @@ def _tweet_json(id_value: int, size: int, now: float) -> bytes:
         "in_reply_to_user_id_str": None,
         "in_reply_to_screen_name": None,
         "user": {
-            "id": 2244994945,
-            "id_str": "2244994945",
+            "id": _USER_ID,
+            "id_str": str(_USER_ID),
             "name": "Fake API",
             "screen_name": "sfmd_fakeapi",
             "location": "Loopback",
@@ -166,7 +266,9 @@ def _tweet_json(id_value: int, size: int, now: float) -> bytes:
         "lang": "en",
         "timestamp_ms": str(int(now * 1000)),
     }
-    pad = size - len(dumps(obj))
+    if variant:
+        _matching(obj, variant)
+    pad = max(size, at_least) - len(dumps(obj))
     if pad > 0:
         obj["extended_tweet"]["full_text"] = (_FILLER * (pad // len(_FILLER) + 1))[:pad]
     return dumps(obj)
@@ -203,25 +305,62 @@ class _TweetShape:
 
 
 class MessageFactory:
-    """Builds framed blocks of messages; only the id digits change between tweets."""
+    """Builds framed blocks of messages; only the id digits change between tweets.
+
+    A filter connection's tweets come from a few templates, each matching one of its items
+    (`Match`), taken in turn by sequence number; the templates are padded to one size, so a
+    filter's messages are as long as a sample's and every block is evenly spaced."""
 
     def __init__(self) -> None:
-        self._shapes: dict[tuple[int, bool], tuple[int, _TweetShape]] = {}
+        self._shapes: dict[tuple[int, bool, Match | None], tuple[int, list[_TweetShape]]] = {}
+        #: Each filter's templates, stamped with `_REF_SECOND`: a new second only replaces
+        #: the two timestamps, so a thousand filters do not build a thousand tweets a second.
+        self._templates: dict[tuple[int, Match | None, int], list[bytes]] = {}
 
-    def shape(self, size: int, delimited: bool) -> _TweetShape:
+    def _template(self, size: int, match: Match | None, second: int) -> list[bytes]:
+        # A filter with more items than templates takes other items each second.
+        turn = second if match is not None and match.rotating else 0
+        key = (size, match, turn)
+        templates = self._templates.get(key)
+        if templates is None:
+            variants = match.variants(second) if match is not None else [{}]
+            longest = 0 if len(variants) == 1 else max(  # several: pad all to the longest
+                len(_tweet_json(_ID_MARK, 0, _REF_SECOND, v)) for v in variants)
+            templates = [_tweet_json(_ID_MARK, size, _REF_SECOND, v, at_least=longest)
+                         for v in variants]
+            if len(self._templates) > 4096:
+                self._templates.clear()
+            self._templates[key] = templates
+        return templates
+
+    def shapes(
+        self, size: int, delimited: bool, match: Match | None = None
+    ) -> list[_TweetShape]:
         second = int(time.time())
-        cached = self._shapes.get((size, delimited))
+        key = (size, delimited, match)
+        cached = self._shapes.get(key)
         if cached is not None and cached[0] == second:
             return cached[1]
-        head, mid, tail = _tweet_json(_ID_MARK, size, second).split(str(_ID_MARK).encode())
-        length = len(head) + len(mid) + len(tail) + 2 * _ID_DIGITS
-        prefix = b"%d\r\n" % (length + 2) if delimited else b""
-        shape = _TweetShape(head, mid, tail, prefix + head, tail + b"\r\n")
-        self._shapes[(size, delimited)] = (second, shape)
-        return shape
+        stamps = _stamps(second)
+        shapes = []
+        for template in self._template(size, match, second):
+            raw = template.replace(_REF_STAMPS[0], stamps[0], 1).replace(
+                _REF_STAMPS[1], stamps[1], 1)
+            head, mid, tail = raw.split(str(_ID_MARK).encode())
+            length = len(head) + len(mid) + len(tail) + 2 * _ID_DIGITS
+            prefix = b"%d\r\n" % (length + 2) if delimited else b""
+            shapes.append(_TweetShape(head, mid, tail, prefix + head, tail + b"\r\n"))
+        if len(self._shapes) > 1024:  # one per filter; forget the ones from other seconds
+            self._shapes = {k: v for k, v in self._shapes.items() if v[0] == second}
+        self._shapes[key] = (second, shapes)
+        return shapes
 
-    def tweet(self, seq: int, size: int) -> bytes:
-        shape = self.shape(size, False)
+    def shape(self, size: int, delimited: bool, match: Match | None = None) -> _TweetShape:
+        return self.shapes(size, delimited, match)[0]
+
+    def tweet(self, seq: int, size: int, match: Match | None = None) -> bytes:
+        shapes = self.shapes(size, False, match)
+        shape = shapes[seq % len(shapes)]
         digits = b"%d" % seq
         return shape.head + digits + shape.mid + digits + shape.tail
 
@@ -259,21 +398,31 @@ class MessageFactory:
         )
 
     def block(
-        self, first_seq: int, index: int, count: int, delimited: bool, settings: Settings
+        self, first_seq: int, index: int, count: int, delimited: bool, settings: Settings,
+        match: Match | None = None,
     ) -> tuple[bytes, list[bytes] | None]:
         """`count` framed messages from `first_seq`, and the bare messages when recording.
 
         `index` messages went before on this connection: notices are placed by position."""
-        shape = self.shape(settings.message_size, delimited)
+        shapes = self.shapes(settings.message_size, delimited, match)
+        shape = shapes[0]
         every_delete, every_limit = settings.delete_every, settings.limit_every
         if not every_delete and not every_limit:
             # The hot path: one join over shared pieces, no per-message objects.
-            head, mid, tail = shape.framed_head, shape.mid, shape.framed_tail
             pieces: list[bytes] = []
             extend = pieces.extend
-            for seq in range(first_seq, first_seq + count):
-                digits = b"%d" % seq
-                extend((head, digits, mid, digits, tail))
+            if len(shapes) == 1:
+                head, mid, tail = shape.framed_head, shape.mid, shape.framed_tail
+                for seq in range(first_seq, first_seq + count):
+                    digits = b"%d" % seq
+                    extend((head, digits, mid, digits, tail))
+            else:
+                parts = [(s.framed_head, s.mid, s.framed_tail) for s in shapes]
+                n = len(parts)
+                for seq in range(first_seq, first_seq + count):
+                    digits = b"%d" % seq
+                    head, mid, tail = parts[seq % n]
+                    extend((head, digits, mid, digits, tail))
             data = b"".join(pieces)
             if not settings.record_bytes:
                 return data, None
@@ -289,7 +438,8 @@ class MessageFactory:
                 messages.append(self.limit(seq, position // every_limit * 3))
             else:
                 digits = b"%d" % seq
-                messages.append(shape.head + digits + shape.mid + digits + shape.tail)
+                one = shapes[seq % len(shapes)]
+                messages.append(one.head + digits + one.mid + digits + one.tail)
         data = b"".join(_frame(m, delimited) for m in messages)
         return data, messages if settings.record_bytes else None
 
@@ -545,6 +695,7 @@ class V1API:
         trigger = next((k for k in TRIGGERS if k in fault), None)
         trigger_at: int | None = fault[trigger] if trigger else None
         stream_name = f"{record.credential or 'anonymous'}-statuses{record.conn}"
+        match = Match.of(record.endpoint, record.params)
         last_write = loop.time()
         pacer = Pacer()
 
@@ -560,7 +711,7 @@ class V1API:
             if trigger_at is not None and sent == trigger_at:
                 trigger_at = None
                 if trigger == "cut_after":
-                    await self._cut(request, stream, response, delimited)
+                    await self._cut(request, stream, response, delimited, match)
                     return
                 if trigger == "stall_after":
                     while not stream.stop_reason:
@@ -590,7 +741,7 @@ class V1API:
                 continue
 
             first = self._host.allocate(count)
-            data, messages = self._factory.block(first, sent, count, delimited, settings)
+            data, messages = self._factory.block(first, sent, count, delimited, settings, match)
             await response.write(data)
             record.sent_count += count
             record.add_seqs(first, first + count - 1)
@@ -606,11 +757,13 @@ class V1API:
         stream: StreamHandle,
         response: web.StreamResponse,
         delimited: bool,
+        match: Match | None,
     ) -> None:
         """Half a message, then a dropped connection: what a network failure looks like."""
         record = stream.record
         seq = self._host.allocate(1)
-        framed = _frame(self._factory.tweet(seq, self._host.settings.message_size), delimited)
+        message = self._factory.tweet(seq, self._host.settings.message_size, match)
+        framed = _frame(message, delimited)
         await response.write(framed[: len(framed) // 2])
         record.partial_seq = seq
         record.close_reason = "cut"

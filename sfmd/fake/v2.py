@@ -48,7 +48,10 @@ with milliseconds, every id is a string of digits):
   keep-alive. A tweet is `{"data": {"id", "text", "author_id", "created_at",
   "edit_history_tweet_ids"}, "includes": {"users": [...]}, "matching_rules": [{"id",
   "tag"?}]}` padded (in `text`) to `message_size`; the sample stream has no
-  `matching_rules`. One connection per app per endpoint: a second one gets 429
+  `matching_rules`. A filtered tweet's text holds the words of the rules it names
+  (`rulebook.rule_words`: keywords, quoted phrases, hashtags, mentions; not negated terms or
+  operators), so it matches them as Twitter would. One connection per app per endpoint: a
+  second one gets 429
   `{"title": "ConnectionException", "detail": "This stream is currently at the maximum
   allowed connection limit.", "connection_issue": "TooManyConnections",
   "type": "https://api.twitter.com/2/problems/streaming-connection"}`.
@@ -257,15 +260,18 @@ class _Shape:
     after_pad: bytes  # ","author_id":... "edit_history_tweet_ids":["
     tail: bytes  # "]},"includes":{...}   (the closing brace comes after matching_rules)
 
-    def build(self, seq: int, size: int, rules_part: bytes) -> bytes:
+    def build(self, seq: int, size: int, rules_part: bytes, words: bytes = b"") -> bytes:
+        """The tweet; `words` (JSON-escaped) go into its text before the padding, so that
+        it matches the rules it names."""
         digits = b"%d" % seq
         fixed = len(self.head) + len(self.before_pad) + len(self.after_pad) + len(self.tail)
-        pad = max(0, size - fixed - 2 * len(digits) - len(rules_part) - 1)
+        pad = max(0, size - fixed - 2 * len(digits) - len(rules_part) - len(words) - 1)
         return b"".join(
             (
                 self.head,
                 digits,
                 self.before_pad,
+                words,
                 _filler(pad),
                 self.after_pad,
                 digits,
@@ -305,7 +311,7 @@ class MessageFactory:
         return self._shape
 
     def tweet(self, seq: int, size: int, matched: list[Rule] | None, tagged: bool = True) -> bytes:
-        return self.shape().build(seq, size, rules_part(matched, tagged))
+        return self.shape().build(seq, size, rules_part(matched, tagged), words_part(matched))
 
     @staticmethod
     def malformed(seq: int) -> bytes:
@@ -337,6 +343,14 @@ def rules_part(matched: list[Rule] | None, tagged: bool) -> bytes:
         return b""
     entries = b",".join(r.entry if tagged else r.untagged_entry for r in matched)
     return b',"matching_rules":[' + entries + b"]"
+
+
+def words_part(matched: list[Rule] | None) -> bytes:
+    """What goes into the text of a tweet matching these rules: each rule's words, then a
+    space before the padding."""
+    if not matched:
+        return b""
+    return b" ".join(r.words for r in matched if r.words) + b" "
 
 
 def route(rules: list[Rule], position: int, settings: Settings) -> tuple[list[Rule], bool]:

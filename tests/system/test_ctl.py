@@ -176,8 +176,8 @@ async def test_filter_stream_life_add_show_list_stop_start_delete(site: Site) ->
 
     listed = await sfmctl(site, "list")
     assert listed.code == 0
-    assert listed.out.splitlines()[0].split() == ["NAME", "KIND", "STATE"]
-    assert listed.out.splitlines()[1].split() == ["lib", "filter", "streaming"]
+    assert listed.out.splitlines()[0].split() == ["NAME", "SOURCE", "KIND", "STATE"]
+    assert listed.out.splitlines()[1].split() == ["lib", "twitter/v1.1", "filter", "streaming"]
 
     stopped = await sfmctl(site, "--json", "stop", "lib")
     assert stopped.code == 0
@@ -439,20 +439,21 @@ async def test_status_table_shows_a_streaming_row_with_a_rate(site: Site) -> Non
     assert result.code == 0, result
     header, *rows = result.out.splitlines()
     assert re.split(r"\s{2,}", header) == [
-        "NAME", "KIND", "STATE", "SINCE", "TWEETS", "MSG/S", "RECONNECTS", "CURRENT FILE"
+        "NAME", "SOURCE", "KIND", "STATE", "SINCE", "TWEETS", "MSG/S", "RECONNECTS",
+        "CURRENT FILE",
     ]
     cells = {row.split()[0]: row.split() for row in rows}
-    _, kind, state, since, tweets, rate, reconnects, current = cells["tab"]
-    assert (kind, state) == ("filter", "streaming")
+    _, source, kind, state, since, tweets, rate, reconnects, current = cells["tab"]
+    assert (source, kind, state) == ("twitter/v1.1", "filter", "streaming")
     assert re.fullmatch(r"\d+s|\d+m\d\ds", since), since
     assert int(tweets) >= 0 and int(reconnects) == 0
     assert float(rate) > 0, result.out  # the fake API sends 50 messages a second
     assert current.startswith("tab-") and current.endswith(".jsonl.gz.part"), current
-    assert cells["off"][1:3] == ["sample", "stopped"] and cells["off"][5] == "-"
+    assert cells["off"][1:4] == ["twitter/v1.1", "sample", "stopped"] and cells["off"][6] == "-"
 
     once = await sfmctl(site, "status", "--once", "tab")
     assert once.code == 0 and len(once.out.splitlines()) == 2
-    assert once.out.splitlines()[1].split()[5] == "-"
+    assert once.out.splitlines()[1].split()[6] == "-"
     assert_refused(await sfmctl(site, "status", "--once", "nosuch"), "not_found", "nosuch")
     as_json = (await sfmctl(site, "--json", "status")).json()
     assert {s["name"] for s in as_json["streams"]} == {"tab", "off"}
@@ -478,7 +479,7 @@ async def test_status_shows_the_last_error_under_a_troubled_row(site: Site) -> N
             pass
     lines = seen[-1].splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith("bad "))
-    assert lines[row].split()[2] in ("backoff", "failed")
+    assert lines[row].split()[3] in ("backoff", "failed")
     assert lines[row + 1].startswith("    last error:") and "503" in lines[row + 1], lines
     assert codes[-1] == 1  # a troubled stream: monitoring sees it in the exit code
     await site.api.reset()  # drop the faults left, so no later test meets them
@@ -520,7 +521,7 @@ def test_status_table_without_streams_and_with_an_error() -> None:
         },
     }
     lines = render_status([stream], None, now).splitlines()
-    assert lines[1].split() == ["x", "sample", "failed", "1m15s", "2", "-", "4", "-"]
+    assert lines[1].split() == ["x", "twitter", "sample", "failed", "1m15s", "2", "-", "4", "-"]
     assert lines[2] == "    last error: HTTP 401"
 
 

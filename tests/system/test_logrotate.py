@@ -13,8 +13,10 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,7 +28,8 @@ import pytest
 
 from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
-from tests.helpers.config import write_daemon_config
+from tests.helpers.config import CREDENTIALS_TOML, write_daemon_config
+from tests.helpers.confs import TEST_USER
 from tests.helpers.daemon import start_daemon, stop
 from tests.helpers.logs import log_path
 from tests.helpers.paths import REPO
@@ -160,14 +163,20 @@ async def test_rename_then_sighup_loses_and_repeats_no_line(
 # -- the shipped logrotate config, run for real --------------------------------------------
 
 
-def shipped_config(tmp_path: Path, log_dir: Path) -> Path:
-    """etc/logrotate.d/sfmd, pointed at `log_dir` and run as whoever runs the tests."""
+def shipped_config(tmp_path: Path, log_dir: Path, own_supervisord: Path | None = None) -> Path:
+    """etc/logrotate.d/sfmd, pointed at `log_dir` and run as whoever runs the tests; sfm's own
+    supervisord's config is `own_supervisord` (default: a path that does not exist)."""
     text = SHIPPED.read_text()
-    assert "/var/log/sfm/*.log {" in text and "    su sfm sfm\n" in text
+    head = "/var/log/sfm/sfmd.log /var/log/sfm/stream-*.log {"
+    assert head in text and "    su sfm sfm\n" in text
+    assert text.count("/etc/sfm/supervisord.conf") == 3  # the comment, the test, the call
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout
     group = subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout
-    text = text.replace("/var/log/sfm/*.log {", f"{log_dir}/*.log {{")
+    text = text.replace(head, head.replace("/var/log/sfm", str(log_dir)))
     text = text.replace("    su sfm sfm\n", f"    su {user.strip()} {group.strip()}\n")
+    text = text.replace(
+        "/etc/sfm/supervisord.conf", str(own_supervisord or tmp_path / "no-such-supervisord.conf")
+    )
     path = tmp_path / "logrotate.conf"
     path.write_text(text)
     path.chmod(0o644)  # logrotate refuses a config others may write
@@ -329,3 +338,126 @@ async def test_shipped_postrotate_succeeds_with_neither_systemd_nor_supervisord(
     rc, out = await logrotate(conf, tmp_path / "logrotate.state", "/usr/bin:/bin:/usr/sbin:/sbin")
     assert rc == 0, out
     assert sorted(p.name for p in log_dir.iterdir()) == ["sfmd.log.1"]
+
+
+# -- the shipped pair: sfm's own supervisord and the logrotate rule -------------------------
+
+OWN_SUPERVISORD = REPO / "etc" / "supervisord-sfm.conf"
+DAEMON_PROGRAM = REPO / "supervisor.d" / "sfmd.conf"
+
+
+def moved(text: str, *pairs: tuple[str, str | Path]) -> str:
+    """A shipped file with its system paths moved into a temp folder, in this order."""
+    for old, new in pairs:
+        assert old in text, old
+        text = text.replace(old, str(new))
+    return text
+
+
+@needs_logrotate
+async def test_shipped_rule_rotates_under_sfms_own_supervisord_and_leaves_its_log_alone(
+    fake_api: FakeAPI,
+) -> None:
+    """etc/supervisord-sfm.conf and supervisor.d/sfmd.conf as shipped (paths moved into a temp
+    folder, the user made the tester), with logrotate's rule as shipped: sfmd and an isolated
+    stream are signalled through `supervisorctl -c` the conf, and supervisord's own log, which
+    it cannot reopen, is neither renamed nor lost."""
+    # A short root: the supervisord socket's path must fit in sun_path.
+    root = Path(tempfile.mkdtemp(prefix="sfm-sd-"))
+    try:
+        await _own_supervisord_rotation(root, fake_api)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _own_supervisord_rotation(root: Path, fake_api: FakeAPI) -> None:
+    for folder in ("log", "run", "etc.d", "sfm.d"):
+        (root / folder).mkdir()
+    log_dir = root / "log"
+    (root / "credentials.toml").write_text(CREDENTIALS_TOML)
+    (root / "credentials.toml").chmod(0o600)
+    config = write_daemon_config(root, fake_api)
+    user = TEST_USER
+    conf = root / "supervisord.conf"
+    conf.write_text(moved(
+        OWN_SUPERVISORD.read_text(),
+        ("user = sfm", f"user = {user}"),
+        ("/var/log/sfm", log_dir),
+        ("/run/sfm-supervisord", root / "run"),
+        ("/etc/sfm/supervisord.d", root / "etc.d"),
+        ("/var/lib/sfm/supervisor.d", root / "sfm.d"),
+    ))
+    sfmd = Path(sys.executable).parent / "sfmd"
+    (root / "etc.d" / "sfmd.conf").write_text(moved(
+        DAEMON_PROGRAM.read_text(),
+        ("/opt/sfmd/bin/sfmd", sfmd),
+        ("/etc/sfm/sfmd.toml", config),
+        ("user=sfm", f"user={user}"),
+        ("directory=/var/lib/sfm", f"directory={root}"),
+        ("/var/log/sfm", log_dir),
+        ('HOME="/var/lib/sfm",USER="sfm",LOGNAME="sfm"', f'HOME="{root}",USER="{user}"'),
+    ))
+    # An isolated stream's stand-in, in sfmd's conf_dir, as sfmd would name it.
+    (root / "hup_recorder.py").write_text(HUP_RECORDER)
+    (root / "sfm.d" / "sfm-stream-x.conf").write_text(
+        f"[program:sfm-stream-x]\ncommand={sys.executable} {root / 'hup_recorder.py'} "
+        f"{root / 'hup-stream.txt'}\nstartsecs=0\nstdout_logfile={log_dir / 'stream-x.out'}\n"
+    )
+    rule = shipped_config(root, log_dir, own_supervisord=conf)
+    # supervisorctl from this virtualenv, as the postrotate finds it on PATH; no wrapper.
+    path_env = f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+    supervisord = await asyncio.create_subprocess_exec(
+        Path(sys.executable).parent / "supervisord", "--nodaemon", "-c", conf, cwd=root,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    own_log = log_dir / "supervisord.log"
+    try:
+        socket_path = root / "sfmd.sock"
+        deadline = time.monotonic() + 20
+        while not await socket_answers(socket_path):
+            assert supervisord.returncode is None, "supervisord exited"
+            assert time.monotonic() < deadline, "sfmd under supervisord never answered"
+            await asyncio.sleep(0.05)
+        await wait_until(lambda: (root / "hup-stream.txt").exists(), 10, "the stream ready")
+        assert stat.S_IMODE((root / "run" / "supervisor.sock").stat().st_mode) == 0o770
+        own_inode = own_log.stat().st_ino
+
+        log = log_dir / "sfmd.log"
+        async with changing(socket_path) as changes:
+            for round_ in (1, 2):
+                rc, out = await logrotate(rule, root / "logrotate.state", path_env)
+                assert rc == 0, out
+                await wait_until(
+                    lambda: log.exists() and '"logs_reopened"' in log.read_text(),
+                    10,
+                    f"sfmd reopened its log after rotation {round_}",
+                )
+                await changes.more(20, f"changes after rotation {round_}")
+        supervisord.send_signal(signal.SIGTERM)  # stops sfmd (SIGTERM) and the recorder
+        async with asyncio.timeout(40):
+            assert await supervisord.wait() == 0
+    finally:
+        if supervisord.returncode is None:  # a failed test: still stop its programs first
+            supervisord.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(40):
+                    await supervisord.wait()
+            except TimeoutError:
+                supervisord.kill()
+                await supervisord.wait()
+
+    files = sorted(p.name for p in log_dir.iterdir())
+    assert [f for f in files if f.startswith("sfmd.log")] == [
+        "sfmd.log", "sfmd.log.1", "sfmd.log.2.gz"
+    ], files
+    # supervisord's own log and the captures were left to supervisord: never renamed, and
+    # supervisord's lines from after both rotations (its own stop) are in the live file.
+    assert not [f for f in files if f.startswith(("supervisord.log.", "sfmd.out.",
+                                                  "stream-x.out."))], files
+    assert own_log.stat().st_ino == own_inode
+    assert "stopped: sfmd" in own_log.read_text().rsplit("received SIGTERM", 1)[-1]
+    assert_each_logged_once(
+        changes, changes_by_file(log_dir / "sfmd.log.2.gz", log_dir / "sfmd.log.1", log)
+    )
+    assert (root / "hup-stream.txt").read_text() == "ready\nHUP\nHUP\n"

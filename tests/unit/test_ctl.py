@@ -25,7 +25,7 @@ def test_a_down_stream_shows_its_whole_outage_and_next_attempt() -> None:
     shown = ctl.render_status([stream(down_since="2026-12-05T00:53:20Z",
                                       next_attempt="2026-12-05T01:02:05Z")], None, NOW)
     row, error, outage = shown.splitlines()[1:]
-    assert row.split()[3] == "6m40s"  # SINCE: the outage, not the latest retry (2s)
+    assert row.split()[4] == "6m40s"  # SINCE: the outage, not the latest retry (2s)
     assert error == "    last error: HTTP 503"
     assert outage == ("    down 6m40s (since 2026-12-05T00:53:20Z), next attempt in 2m05s "
                       "(at 2026-12-05T01:02:05Z)")
@@ -33,7 +33,7 @@ def test_a_down_stream_shows_its_whole_outage_and_next_attempt() -> None:
 
 def test_an_older_daemon_without_the_new_keys_still_renders() -> None:
     shown = ctl.render_status([stream()], None, NOW)
-    assert shown.splitlines()[1].split()[3] == "2s" and len(shown.splitlines()) == 3
+    assert shown.splitlines()[1].split()[4] == "2s" and len(shown.splitlines()) == 3
     assert ctl.reconnects_text({"reconnects": 4}) == "4"
     assert ctl.reconnects_text({"reconnects": 4, "reconnects_after_failure": 1,
                                 "reconnects_planned": 3}) == "4 (1 after a failure, 3 planned)"

@@ -788,15 +788,16 @@ async def test_the_command_prints_both_mastodon_urls(session) -> None:
         async with asyncio.timeout(20):
             base = (await process.stdout.readline()).decode().strip()
             lines = {}
-            while len(lines) < 5:
+            wanted = ("[CREDENTIAL] mastodon_instance", "mastodon streaming server")
+            while not all(key in lines for key in wanted):
                 line = (await process.stderr.readline()).decode()
                 assert line, "the command ended before printing its URLs"
                 key, _, value = line.partition(" = ")
                 lines[key.removeprefix("sfmd fakeapi: ")] = value.strip()
-        assert lines["mastodon_url"] == base
+        assert lines["[CREDENTIAL] mastodon_instance"] == base
         async with session.get(base + "/api/v2/instance") as r:
             doc = await r.json()
-        assert doc["configuration"]["urls"]["streaming"] == lines["mastodon_streaming_url"]
+        assert doc["configuration"]["urls"]["streaming"] == lines["mastodon streaming server"]
     finally:
         process.terminate()
         async with asyncio.timeout(10):

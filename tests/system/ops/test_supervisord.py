@@ -340,7 +340,7 @@ async def test_the_documented_shared_supervisord_settings(idle_supervisord: Supe
     await apply_one_of_ours(sd, sd.root / "sfm.d")
 
 
-async def test_the_documented_own_supervisord_for_sfm(idle_supervisord: Supervisord) -> None:
+async def test_the_shipped_own_supervisord_for_sfm(idle_supervisord: Supervisord) -> None:
     sd = idle_supervisord
     for folder in ("log", "run", "etc.d", "sfm.d"):
         (sd.root / folder).mkdir()
@@ -348,10 +348,10 @@ async def test_the_documented_own_supervisord_for_sfm(idle_supervisord: Supervis
     sd.server_url = f"unix://{sd.socket}"
     sd.log = sd.root / "log" / "supervisord.log"
     text = moved(
-        documented_block("sfm-supervisord.conf"),
+        (REPO / "etc" / "supervisord-sfm.conf").read_text(),
         ("user = sfm", f"user = {TEST_USER}"),
         ("/var/log/sfm", sd.root / "log"),
-        ("/run/sfm", sd.root / "run"),
+        ("/run/sfm-supervisord", sd.root / "run"),
         ("/etc/sfm/supervisord.d", sd.root / "etc.d"),
         ("/var/lib/sfm/supervisor.d", sd.root / "sfm.d"),
     )
