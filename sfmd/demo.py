@@ -44,6 +44,10 @@ consumer_key = "demo-consumer-key-2"
 consumer_secret = "demo-consumer-secret-2"
 access_token = "demo-access-token-2"
 access_token_secret = "demo-access-token-secret-2"
+
+[demo-mastodon]
+mastodon_instance = "{mastodon_instance}"
+mastodon_token = "demo-mastodon-token"
 """
 
 STREAMS: list[dict[str, Any]] = [
@@ -52,6 +56,8 @@ STREAMS: list[dict[str, Any]] = [
     {"name": "demo-sample", "kind": "sample", "credential": "demo-sample"},
     {"name": "demo-bluesky", "source": "bluesky", "kind": "jetstream",
      "collections": ["app.bsky.feed.post"]},
+    {"name": "demo-mastodon", "source": "mastodon", "kind": "hashtag", "tag": "archives",
+     "credential": "demo-mastodon"},
 ]
 
 
@@ -79,6 +85,8 @@ def sfmctl_command(socket: Path, body: dict[str, Any]) -> str:
     argv = ["sfmctl", "--socket", str(socket), verb, body["name"]]
     if body.get("source", "twitter") != "twitter":
         argv += ["--source", body["source"]]
+    if body.get("source") == "mastodon":
+        argv += ["--kind", body["kind"]]
     for key, value in body.items():
         if key in ("name", "kind", "source"):
             continue
@@ -91,7 +99,7 @@ def sfmctl_command(socket: Path, body: dict[str, Any]) -> str:
 def terms(body: dict[str, Any]) -> str:
     """A filter's terms as a person reads them."""
     shown = []
-    for key in ("track", "people", "follow", "collections", "dids"):
+    for key in ("track", "people", "follow", "collections", "dids", "tag"):
         if body.get(key):
             shown.append(f"{key} " + ", ".join(repr(v) for v in body[key]))
     return "; ".join(shown) or "everything (a sample)"
@@ -140,19 +148,22 @@ async def run_demo(
 
 async def _demo(seconds: float, base: Path, kept: bool) -> int:
     cred_file = base / "credentials.toml"
-    cred_file.write_text(DEMO_CREDENTIALS)
+    cred_file.write_text(DEMO_CREDENTIALS.format(mastodon_instance="http://127.0.0.1"))
     os.chmod(cred_file, 0o600)
 
     fake = FakeAPI(load_credentials(cred_file), rate=40, message_size=1200, delete_every=25,
                    limit_every=60)
     await fake.start()
+    # The Mastodon account lives on the fake instance, whose port is known only now.
+    cred_file.write_text(DEMO_CREDENTIALS.format(mastodon_instance=fake.mastodon_url))
     config = demo_config(base, fake.stream_url, fake.jetstream_url)
     setup_logging(config.daemon.log_dir / "sfmd.log", stderr=False)
     daemon = Daemon(config)
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
     client = Client(str(config.daemon.control_socket))
     print(f"sfmd demo in {base}")
-    print(f"  fake streaming API at {fake.url} (Twitter) and {fake.jetstream_url} (Bluesky)")
+    print(f"  fake streaming API at {fake.url} (Twitter), {fake.jetstream_url} (Bluesky) and "
+          f"{fake.mastodon_url} (Mastodon)")
     print(f"  control socket {config.daemon.control_socket}")
     print("  files rotate every 2 s, on UTC boundaries\n")
 
@@ -199,6 +210,12 @@ async def _demo(seconds: float, base: Path, kept: bool) -> int:
     print("\nwhat the files hold:")
     for body in STREAMS:
         messages = stored(config.daemon.data_dir, body["name"])
+        if body.get("source") == "mastodon":
+            posts = [m for m in messages if m.get("event") == "update"]
+            filled = sum(bool(m.get("backfill")) for m in posts)
+            print(f"  {body['name']}: {len(posts)} posts with #{body['tag']} ({filled} filled "
+                  f"in from the timeline), {len(messages) - len(posts)} deletes and edits")
+            continue
         if body.get("source", "twitter") != "twitter":
             print(f"  {body['name']}: {len(messages)} events ({terms(body)}, and every "
                   "account's identity and account events)")
