@@ -160,8 +160,10 @@ def credentials_problems(
     """What stops `sfmd run`: a default credential the file lacks, and keys still holding the
     example's placeholders. Names and keys only, never a value."""
     problems = []
-    # An empty file (a deployment with Bluesky streams only) needs no default.
-    if credentials and default_credential not in credentials:
+    # A file without Twitter keys (Bluesky and Mastodon only, or empty) needs no default:
+    # only Twitter streams fall back to it.
+    twitter = [c for c in credentials.values() if c.has_oauth1 or c.bearer_token]
+    if twitter and default_credential not in credentials:
         known = ", ".join(sorted(credentials)) or "none"
         problems.append(f"[twitter] default_credential {default_credential!r} is not in "
                         f"{path} (known: {known})")

@@ -141,10 +141,10 @@ async def test_a_reload_restarts_only_the_programs_whose_keys_changed(
 ) -> None:
     """An isolated stream reads the credentials file when its process starts: new keys for
     its credential restart its program, the others' keep running."""
-    good = (tmp_path / "credentials.toml").read_text()
+    config = isolated_config(tmp_path, fake_api, supervisord)
+    good = (tmp_path / "credentials.toml").read_text()  # as the config helper left it
     (tmp_path / "credentials.toml").write_text(
         good.replace('"ats-alpha-SECRET"', '"ats-alpha-MISTYPED"'))
-    config = isolated_config(tmp_path, fake_api, supervisord)
     proc = await start_daemon(tmp_path, config)
     try:
         async with Api(tmp_path / "sfmd.sock") as api:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sfmd.credentials import CredentialsError, load_credentials
+from sfmd.credentials import CredentialsError, credentials_problems, load_credentials
 
 GOOD = """
 [default]
@@ -76,3 +76,39 @@ def test_malformed_files_name_the_problem_not_the_value(
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(CredentialsError, match=r"credentials\.toml\.example"):
         load_credentials(tmp_path / "nope.toml")
+
+
+def test_a_file_of_mastodon_accounts_needs_no_twitter_default(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.toml"
+    path.write_text('[fedi]\nmastodon_instance = "https://example.social/"\n'
+                    'mastodon_token = "t-SECRET"\n')
+    os.chmod(path, 0o600)
+    credentials = load_credentials(path)
+    assert credentials["fedi"].has_mastodon and not credentials["fedi"].has_oauth1
+    assert credentials["fedi"].mastodon_instance == "https://example.social"
+    assert "t-SECRET" in credentials["fedi"].secrets() and "t-SECRET" not in repr(
+        credentials["fedi"])
+    assert credentials_problems(credentials, "default", path) == []
+    # With Twitter keys in the file, the default must be one of them again.
+    path.write_text(path.read_text() + '[tw]\nbearer_token = "b-SECRET"\n')
+    problems = credentials_problems(load_credentials(path), "default", path)
+    assert len(problems) == 1 and "default_credential" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ('mastodon_token = "t"\n', "needs both"),
+        ('mastodon_instance = "https://example.social"\n', "needs both"),
+        ('mastodon_instance = "example.social"\nmastodon_token = "t"\n', "no path"),
+        ('mastodon_instance = "https://example.social/api"\nmastodon_token = "t"\n', "no path"),
+    ],
+)
+def test_a_half_or_wrong_mastodon_account_is_refused(tmp_path: Path, table: str,
+                                                      says: str) -> None:
+    path = tmp_path / "credentials.toml"
+    path.write_text("[fedi]\n" + table)
+    os.chmod(path, 0o600)
+    with pytest.raises(CredentialsError) as e:
+        load_credentials(path)
+    assert says in str(e.value) and "[fedi]" in str(e.value)

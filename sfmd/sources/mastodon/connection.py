@@ -143,8 +143,8 @@ class Socket(ConnectionLife):
             ) as ws:
                 self.ws = ws
                 try:
-                    self._streaming(url=self.url)
                     await self.owner.opened(ws)
+                    self._streaming(url=self.url)  # subscribed: streaming, quiet or not
                     with IdleWatch(ws, self.timing.idle_timeout) as watch:
                         return await self._frames(ws, watch)
                 finally:

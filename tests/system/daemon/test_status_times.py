@@ -93,7 +93,7 @@ async def test_down_since_stays_across_retries_and_next_attempt_is_shown(
             code, out, err = await sfmctl("--config", str(config), "status", "--once")
             assert code == 1, (out, err)  # a stream backing off: monitoring hears of it
             row = next(line for line in out.splitlines() if line.startswith("down "))
-            assert row.split()[2] == "backoff"
+            assert row.split()[3] == "backoff"  # NAME SOURCE KIND STATE
             assert "next attempt in" in out and f"(since {limited['down_since']})" in out
 
             well = await status_when(api, "down", lambda s: s["state"] == "streaming",

@@ -75,9 +75,13 @@ def posted_before_close(api: FakeAPI, socket: Any) -> float:
 async def daemon_with(tmp_path: Path, api: FakeAPI, *bodies: dict[str, Any], **config: Any
                       ) -> SfmdProcess:
     proc = await start_daemon(tmp_path, write_daemon_config(tmp_path, api, **config))
-    async with Api(tmp_path / "sfmd.sock") as client:
-        for body in bodies:
-            await client.ok("POST", "/streams", body, 201)
+    try:
+        async with Api(tmp_path / "sfmd.sock") as client:
+            for body in bodies:
+                await client.ok("POST", "/streams", body, 201)
+    except BaseException:
+        proc.kill()  # a refused stream must not leave the daemon running
+        raise
     return proc
 
 
