@@ -96,6 +96,7 @@ STARTUP_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 POLL = 0.2
+IDLE_SETTLE = 2.0  # seconds between the last post and the idle window
 
 
 def tag_name(i: int) -> str:
@@ -141,6 +142,11 @@ class FakeInstance:
             if resp.status != 200:
                 raise BenchError(f"the fake answered {resp.status} to GET {path}")
             return await resp.json()
+
+    async def configure(self, **settings: Any) -> None:
+        async with self.session.post(self.url + "/_fake/configure", json=settings) as resp:
+            if resp.status != 200:
+                raise BenchError(f"the fake refused {settings}: {await resp.text()}")
 
     async def sockets(self, credentials: set[str], since: float) -> list[dict[str, Any]]:
         """The streaming sockets upgraded for these credentials since a monotonic time."""
@@ -228,6 +234,8 @@ class Result:
     cpu_s: float = 0.0  # user+sys over the window
     sys_s: float = 0.0
     fake_cpu_s: float = 0.0
+    idle_s: float = 0.0  # the idle window: the same streams, nothing posted
+    idle_cpu_s: float = 0.0
     rss_mb: float = 0.0
     hwm_mb: float = 0.0
     fds: int = 0
@@ -253,6 +261,18 @@ class Result:
     @property
     def cpu_pct(self) -> float:
         return self.cpu_s / self.window_s * 100 if self.window_s else 0.0
+
+    @property
+    def idle_pct(self) -> float:
+        return self.idle_cpu_s / self.idle_s * 100 if self.idle_s else 0.0
+
+    @property
+    def marginal_us_per_post(self) -> float:
+        """CPU per stored post above what the same streams cost with nothing posted."""
+        if not self.idle_s:
+            return float("nan")
+        above = self.cpu_s - self.idle_cpu_s / self.idle_s * self.window_s
+        return above / max(1, self.check.stored_window) * 1e6
 
     @property
     def posts_per_s(self) -> float:
@@ -312,6 +332,7 @@ class LayoutRun:
         r = self.result
         config = self._setup()
         r.load = load_average()
+        await self.fake.configure(mastodon_rate=self.args.rate)
         daemon = DaemonProcess(self.workdir, config, self.daemon_core)
         proc = daemon.proc
         control = Control(self.workdir / "sfmd.sock")
@@ -323,6 +344,8 @@ class LayoutRun:
             await asyncio.sleep(max(0.0, last_sub + self.args.warmup - time.monotonic()))
             t0, t1 = await self._window(proc)
             await self._drain(control, daemon, last_sub, t1)
+            if self.args.idle > 0:
+                await self._idle(proc)
             began = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             try:
@@ -391,6 +414,20 @@ class LayoutRun:
             if output.exists():
                 print(profile_summary(output), flush=True)
         return t0, t1
+
+    async def _idle(self, proc: subprocess.Popen[bytes]) -> None:
+        """The same streams with nothing posted: what they cost by themselves (timers,
+        pings, the archives' bookkeeping), to set against the posting window."""
+        r = self.result
+        await self.fake.configure(mastodon_rate=0)
+        await asyncio.sleep(IDLE_SETTLE)  # what was posted before has been stored
+        began = time.monotonic()
+        cpu0 = cpu_seconds(proc.pid)
+        await asyncio.sleep(self.args.idle)
+        r.idle_cpu_s = cpu_seconds(proc.pid) - cpu0
+        r.idle_s = time.monotonic() - began
+        print(f"  {self.layout}: idle {r.idle_s:.1f} s, daemon CPU {r.idle_pct:.1f} % of a "
+              "core", flush=True)
 
     async def _drain(self, control: Control, daemon: DaemonProcess, last_sub: float,
                      t1: float) -> None:
@@ -465,10 +502,10 @@ def median(results: list[Result], attr: str) -> float:
 
 def table(by_layout: dict[str, list[Result]], n: int) -> str:
     rows = [
-        "| layout | runs | sockets | start-up s | stored posts/s | daemon CPU % | CPU µs/stored "
-        "post | of which sys | CPU µs/tagged status | VmRSS MB | peak VmHWM MB | fds "
-        "| fake CPU µs/post | SIGTERM→exit s | stored = sent |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| layout | runs | sockets | start-up s | stored posts/s | daemon CPU % | idle CPU % "
+        "| CPU µs/stored post | of which sys | above idle | CPU µs/tagged status | VmRSS MB "
+        "| peak VmHWM MB | fds | fake CPU µs/post | SIGTERM→exit s | stored = sent |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for layout, results in by_layout.items():
         if not results:
@@ -485,8 +522,11 @@ def table(by_layout: dict[str, list[Result]], n: int) -> str:
         rows.append(
             f"| {name} | {len(results)} | {results[0].sockets} | {median(results, 'startup_s'):.1f}"
             f" | {median(results, 'posts_per_s'):.1f} | {median(results, 'cpu_pct'):.1f} "
+            f"| {median(results, 'idle_pct'):.1f} "
             f"| {median(results, 'us_per_post'):.0f}{spread} "
-            f"| {median(results, 'sys_us_per_post'):.0f} | {median(results, 'us_per_status'):.0f} "
+            f"| {median(results, 'sys_us_per_post'):.0f} "
+            f"| {median(results, 'marginal_us_per_post'):.0f} "
+            f"| {median(results, 'us_per_status'):.0f} "
             f"| {median(results, 'rss_mb'):.0f} | {median(results, 'hwm_mb'):.0f} "
             f"| {median(results, 'fds'):.0f} | {median(results, 'fake_us_per_post'):.0f} "
             f"| {median(results, 'stop_s'):.2f} | {verdict} |"
@@ -496,7 +536,7 @@ def table(by_layout: dict[str, list[Result]], n: int) -> str:
 
 def command_line(args: argparse.Namespace) -> str:
     words = [f"--streams {args.streams}", f"--rate {args.rate:g}",
-             f"--seconds {args.seconds:g}", f"--runs {args.runs}"]
+             f"--seconds {args.seconds:g}", f"--idle {args.idle:g}", f"--runs {args.runs}"]
     words += [f"--set {k}={v}" for k, v in args.set.items()]
     if args.no_pin:
         words.append("--no-pin")
@@ -511,8 +551,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=100, help="hashtag streams (and tags)")
     parser.add_argument("--rate", type=float, default=50.0,
                         help="statuses the fake posts per second, in all")
-    parser.add_argument("--seconds", type=float, default=40.0,
+    parser.add_argument("--seconds", type=float, default=30.0,
                         help="seconds of each layout's steady window")
+    parser.add_argument("--idle", type=float, default=15.0,
+                        help="seconds of the idle window (nothing posted); 0: none")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="seconds between the last subscribe and the window")
     parser.add_argument("--runs", type=int, default=1, help="runs of each layout")
@@ -610,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     pin = "" if args.no_pin else (
         "; daemon pinned to one core, the fake and this client to the other")
     note = (f" ({args.streams} hashtag streams, {args.rate:g} statuses/s in all, window "
-            f"{args.seconds:g} s after {args.warmup:g} s of warm-up, sfmd's defaults otherwise"
+            f"{args.seconds:g} s after {args.warmup:g} s of warm-up, then {args.idle:g} s with "
+            f"nothing posted; sfmd's defaults otherwise"
             f"{pin}; medians of the runs)")
     heading = f"Mastodon, {args.streams} hashtag streams on one socket and on {args.streams}"
     section = dated_section(heading, args.title, facts, command_line(args), body, note)
