@@ -1,6 +1,7 @@
 """Mastodon: 100 hashtag streams on one account's socket against the same on 100 sockets.
 
-Run by hand: `python bench/mastodon.py [--streams 100] [--rate 50] [--seconds 40]`.
+Run by hand: `python bench/mastodon.py [--streams 100] [--rate 50] [--seconds 30]
+[--idle 15]` (about two minutes with the defaults).
 
 One `sfmd fakeapi` process, pinned to one core, posts `--rate` statuses a second in all
 (`mastodon_rate`), each with 0-3 distinct tags drawn from `--streams` tags (`t000`, `t001`,
@@ -23,8 +24,11 @@ For each layout:
    threads, from /proc) and the fake's over the window, and VmRSS and the peak VmHWM at its
    end (`--profile DIR` records the daemon's GIL-holding stacks with py-spy meanwhile).
 3. Once the daemon shows at least as many messages on each stream as the fake posted on its
-   tag by the window's end, SIGTERM: the daemon must exit 0 and leave no `.part` file.
-4. Stored-equals-sent, from the published files (the manifests' files, read back) and the
+   tag by the window's end, the fake stops posting and, after 2 s, an idle window of
+   `--idle` seconds measures what the same streams cost with nothing arriving (timers,
+   pings, the archives' bookkeeping); "above idle" sets the posting window against it.
+4. SIGTERM: the daemon must exit 0 and leave no `.part` file.
+5. Stored-equals-sent, from the published files (the manifests' files, read back) and the
    fake's post log: on every stream, no status stored twice, nothing stored that was not
    posted with the stream's tag, nothing filled by REST (`backfill`), and every status posted
    with the tag between the last subscribe and the window's end stored. The window's count
@@ -35,7 +39,8 @@ For each layout:
 CPU per stored post is the daemon's CPU over the window divided by that count (posts counted
 from the files after the clean SIGTERM, not from status counters). Results print as a table
 and, unless `--no-doc`, are appended with the machine's facts to docs/benchmarks.md.
-`--runs N` repeats both layouts, alternating their order, and shows medians.
+`--runs N` repeats both layouts, alternating their order, and shows medians. The script
+exits 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import gzip
 import json
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -638,8 +644,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             if args.keep:
-                import shutil
-
                 ignore = shutil.ignore_patterns("*.sock")
                 shutil.copytree(tmp, args.keep, ignore=ignore, dirs_exist_ok=True)
     results = [r for rs in by_layout.values() for r in rs]
