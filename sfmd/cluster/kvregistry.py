@@ -69,6 +69,8 @@ class KVRegistry:
         self.tries = tries
         self.revision = 0  # of the document in memory; 0: no document yet
         self._streams: dict[str, StreamSpec] = {}
+        # This host's changes go one at a time, so retries are spent only on other hosts'.
+        self._writing = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"KVRegistry({self.where!r}, {len(self._streams)} streams, rev {self.revision})"
@@ -191,6 +193,14 @@ class KVRegistry:
     ) -> None:
         """Apply `change` to the newest document and write it with a compare-and-set; on a
         refused write read again and redo (checks included), up to `tries` times."""
+        async with self._writing:
+            await self._change_once_alone(change, check)
+
+    async def _change_once_alone(
+        self,
+        change: Callable[[dict[str, StreamSpec]], dict[str, StreamSpec]],
+        check: Check | None,
+    ) -> None:
         for attempt in range(self.tries):
             if check is not None:
                 check(self)

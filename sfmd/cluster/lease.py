@@ -51,7 +51,7 @@ BUCKET = "sfm_leases"
 
 #: A request to NATS that neither succeeds nor fails cleanly (disconnected, timed out, a
 #: JetStream API error): the lease cannot be proven by it.
-NATS_FAILURES = (NatsError, asyncio.TimeoutError, OSError)
+NATS_FAILURES = (NatsError, TimeoutError, OSError)
 
 
 @dataclass(frozen=True)
