@@ -11,8 +11,8 @@ the caller based its change on is a `Conflict` (409), which the caller checks ag
 answers. Nothing is ever lost: every write either lands on the newest document or fails.
 
 The cost is that every change rewrites the document: about 300 bytes a stream, so 1,000 streams
-is 300 KB raw, some 40 KB compressed; NATS's default max_payload (1 MB) then allows over 20,000
-streams. Changes are rare (people type them) and reads are served from memory.
+is 300 KB raw, within NATS's default max_payload (1 MB) even before zlib shrinks it several-fold.
+Changes are rare (people type them) and reads are served from memory.
 
 The interface matches `registry.store.Registry` for reading (get, list, in, len, holder_of,
 check_credential_free: synchronous, from the copy in memory), while changes are coroutines
