@@ -61,15 +61,21 @@ async def connect(
     """A client named after the host, reconnecting forever; ClusterError if no server answers
     at all at start-up (a typo in nats_url should stop start-up, not hang it)."""
     where = shown(nats_url)
+    # While NATS is away every reconnect attempt fails: log the first failure of each kind,
+    # not one line per attempt.
+    seen: set[str] = set()
 
     async def disconnected() -> None:
         log.warning("nats_disconnected", servers=where)
 
     async def reconnected() -> None:
+        seen.clear()
         log.info("nats_reconnected", servers=where)
 
     async def error(e: Exception) -> None:
-        log.warning("nats_error", servers=where, error=type(e).__name__)
+        if type(e).__name__ not in seen:
+            seen.add(type(e).__name__)
+            log.warning("nats_error", servers=where, error=type(e).__name__)
 
     try:
         return await nats.connect(

@@ -84,6 +84,7 @@ class Lease:
         self.last_ok = sent  # monotonic send time of the last write the server accepted
         self.lost_at: float | None = None  # monotonic time it was reported lost
         self.released = False
+        self.taken_back = False  # acquired by taking back our own lost lease
         self._on_lost = on_lost
         self._watchdog: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -256,9 +257,9 @@ class Leases:
         self.renew_interval = ttl / 3
         self.retry_interval = max(0.05, min(1.0, ttl / 15))
         self.clock = clock
-        # slot -> the last revision of a lease of ours that was lost: if the key still has it,
-        # nobody took the slot since, and it may be taken back by a compare-and-set.
-        self._lost_revisions: dict[str, int] = {}
+        # slot -> the epoch of a lease of ours that was lost: while the key holds our write of
+        # that epoch, nobody took the slot since, and a compare-and-set may take it back.
+        self._lost_epochs: dict[str, int] = {}
 
     @classmethod
     async def open(
@@ -281,7 +282,7 @@ class Leases:
         return json.dumps({"host": self.host_id, "epoch": epoch}).encode()
 
     def remember(self, lease: Lease) -> None:
-        self._lost_revisions[lease.slot] = lease.revision
+        self._lost_epochs[lease.slot] = lease.epoch
 
     async def acquire(
         self, slot: str, on_lost: Callable[[Lease], object] | None = None
@@ -299,28 +300,31 @@ class Leases:
             if epoch is None:
                 return None
             log.info("lease_taken_back", slot=slot, epoch=epoch)
-        else:
-            log.info("lease_acquired", slot=slot, epoch=epoch)
-        self._lost_revisions.pop(slot, None)
+            lease = Lease(self, slot, epoch, sent, on_lost)
+            lease.taken_back = True
+            return lease
+        log.info("lease_acquired", slot=slot, epoch=epoch)
+        self._lost_epochs.pop(slot, None)
         return Lease(self, slot, epoch, sent, on_lost)
 
     async def _take_back(self, slot: str, key: str) -> int | None:
         """After a lease of ours was lost (NATS unreachable for a while), the key may still
-        hold our last write: then nobody has held the slot since, and a compare-and-set on
-        that revision takes it back at once, under a new epoch, instead of waiting out the
+        hold our own write of that lease (the last renewal, or one that reached the server
+        only after the reconnect): then nobody has held the slot since, and a compare-and-set
+        on that revision takes it back at once, under a new epoch, instead of waiting out the
         TTL."""
-        mine = self._lost_revisions.get(slot)
+        mine = self._lost_epochs.pop(slot, None)
         if mine is None:
             return None
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
             return None  # expired meanwhile: the next create will do
-        if entry.revision != mine:
-            self._lost_revisions.pop(slot, None)  # someone else wrote it: theirs now
-            return None
+        holder = _holder(slot, entry.value, entry.revision)
+        if (holder.host, holder.epoch) != (self.host_id, mine):
+            return None  # someone else's now
         try:
-            return await self.kv.update(key, self.value(None), last=mine)
+            return await self.kv.update(key, self.value(None), last=entry.revision)
         except KeyWrongLastSequenceError:
             return None
 

@@ -126,23 +126,29 @@ async def test_a_released_lease_is_free_at_once(host_client: Connect) -> None:
 async def test_nats_restarted_mid_lease_the_holder_reports_it_lost_then_takes_it_back(
     host_client: Connect, nats_server: NatsServer
 ) -> None:
-    a = await leases_of(host_client, "host-a")
+    ttl = 6.0  # room to take the lease back before the key could expire
+    a = await leases_of(host_client, "host-a", ttl)
     lost = asyncio.Event()
     held = await a.acquire("cred", on_lost=lambda lease: lost.set())
     assert held is not None
     held.start()
-    await wait_until(lambda: held.revision > held.epoch, TTL * 3, "a first renewal")
+    await wait_until(lambda: held.revision > held.epoch, ttl, "a first renewal")
     await nats_server.stop()
     stopped = time.monotonic()
-    await asyncio.wait_for(lost.wait(), TTL + 5)
-    # Lost no later than its deadline (plus the loop's lateness), never renewed meanwhile.
-    assert held.lost_at is not None and held.lost_at - stopped < TTL
+    await asyncio.wait_for(lost.wait(), ttl + 5)
+    # Lost at its deadline, before the key could expire; never renewed meanwhile.
+    assert held.lost_at is not None and held.lost_at - stopped < ttl - a.margin + 1.0
+    assert held.lost_at < held.last_ok + ttl
     assert not held.valid()
     await nats_server.start()
-    again, _ = await poll_acquire(a, "cred", timeout=TTL + 15)
+    again, at = await poll_acquire(a, "cred", timeout=ttl + 15)
+    # The key still held its own write: taken back by compare-and-set, not after the TTL.
+    assert again.taken_back and at < held.last_ok + ttl, at - held.last_ok
     again.start()
     assert again.epoch > held.epoch
-    await wait_until(lambda: again.revision > again.epoch, TTL * 3, "a renewal after restart")
+    await wait_until(lambda: again.revision > again.epoch, ttl, "a renewal after restart")
+    holder = await a.holder("cred")
+    assert holder is not None and (holder.host, holder.epoch) == ("host-a", again.epoch)
     assert again.valid()
     await again.release()
 
