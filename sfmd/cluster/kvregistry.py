@@ -14,6 +14,9 @@ The cost is that every change rewrites the document: about 300 bytes a stream, s
 is 300 KB raw, within NATS's default max_payload (1 MB) even before zlib shrinks it several-fold.
 Changes are rare (people type them) and reads are served from memory.
 
+A re-read validates only the streams whose line changed (1,000 unchanged streams are not
+checked again), so a host that lost a race re-reads in about a millisecond and retries.
+
 The interface matches `registry.store.Registry` for reading (get, list, in, len, holder_of,
 check_credential_free: synchronous, from the copy in memory), while changes are coroutines
 (they await NATS) and `refresh()` brings the copy up to date; the caller refreshes on a timer
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import zlib
 from collections.abc import Callable, Collection
 
@@ -37,7 +41,13 @@ from sfmd.cluster.lease import NATS_FAILURES
 from sfmd.logs import get_logger
 from sfmd.registry.fields import ValidationError
 from sfmd.registry.spec import StreamSpec
-from sfmd.registry.store import check_credential_free, holder_of, parse, render
+from sfmd.registry.store import (
+    FORMAT_VERSION,
+    check_credential_free,
+    holder_of,
+    parse,
+    render,
+)
 
 log = get_logger()
 
@@ -46,10 +56,17 @@ KEY = "streams"
 #: Documents bigger than this are stored zlib-compressed (a JSON document starts with "{",
 #: a zlib stream never does).
 COMPRESS_FROM = 64 * 1024
-#: Times a change is checked again on a newer document before it is refused as a conflict.
-TRIES = 8
+#: Seconds a change keeps being checked again on a newer document before it is refused as a
+#: conflict. Compare-and-set is not fair: a host writing changes back to back (a script adding
+#: hundreds of streams) wins every race while it writes, so a change from another host waits
+#: for a pause rather than giving up after a few tries.
+RETRY_FOR = 5.0
 
 Check = Callable[["KVRegistry"], None]
+
+# The frame `store.render` writes around the streams' lines (joined by ",\n").
+_HEAD = f'{{"version": {FORMAT_VERSION}, "streams": [\n'
+_TAIL = "\n]}\n"
 
 
 class KVRegistry:
@@ -61,12 +78,13 @@ class KVRegistry:
         bucket: str,
         *,
         credentials: Collection[str] | None = None,
-        tries: int = TRIES,
+        retry_for: float = RETRY_FOR,
     ) -> None:
         self.kv = kv
         self.where = f"NATS bucket {bucket} key {KEY}"
         self.credentials = credentials
-        self.tries = tries
+        self.retry_for = retry_for
+        self.raced = 0  # writes refused because another change got in first (for metrics)
         self.revision = 0  # of the document in memory; 0: no document yet
         self._streams: dict[str, StreamSpec] = {}
         # This host's changes go one at a time, so retries are spent only on other hosts'.
@@ -130,9 +148,30 @@ class KVRegistry:
             return changed
         if entry.revision == self.revision:
             return False
-        self._streams = parse(self.where, _unpack(entry.value or b""), self.credentials)
+        self._streams = self._parse(_unpack(entry.value or b""))
         self.revision = entry.revision
         return True
+
+    def _parse(self, document: bytes) -> dict[str, StreamSpec]:
+        """The document's streams, validating again only the lines that changed: checking
+        1,000 streams takes tens of milliseconds, and a host that lost a race must re-read
+        and retry quickly or the host that won keeps winning. A document not in the shape
+        `render` writes (edited by hand) is parsed whole, as is one whose names clash."""
+        text = document.decode("utf-8", errors="replace")
+        if not (text.startswith(_HEAD) and text.endswith(_TAIL)):
+            return parse(self.where, document, self.credentials)
+        body = text[len(_HEAD):-len(_TAIL)]
+        lines = body.split(",\n") if body else []
+        known = {spec.registry_line: spec for spec in self._streams.values()}
+        fresh = [line for line in lines if line not in known]
+        specs = [known[line] for line in lines if line in known]
+        if fresh:
+            new = _HEAD + ",\n".join(fresh) + _TAIL
+            specs += parse(self.where, new.encode("utf-8"), self.credentials).values()
+        streams = {spec.name: spec for spec in specs}
+        if len(streams) != len(lines):
+            return parse(self.where, document, self.credentials)  # names the repeat
+        return streams
 
     # -- changing (a compare-and-set each) -------------------------------------------------------
 
@@ -192,7 +231,7 @@ class KVRegistry:
         check: Check | None,
     ) -> None:
         """Apply `change` to the newest document and write it with a compare-and-set; on a
-        refused write read again and redo (checks included), up to `tries` times."""
+        refused write read again and redo (checks included), for up to `retry_for` seconds."""
         async with self._writing:
             await self._change_once_alone(change, check)
 
@@ -201,7 +240,9 @@ class KVRegistry:
         change: Callable[[dict[str, StreamSpec]], dict[str, StreamSpec]],
         check: Check | None,
     ) -> None:
-        for attempt in range(self.tries):
+        deadline = time.monotonic() + self.retry_for
+        attempt = 0
+        while True:
             if check is not None:
                 check(self)
             streams = change(dict(self._streams))
@@ -212,10 +253,19 @@ class KVRegistry:
                 else:
                     revision = await self.kv.update(KEY, value, last=self.revision)
             except KeyWrongLastSequenceError:
-                log.info("registry_write_raced", attempt=attempt + 1)
-                await self.refresh()
-                # Two hosts that keep colliding fall out of step.
-                await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+                self.raced += 1
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    break
+                try:
+                    await self.refresh()
+                except NATS_FAILURES as e:
+                    raise Unavailable(
+                        f"NATS did not answer ({type(e).__name__}); nothing was changed"
+                    ) from None
+                # Two hosts that keep colliding fall out of step: a random pause, growing
+                # from a few ms to 50 ms at most.
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
                 continue
             except NATS_FAILURES as e:  # the CAS refusal is one of them too: caught above
                 raise Unavailable(
@@ -224,9 +274,10 @@ class KVRegistry:
                 ) from None
             self._streams, self.revision = streams, revision
             return
+        log.warning("registry_write_gave_up", attempts=attempt, seconds=self.retry_for)
         raise Conflict(
-            f"the registry kept changing on other hosts while this change was tried "
-            f"{self.tries} times; nothing was changed: try again"
+            f"the registry kept changing on other hosts while this change was tried for "
+            f"{self.retry_for:g} s ({attempt} times); nothing was changed: try again"
         )
 
 

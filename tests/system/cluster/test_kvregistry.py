@@ -140,3 +140,48 @@ async def test_a_document_that_cannot_be_trusted_is_refused_naming_the_bucket(
     await a.kv.put(KEY, b'{"version": 1, "streams": [{"name": "Bad Name"}]}')
     with pytest.raises(RegistryError, match=r"NATS bucket sfm_registry key streams.*refused"):
         await a.refresh()
+
+
+async def test_a_document_edited_by_hand_reads_whole_and_a_repeated_name_is_refused(
+    host_client: Connect,
+) -> None:
+    import json
+
+    from sfmd.registry import RegistryError
+
+    a, b = await two_hosts(host_client)
+    await a.add(ok(filt(name="news", track=["a"], active=False)))
+    record = json.loads(a.get("news").registry_line)
+    # Pretty-printed, as an operator restoring it with `nats kv put` might write it.
+    await b.kv.put(KEY, json.dumps({"version": 1, "streams": [record]}, indent=2).encode())
+    await a.refresh()
+    assert len(a) == 1
+    assert a.get("news").track == ("a",)
+    # The shape render writes, but with the stream twice: refused, naming the repeat.
+    line = a.get("news").registry_line
+    await b.kv.put(KEY, f'{{"version": 1, "streams": [\n{line},\n{line}\n]}}\n'.encode())
+    with pytest.raises(RegistryError, match="repeats the name"):
+        await a.refresh()
+
+
+async def test_a_change_from_another_host_waits_for_a_pause_in_a_burst_of_writes(
+    host_client: Connect,
+) -> None:
+    a, b = await two_hosts(host_client)
+    for i in range(50):
+        await a.add(ok(filt(name=f"s{i:02d}", track=[f"t{i}"], active=False)))
+    await b.refresh()
+
+    async def burst() -> None:
+        for n in range(60):
+            await a.replace(ok(filt(name=f"s{n % 5:02d}", track=[f"burst{n}"], active=False)))
+
+    async def other() -> None:
+        for n in range(20):
+            await b.replace(ok(filt(name=f"s{10 + n % 5:02d}", track=[f"b{n}"], active=False)))
+
+    await asyncio.gather(burst(), other())
+    await a.refresh()
+    await b.refresh()
+    assert a.list() == b.list()
+    assert a.get("s04").track == ("burst59",) and a.get("s14").track == ("b19",)
