@@ -300,6 +300,7 @@ class Leases:
             if epoch is None:
                 return None
             log.info("lease_taken_back", slot=slot, epoch=epoch)
+            self._lost_epochs.pop(slot, None)
             lease = Lease(self, slot, epoch, sent, on_lost)
             lease.taken_back = True
             return lease
@@ -313,7 +314,7 @@ class Leases:
         only after the reconnect): then nobody has held the slot since, and a compare-and-set
         on that revision takes it back at once, under a new epoch, instead of waiting out the
         TTL."""
-        mine = self._lost_epochs.pop(slot, None)
+        mine = self._lost_epochs.get(slot)
         if mine is None:
             return None
         try:
@@ -322,7 +323,8 @@ class Leases:
             return None  # expired meanwhile: the next create will do
         holder = _holder(slot, entry.value, entry.revision)
         if (holder.host, holder.epoch) != (self.host_id, mine):
-            return None  # someone else's now
+            self._lost_epochs.pop(slot, None)  # someone else's now
+            return None
         try:
             return await self.kv.update(key, self.value(None), last=entry.revision)
         except KeyWrongLastSequenceError:

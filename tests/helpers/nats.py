@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats
-from nats.aio.client import Client
 
 #: Seconds a started server has to accept a client with JetStream enabled.
 READY_TIMEOUT = 20.0
@@ -141,13 +140,3 @@ async def running_nats(tmp_path: Path) -> AsyncIterator[NatsServer]:
         yield server
     finally:
         await server.stop()
-
-
-@asynccontextmanager
-async def nats_client(url: str, **options: object) -> AsyncIterator[Client]:
-    """A test's own client (to look at buckets behind sfmd's back), closed at the end."""
-    client = await nats.connect(url, connect_timeout=2, **options)  # type: ignore[arg-type]
-    try:
-        yield client
-    finally:
-        await client.close()

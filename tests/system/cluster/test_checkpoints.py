@@ -35,14 +35,19 @@ async def test_the_next_holder_resumes_from_the_point_and_a_stale_holder_is_refu
     pa, pb = await Checkpoints.open(ca.jetstream()), await Checkpoints.open(cb.jetstream())
     old = await la.acquire("bluesky.feed")
     assert old is not None
+    old.start()  # renewed while it writes, however slow the machine
     assert await pb.get("feed") is None
     await pa.put("feed", "1700000000000001", old)
     await pa.put("feed", "1700000000000002", old)
-    # host-a freezes; host-b takes the connection over and reads where it left off.
+    # host-a freezes (renews no more); host-b takes the connection over and reads where it
+    # left off.
+    assert old._task is not None
+    old._task.cancel()
     new = await take(lb, "bluesky.feed")
     point = await pb.get("feed")
     assert point is not None
     assert (point.point, point.host, point.epoch) == ("1700000000000002", "host-a", old.epoch)
+    new.start()
     saved = await pb.put("feed", "1700000000000009", new)
     assert saved.epoch == new.epoch > old.epoch
     # host-a wakes: its lease is invalid, so it does not even try...
@@ -61,6 +66,7 @@ async def test_the_next_holder_resumes_from_the_point_and_a_stale_holder_is_refu
         await pa.put("feed", "1700000000000003", Unaware())
     final = await pa.get("feed")
     assert final is not None and (final.point, final.host) == ("1700000000000009", "host-b")
+    await new.release()
 
 
 async def test_a_stream_moved_to_another_slot_is_written_under_the_new_one(
@@ -73,6 +79,8 @@ async def test_a_stream_moved_to_another_slot_is_written_under_the_new_one(
     old_slot = await leases.acquire("cred-old.mastodon")
     assert new_slot is not None and old_slot is not None
     assert old_slot.epoch > new_slot.epoch
+    new_slot.start()
+    old_slot.start()
     await points.put("tag", "111", old_slot)
     # The stream's credential changed: its new connection's lease has a lower epoch, which
     # does not matter across slots.
@@ -80,6 +88,8 @@ async def test_a_stream_moved_to_another_slot_is_written_under_the_new_one(
     assert saved.slot == "cred-new.mastodon"
     await points.forget("tag")
     assert await points.get("tag") is None
+    await new_slot.release()
+    await old_slot.release()
 
 
 async def test_concurrent_writers_under_one_lease_leave_one_of_their_points(
@@ -90,6 +100,8 @@ async def test_concurrent_writers_under_one_lease_leave_one_of_their_points(
     points = await Checkpoints.open(client.jetstream())
     lease = await leases.acquire("bluesky.feed")
     assert lease is not None
+    lease.start()
     await asyncio.gather(*(points.put("feed", str(n), lease) for n in range(4)))
     final = await points.get("feed")
     assert final is not None and final.point in {"0", "1", "2", "3"}
+    await lease.release()

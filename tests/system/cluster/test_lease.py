@@ -36,7 +36,9 @@ async def poll_acquire(leases: Leases, slot: str, timeout: float) -> tuple[Lease
 async def test_two_hosts_racing_for_slots_get_exactly_one_holder_each(
     host_client: Connect,
 ) -> None:
-    a, b = await leases_of(host_client, "host-a"), await leases_of(host_client, "host-b")
+    ttl = 30.0  # the leases are not renewed here: they must outlive a slow machine's checks
+    a = await leases_of(host_client, "host-a", ttl)
+    b = await leases_of(host_client, "host-b", ttl)
     slots = [f"cred-{i}" for i in range(20)]
     results = await asyncio.gather(
         *(holder.acquire(slot) for slot in slots for holder in (a, b))
