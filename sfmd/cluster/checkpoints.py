@@ -8,6 +8,10 @@ taken over (a newer epoch of the same slot wrote meanwhile) is refused with `Sta
 host that froze and woke up cannot move its successor's point back. The lease itself is asked
 first (`valid()`), so a holder that knows its lease is gone does not even try.
 
+The check and the write are two requests, so a holder frozen between them can still land one
+write after its lease ended. It is harmless: its successor resumes from the point it read at
+takeover, and its own first write replaces the stale one (its epoch is higher).
+
 Epochs compare only within a slot: every slot's epochs come from one bucket's revisions, so a
 newer holder of the same slot always has a higher one. When a stream moves to another
 connection (its credential changed), the first write under the new slot replaces the point
