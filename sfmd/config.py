@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -114,6 +115,13 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    nats_url: str  # "" = one host, no NATS; else comma-separated nats:// (or tls://) URLs
+    host_id: str
+    lease_ttl: float
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None  # the file it came from (absolute), None for `default_config`
     daemon: DaemonConfig
@@ -122,6 +130,7 @@ class Config:
     supervisor: SupervisorConfig
     bluesky: BlueskyConfig
     mastodon: MastodonConfig
+    cluster: ClusterConfig
 
 
 SECTIONS: dict[str, type] = {
@@ -131,6 +140,7 @@ SECTIONS: dict[str, type] = {
     "supervisor": SupervisorConfig,
     "bluesky": BlueskyConfig,
     "mastodon": MastodonConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -150,6 +160,7 @@ class Key:
     parse: Parser
     doc: str
     local: str | None = None  # for paths: the default under `default_config`'s base_dir
+    shown: bool = True  # False: a bad value is not echoed back (it may hold a password)
 
 
 # --- parsers ---------------------------------------------------------------------------------
@@ -330,6 +341,56 @@ def _shutdown_timeout(value: Any, base: Path) -> float:
     return seconds
 
 
+def _nats_urls(value: Any, base: Path) -> str:
+    """Empty (one host, no NATS), or one or more NATS server URLs separated by commas (the
+    nodes of a NATS cluster; the client fails over between them). A password in a URL would be
+    copied into every rendered config and could reach a log, so URLs may not carry one."""
+    rule = (
+        'must be "" (one host) or nats:// URLs separated by commas, like '
+        '"nats://10.0.0.1:4222,nats://10.0.0.2:4222"'
+    )
+    if not isinstance(value, str):
+        raise _Bad(rule)
+    if not value.strip():
+        return ""
+    urls = []
+    for part in value.split(","):
+        part = part.strip()
+        try:
+            parts = urlsplit(part)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise _Bad(rule) from None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise _Bad(rule)
+        if parts.username is not None or parts.password is not None:
+            raise _Bad("must not carry a user or password (user:password@host)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise _Bad(f"{rule}, without a path, ?query or #fragment")
+        urls.append(part.rstrip("/"))
+    return ",".join(urls)
+
+
+def _host_id(value: Any, base: Path) -> str:
+    """This host's name in the cluster; empty means the hostname, read once at start-up."""
+    rule = "must be 1-64 characters of A-Z a-z 0-9 _ . - (empty: the hostname)"
+    if not isinstance(value, str):
+        raise _Bad(rule)
+    name = value or socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        if value:
+            raise _Bad(rule)
+        raise _Bad(f"is empty and the hostname {name!r} is not usable: set host_id; it {rule}")
+    return name
+
+
+def _lease_ttl(value: Any, base: Path) -> float:
+    seconds = _seconds(value, base)
+    if seconds < 1:
+        raise _Bad("must be at least 1 second (renewals run at a third of it)")
+    return seconds
+
+
 def _octal_mode(value: Any, base: Path) -> int:
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
         raise _Bad('must be an octal permission string like "0660" (quoted, so it stays octal)')
@@ -445,6 +506,15 @@ KEYS: tuple[Key, ...] = (
     Key("mastodon", "fill_max_pages", 250, _integer(1),
         "pages of 40 statuses one gap fill reads at most; a longer gap is recorded as partly"
         " refilled"),
+    Key("cluster", "nats_url", "", _nats_urls,
+        "empty: one host, no NATS; else the NATS server(s) whose JetStream holds the "
+        "registry, the leases and the resume points (comma-separated for a NATS cluster)",
+        shown=False),
+    Key("cluster", "host_id", "", _host_id,
+        "this host's name in the cluster, unique per host; empty: the hostname"),
+    Key("cluster", "lease_ttl", 15, _lease_ttl,
+        "seconds a connection's lease lives without renewal; a holder renews at a third of "
+        "it and stops the connection before it can expire; others take over after it"),
 )
 # fmt: on
 
@@ -494,7 +564,8 @@ def _build(data: Mapping[str, Any], *, base: Path, source: str, path: Path | Non
         try:
             values[f"{key.table}.{key.name}"] = key.parse(raw, base)
         except _Bad as e:
-            raise ConfigError(f"{source}: [{key.table}] {key.name} {e}, got {_show(raw)}") from None
+            got = f", got {_show(raw)}" if key.shown else ""
+            raise ConfigError(f"{source}: [{key.table}] {key.name} {e}{got}") from None
     for high, low in AT_LEAST:
         if values[high] < values[low]:
             table, name = high.split(".")

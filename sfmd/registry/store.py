@@ -47,7 +47,7 @@ class Registry:
             return cls(path)
         except OSError as e:
             raise RegistryError(f"registry {path} cannot be read: {e.strerror}") from None
-        return cls(path, _parse(path, raw, credentials))
+        return cls(path, parse(path, raw, credentials))
 
     def remove_leftovers(self) -> list[Path]:
         """Delete temp files of registry writes a crash interrupted (the registry itself is
@@ -90,40 +90,57 @@ class Registry:
 
     def holder_of(self, spec: StreamSpec) -> StreamSpec | None:
         """Another active stream holding the connection `spec` would need, if any."""
-        if not spec.exclusive:
-            return None
-        for other in self._streams.values():
-            if other.active and other.slot == spec.slot and other.name != spec.name:
-                return other
-        return None
+        return holder_of(self._streams, spec)
 
     def check_credential_free(self, spec: StreamSpec) -> None:
         """Refuse making `spec` active on a credential another active stream holds (API 409)."""
-        holder = self.holder_of(spec) if spec.active else None
-        if holder is not None:
-            what = "the v2 sample connection of" if spec.api == "v2" else "credential"
-            raise ValidationError(
-                "credential_in_use",
-                "credential",
-                f"{what} {spec.credential!r} is in use by active stream {holder.name!r}; "
-                "stop that stream or choose another credential",
-            )
+        check_credential_free(self._streams, spec)
 
     def _commit(self, spec: StreamSpec) -> None:
         self._write({**self._streams, spec.name: spec})
 
     def _write(self, streams: dict[str, StreamSpec]) -> None:
-        # One stream per line: still easy to read and diff, and encoded by json's C encoder
-        # (any `indent` falls back to the pure-Python one, ten times slower: 90 ms for 1,000
-        # streams, all of it holding the GIL while API calls wait).
-        lines = ",\n".join(streams[name].registry_line for name in sorted(streams))
-        text = f'{{"version": {FORMAT_VERSION}, "streams": [\n{lines}\n]}}\n'
-        write_atomically(self.path, text.encode("utf-8"))
+        write_atomically(self.path, render(streams))
         self._streams = streams
 
 
-def _parse(path: Path, raw: bytes, credentials: Collection[str] | None) -> dict[str, StreamSpec]:
-    """The streams in a registry file, or a RegistryError: never drop a stream silently."""
+def holder_of(streams: Mapping[str, StreamSpec], spec: StreamSpec) -> StreamSpec | None:
+    """Among `streams`, another active stream holding the connection `spec` would need."""
+    if not spec.exclusive:
+        return None
+    for other in streams.values():
+        if other.active and other.slot == spec.slot and other.name != spec.name:
+            return other
+    return None
+
+
+def check_credential_free(streams: Mapping[str, StreamSpec], spec: StreamSpec) -> None:
+    """Refuse making `spec` active on a credential another of `streams` holds (API 409)."""
+    holder = holder_of(streams, spec) if spec.active else None
+    if holder is not None:
+        what = "the v2 sample connection of" if spec.api == "v2" else "credential"
+        raise ValidationError(
+            "credential_in_use",
+            "credential",
+            f"{what} {spec.credential!r} is in use by active stream {holder.name!r}; "
+            "stop that stream or choose another credential",
+        )
+
+
+def render(streams: Mapping[str, StreamSpec]) -> bytes:
+    """The registry document: the file's content, and the value of cluster mode's key."""
+    # One stream per line: still easy to read and diff, and encoded by json's C encoder
+    # (any `indent` falls back to the pure-Python one, ten times slower: 90 ms for 1,000
+    # streams, all of it holding the GIL while API calls wait).
+    lines = ",\n".join(streams[name].registry_line for name in sorted(streams))
+    return f'{{"version": {FORMAT_VERSION}, "streams": [\n{lines}\n]}}\n'.encode()
+
+
+def parse(
+    path: Path | str, raw: bytes, credentials: Collection[str] | None = None
+) -> dict[str, StreamSpec]:
+    """The streams in a registry document read from `path` (the file, or the name of cluster
+    mode's bucket key), or a RegistryError naming it: never drop a stream silently."""
     fix = "fix or restore it; sfmd will not guess which streams were meant"
     try:
         data = json.loads(raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -345,3 +346,47 @@ def test_timings_are_floats_even_when_written_as_integers(tmp_path: Path) -> Non
 def test_start_jitter_may_be_zero(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "[timing]\nstart_jitter = 0\n"))
     assert config.timing.start_jitter == 0.0
+
+
+def test_cluster_defaults_are_one_host_named_by_the_hostname(tmp_path: Path) -> None:
+    import socket
+
+    cluster = load_config(write(tmp_path, "")).cluster
+    assert cluster.nats_url == ""
+    assert cluster.host_id == socket.gethostname()
+    assert cluster.lease_ttl == 15.0
+
+
+def test_cluster_keys_take_several_nats_urls_and_a_host_id(tmp_path: Path) -> None:
+    text = (
+        '[cluster]\nnats_url = "nats://10.0.0.1:4222, nats://10.0.0.2:4222/"\n'
+        'host_id = "host-a.example"\nlease_ttl = 2.5\n'
+    )
+    cluster = load_config(write(tmp_path, text)).cluster
+    assert cluster.nats_url == "nats://10.0.0.1:4222,nats://10.0.0.2:4222"
+    assert cluster.host_id == "host-a.example"
+    assert cluster.lease_ttl == 2.5
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('nats_url = "http://10.0.0.1:4222"', "[cluster] nats_url must be"),
+        ('nats_url = "nats://"', "[cluster] nats_url must be"),
+        ('host_id = "a b"', "[cluster] host_id must be 1-64 characters"),
+        ("lease_ttl = 0.5", "[cluster] lease_ttl must be at least 1 second"),
+    ],
+)
+def test_bad_cluster_keys_are_refused_naming_the_key(
+    tmp_path: Path, line: str, words: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_config(write(tmp_path, f"[cluster]\n{line}\n"))
+
+
+def test_a_nats_password_is_refused_and_never_echoed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cluster]\nnats_url = "nats://sfm:hunter2secret@10.0.0.1:4222"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "user or password" in str(caught.value)
+    assert "hunter2secret" not in str(caught.value)

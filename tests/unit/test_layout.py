@@ -6,6 +6,9 @@ Read from the source with `ast`, so a forbidden import fails here even if nothin
 - the archive imports nothing from the sources (it knows no network);
 - nothing but cli (lazily, for `sfmd fakeapi`), demo and the fakes themselves imports `fake`;
 - nothing imports cli;
+- cluster mode (`sfmd.cluster`) is imported only by the daemon and cli, which start it when
+  `[cluster] nats_url` is set; it imports nothing of the byte path or the control path's upper
+  layers; and nats-py is imported by nothing else, so a single host never loads it;
 - between packages there is no cycle.
 
 `test_the_checker_finds_a_forbidden_import` shows each rule failing on a made-up module.
@@ -34,7 +37,24 @@ FORBIDDEN = [
     ("sfmd.status", "sfmd."),
     ("sfmd.errors", "sfmd."),
     ("sfmd.logline", "sfmd."),  # sfmctl renders the log with it: it stays light
+    *[
+        (low, "sfmd.cluster")
+        for low in (
+            "sfmd.sources", "sfmd.archive", "sfmd.registry", "sfmd.runtime", "sfmd.control",
+            "sfmd.ops", "sfmd.fake", "sfmd.config", "sfmd.credentials", "sfmd.logs",
+            "sfmd.durable", "sfmd.locks", "sfmd.demo", "sfmd.ctl",
+        )
+    ],
+    *[
+        ("sfmd.cluster", high)
+        for high in (
+            "sfmd.sources", "sfmd.archive", "sfmd.runtime", "sfmd.daemon", "sfmd.control",
+            "sfmd.ops",
+        )
+    ],
 ]
+#: Only cluster mode talks to NATS.
+NATS_USERS = ("sfmd.cluster",)
 #: Who may import the fakes.
 FAKE_USERS = ("sfmd.fake", "sfmd.demo", "sfmd.cli")
 
@@ -70,6 +90,8 @@ def problems(modules: dict[str, str]) -> list[str]:
     found = []
     for module, source in sorted(modules.items()):
         for imported in set(imports_of(source, module)):
+            if within(imported, "nats") and not any(within(module, u) for u in NATS_USERS):
+                found.append(f"{module} imports {imported}: only sfmd.cluster may")
             if not imported.startswith("sfmd"):
                 continue
             for low, high in FORBIDDEN:
@@ -127,6 +149,9 @@ def test_the_import_contract_holds() -> None:
         ("sfmd.runtime.tasks", "from sfmd.fake.twitter import V1API", "only cli, demo"),
         ("sfmd.daemon.app", "def f():\n    from sfmd.cli import main", "nothing imports cli"),
         ("sfmd.status", "from sfmd.logs import get_logger", "imports sfmd.logs"),
+        ("sfmd.runtime.tasks", "from sfmd.cluster import lease", "imports sfmd.cluster"),
+        ("sfmd.cluster.lease", "from sfmd.runtime import tasks", "imports sfmd.runtime"),
+        ("sfmd.archive.writer", "import nats", "only sfmd.cluster may"),
     ],
 )
 def test_the_checker_finds_a_forbidden_import(module: str, source: str, words: str) -> None:
@@ -146,6 +171,18 @@ def test_sfmd_run_and_stream_never_load_the_fakes() -> None:
         "import sys; from sfmd import cli; cli.build_parser(); "
         "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks; "
         "print(sorted(m for m in sys.modules if m.startswith('sfmd.fake')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_single_host_never_loads_nats_or_cluster_mode() -> None:
+    """Everything `sfmd run` imports without a nats_url, loaded in a fresh interpreter."""
+    code = (
+        "import sys; from sfmd import cli; cli.build_parser(); "
+        "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks, sfmd.config; "
+        "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith(('nats.', "
+        "'sfmd.cluster'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
