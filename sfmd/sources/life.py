@@ -1,10 +1,12 @@
 """What every connection of every network shares: its task, its state, a graceful stop, and
 how its life is told in the log and the status.
 
-A source's connection class (Twitter's `Stream`, Bluesky's `JetstreamStream`) inherits this
-and writes `run()`, its life from connect to stop, and `_interrupt()`, which makes a read in
-progress end by itself (closing the response or socket), so that what was read is handed
-over before the task ends. Nothing else is meant to be overridden.
+A source's connection class (Twitter's `Stream`, Bluesky's `JetstreamStream`, Mastodon's
+`Socket`) inherits this and writes its life from connect to stop: either `run()` whole (as
+Twitter's does) or, for the loop the WebSocket sources share, `_connect_and_read()` and
+`_wait_after()` (and `_prepare()` if it reads a resume point first); and `_interrupt()`,
+which makes a read in progress end by itself (closing the response or socket), so that what
+was read is handed over before the task ends. Nothing else is meant to be overridden.
 
 `run()` reports each step through the same few methods, so every network's log reads alike:
 one line per change of state, carrying its reason: `_attempting` (a `connecting` line),
@@ -32,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sfmd.logs import get_logger
-from sfmd.sources.backoff import Backoff, BackoffPolicy
+from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.base import Sink
 from sfmd.status import State, StreamStatus
 
@@ -66,7 +68,32 @@ class ConnectionLife:
         self._fold: _Fold | None = None
 
     async def run(self, delay: float = 0.0) -> None:
-        """Connect, read and reconnect until stopped; never return on a transient error."""
+        """Connect, read and reconnect until stopped; never return on a transient error.
+
+        The loop the WebSocket sources share: `_prepare` once, then `_connect_and_read` and
+        `_wait_after` it until a stop. A source whose failures arrive another way (Twitter's
+        HTTP stream raises them) writes its own."""
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._prepare()
+            while True:
+                failure, reason = await self._connect_and_read()
+                if self._stopping:
+                    return
+                await self._wait_after(failure, reason)
+        finally:
+            self._stopped()
+
+    async def _prepare(self) -> None:
+        """Before the first connection (read where to resume): nothing by default."""
+
+    async def _connect_and_read(self) -> tuple[Failure, str]:
+        """One connection, until it ends: how it failed and why."""
+        raise NotImplementedError
+
+    async def _wait_after(self, failure: Failure, reason: str) -> None:
+        """Tell the failure and wait before the next attempt."""
         raise NotImplementedError
 
     async def _interrupt(self) -> bool:

@@ -126,23 +126,15 @@ class JetstreamStream(ConnectionLife):
 
     # -- the main loop -----------------------------------------------------------------------
 
-    async def run(self, delay: float = 0.0) -> None:
-        try:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self.resume is None:
-                self.resume = await asyncio.to_thread(
-                    ResumePoint.from_files, self.stream_dir, int(self.timing.rewind * 1e6)
-                )
-                self.log.info("resume_point", newest_time_us=self.resume.newest,
-                              cursor=self.resume.cursor)
-            while True:
-                failure, reason = await self._connect_and_read()
-                if self._stopping:
-                    return
-                await self._wait_after(failure, reason)
-        finally:
-            self._stopped()
+    async def _prepare(self) -> None:
+        """Where to resume, read back from the stream's files (once: then it follows each
+        stored event)."""
+        if self.resume is None:
+            self.resume = await asyncio.to_thread(
+                ResumePoint.from_files, self.stream_dir, int(self.timing.rewind * 1e6)
+            )
+            self.log.info("resume_point", newest_time_us=self.resume.newest,
+                          cursor=self.resume.cursor)
 
     async def _connect_and_read(self) -> tuple[Failure, str]:
         """One connection, until it ends: how it failed and why."""

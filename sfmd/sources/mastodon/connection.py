@@ -115,18 +115,6 @@ class Socket(ConnectionLife):
         await self.ws.close()
         return True
 
-    async def run(self, delay: float = 0.0) -> None:
-        try:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            while True:
-                failure, reason = await self._connect_and_read()
-                if self._stopping:
-                    return
-                await self._wait_after(failure, reason)
-        finally:
-            self._stopped()
-
     async def _connect_and_read(self) -> tuple[Failure, str]:
         self._attempting(url=self.url)
         try:
