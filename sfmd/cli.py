@@ -35,7 +35,7 @@ from sfmd.sources import source_of
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = (
-    "sfmd collects Twitter and Bluesky streams into clock-rotated files with a fixity "
+    "sfmd collects Twitter, Bluesky and Mastodon streams into clock-rotated files with a fixity "
     "manifest. `sfmd run` is the daemon (manage its streams with sfmctl); the other commands "
     "check, audit and package what it stored."
 )

@@ -502,7 +502,9 @@ def render_show(stream: dict[str, Any], now: datetime | None = None) -> str:
             f"{connection.get('name')} (shared), {connection.get('state')}, "
             f"{connection.get('messages')} messages, {connection.get('unrouted')} unrouted, "
             f"{connection.get('errors')} errors, {connection.get('reconnects')} reconnects, "
-            f"{connection.get('rules')} rules at the API"
+            + (f"{connection.get('rules')} channels subscribed"
+               if stream.get("source") == "mastodon"
+               else f"{connection.get('rules')} rules at the API")
         ]))
         if connection.get("rules_problem"):
             pairs.append(("rules_problem", [str(connection["rules_problem"])]))

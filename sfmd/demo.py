@@ -100,8 +100,10 @@ def terms(body: dict[str, Any]) -> str:
     """A filter's terms as a person reads them."""
     shown = []
     for key in ("track", "people", "follow", "collections", "dids", "tag"):
-        if body.get(key):
-            shown.append(f"{key} " + ", ".join(repr(v) for v in body[key]))
+        value = body.get(key)
+        if value:
+            values = value if isinstance(value, list) else [value]
+            shown.append(f"{key} " + ", ".join(repr(v) for v in values))
     return "; ".join(shown) or "everything (a sample)"
 
 

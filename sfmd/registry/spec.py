@@ -339,7 +339,8 @@ def check_credential(name: str, credentials: Collection[str]) -> None:
         raise ValidationError(
             "invalid",
             "credential",
-            f"credential {name!r} is not in the credentials file; known: {known}",
+            f"credential {name!r} is not in the credentials file; known: {known} (just added"
+            " it? run `sfmctl reload` so sfmd reads the file again)",
         )
 
 

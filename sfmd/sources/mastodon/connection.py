@@ -116,7 +116,8 @@ class Socket(ConnectionLife):
         return True
 
     async def _connect_and_read(self) -> tuple[Failure, str]:
-        self._attempting(url=self.url)
+        self._attempting(**({"url": self.url} if self.url else {"instance": str(
+            self.owner.instance.base)}))
         try:
             if self.url is None:
                 self.url = await self.owner.instance.streaming_url()
@@ -580,7 +581,7 @@ class AccountConnection:
             reconnects=conn.reconnects,
             rules=len(self.keys),  # the channels subscribed on the socket
             foreign_rules=[],
-            rules_problem=self.token_refused,
+            rules_problem=None,  # a refused token is each member's last_error
         )
 
 

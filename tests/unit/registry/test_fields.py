@@ -307,7 +307,9 @@ def test_an_unknown_credential_is_refused_naming_only_names() -> None:
         "b": Credential("b", "ck2-SECRET", "cs2-SECRET", "at2-SECRET", "ats2-SECRET"),
     }
     error = refused(filt(credential="x"), credentials=creds)
-    assert error.message == "credential 'x' is not in the credentials file; known: a, b"
+    assert error.message.startswith(
+        "credential 'x' is not in the credentials file; known: a, b (just added it? run "
+        "`sfmctl reload`")
     assert "SECRET" not in error.message
     assert ok(filt(credential="b"), credentials=creds).credential == "b"
 
