@@ -395,24 +395,42 @@ class SizeResult:
     create_total_s: float | None = None  # first POST -> all streaming, registry built by API
     create_post_s: list[float] = field(default_factory=list)
     boundary: float = 0.0  # the wall-clock rotation boundary inside the load window
-    lags: list[tuple[float, float]] = field(default_factory=list)  # loop-lag probe: wall, s
+    # The loop-lag probe's late wake-ups: wall clock, lag, loop thread CPU meanwhile (s).
+    lags: list[tuple[float, float, float]] = field(default_factory=list)
     lag_window_s: float = 0.0  # how much of the minute after the boundary the probe saw
+    label: str = ""  # "" for this checkout, else what --against's code is called
+
+    def lags_after(self) -> list[tuple[float, float, float]]:
+        """The late wake-ups in the minute after the boundary."""
+        return [x for x in self.lags if self.boundary <= x[0] < self.boundary + LAG_AFTER]
+
+    def worst_loop_cpu(self) -> float:
+        return max((x[2] for x in self.lags_after()), default=0.0)
 
 
 class SizeBench:
     def __init__(
-        self, args: argparse.Namespace, n: int, root: Path, fake: FakeAPIProcess, cores: Any
+        self,
+        args: argparse.Namespace,
+        n: int,
+        root: Path,
+        fake: FakeAPIProcess,
+        cores: Any,
+        code: Path | None = None,
+        label: str = "",
     ) -> None:
+        """`code` and `label`: another version's sfmd (see `DaemonProcess`), and its name."""
         self.args = args
         self.n = n
         self.root = root
         self.fake = fake
         self.daemon_core, self.client_core = cores
-        self.result = SizeResult(n)
+        self.code = code
+        self.result = SizeResult(n, label=label)
         self.names = {sample_name(i) for i in range(n)}
 
     def _workdir(self, label: str) -> Path:
-        workdir = self.root / f"{label}-{self.n}"
+        workdir = self.root / f"{label}-{self.n}{'-against' if self.code else ''}"
         workdir.mkdir()
         return workdir
 
@@ -421,7 +439,7 @@ class SizeBench:
         if registered:
             write_registry(workdir / "state", registered)
         lag_file = workdir / "loop-lag.txt" if probe else None
-        return DaemonProcess(workdir, config, self.daemon_core, lag_file)
+        return DaemonProcess(workdir, config, self.daemon_core, lag_file, self.code)
 
     async def run(self) -> SizeResult:
         workdir = self._workdir("registered")
@@ -643,11 +661,13 @@ class SizeBench:
         r.stop_s, r.stop_code = await stop_daemon(daemon)
         if daemon.probe is not None and daemon.probe.exists():
             r.lags = lagprobe.read(daemon.probe)
-            after = [lag for wall, lag in r.lags if r.boundary <= wall < r.boundary + LAG_AFTER]
+            after = r.lags_after()
+            worst = max(after, default=(0.0, 0.0, 0.0), key=lambda x: x[1])
             print(
                 f"  loop lag in the {r.lag_window_s:.0f} s after the boundary: "
                 f"{len(after)} wake-ups late by > {lagprobe.RECORD * 1e3:g} ms, worst "
-                f"{max(after, default=0) * 1e3:.1f} ms",
+                f"{worst[1] * 1e3:.1f} ms (loop CPU meanwhile {worst[2] * 1e3:.1f} ms); "
+                f"worst loop CPU in a late interval {r.worst_loop_cpu() * 1e3:.1f} ms",
                 flush=True,
             )
         data = workdir / "data"
@@ -936,6 +956,10 @@ def _met(value: float, target: float) -> str:
     return "met" if value <= target else "**not met**"
 
 
+def _size(r: SizeResult) -> str:
+    return f"{r.n:,} ({r.label})" if r.label else f"{r.n:,}"
+
+
 def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
     out = [
         "| streams | socket s | all started s | all connected s | all streaming s | RSS then MB "
@@ -945,7 +969,7 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
     ]
     for r in results:
         out.append(
-            f"| {r.n:,} | {r.socket_s:.2f} | {r.started_s:.2f} | {r.connected_s:.2f} "
+            f"| {_size(r)} | {r.socket_s:.2f} | {r.started_s:.2f} | {r.connected_s:.2f} "
             f"| {r.start_s:.2f} | {r.rss_start_mb:.0f} | {r.rss_after_mb:.0f} | {r.hwm_mb:.0f} "
             f"| {r.cpu_quiet_pct:.1f} | {r.cpu_load_pct:.1f} | {r.messages_per_s:,.0f} "
             f"| {r.fds:,} | {r.threads} | {r.stop_s:.2f} (exit {r.stop_code}) |"
@@ -968,7 +992,7 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
                 continue
             ms = [v * 1e3 for v in values]
             out.append(
-                f"| {r.n:,} | {kind} | {len(ms)} | {percentile(ms, 50):.1f} "
+                f"| {_size(r)} | {kind} | {len(ms)} | {percentile(ms, 50):.1f} "
                 f"| {percentile(ms, 95):.1f} | {percentile(ms, 99):.1f} | {max(ms):.1f} |"
             )
     created = [r for r in results if r.create_total_s is not None]
@@ -985,7 +1009,7 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
             ms = [v * 1e3 for v in r.create_post_s]
             tenth = max(1, len(ms) // 10)
             out.append(
-                f"| {r.n:,} | {r.create_total_s:.1f} | {percentile(ms, 50):.1f} "
+                f"| {_size(r)} | {r.create_total_s:.1f} | {percentile(ms, 50):.1f} "
                 f"| {percentile(ms, 99):.1f} | {max(ms):.1f} "
                 f"| {statistics.median(ms[:tenth]):.1f} | {statistics.median(ms[-tenth:]):.1f} |"
             )
@@ -995,7 +1019,9 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
 def verdicts(results: list[SizeResult]) -> str:
     """The targets, judged at every size that has its own (1,000 and 5,000 streams), else on
     the largest size run."""
-    judged = [r for r in results if r.n in SIZE_TARGETS] or [max(results, key=lambda x: x.n)]
+    judged = [r for r in results if r.n in SIZE_TARGETS] or [
+        r for r in results if r.n == max(x.n for x in results)
+    ]
     lines: list[str] = []
     for r in judged:
         lines += _verdict(r)
@@ -1014,10 +1040,10 @@ def _verdict(r: SizeResult) -> list[str]:
         key=lambda kv: kv[1],
     )
     stopped = r.stop_code == 0 and r.stop_s <= STOP_LIMIT and not r.parts_left
-    after = [lag for wall, lag in r.lags if r.boundary <= wall < r.boundary + LAG_AFTER]
-    stall = max(after, default=0.0)
+    after = r.lags_after()
+    stall = max((x[1] for x in after), default=0.0)
     lines = [
-        f"Targets, at {r.n:,} streams:",
+        f"Targets, at {_size(r)} streams:",
         "",
         f"- start-up to all streaming ≤ {start_target:g} s: {r.start_s:.1f} s, "
         f"{_met(r.start_s, start_target)}",
@@ -1030,7 +1056,9 @@ def _verdict(r: SizeResult) -> list[str]:
         f"- no event-loop stall > {LAG_TARGET * 1e3:g} ms in the {r.lag_window_s:.0f} s after "
         f"a rotation boundary (loop-lag probe, a wake-up asked every "
         f"{lagprobe.INTERVAL * 1e3:g} ms): worst {stall * 1e3:.1f} ms, {len(after)} wake-ups "
-        f"late by > {lagprobe.RECORD * 1e3:g} ms, {_met(stall, LAG_TARGET)}",
+        f"late by > {lagprobe.RECORD * 1e3:g} ms, {_met(stall, LAG_TARGET)}; the loop thread's "
+        f"own CPU time within a late interval at most {r.worst_loop_cpu() * 1e3:.1f} ms "
+        f"(the rest of a lag is the core given to other processes, or the GIL)",
         f"- SIGTERM → exit 0 within {STOP_LIMIT:g} s: {r.stop_s:.2f} s, exit {r.stop_code}, "
         f"{r.parts_left} .part left: "
         f"{'met' if stopped else '**not met**'}",
@@ -1099,7 +1127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--against",
         type=Path,
         metavar="DIR",
-        help="--per-message also runs the sfmd package in DIR (another version), alternating",
+        help="also run the sfmd package in DIR (another version), alternating with this one",
     )
     parser.add_argument(
         "--against-label", default="before", help="what --against's rows are called in the doc"
@@ -1143,8 +1171,16 @@ async def run_all(args: argparse.Namespace, root: Path) -> list[SizeResult]:
         try:
             for n in args.sizes:
                 print(f"{n} streams", flush=True)
-                bench = SizeBench(args, n, root, fake, (daemon_core, other_core))
-                results.append(await bench.run())
+                versions: list[tuple[Path | None, str]] = [(None, "")]
+                if args.against is not None:
+                    versions.append((args.against, args.against_label))
+                    if len(results) // 2 % 2:
+                        versions.reverse()  # alternate which runs first, size by size
+                for code, label in versions:
+                    if label:
+                        print(f"  ({label})", flush=True)
+                    bench = SizeBench(args, n, root, fake, (daemon_core, other_core), code, label)
+                    results.append(await bench.run())
         finally:
             fake.stop()
     if args.per_message:
