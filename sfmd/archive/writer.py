@@ -67,7 +67,7 @@ from sfmd.archive.manifest import (
 from sfmd.archive.naming import interval_start, iso_utc, spread_offset
 from sfmd.archive.partfile import Described, _complete, _PartFile
 from sfmd.archive.recovery import CountItems, _leftovers, _unrecorded, recover_part
-from sfmd.archive.tick import Work, tick_at
+from sfmd.archive.tick import SharedTick, Work, tick_at
 from sfmd.archive.tick import for_loop as shared_tick
 
 #: Archive I/O has threads of its own. At a rotation boundary every stream publishes at once
@@ -243,6 +243,7 @@ class Archive:
         # The shared tick (`tick`): when this archive is due at it, the batch handed over
         # (resolved when written), what the disk said, and whether the writer task is busy
         # (the two never touch a file at the same time).
+        self._tick: SharedTick | None = None  # this loop's, found once
         self._tick_at: float | None = None
         self._shared: tuple[_PartFile, _Segment, asyncio.Future[None]] | None = None
         self._shared_failure: tuple[_PartFile, BaseException] | None = None
@@ -417,7 +418,9 @@ class Archive:
 
     def _schedule(self, head: _Segment) -> None:
         self._tick_at = tick_at(head.since, self._flush_interval)
-        shared_tick(asyncio.get_running_loop(), _POOL).schedule(self, self._tick_at)
+        if self._tick is None:
+            self._tick = shared_tick(asyncio.get_running_loop(), _POOL)
+        self._tick.schedule(self, self._tick_at)
 
     def shared_take(self) -> Work | None:
         """At the tick: the head's batch to write, if it is due and the plain case;
