@@ -77,6 +77,7 @@ ROTATION_WINDOW = 10.0  # seconds after a rotation boundary that count as "durin
 ROTATION_LEAD = 15.0  # the load window opens this long before a rotation boundary
 POLL = 0.5  # seconds between GET /streams while waiting for every stream
 STARTUP_TIMEOUT = 120.0
+STARTUP_SETTLED = 45.0  # s after spawning: past the daemon's one freeze at start_jitter + 30 s
 STOP_LIMIT = 10.0  # the promise: exit within 10 s of SIGTERM
 
 # The load window's request mix: kind -> weight.
@@ -232,6 +233,7 @@ class DaemonProcess:
         if probe is not None:
             launcher = [str(REPO / "bench" / "lagprobe.py"), str(probe)]
         self.spawned = time.monotonic()
+        self.spawned_wall = time.time()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, *launcher, "run", "--config", str(config)],
@@ -524,9 +526,17 @@ class SizeBench:
 
     async def _align_to_rotation(self, daemon: DaemonProcess) -> None:
         """Idle until a rotation boundary is a third of the load window away, so that every
-        run's load window holds exactly one rotation of every stream, at the same moment."""
+        run's load window holds exactly one rotation of every stream, at the same moment.
+
+        That boundary comes after start-up is over: the daemon freezes what its streams made
+        while connecting once, `start_jitter + connect_timeout` (35 s by default) after it
+        starts, a one-off pause of about 100 ms at 1,000 streams that is not the rotation's
+        and must not fall in the minute the loop-lag probe judges."""
         lead = min(ROTATION_LEAD, self.args.load / 3)
         wait = (SAVE_INTERVAL - lead - time.time() % SAVE_INTERVAL) % SAVE_INTERVAL
+        settled = daemon.spawned_wall + STARTUP_SETTLED
+        while time.time() + wait + lead < settled:
+            wait += SAVE_INTERVAL
         print(f"  waiting {wait:.0f} s so that the load window holds a rotation", flush=True)
         await asyncio.sleep(wait)
         self.result.boundary = (time.time() // SAVE_INTERVAL + 1) * SAVE_INTERVAL
