@@ -56,7 +56,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchlib import cpu_seconds, dated_section, percentile, pinned, publish, terminate
+import lagprobe
+from benchlib import (
+    cpu_seconds,
+    cpu_times,
+    dated_section,
+    load_average,
+    percentile,
+    pinned,
+    publish,
+    terminate,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,6 +77,7 @@ ROTATION_WINDOW = 10.0  # seconds after a rotation boundary that count as "durin
 ROTATION_LEAD = 15.0  # the load window opens this long before a rotation boundary
 POLL = 0.5  # seconds between GET /streams while waiting for every stream
 STARTUP_TIMEOUT = 120.0
+STARTUP_SETTLED = 45.0  # s after spawning: past the daemon's one freeze at start_jitter + 30 s
 STOP_LIMIT = 10.0  # the promise: exit within 10 s of SIGTERM
 
 # The load window's request mix: kind -> weight.
@@ -78,6 +89,11 @@ MIX: dict[str, float] = {
     "PATCH /streams/{name}": 1,
 }
 TARGETS = {"start_s": 30.0, "rss_mb": 150.0, "p99_ms": 50.0, "stop_s": STOP_LIMIT}
+#: Stricter targets for some sizes (issue "Cheap at scale"): (start-up s, peak RSS MB).
+SIZE_TARGETS: dict[int, tuple[float, float]] = {1000: (30.0, 90.0), 5000: (60.0, 400.0)}
+LAG_AFTER = 60.0  # the loop-lag probe is judged over this long after a rotation boundary
+LAG_TARGET = 0.050  # no stall longer than this in that minute
+PER_MESSAGE_RATIO = 2.0  # fan-out CPU per message at most this times one busy stream's
 
 
 class BenchError(Exception):
@@ -107,18 +123,27 @@ def open_fds(pid: int) -> int:
 
 
 def start_profile(
-    pid: int, output: Path, seconds: float, core: int | None
+    pid: int, output: Path, seconds: float, core: int | None, gil: bool = True
 ) -> subprocess.Popen[bytes]:
-    """py-spy on the other core, sampling without pausing the daemon."""
+    """py-spy on the other core, sampling without pausing the daemon: the GIL holder's
+    stacks, or (`gil=False`) every thread's that is not idle, the loop and the archive's
+    worker threads alike."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     command = [
-        py_spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--gil",
+        py_spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
+        *(["--gil"] if gil else ["--threads"]),
         "--function", "--format", "raw", "--duration", str(round(seconds)),
         "--output", str(output),
     ]  # fmt: skip
     return subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pinned(core)
     )
+
+
+INCLUSIVE = ("sfmd/", "aiohttp/", "asyncio/", "logging/", "structlog/", "thread (")
+#: Leaves where a thread waits (py-spy --nonblocking cannot always tell it is idle): the
+#: loop in epoll, a pool thread on its queue. Left out of the shares.
+IDLE = ("EpollSelector.select (", "_worker (concurrent/futures/thread.py:69)")
 
 
 def profile_summary(path: Path, top: int = 12) -> str:
@@ -130,14 +155,16 @@ def profile_summary(path: Path, top: int = 12) -> str:
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
         frames = stack.split(";")
+        if frames[-1].startswith(IDLE):
+            continue
         total += count
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for frame in set(frames):
-            if "sfmd/" in frame or "aiohttp/" in frame:
+            if any(part in frame for part in INCLUSIVE):
                 through[frame] = through.get(frame, 0) + count
     if not total:
         return f"    {path.name}: no samples"
-    lines = [f"    {path.name}: {total} samples; self:"]
+    lines = [f"    {path.name}: {total} samples (busy only); self:"]
     for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"      {count / total:6.1%}  {frame}")
     lines.append("    inclusive (sfmd, aiohttp):")
@@ -188,16 +215,31 @@ class FakeAPIProcess:
 class DaemonProcess:
     """`sfmd run` as a child; `spawned` is when the clock for start-up began."""
 
-    def __init__(self, workdir: Path, config: Path, core: int | None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: Path,
+        core: int | None,
+        probe: Path | None = None,
+        code: Path | None = None,
+    ) -> None:
+        """`code`: a folder holding another version's `sfmd` package, run instead of this
+        checkout's (from the work folder, so that this checkout is not on the path)."""
         self.workdir = workdir
         self.stderr_path = workdir / "sfmd-stderr.txt"
+        self.probe = probe
         stderr = open(self.stderr_path, "wb")  # the child keeps its own copy of the fd
+        launcher = ["-m", "sfmd"]
+        if probe is not None:
+            launcher = [str(REPO / "bench" / "lagprobe.py"), str(probe)]
         self.spawned = time.monotonic()
+        self.spawned_wall = time.time()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sfmd", "run", "--config", str(config)],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                preexec_fn=pinned(core),
+                [sys.executable, *launcher, "run", "--config", str(config)],
+                cwd=REPO if code is None else workdir, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=pinned(core),
+                env=None if code is None else {**os.environ, "PYTHONPATH": str(code)},
             )  # fmt: skip
         finally:
             stderr.close()
@@ -215,17 +257,20 @@ class DaemonProcess:
 
 
 def write_config(
-    workdir: Path, fake: FakeAPIProcess, credentials: Path, overrides: dict[str, str]
+    workdir: Path,
+    fake: FakeAPIProcess,
+    credentials: Path,
+    overrides: dict[str, str],
+    save_interval: int | None = SAVE_INTERVAL,
 ) -> Path:
-    """sfmd's defaults except where the files go, the fake API, the rotation interval and
-    any `--set SECTION.KEY=VALUE` (a TOML value)."""
+    """sfmd's defaults except where the files go, the fake API, the rotation interval (None:
+    sfmd's default) and any `--set SECTION.KEY=VALUE` (a TOML value)."""
     settings: dict[str, dict[str, str]] = {
         "daemon": {
             "data_dir": '"data"',
             "state_dir": '"state"',
             "log_dir": '"log"',
             "control_socket": '"sfmd.sock"',
-            "save_interval": str(SAVE_INTERVAL),
         },
         "twitter": {
             "stream_url": json.dumps(fake.stream_url),
@@ -235,6 +280,8 @@ def write_config(
         },
         "timing": {},
     }
+    if save_interval is not None:
+        settings["daemon"]["save_interval"] = str(save_interval)
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
         settings.setdefault(section, {})[key] = value
@@ -349,34 +396,56 @@ class SizeResult:
     published: int = 0
     create_total_s: float | None = None  # first POST -> all streaming, registry built by API
     create_post_s: list[float] = field(default_factory=list)
+    boundary: float = 0.0  # the wall-clock rotation boundary inside the load window
+    # The loop-lag probe's late wake-ups: wall clock, lag, loop thread CPU meanwhile (s).
+    lags: list[tuple[float, float, float]] = field(default_factory=list)
+    lag_window_s: float = 0.0  # how much of the minute after the boundary the probe saw
+    label: str = ""  # "" for this checkout, else what --against's code is called
+
+    def lags_after(self) -> list[tuple[float, float, float]]:
+        """The late wake-ups in the minute after the boundary."""
+        return [x for x in self.lags if self.boundary <= x[0] < self.boundary + LAG_AFTER]
+
+    def worst_loop_cpu(self) -> float:
+        return max((x[2] for x in self.lags_after()), default=0.0)
 
 
 class SizeBench:
     def __init__(
-        self, args: argparse.Namespace, n: int, root: Path, fake: FakeAPIProcess, cores: Any
+        self,
+        args: argparse.Namespace,
+        n: int,
+        root: Path,
+        fake: FakeAPIProcess,
+        cores: Any,
+        code: Path | None = None,
+        label: str = "",
     ) -> None:
+        """`code` and `label`: another version's sfmd (see `DaemonProcess`), and its name."""
         self.args = args
         self.n = n
         self.root = root
         self.fake = fake
         self.daemon_core, self.client_core = cores
-        self.result = SizeResult(n)
+        self.code = code
+        self.result = SizeResult(n, label=label)
         self.names = {sample_name(i) for i in range(n)}
 
     def _workdir(self, label: str) -> Path:
-        workdir = self.root / f"{label}-{self.n}"
+        workdir = self.root / f"{label}-{self.n}{'-against' if self.code else ''}"
         workdir.mkdir()
         return workdir
 
-    def _spawn(self, workdir: Path, registered: int) -> DaemonProcess:
+    def _spawn(self, workdir: Path, registered: int, probe: bool = False) -> DaemonProcess:
         config = write_config(workdir, self.fake, self.root / "credentials.toml", self.args.set)
         if registered:
             write_registry(workdir / "state", registered)
-        return DaemonProcess(workdir, config, self.daemon_core)
+        lag_file = workdir / "loop-lag.txt" if probe else None
+        return DaemonProcess(workdir, config, self.daemon_core, lag_file, self.code)
 
     async def run(self) -> SizeResult:
         workdir = self._workdir("registered")
-        daemon = self._spawn(workdir, self.n)
+        daemon = self._spawn(workdir, self.n, probe=True)
         control = Control(workdir / "sfmd.sock")
         try:
             await self._startup(daemon, control)
@@ -457,11 +526,20 @@ class SizeBench:
 
     async def _align_to_rotation(self, daemon: DaemonProcess) -> None:
         """Idle until a rotation boundary is a third of the load window away, so that every
-        run's load window holds exactly one rotation of every stream, at the same moment."""
+        run's load window holds exactly one rotation of every stream, at the same moment.
+
+        That boundary comes after start-up is over: the daemon freezes what its streams made
+        while connecting once, `start_jitter + connect_timeout` (35 s by default) after it
+        starts, a one-off pause of about 100 ms at 1,000 streams that is not the rotation's
+        and must not fall in the minute the loop-lag probe judges."""
         lead = min(ROTATION_LEAD, self.args.load / 3)
         wait = (SAVE_INTERVAL - lead - time.time() % SAVE_INTERVAL) % SAVE_INTERVAL
+        settled = daemon.spawned_wall + STARTUP_SETTLED
+        while time.time() + wait + lead < settled:
+            wait += SAVE_INTERVAL
         print(f"  waiting {wait:.0f} s so that the load window holds a rotation", flush=True)
         await asyncio.sleep(wait)
+        self.result.boundary = (time.time() // SAVE_INTERVAL + 1) * SAVE_INTERVAL
         daemon.check_alive()
 
     async def _load(self, daemon: DaemonProcess, control: Control) -> None:
@@ -584,7 +662,24 @@ class SizeBench:
 
     async def _shutdown(self, daemon: DaemonProcess, control: Control, workdir: Path) -> None:
         r = self.result
+        # The loop-lag probe is judged over the minute after the boundary: stay that long.
+        rest = r.boundary + LAG_AFTER - time.time()
+        if rest > 0:
+            print(f"  waiting {rest:.0f} s: the minute after the rotation", flush=True)
+            await asyncio.sleep(rest)
+        r.lag_window_s = min(LAG_AFTER, time.time() - r.boundary)
         r.stop_s, r.stop_code = await stop_daemon(daemon)
+        if daemon.probe is not None and daemon.probe.exists():
+            r.lags = lagprobe.read(daemon.probe)
+            after = r.lags_after()
+            worst = max(after, default=(0.0, 0.0, 0.0), key=lambda x: x[1])
+            print(
+                f"  loop lag in the {r.lag_window_s:.0f} s after the boundary: "
+                f"{len(after)} wake-ups late by > {lagprobe.RECORD * 1e3:g} ms, worst "
+                f"{worst[1] * 1e3:.1f} ms (loop CPU meanwhile {worst[2] * 1e3:.1f} ms); "
+                f"worst loop CPU in a late interval {r.worst_loop_cpu() * 1e3:.1f} ms",
+                flush=True,
+            )
         data = workdir / "data"
         r.parts_left = sum(1 for _ in data.rglob("*.part"))
         r.published = sum(len(p.read_text().splitlines()) for p in data.glob("*/manifest.jsonl"))
@@ -651,6 +746,186 @@ async def stop_daemon(daemon: DaemonProcess) -> tuple[float, int | None]:
     return time.monotonic() - began, code
 
 
+# --------------------------------------------------------------------------- CPU per message
+
+
+@dataclass
+class PerMessageRun:
+    """One daemon's CPU over a window while its streams stored messages."""
+
+    label: str  # "fan-out" or "busy", with "@before" for the --against code
+    streams: int
+    rate: float  # messages/s each
+    round: int
+    messages: int = 0
+    seconds: float = 0.0
+    user_s: float = 0.0
+    sys_s: float = 0.0
+    rss_mb: float = 0.0
+    hwm_mb: float = 0.0
+    load: str = ""  # the machine's load average when the window opened
+
+    @property
+    def cpu_us(self) -> float:
+        return (self.user_s + self.sys_s) / self.messages * 1e6 if self.messages else 0.0
+
+    @property
+    def sys_us(self) -> float:
+        return self.sys_s / self.messages * 1e6 if self.messages else 0.0
+
+
+async def per_message(args: argparse.Namespace, root: Path, cores: Any) -> list[PerMessageRun]:
+    """The same total rate and message size two ways, in alternating order: N streams of R
+    messages a second, and one stream of N x R; CPU per message of each daemon, all its
+    threads, over the same window length. sfmd's defaults throughout (gzip on, save_interval
+    900 s, flush_interval 1 s), and no rotation boundary inside a window."""
+    daemon_core, other_core = cores
+    n, rate = args.per_message, args.rate
+    credentials = root / "credentials.toml"
+    fakes = {
+        "fan-out": FakeAPIProcess(credentials, rate, other_core),
+        "busy": FakeAPIProcess(credentials, n * rate, other_core),
+    }
+    shapes = {"fan-out": (n, rate), "busy": (1, n * rate)}
+    labels = ["fan-out", "busy"]
+    if args.against is not None:
+        labels += ["fan-out@before", "busy@before"]
+    runs: list[PerMessageRun] = []
+    try:
+        for rnd in range(args.rounds):
+            order = labels if rnd % 2 == 0 else labels[::-1]
+            for label in order:
+                shape, _, before = label.partition("@")
+                streams, each = shapes[shape]
+                run = PerMessageRun(label, streams, each, rnd)
+                code = args.against if before else None
+                await _per_message_run(
+                    args, root, fakes[shape], run, daemon_core, other_core, code
+                )
+                runs.append(run)
+                print(
+                    f"  {label} ({streams} x {each:g}/s), round {rnd + 1}: {run.messages:,} "
+                    f"messages in {run.seconds:.1f} s, {run.cpu_us:.1f} µs CPU a message "
+                    f"({run.sys_us:.1f} sys), RSS {run.rss_mb:.0f} MB, load {run.load}",
+                    flush=True,
+                )
+    finally:
+        for fake in fakes.values():
+            fake.stop()
+    return runs
+
+
+async def _per_message_run(
+    args: argparse.Namespace,
+    root: Path,
+    fake: FakeAPIProcess,
+    run: PerMessageRun,
+    daemon_core: int | None,
+    other_core: int | None,
+    code: Path | None,
+) -> None:
+    workdir = root / f"per-message-{run.label}-{run.round}"
+    workdir.mkdir()
+    config = write_config(workdir, fake, root / "credentials.toml", args.set, save_interval=None)
+    write_registry(workdir / "state", run.streams)
+    names = {sample_name(i) for i in range(run.streams)}
+    daemon = DaemonProcess(workdir, config, daemon_core, code=code)
+    control = Control(workdir / "sfmd.sock")
+    try:
+        deadline = daemon.spawned + STARTUP_TIMEOUT
+        while not await control.answers():
+            daemon.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError("the control socket never answered")
+            await asyncio.sleep(0.05)
+        while True:
+            daemon.check_alive()
+            _, body, _ = await control.call("GET", "/streams")
+            if all_streaming(body["streams"], names)[2] == run.streams:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"per-message {run.label}: not every stream streamed")
+            await asyncio.sleep(POLL)
+        # Settle (start-up's garbage and freezes done), and keep rotation out of the window.
+        await asyncio.sleep(args.settle)
+        span = args.window + 5
+        interval = 900  # sfmd's default save_interval
+        to_boundary = interval - time.time() % interval
+        if to_boundary < span:
+            await asyncio.sleep(to_boundary + 15)  # past the boundary and its publish spread
+        _, before, _ = await control.call("GET", "/streams")
+        user, sys_ = cpu_times(daemon.pid)
+        began = time.monotonic()
+        run.load = load_average()
+        spy = None
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            output = args.profile / f"per-message-{run.label}-{run.round}.txt"
+            spy = start_profile(daemon.pid, output, args.window, other_core, gil=False)
+        await asyncio.sleep(args.window)
+        user2, sys2 = cpu_times(daemon.pid)
+        run.seconds = time.monotonic() - began
+        _, after, _ = await control.call("GET", "/streams")
+        run.user_s, run.sys_s = user2 - user, sys2 - sys_
+        count = {s["name"]: s["status"]["messages"] for s in before["streams"]}
+        run.messages = sum(s["status"]["messages"] - count[s["name"]] for s in after["streams"])
+        status = proc_status(daemon.pid)
+        run.rss_mb, run.hwm_mb = status["VmRSS"] / 1024, status["VmHWM"] / 1024
+        if spy is not None:
+            try:
+                await asyncio.to_thread(spy.wait, 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+            if output.exists():
+                print(profile_summary(output), flush=True)
+        _, code = await stop_daemon(daemon)
+        if code != 0:
+            raise BenchError(f"per-message {run.label}: sfmd exited {code} on SIGTERM")
+    finally:
+        await control.close()
+        daemon.kill()
+
+
+def per_message_table(runs: list[PerMessageRun], args: argparse.Namespace) -> str:
+    n, rate = args.per_message, args.rate
+    out = [
+        f"CPU per message, side by side: {n:,} streams x {rate:g} msg/s against 1 stream x "
+        f"{n * rate:g} msg/s ({MESSAGE_SIZE} B tweets; sfmd's defaults: gzip level 6, "
+        f"flush_interval 1 s, save_interval 900 s with no boundary in a window; "
+        f"{args.window:g} s windows after {args.settle:g} s of settling; user+sys of all "
+        "the daemon's threads):",
+        "",
+        "| round | shape | messages | s | CPU µs/msg | of which sys | RSS MB | peak MB "
+        "| load average |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        shape = f"{r.label}: {r.streams:,} x {r.rate:g}/s"
+        out.append(
+            f"| {r.round + 1} | {shape} | {r.messages:,} | {r.seconds:.1f} | {r.cpu_us:.1f} "
+            f"| {r.sys_us:.1f} | {r.rss_mb:.0f} | {r.hwm_mb:.0f} | {r.load} |"
+        )
+    for suffix in ("", "@before"):
+        fans = [r for r in runs if r.label == "fan-out" + suffix]
+        busies = [r for r in runs if r.label == "busy" + suffix]
+        if not fans or not busies:
+            continue
+        fan = statistics.median(r.cpu_us for r in fans)
+        busy = statistics.median(r.cpu_us for r in busies)
+        ratio = fan / busy
+        rounds = ", ".join(
+            f"{f.cpu_us / b.cpu_us:.2f}x" for f, b in zip(fans, busies, strict=False)
+        )
+        verdict = "met" if ratio <= PER_MESSAGE_RATIO else "**not met**"
+        which = f" ({args.against_label})" if suffix else ""
+        out += [
+            "",
+            f"- fan-out{which} {fan:.1f} µs a message against busy {busy:.1f} µs (medians): "
+            f"{ratio:.2f}x (by round: {rounds}); target ≤ {PER_MESSAGE_RATIO:g}x: {verdict}",
+        ]
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -691,6 +966,10 @@ def _met(value: float, target: float) -> str:
     return "met" if value <= target else "**not met**"
 
 
+def _size(r: SizeResult) -> str:
+    return f"{r.n:,} ({r.label})" if r.label else f"{r.n:,}"
+
+
 def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
     out = [
         "| streams | socket s | all started s | all connected s | all streaming s | RSS then MB "
@@ -700,7 +979,7 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
     ]
     for r in results:
         out.append(
-            f"| {r.n:,} | {r.socket_s:.2f} | {r.started_s:.2f} | {r.connected_s:.2f} "
+            f"| {_size(r)} | {r.socket_s:.2f} | {r.started_s:.2f} | {r.connected_s:.2f} "
             f"| {r.start_s:.2f} | {r.rss_start_mb:.0f} | {r.rss_after_mb:.0f} | {r.hwm_mb:.0f} "
             f"| {r.cpu_quiet_pct:.1f} | {r.cpu_load_pct:.1f} | {r.messages_per_s:,.0f} "
             f"| {r.fds:,} | {r.threads} | {r.stop_s:.2f} (exit {r.stop_code}) |"
@@ -723,7 +1002,7 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
                 continue
             ms = [v * 1e3 for v in values]
             out.append(
-                f"| {r.n:,} | {kind} | {len(ms)} | {percentile(ms, 50):.1f} "
+                f"| {_size(r)} | {kind} | {len(ms)} | {percentile(ms, 50):.1f} "
                 f"| {percentile(ms, 95):.1f} | {percentile(ms, 99):.1f} | {max(ms):.1f} |"
             )
     created = [r for r in results if r.create_total_s is not None]
@@ -740,7 +1019,7 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
             ms = [v * 1e3 for v in r.create_post_s]
             tenth = max(1, len(ms) // 10)
             out.append(
-                f"| {r.n:,} | {r.create_total_s:.1f} | {percentile(ms, 50):.1f} "
+                f"| {_size(r)} | {r.create_total_s:.1f} | {percentile(ms, 50):.1f} "
                 f"| {percentile(ms, 99):.1f} | {max(ms):.1f} "
                 f"| {statistics.median(ms[:tenth]):.1f} | {statistics.median(ms[-tenth:]):.1f} |"
             )
@@ -748,8 +1027,22 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
 
 
 def verdicts(results: list[SizeResult]) -> str:
-    """The targets, judged on the largest size run (they are stated for 1,000 streams)."""
-    r = max(results, key=lambda x: x.n)
+    """The targets, judged at every size that has its own (1,000 and 5,000 streams), else on
+    the largest size run."""
+    judged = [r for r in results if r.n in SIZE_TARGETS] or [
+        r for r in results if r.n == max(x.n for x in results)
+    ]
+    lines: list[str] = []
+    for r in judged:
+        lines += _verdict(r)
+    errors = [e for res in results for e in res.errors]
+    if errors:
+        lines.append(f"- errors: {'; '.join(errors[:10])}")
+    return "\n".join(lines)
+
+
+def _verdict(r: SizeResult) -> list[str]:
+    start_target, rss_target = SIZE_TARGETS.get(r.n, (TARGETS["start_s"], TARGETS["rss_mb"]))
     api = [v for kind, values in r.latency.items() if kind != "POST /streams" for v in values]
     p99 = percentile(api, 99) * 1e3 if api else float("nan")
     worst = max(
@@ -757,25 +1050,31 @@ def verdicts(results: list[SizeResult]) -> str:
         key=lambda kv: kv[1],
     )
     stopped = r.stop_code == 0 and r.stop_s <= STOP_LIMIT and not r.parts_left
+    after = r.lags_after()
+    stall = max((x[1] for x in after), default=0.0)
     lines = [
-        f"Targets, at {r.n:,} streams:",
+        f"Targets, at {_size(r)} streams:",
         "",
-        f"- start-up to all streaming ≤ {TARGETS['start_s']:g} s: {r.start_s:.1f} s, "
-        f"{_met(r.start_s, TARGETS['start_s'])}",
-        f"- RSS ≤ {TARGETS['rss_mb']:g} MB: {r.rss_start_mb:.0f} MB when all streamed, "
+        f"- start-up to all streaming ≤ {start_target:g} s: {r.start_s:.1f} s, "
+        f"{_met(r.start_s, start_target)}",
+        f"- peak RSS ≤ {rss_target:g} MB: {r.rss_start_mb:.0f} MB when all streamed, "
         f"{r.rss_after_mb:.0f} MB after {r.steady_s:.0f} s, peak {r.hwm_mb:.0f} MB: "
-        f"{_met(max(r.rss_after_mb, r.rss_start_mb), TARGETS['rss_mb'])}",
+        f"{_met(r.hwm_mb, rss_target)}",
         f"- control API p99 ≤ {TARGETS['p99_ms']:g} ms: {p99:.1f} ms over every request of the "
         f"mix, {_met(p99, TARGETS['p99_ms'])}; worst kind: {worst[0]} at {worst[1]:.1f} ms, "
         f"{_met(worst[1], TARGETS['p99_ms'])}",
+        f"- no event-loop stall > {LAG_TARGET * 1e3:g} ms in the {r.lag_window_s:.0f} s after "
+        f"a rotation boundary (loop-lag probe, a wake-up asked every "
+        f"{lagprobe.INTERVAL * 1e3:g} ms): worst {stall * 1e3:.1f} ms, {len(after)} wake-ups "
+        f"late by > {lagprobe.RECORD * 1e3:g} ms, {_met(stall, LAG_TARGET)}; the loop thread's "
+        f"own CPU time within a late interval at most {r.worst_loop_cpu() * 1e3:.1f} ms "
+        f"(the rest of a lag is the core given to other processes, or the GIL)",
         f"- SIGTERM → exit 0 within {STOP_LIMIT:g} s: {r.stop_s:.2f} s, exit {r.stop_code}, "
         f"{r.parts_left} .part left: "
         f"{'met' if stopped else '**not met**'}",
+        "",
     ]
-    errors = [e for res in results for e in res.errors]
-    if errors:
-        lines.append(f"- errors: {'; '.join(errors[:10])}")
-    return "\n".join(lines)
+    return lines
 
 
 def doc_section(facts: dict[str, str], body: str, args: argparse.Namespace) -> list[str]:
@@ -783,6 +1082,10 @@ def doc_section(facts: dict[str, str], body: str, args: argparse.Namespace) -> l
     pin = "" if args.no_pin else "; daemon pinned to one core, fake API and client to the other"
     settings = "".join(f" --set {k}={v}" for k, v in args.set.items())
     command = f"bench/fanout.py --streams {','.join(map(str, args.sizes))} --rate {args.rate:g}"
+    if args.per_message:
+        command += f" --per-message {args.per_message} --rounds {args.rounds}"
+    if args.against:
+        command += f" --against DIR ({args.against_label})"
     note = (
         f" (quiet {args.quiet:g} s, load {args.load:g} s, save_interval {SAVE_INTERVAL} s, "
         f"otherwise sfmd's defaults; {MESSAGE_SIZE} B tweets{pin})"
@@ -813,6 +1116,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-api-create", action="store_true", help="skip creating the streams through the API"
     )
+    parser.add_argument(
+        "--per-message",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also compare CPU per message: N streams x RATE against 1 stream x N*RATE",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --per-message")
+    parser.add_argument(
+        "--window", type=float, default=30.0, help="seconds of each --per-message window"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds after all stream, before a window"
+    )
+    parser.add_argument(
+        "--no-sizes", action="store_true", help="only the --per-message comparison"
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="also run the sfmd package in DIR (another version), alternating with this one",
+    )
+    parser.add_argument(
+        "--against-label", default="before", help="what --against's rows are called in the doc"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--no-doc", action="store_true", help="print only")
     parser.add_argument(
@@ -842,19 +1171,31 @@ async def run_all(args: argparse.Namespace, root: Path) -> list[SizeResult]:
     if other_core is not None:
         os.sched_setaffinity(0, {other_core})  # this client shares a core with the fake API
     credentials = root / "credentials.toml"
-    names = [credential_name(i) for i in range(max(args.sizes))]
+    names = [credential_name(i) for i in range(max(*args.sizes, args.per_message))]
     names += [f"x{i}" for i in range(FILTERS)]
     credentials.write_text(credentials_toml(names))
     os.chmod(credentials, 0o600)
-    fake = FakeAPIProcess(credentials, args.rate, other_core)
-    results = []
-    try:
-        for n in args.sizes:
-            print(f"{n} streams", flush=True)
-            bench = SizeBench(args, n, root, fake, (daemon_core, other_core))
-            results.append(await bench.run())
-    finally:
-        fake.stop()
+    results: list[SizeResult] = []
+    if not args.no_sizes:
+        fake = FakeAPIProcess(credentials, args.rate, other_core)
+        try:
+            for n in args.sizes:
+                print(f"{n} streams", flush=True)
+                versions: list[tuple[Path | None, str]] = [(None, "")]
+                if args.against is not None:
+                    versions.append((args.against, args.against_label))
+                    if len(results) // 2 % 2:
+                        versions.reverse()  # alternate which runs first, size by size
+                for code, label in versions:
+                    if label:
+                        print(f"  ({label})", flush=True)
+                    bench = SizeBench(args, n, root, fake, (daemon_core, other_core), code, label)
+                    results.append(await bench.run())
+        finally:
+            fake.stop()
+    if args.per_message:
+        print(f"CPU per message: {args.per_message} streams against one", flush=True)
+        args.per_message_runs = await per_message(args, root, (daemon_core, other_core))
     return results
 
 
@@ -870,7 +1211,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.keep:
                 ignore = shutil.ignore_patterns("*.sock")
                 shutil.copytree(tmp, args.keep, ignore=ignore, dirs_exist_ok=True)
-    body = tables(results, args) + "\n\n" + verdicts(results)
+    parts = []
+    if results:
+        parts += [tables(results, args), verdicts(results)]
+    if args.per_message:
+        parts.append(per_message_table(args.per_message_runs, args))
+    body = "\n\n".join(parts)
     facts = machine_facts()
     publish(args.doc, facts, body, doc_section(facts, body, args), args.no_doc)
     return 0

@@ -186,8 +186,9 @@ def open_log(path: Path, log_format: str) -> LogFiles:
 
 
 def raise_file_limit() -> None:
-    """Lift the soft open-files limit to the hard one: each stream holds about four
-    descriptors (socket, .part, folder lock, manifest), and 1,024 is a common soft default."""
+    """Lift the soft open-files limit to the hard one: each stream holds three or four
+    descriptors (socket, folder lock, credential lock, and a busy stream's open .part), and
+    1,024 is a common soft default."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)

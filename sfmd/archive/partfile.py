@@ -18,11 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sfmd.archive.deflate import Deflate
+from sfmd.archive.deflate import Deflate, gzip_trailer
 from sfmd.archive.disk import _makedirs_durable, _write_all
 from sfmd.archive.manifest import ManifestLine, PublishedFile, append_manifest
 from sfmd.archive.naming import FileName, _next_free, _part_path, _rename_final, _utc
 from sfmd.durable import fsync_dir
+
+#: A compressor and the file's descriptor are kept between two batches only after a batch
+#: at least this big: a busy stream keeps the history its next batch compresses against and
+#: its file open, a quiet one (a message or two a second) frees the compressor's memory
+#: (about 30 KB at the default window, 30 MB for 1,000 quiet streams) and its descriptor (so
+#: 5,000 streams fit under a limit of 20,000), and opens both again for its next batch. The
+#: file stays one gzip stream either way (see `Deflate.raw_compressor`).
+KEEP_COMPRESSOR = 64 << 10
 
 
 class _PartFile:
@@ -30,6 +38,9 @@ class _PartFile:
 
     `committed` is the size after the last batch that was written whole: a failed write is
     cut back to it, so the file always ends on a line end (and, gzipped, on a sync flush).
+    A gzipped file's header, CRC-32 and trailer are written here, around zlib's raw
+    deflate blocks, so that a quiet stream holds no compressor between batches; nor an open
+    descriptor (`_fd` is None while parked, and reopened for appending when needed).
     """
 
     def __init__(
@@ -38,7 +49,10 @@ class _PartFile:
         self.path = path
         self.name = name
         self._fd: int | None = fd
-        self._compressor = deflate.compressor() if name.compress else None
+        self._deflate = deflate if name.compress else None
+        self._compressor: zlib._Compress | None = None
+        self._crc = 0  # CRC-32 of what was compressed so far, for the gzip trailer
+        self._started = False  # the gzip header is written
         self._sha = hashlib.sha256()
         self.sha256 = ""
         self.messages = 0
@@ -49,6 +63,7 @@ class _PartFile:
         self._synced_at = time.monotonic()
         self._entry_synced = False
         self._sealed = False
+        self._closed = False  # finished or abandoned: never opened again
 
     @classmethod
     def create(
@@ -73,33 +88,50 @@ class _PartFile:
                 continue
             return cls(path, name, fd, deflate, fsync_every)
 
+    def _file(self) -> int:
+        """The descriptor, opened again (for appending) if it was parked."""
+        if self._fd is None:
+            assert not self._closed, "a finished or abandoned file is not written to"
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return self._fd
+
+    def _park(self) -> None:
+        """Close the descriptor between two batches (what was written stays in the page
+        cache; the next fsync, through a new descriptor, covers it)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
     def _write(self, data: bytes) -> None:
-        assert self._fd is not None
-        _write_all(self._fd, data)
+        _write_all(self._file(), data)
         self._sha.update(data)
 
     def append(self, data: bytes, messages: int, tweets: int) -> None:
         """Write whole lines; gzip is sync-flushed so that a crash leaves a readable prefix."""
         assert not self._sealed, "a sealed file takes no more lines"
-        if self._compressor is None:
+        if self._deflate is None:
             self._write(data)
             stored = len(data)
         else:
-            head = self._compressor.compress(data)
-            tail = self._compressor.flush(zlib.Z_SYNC_FLUSH)
-            self._write(head)
-            self._write(tail)
-            stored = len(head) + len(tail)
+            compressor = self._compressor or self._deflate.raw_compressor()
+            out = b"" if self._started else self._deflate.gzip_header()
+            out += compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            self._compressor = compressor if len(data) >= KEEP_COMPRESSOR else None
+            self._write(out)
+            self._started = True
+            self._crc = zlib.crc32(data, self._crc)
+            stored = len(out)
         self.committed += stored
         self.messages += messages
         self.tweets += tweets
         self.bytes += len(data)
         if time.monotonic() - self._synced_at >= self._fsync_every:
             self._sync()
+        if len(data) < KEEP_COMPRESSOR:
+            self._park()
 
     def _sync(self) -> None:
-        assert self._fd is not None
-        os.fsync(self._fd)
+        os.fsync(self._file())
         if not self._entry_synced:
             fsync_dir(self.path.parent)
             self._entry_synced = True
@@ -109,21 +141,21 @@ class _PartFile:
         """Write the gzip trailer, which frees the compressor's memory: the file is complete
         but not yet synced. A finished interval's file waiting for its turn to be published
         is sealed at once, so a stream never holds two compressors."""
-        assert self._fd is not None
-        self._sealed = True
-        if self._compressor is not None:
-            trailer = self._compressor.flush(zlib.Z_FINISH)
+        if self._deflate is not None and not self._sealed:
+            compressor = self._compressor or self._deflate.raw_compressor()
+            trailer = b"" if self._started else self._deflate.gzip_header()
+            trailer += compressor.flush(zlib.Z_FINISH) + gzip_trailer(self._crc, self.bytes)
             self._compressor = None
             self._write(trailer)
             self.committed += len(trailer)
+        self._sealed = True
 
     def finish(self) -> None:
         """Complete the file (gzip trailer), fsync and close it: it may then be renamed."""
-        assert self._fd is not None
         self.seal()
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        os.fsync(self._file())
+        self._park()
+        self._closed = True
         self.sha256 = self._sha.hexdigest()
 
     def abandon(self) -> bool:
@@ -135,6 +167,10 @@ class _PartFile:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+        elif not self._closed:  # parked between batches
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, self.committed)
+        self._closed = True
         if self.messages:
             return True
         with contextlib.suppress(OSError):
