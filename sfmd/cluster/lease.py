@@ -295,6 +295,11 @@ class Leases:
             # The value names no epoch yet: a key's first revision is its epoch, and readers
             # take it so until the first renewal writes it in.
             epoch = await self.kv.create(key, self.value(None))
+        except KeyNotFoundError:
+            # nats-py's create is an update on revision 0 and, when that is refused, a read
+            # to see whether the key was deleted; a lease that expires between the two makes
+            # the read find nothing. The slot is free now: the next attempt takes it.
+            return None
         except KeyWrongLastSequenceError:
             epoch = await self._take_back(slot, key)
             if epoch is None:
