@@ -350,3 +350,22 @@ async def test_a_fill_that_cannot_finish_says_what_it_refilled(
     ids = stored_ids(tmp_path, "tag-archives")
     assert len(ids) == len(set(ids))
     assert 0 < len(backfilled(tmp_path, "tag-archives")) <= 40
+
+
+async def test_an_error_the_instance_sends_in_band_is_logged_and_shown(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    fake_api.configure(mastodon_rate=0)
+    listed = {"name": "reading", "source": "mastodon", "kind": "list", "list": "999",
+              "credential": "fedi"}  # a list the account does not own
+    proc = await daemon_with(tmp_path, fake_api, listed)
+    try:
+        await wait_until(lambda: any(e["event"] == "stream_error" for e in log_events(tmp_path)),
+                         DEADLINE, "the error logged")
+        async with Api(tmp_path / "sfmd.sock") as client:
+            status = (await client.ok("GET", "/streams/reading"))["status"]
+        assert "Not authorized to stream this list" in (status["last_error"] or ""), status
+        assert status["connection"]["errors"] == 1
+        await stop(proc)
+    finally:
+        proc.kill()
