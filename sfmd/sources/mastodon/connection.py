@@ -499,15 +499,11 @@ class AccountConnection:
         log.info("fill_started", after_id=str(point), overlap=self.timing.fill_overlap)
 
         async def store(lines: list[bytes]) -> bool:
-            if not await self._store(member, lines, len(lines)):
-                return False
-            for line in lines:  # the newest stored, for the resume point
-                status_id = update_id(parse_frame(line))
-                if status_id is not None and (member.newest is None or status_id > member.newest):
-                    member.newest = status_id
-            return True
+            return await self._store(member, lines, len(lines))
 
         async def progressed(newest: int) -> None:
+            # Every status of the page is stored now, by this fill or before it.
+            member.newest = max(member.newest or 0, newest)
             member.complete_to = max(member.complete_to or 0, newest)
             await asyncio.to_thread(resume.save_record, member.stream_dir, member.record())
 

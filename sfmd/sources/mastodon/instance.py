@@ -60,7 +60,6 @@ class Instance:
         self._lock = asyncio.Lock()
         self._remaining: int | None = None
         self._reset: float | None = None  # Unix time
-        self.waited = 0.0  # seconds spent waiting for the rate limit, for the status
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -125,7 +124,6 @@ class Instance:
             return
         wait = max(self.min_wait, (self._reset or 0.0) - time.time())
         self.log.info("rate_limit_wait", seconds=round(wait, 3))
-        self.waited += wait
         await asyncio.sleep(wait)
         self._remaining = None  # the reset has passed: the next answer says what is left
 
