@@ -60,6 +60,7 @@ from sfmd.fake.mount import (
     abort_when_flushed,
     dumps,
     reason_phrase,
+    serve_socket,
 )
 from sfmd.fake.settings import Settings
 from sfmd.sources.bluesky import zstd
@@ -74,7 +75,6 @@ MAX_CLIENT_MESSAGE = 10_000_000
 #: WebSocket close codes the real server uses on a bad options_update.
 CLOSE_BAD_MESSAGE = 1007
 CLOSE_INVALID_OPTIONS = 1008
-CLOSE_GOING_AWAY = 1001
 #: Default inflated size of the `oversize_after` frame: twice sfmd's cap on an event.
 OVERSIZE_DEFAULT = 2 * 1024 * 1024
 
@@ -706,21 +706,10 @@ class JetstreamAPI:
             sub.hello.set()
         self._subscribers[record.conn] = sub
         self._host.notify()
-        reader = asyncio.ensure_future(self._read(ws, sub))
-        try:
-            await self._pump(request, ws, sub)
-        except ConnectionError:
-            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            del self._subscribers[record.conn]
-        transport = request.transport
-        if not ws.closed and transport is not None and not transport.is_closing():
-            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-                await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
-        return ws
+        return await serve_socket(
+            request, ws, stream, self._read(ws, sub), self._pump(request, ws, sub),
+            forget=lambda: self._subscribers.pop(record.conn),
+        )
 
     def _refuse(self, record: Any, status: int, text: str) -> web.Response:
         """A refusal before the upgrade: plain text, as the v1 endpoint answers."""

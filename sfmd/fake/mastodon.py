@@ -60,6 +60,7 @@ from sfmd.fake.mount import (
     StreamHandle,
     abort_when_flushed,
     reason_phrase,
+    serve_socket,
 )
 from sfmd.fake.settings import FakeAPIError
 from sfmd.fake.timelines import (
@@ -91,7 +92,6 @@ _LINK_PARAMS = {
 }
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 40
-CLOSE_GOING_AWAY = 1001
 #: ActiveModel's false values; anything else non-empty is true.
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "off", "OFF"})
 _INVALID_TOKEN = {"error": "The access token is invalid"}
@@ -636,21 +636,10 @@ class MastodonAPI:
                 k: request.query[k] for k in ("stream", "tag", "list") if k in request.query
             }})
         self._host.notify()
-        reader = asyncio.ensure_future(self._read(conn))
-        try:
-            await self._pump(conn)
-        except ConnectionError:
-            record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            del self._conns[record.conn]
-        transport = request.transport
-        if not ws.closed and transport is not None and not transport.is_closing():
-            with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
-                await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
-        return ws
+        return await serve_socket(
+            request, ws, stream, self._read(conn), self._pump(conn),
+            forget=lambda: self._conns.pop(record.conn),
+        )
 
     def _refuse(
         self,

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -163,6 +163,40 @@ async def stream_body(
         # The client went away mid-write. Returning (not raising) keeps aiohttp quiet.
         record.close_reason = record.close_reason or stream.stop_reason or "client_closed"
     return response
+
+
+#: The close code a fake's WebSocket ends with when the server stops or resets.
+CLOSE_GOING_AWAY = 1001
+
+
+async def serve_socket(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    stream: StreamHandle,
+    read: Coroutine[Any, Any, None],
+    pump: Coroutine[Any, Any, None],
+    forget: Callable[[], None],
+) -> web.WebSocketResponse:
+    """A fake's upgraded WebSocket until it ends: `read` takes what the client sends while
+    `pump` sends; a client that went away is the record's close reason; `forget` drops the
+    fake's own state for the connection; a socket still open is closed as going away."""
+    reader = asyncio.ensure_future(read)
+    try:
+        await pump
+    except ConnectionError:
+        stream.record.close_reason = (
+            stream.record.close_reason or stream.stop_reason or "client_closed"
+        )
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        forget()
+    transport = request.transport
+    if not ws.closed and transport is not None and not transport.is_closing():
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+    return ws
 
 
 async def abort_when_flushed(request: web.Request, stream: StreamHandle) -> None:
