@@ -119,6 +119,8 @@ class ClusterConfig:
     nats_url: str  # "" = one host, no NATS; else comma-separated nats:// (or tls://) URLs
     host_id: str
     lease_ttl: float
+    poll_interval: float  # how often the hosts and the registry are read again
+    checkpoint_interval: float  # resume points are saved at most this often per stream
 
 
 @dataclass(frozen=True)
@@ -515,6 +517,12 @@ KEYS: tuple[Key, ...] = (
     Key("cluster", "lease_ttl", 15, _lease_ttl,
         "seconds a connection's lease lives without renewal; a holder renews at a third of "
         "it and stops the connection before it can expire; others take over after it"),
+    Key("cluster", "poll_interval", 1.0, _seconds,
+        "seconds between reads of the live hosts, the leases' placement and the registry: "
+        "how soon a host sees a dead host's connections free, or another host's change"),
+    Key("cluster", "checkpoint_interval", 1.0, _seconds,
+        "seconds between saves of a stream's resume point (when its files were flushed "
+        "since); a takeover may store again what came within it"),
 )
 # fmt: on
 

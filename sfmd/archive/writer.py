@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 import structlog.typing
@@ -108,7 +108,7 @@ def _lock_directory(stream_dir: Path) -> tuple[int, OSError | None]:
 class _Segment:
     """Messages of one interval waiting to be written: the unit handed to the worker thread."""
 
-    __slots__ = ("_payload", "bytes", "count", "lines", "since", "start", "tweets")
+    __slots__ = ("_payload", "bytes", "count", "lines", "mark", "since", "start", "tweets")
 
     def __init__(self, start: int, since: float) -> None:
         self.start = start
@@ -117,6 +117,7 @@ class _Segment:
         self.count = 0
         self.tweets = 0
         self.bytes = 0
+        self.mark: str | None = None  # the source's resume point after its last message
         self._payload: bytes | None = None
 
     @property
@@ -129,6 +130,8 @@ class _Segment:
         self.count += other.count
         self.tweets += other.tweets
         self.bytes += other.bytes
+        if other.mark is not None:
+            self.mark = other.mark
 
     def payload(self) -> bytes:
         """The bytes to write; joined once (in the worker thread) and kept for a retry."""
@@ -143,6 +146,17 @@ class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
+
+
+class Fence(Protocol):
+    """The right to write a stream's files, where another host may take it over (cluster
+    mode: the lease on the stream's connection). `valid()` is asked before every write; the
+    host and epoch are written into each manifest line's provenance."""
+
+    host: str
+    epoch: int
+
+    def valid(self) -> bool: ...
 
 
 def _wall_clock() -> float:
@@ -167,6 +181,12 @@ class Archive:
     `batch_bytes` is the batch size that triggers a write before the flush deadline;
     `write()` waits while `max_pending_bytes` are queued or in flight; `clock` replaces
     `time.time` (tests move it across boundaries).
+
+    Cluster mode adds three things. `fence`: once it is no longer valid, `write()` drops
+    what it is given (another host holds the connection now; what was queued before is
+    still written). `mark()`: the source's resume point after the messages written so far,
+    and `durable_mark` the newest one whose messages are in the file (what another host may
+    resume from). `on_manifest`: called with every manifest line once it is appended.
     """
 
     def __init__(
@@ -187,6 +207,8 @@ class Archive:
         max_pending_bytes: int = 8 << 20,
         publish_spread: float = 0.0,
         clock: Callable[[], float] | None = None,
+        fence: Fence | None = None,
+        on_manifest: Callable[[bytes], None] | None = None,
     ) -> None:
         if not isinstance(save_interval, int) or save_interval < 1:
             raise ValueError("save_interval must be a whole number of seconds, at least 1")
@@ -219,6 +241,12 @@ class Archive:
         self._clock = clock or _wall_clock
         self._log = (log if log is not None else structlog.get_logger()).bind(stream=name)
         self._on_publish = on_publish
+        self.fence = fence
+        self._fenced = False  # the fence failed: logged once, every write since dropped
+        self._on_manifest = on_manifest
+        #: The newest `mark()` whose messages are written to the file.
+        self.durable_mark: str | None = None
+        self._inflight: _Segment | None = None  # taken from the queue, being written
 
         self._state = _State.NEW
         self._lock_fd: int | None = None
@@ -233,6 +261,9 @@ class Archive:
         self._orphans: list[Path] = []  # closed `.part` files left by a failure, to publish later
         self._unrecorded: list[ManifestLine] = []  # published, manifest line not yet written
         self.coverage = Coverage(self.stream_dir / cov.JOURNAL_NAME)
+        if fence is not None:  # the cluster's host name and the lease's epoch
+            self.coverage.writer = {**self.coverage.writer, "host": fence.host,
+                                    "epoch": fence.epoch}
         # Where the manifest's lines end: the next line starts here (None: no line yet).
         self._covered: float | None = None
         self._opened = 0.0  # when this run's open() began
@@ -305,6 +336,9 @@ class Archive:
         self._check_writable()
         if not messages:
             return
+        if self.fence is not None and not self.fence.valid():
+            self._refuse_fenced(len(messages))
+            return
         while self._pending_bytes + self._inflight_bytes >= self._max_pending:
             self._wake.set()
             await self._progress.wait()
@@ -338,6 +372,26 @@ class Archive:
                 self._schedule(segment)
             # else: it is written at the tick already set, or the batch in flight or the
             # writer's step under way sees to it when done
+
+    def mark(self, point: str) -> None:
+        """The source's resume point now that the messages written so far are queued: it
+        becomes `durable_mark` once they are in the file."""
+        holder = self._pending[-1] if self._pending else self._inflight
+        if holder is not None:
+            holder.mark = point
+        else:
+            self.durable_mark = point
+
+    def _refuse_fenced(self, count: int) -> None:
+        if not self._fenced:
+            self._fenced = True
+            self._log.warning("archive_fenced", dropped=count,
+                              reason="this host no longer holds the stream's connection")
+
+    def _stored(self, segment: _Segment) -> None:
+        """`segment` is in the file: its mark is durable."""
+        if segment.mark is not None:
+            self.durable_mark = segment.mark
 
     async def close(self) -> PublishedFile | None:
         """Write everything, publish the open file and stop. Idempotent.
@@ -449,6 +503,7 @@ class Archive:
         assert part is not None
         self._pending_bytes -= segment.bytes
         self._inflight_bytes = segment.bytes
+        self._inflight = segment
         self._shared = (part, segment, loop.create_future())
         return functools.partial(self._append, part, segment)
 
@@ -458,6 +513,9 @@ class Archive:
         part, segment, written = self._shared
         self._shared = None
         self._inflight_bytes = 0
+        self._inflight = None
+        if error is None:
+            self._stored(segment)
         if error is not None:  # the writer task cuts the file back and retries, as its own
             self._pending.appendleft(segment)
             self._pending_bytes += segment.bytes
@@ -522,6 +580,7 @@ class Archive:
             segment = self._take_batch()
             self._pending_bytes -= segment.bytes
             self._inflight_bytes = segment.bytes
+            self._inflight = segment
             try:
                 await self._write_segment(segment)
             except ArchiveError as exc:
@@ -531,7 +590,9 @@ class Archive:
                 return
             finally:
                 self._inflight_bytes = 0
+                self._inflight = None
                 self._pulse()
+            self._stored(segment)
             self._recovered()
         retiring = self._retiring
         if retiring is not None and self._clock() >= self._publish_due(retiring.name.start):
@@ -721,6 +782,7 @@ class Archive:
             )
         if done.manifest_error is None:
             del self._unrecorded[: len(owed)]
+            self._manifested([*owed, published])
         else:
             self._unrecorded.append(published)
             self._manifest_failed(done.manifest_error)
@@ -849,7 +911,8 @@ class Archive:
             except OSError as exc:
                 self._manifest_failed(exc)
             else:
-                self._unrecorded.clear()
+                appended, self._unrecorded = self._unrecorded, []
+                self._manifested(appended)
 
     async def _cover_until(self, t: float, *, closed: bool = False) -> None:
         """A `"file": null` line from where the manifest ends to `t`: time with nothing
@@ -866,6 +929,16 @@ class Archive:
         await self._append_lines([line])
         self._covered = t
         self.coverage.written_until(t)
+
+    def _manifested(self, lines: Sequence[ManifestLine]) -> None:
+        """`lines` are in the manifest: hand them on (cluster mode's feed)."""
+        if self._on_manifest is None:
+            return
+        for line in lines:
+            try:
+                self._on_manifest(line.manifest_line())
+            except Exception:
+                self._log.exception("on_manifest_failed")
 
     def _manifest_failed(self, exc: OSError) -> None:
         self._log.error(

@@ -11,6 +11,7 @@ wants to be exact beyond the window keys on the same id, which every message car
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -91,3 +92,18 @@ class ManifestFeed:
             headers={"Nats-Msg-Id": message_id(self.host_id, file, sha256)},
         )
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def publish_line(self, line: bytes, *, stream: str) -> Published:
+        """`publish` for a manifest line as the archive wrote it: a file's line is known by
+        its file and sha256; a line with `"file": null` by its span."""
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = {}
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            return await self.publish(line, stream=stream, file=entry["file"],
+                                      sha256=str(entry.get("sha256")))
+        if not isinstance(entry, dict):
+            entry = {}
+        span = f"{stream}/{entry.get('start')}/{entry.get('end')}"
+        return await self.publish(line, stream=stream, file=span, sha256="none")

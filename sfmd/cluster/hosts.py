@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -36,6 +38,7 @@ class HostInfo:
     heartbeat: str  # UTC ISO 8601, the host's clock
     draining: bool
     revision: int
+    streams: dict[str, str] = field(default_factory=dict)  # the streams it runs → state
 
 
 class Hosts:
@@ -49,6 +52,8 @@ class Hosts:
         self.interval = ttl / 3
         self.started = _now()
         self.draining = False
+        #: What else a heartbeat carries (the daemon's stream states), read at each beat.
+        self.summary: Callable[[], dict[str, Any]] = dict
 
     @classmethod
     async def open(
@@ -64,7 +69,7 @@ class Hosts:
         """Write this host's heartbeat now; its revision. NATS errors propagate."""
         value = json.dumps({
             "host": self.host_id, "started": self.started, "heartbeat": _now(),
-            "draining": self.draining,
+            "draining": self.draining, **self.summary(),
         }).encode()
         return await self.kv.put(encode_key(self.host_id), value)
 
@@ -105,12 +110,14 @@ def _info(host: str, value: bytes | None, revision: int) -> HostInfo:
         data = {}
     if not isinstance(data, dict):
         data = {}
+    streams = data.get("streams")
     return HostInfo(
         host=host,
         started=str(data.get("started", "")),
         heartbeat=str(data.get("heartbeat", "")),
         draining=bool(data.get("draining", False)),
         revision=revision,
+        streams={str(k): str(v) for k, v in streams.items()} if isinstance(streams, dict) else {},
     )
 
 

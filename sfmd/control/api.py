@@ -126,6 +126,8 @@ class ControlApi:
         app.router.add_post("/streams/{name}/stop", self.stop)
         app.router.add_post("/streams/{name}/restart", self.restart)
         app.router.add_post("/reload", self.reload)
+        app.router.add_get("/cluster", self.cluster)
+        app.router.add_post("/cluster/drain", self.drain)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/openapi.json", self.openapi)
         return app
@@ -186,6 +188,23 @@ class ControlApi:
     async def reload(self, request: web.Request) -> web.Response:
         report = await self.daemon.reload()
         log.info("api_reload", uid=peer_uid(request), **report["credentials"])
+        return answer(report)
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        return answer(await self.daemon.cluster_report())
+
+    async def drain(self, request: web.Request) -> web.Response:
+        """POST /cluster/drain {"host": "...", "undo": false}."""
+        body = await json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("host"), str) or not isinstance(
+            body.get("undo", False), bool
+        ):
+            raise Refused(
+                'the body must be {"host": "<host id>"} with an optional "undo": true|false',
+                status=400, code="bad_request",
+            )
+        report = await self.daemon.drain(body["host"], undo=body.get("undo", False))
+        log.info("api_drain", uid=peer_uid(request), **report)
         return answer(report)
 
     async def metrics(self, request: web.Request) -> web.Response:

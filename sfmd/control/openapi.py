@@ -17,11 +17,12 @@ ERROR_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
-    409: "name_taken | credential_in_use | conflict",
+    409: "name_taken | credential_in_use | conflict | not_clustered",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid | reload_refused",
     502: "lookup_failed | rules_unavailable",
+    503: "cluster_unavailable",
 }
 
 STATUS_SCHEMA: dict[str, Any] = {
@@ -239,6 +240,28 @@ def document() -> dict[str, Any]:
                                   "422": _error_response(422)},
                 },
             },
+            "/cluster": {"get": {
+                "operationId": "cluster",
+                "description": "Cluster mode: the live hosts with their last heartbeat, and "
+                "which host holds which connection (its lease's epoch). One host alone "
+                "answers enabled: false.",
+                "responses": {"200": _json("Cluster", "the hosts and their connections"),
+                              "503": _error_response(503)},
+            }},
+            "/cluster/drain": {"post": {
+                "operationId": "drainHost",
+                "description": "Move every connection off a host before maintenance (undo: "
+                "true gives it connections again; a host that starts clears its own drain).",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["host"],
+                    "properties": {"host": {"type": "string"}, "undo": {"type": "boolean"}},
+                }}}},
+                "responses": {
+                    "200": {"description": "the host's drain as stored", "content": {
+                        "application/json": {"schema": {"type": "object"}}}},
+                    **{str(s): _error_response(s) for s in (400, 404, 409, 413, 415, 503)},
+                },
+            }},
             "/metrics": {"get": {"operationId": "metrics", "responses": {"200": {
                 "description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -260,6 +283,16 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "Status": STATUS_SCHEMA,
+                "Cluster": {
+                    "type": "object",
+                    "required": ["enabled", "host", "hosts", "connections"],
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "host": {"type": ["string", "null"], "description": "this host"},
+                        "hosts": {"type": "array", "items": {"type": "object"}},
+                        "connections": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
                 "Health": {
                     "type": "object",
                     "required": ["status", "streams", "uptime", "states", "failed"],

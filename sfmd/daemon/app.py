@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -41,8 +41,12 @@ from sfmd.registry import Mode, Registry, RegistryError, StreamSpec
 from sfmd.runtime.backend import Backend, Ledger
 from sfmd.runtime.processes import ProcessBackend
 from sfmd.runtime.shared import SharedBackend
-from sfmd.runtime.tasks import TaskBackend, new_session, source_context
+from sfmd.runtime.tasks import ClusterHooks, TaskBackend, new_session, source_context
 from sfmd.sources import source_of
+
+if TYPE_CHECKING:  # nats-py is loaded only in cluster mode
+    from sfmd.cluster.kvregistry import KVRegistry
+    from sfmd.cluster.member import ClusterMember
 
 log = get_logger()
 
@@ -62,6 +66,13 @@ class ReloadRefused(Refused):
     code = "reload_refused"
 
 
+class NotClustered(Refused):
+    """A cluster request ([cluster] drain) to a host that runs alone."""
+
+    status = 409
+    code = "not_clustered"
+
+
 class NotFound(Refused):
     """No stream by that name (the API's 404)."""
 
@@ -74,7 +85,8 @@ class Daemon:
         self.config = config
         self.started = time.monotonic()
         self.credentials: dict[str, Credential] = {}
-        self.registry: Registry | None = None
+        self.registry: Registry | KVRegistry | None = None
+        self.cluster: ClusterMember | None = None  # cluster mode: this host's membership
         self.session: aiohttp.ClientSession | None = None
         self.ledger = Ledger()
         self._lock = asyncio.Lock()  # one change or reconcile at a time
@@ -85,18 +97,34 @@ class Daemon:
         )
         self._stop = asyncio.Event()
         self._alive: asyncio.Task[None] | None = None
+        hooks = self._cluster_hooks() if config.cluster.nats_url else None
         self.processes = ProcessBackend(config, credentials=self._credentials)
         self.tasks = TaskBackend(
             config, self._session, self._credentials, self.ledger,
-            reconcile=self.reconcile, lock=self._lock,
+            reconcile=self.reconcile, lock=self._lock, hooks=hooks,
         )
-        self.shared = SharedBackend(config, self._session, self._credentials, self.ledger)
+        self.shared = SharedBackend(config, self._session, self._credentials, self.ledger, hooks)
         self.views = Views(self)
         self.admission = Admission(
             config,
             self._credentials,
             lambda: source_context(config, self._session()),
             lambda spec: self.shared.rules_in_use(spec.slot, self.specs()),
+        )
+
+    def _cluster_hooks(self) -> ClusterHooks:
+        """What every archive and source gets from cluster mode; the member exists from
+        start-up on, before any stream starts."""
+
+        def member() -> ClusterMember:
+            assert self.cluster is not None, "startup() joins the cluster"
+            return self.cluster
+
+        return ClusterHooks(
+            fence=lambda slot: member().fence(slot),
+            on_manifest=lambda name, line: member().manifest_line(name, line),
+            saved_point=lambda name: member().saved_point(name),
+            made=lambda name, archive: member().archive_made(name, archive),
         )
 
     @property
@@ -150,11 +178,15 @@ class Daemon:
             )
             if problems:
                 raise StartupError("; ".join(problems))
-            # Not checked against the credentials here: a stream whose credential is gone is
-            # marked failed with the reason, the others run.
-            self.registry = Registry.load(self.config.daemon.state_dir)
+            if not self.config.cluster.nats_url:
+                # Not checked against the credentials here: a stream whose credential is
+                # gone is marked failed with the reason, the others run.
+                self.registry = Registry.load(self.config.daemon.state_dir)
         except (CredentialsError, RegistryError) as e:
             raise StartupError(str(e)) from None
+        if self.config.cluster.nats_url:
+            await self._join_cluster()
+        assert self.registry is not None
         for leftover in self.registry.remove_leftovers():
             log.info("registry_leftover_removed", file=leftover.name)
         for key in ("data_dir", "state_dir"):
@@ -170,7 +202,29 @@ class Daemon:
         log.info("startup", streams=len(self.registry), config=str(self.config.path))
         async with self._lock:
             await self._reconcile(jitter=self.config.timing.start_jitter)
+        if self.cluster is not None:
+            self.cluster.start(self.reconcile, self._running_states)
         self.heap.settle()
+
+    async def _join_cluster(self) -> None:
+        """Cluster mode: the registry is the bucket's, and slots are run under leases."""
+        from sfmd.cluster.errors import ClusterError
+        from sfmd.cluster.member import ClusterMember
+
+        try:
+            self.cluster = await ClusterMember.open(self.config)
+        except (ClusterError, RegistryError) as e:
+            raise StartupError(str(e)) from None
+        self.registry = self.cluster.registry
+
+    def _running_states(self) -> dict[str, str]:
+        """The state of each stream this host runs, for its heartbeat."""
+        cluster = self.cluster
+        assert cluster is not None
+        return {
+            spec.name: self.views.status_of(spec).state.value
+            for spec in self.specs() if spec.active and spec.slot in cluster.held
+        }
 
     async def _abandon(self, control: Any = None) -> None:
         """Undo a start-up that failed part-way, quietly: nothing had started streaming."""
@@ -182,6 +236,8 @@ class Daemon:
                 await self._alive
         if self.session is not None:
             await self.session.close()
+        if self.cluster is not None:
+            await self.cluster.close()
 
     async def main_loop(self) -> None:
         while not self._stop.is_set():
@@ -204,9 +260,13 @@ class Daemon:
         log.info("shutdown", streams=len(self.tasks.runners))
         if control is not None:
             await control.stop()
+        if self.cluster is not None:  # no pass may start streams again meanwhile
+            await self.cluster.stop_background()
         async with self._lock:
             await asyncio.gather(self.tasks.close(), self.shared.close())
         await self.processes.close()
+        if self.cluster is not None:  # every stream stopped: their leases may go
+            await self.cluster.close()
         if self.session is not None:
             await self.session.close()
         if self._alive is not None:
@@ -219,6 +279,8 @@ class Daemon:
 
     async def reconcile(self) -> None:
         """The periodic pass: also asks the v2 rules API whether its rules drifted."""
+        if self._stop.is_set():
+            return  # shutting down: nothing may start again
         async with self._lock:
             self.shared.check_rules = True
             try:
@@ -236,10 +298,14 @@ class Daemon:
         ]
         self.ledger.keep_failures_of(s.name for s in registered if s.active)
         specs = self._runnable(registered)
+        if self.cluster is not None:
+            specs = await self.cluster.claim(specs)
         for backend in self.backends:
             await backend.stop_unwanted(specs)
         for backend in self.backends:
             await backend.start_wanted(specs, jitter=jitter)
+        if self.cluster is not None:
+            await self.cluster.release_moved()
 
     def _runnable(self, specs: list[StreamSpec]) -> list[StreamSpec]:
         """The registry as the back ends should see it: a stream whose credential cannot
@@ -259,20 +325,28 @@ class Daemon:
     # -- changes (the control API calls these) ------------------------------------------------
 
     async def create(self, body: object) -> StreamSpec:
+        await self._fresh()
         spec = self.admission.new(body, self._registry())
         spec = await self.admission.ask_network(spec, None)  # without the lock
         async with self._lock:
-            registry = self._registry()
-            # Again: another change may have taken the name or the slot meanwhile.
-            self.admission.fits(spec, registry, new=True)
-            # Written (and fsynced) in a thread: the loop keeps serving streams and readers,
-            # who see the old registry or the new one, never a half.
-            await asyncio.to_thread(registry.add, spec)
+            # Checked again: another change may have taken the name or the slot meanwhile.
+            def check(registry: Any) -> None:
+                self.admission.fits(spec, registry, new=True)
+
+            if self.cluster is not None:  # checked on the newest document, each try
+                await self.cluster.registry.add(spec, check=check)
+            else:
+                registry = self._registry()
+                check(registry)
+                # Written (and fsynced) in a thread: the loop keeps serving streams and
+                # readers, who see the old registry or the new one, never a half.
+                await asyncio.to_thread(registry.add, spec)
             self.ledger.forget(spec.name)
             await self._reconcile()
             return spec
 
     async def modify(self, name: str, body: object) -> StreamSpec:
+        await self._fresh()
         for _ in range(ADMISSION_TRIES):
             old = self.spec(name)
             new = self.admission.changed(old, body, self._registry())
@@ -281,23 +355,61 @@ class Daemon:
                 if self.spec(name) is not old:
                     continue  # changed underneath while the network answered: check again
                 if new != old:
-                    self.admission.fits(new, self._registry(), new=False)
-                    await asyncio.to_thread(self._registry().replace, new)
+                    await self._replace(new, old)
                     await self._reconcile()
                 return new
         raise _conflict(name)
+
+    async def _replace(self, new: StreamSpec, old: StreamSpec) -> None:
+        def check(registry: Any) -> None:
+            self.admission.fits(new, registry, new=False)
+
+        if self.cluster is not None:
+            # A change to the stream through another host meanwhile is a 409 (Conflict):
+            # never applied over settings its author did not see.
+            try:
+                await self.cluster.registry.replace(new, based_on=old, check=check)
+            except KeyError:
+                raise NotFound(f"no stream named {new.name!r}") from None
+        else:
+            check(self._registry())
+            await asyncio.to_thread(self._registry().replace, new)
+
+    async def _fresh(self) -> None:
+        """Cluster mode: read the registry again before a change is checked, so it is
+        judged on what every host sees (the compare-and-set still decides)."""
+        if self.cluster is None:
+            return
+        from sfmd.cluster.errors import Unavailable
+        from sfmd.cluster.lease import NATS_FAILURES
+
+        try:
+            await self.cluster.registry.refresh()
+        except NATS_FAILURES as e:
+            raise Unavailable(
+                f"NATS did not answer ({type(e).__name__}); nothing was changed"
+            ) from None
 
     async def set_active(self, name: str, active: bool) -> StreamSpec:
         return await self.modify(name, {"active": active})
 
     async def delete(self, name: str) -> None:
+        await self._fresh()
         async with self._lock:
             if self.spec(name).mode is Mode.SHARED:  # 404 before anything changes
                 self.shared.forgotten.add(name)  # its rules' tags stay recognisably sfmd's
-            await asyncio.to_thread(self._registry().remove, name)
+            if self.cluster is not None:
+                try:
+                    await self.cluster.registry.remove(name)
+                except KeyError:
+                    raise NotFound(f"no stream named {name!r}") from None
+            else:
+                await asyncio.to_thread(self._registry().remove, name)
             await self._reconcile()
             self.ledger.forget(name)
             self.tasks.forget(name)
+        if self.cluster is not None:
+            await self.cluster.forget(name)
 
     async def restart(self, name: str) -> StreamSpec:
         """Stop the stream and start it again, as one change: a fresh connection (and file).
@@ -379,7 +491,7 @@ class Daemon:
         with contextlib.suppress(ReloadRefused):  # logged by reload()
             await self.reload()
 
-    def _registry(self) -> Registry:
+    def _registry(self) -> Registry | KVRegistry:
         assert self.registry is not None, "startup() loads the registry"
         return self.registry
 
@@ -389,6 +501,23 @@ class Daemon:
     def _session(self) -> aiohttp.ClientSession:
         assert self.session is not None, "startup() opens the session"
         return self.session
+
+    # -- the cluster -------------------------------------------------------------------------
+
+    async def cluster_report(self) -> dict[str, Any]:
+        """GET /cluster: the hosts and who holds which connection; one host alone says so."""
+        if self.cluster is None:
+            return {"enabled": False, "host": None, "hosts": [], "connections": []}
+        return await self.cluster.report()
+
+    async def drain(self, host: str, *, undo: bool = False) -> dict[str, Any]:
+        """Move every connection off `host` (placement gives it none), or undo that."""
+        if self.cluster is None:
+            raise NotClustered(
+                "this sfmd runs alone ([cluster] nats_url is empty): there is no other host "
+                "to move its connections to"
+            )
+        return await self.cluster.drain(host, undo=undo)
 
     # -- reading -----------------------------------------------------------------------------
 

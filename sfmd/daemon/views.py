@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sfmd.registry import Mode, StreamSpec
 from sfmd.status import (
+    STATES,
     ConnectionSample,
     State,
     StreamSample,
@@ -30,6 +32,10 @@ class Views:
     def status_of(self, spec: StreamSpec) -> StreamStatus:
         """One stream's status, from whichever back end runs it (or the ledger)."""
         d = self.daemon
+        if d.cluster is not None and spec.active:
+            remote = d.cluster.remote_state(spec.name, spec.slot)
+            if remote is not None:
+                return _remote_status(remote[1], d.ledger.started)
         if spec.mode is Mode.PROCESS and spec.name not in d.ledger.failed:
             return d.processes.status(spec)
         running = d.shared.status(spec) or d.tasks.status(spec)
@@ -42,6 +48,11 @@ class Views:
         spec), only the status is encoded per call, which keeps GET /streams at 1,000
         streams a few ms."""
         status = orjson.dumps(self.status_of(spec).to_dict())
+        cluster = self.daemon.cluster
+        if cluster is not None:  # which host runs it
+            host = cluster.holder(spec.slot) if spec.active else None
+            return (spec.view_json_open + b',"host":' + orjson.dumps(host) + b',"status":'
+                    + status + b"}")
         return spec.view_json_open + b',"status":' + status + b"}"
 
     def listing_json(self) -> bytes:
@@ -103,3 +114,10 @@ class Views:
                 for name, status in statuses if status.state is State.FAILED
             ],
         }
+
+
+def _remote_status(state: str | None, since: datetime) -> StreamStatus:
+    """A stream another host runs, as that host's last heartbeat said (its counters are
+    that host's to show). Not listed there yet: it is being started (or taken over)."""
+    known = state if state in STATES else State.CONNECTING.value
+    return StreamStatus(state=State(known), since=since)

@@ -18,7 +18,7 @@ from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
 from sfmd.registry import Mode, StreamSpec
 from sfmd.runtime.backend import Ledger
-from sfmd.runtime.tasks import source_context
+from sfmd.runtime.tasks import ClusterHooks, source_context
 from sfmd.sources import SharedConnection, source_of
 from sfmd.status import StreamStatus
 
@@ -32,8 +32,10 @@ class SharedBackend:
         session: Callable[[], aiohttp.ClientSession],
         credentials: Callable[[], Mapping[str, Credential]],
         ledger: Ledger,
+        hooks: ClusterHooks | None = None,
     ) -> None:
         self.config = config
+        self.hooks = hooks
         self.session = session
         self.credentials = credentials
         self.ledger = ledger
@@ -87,7 +89,7 @@ class SharedBackend:
         for slot, members in wanted.items():
             group = self.groups.get(slot)
             if group is None:
-                context = source_context(self.config, self.session())
+                context = source_context(self.config, self.session(), self.hooks)
                 credential = keys[members[0].credential]
                 group = source_of(members[0]).shared(credential, context)
                 try:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from sfmd.archive import Archive, ArchiveError, CountItems
+from sfmd.archive.writer import Fence
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialBusy, CredentialLock
@@ -43,9 +45,33 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-def new_archive(config: Config, name: str, log: Any = None, *, count: CountItems) -> Archive:
-    """A stream's archive; `count` is how the stream counts content items (see `Archive`)."""
-    return Archive(
+@dataclass(frozen=True)
+class ClusterHooks:
+    """What cluster mode adds to every stream's archive and source; None on a single host.
+
+    `fence(slot)`: the lease this host holds the slot under (the archive writes only while
+    it is valid, and names its host and epoch in the manifest); `on_manifest(stream, line)`:
+    every manifest line, for the feed; `saved_point(stream)`: the resume point another host
+    saved; `made(stream, archive)`: every archive opened, whose `durable_mark` is saved."""
+
+    fence: Callable[[str], Fence | None]
+    on_manifest: Callable[[str, bytes], None]
+    saved_point: Callable[[str], Awaitable[str | None]]
+    made: Callable[[str, Archive], None]
+
+
+def new_archive(
+    config: Config,
+    name: str,
+    log: Any = None,
+    *,
+    count: CountItems,
+    slot: str | None = None,
+    hooks: ClusterHooks | None = None,
+) -> Archive:
+    """A stream's archive; `count` is how the stream counts content items (see `Archive`);
+    with `hooks` (cluster mode), fenced by the lease on `slot`."""
+    archive = Archive(
         config.daemon.data_dir,
         name,
         save_interval=config.daemon.save_interval,
@@ -56,16 +82,28 @@ def new_archive(config: Config, name: str, log: Any = None, *, count: CountItems
         compress_window=config.daemon.compress_window,
         flush_interval=config.timing.flush_interval,
         log=log if log is not None else get_logger(stream=name),
+        fence=hooks.fence(slot) if hooks is not None and slot is not None else None,
+        on_manifest=(
+            (lambda line: hooks.on_manifest(name, line)) if hooks is not None else None
+        ),
     )
+    if hooks is not None:
+        hooks.made(name, archive)
+    return archive
 
 
-def source_context(config: Config, session: aiohttp.ClientSession) -> Context:
+def source_context(
+    config: Config, session: aiohttp.ClientSession, hooks: ClusterHooks | None = None
+) -> Context:
     """What sources get to build connections with, from this daemon's config."""
     return Context(
         config=config,
         session=session,
         lock_dir=lock_dir(config),
-        archive_factory=lambda spec, count: new_archive(config, spec.name, count=count),
+        archive_factory=lambda spec, count: new_archive(
+            config, spec.name, count=count, slot=spec.slot, hooks=hooks
+        ),
+        saved_point=hooks.saved_point if hooks is not None else None,
     )
 
 
@@ -76,15 +114,17 @@ class StreamRunner:
         credential: Credential | None,
         config: Config,
         session: aiohttp.ClientSession,
+        hooks: ClusterHooks | None = None,
     ) -> None:
         self.spec = spec
         self.credential = credential  # the keys it connects with: a reload compares them
         self.config = config
         self.log = get_logger(stream=spec.name)
         self.source = source_of(spec)
-        self.context = source_context(config, session)
+        self.context = source_context(config, session, hooks)
         self.lock = CredentialLock(lock_dir(config), spec.slot)
-        self.archive = new_archive(config, spec.name, self.log, count=self.source.counter(spec))
+        self.archive = new_archive(config, spec.name, self.log, count=self.source.counter(spec),
+                                   slot=spec.slot, hooks=hooks)
         self.stream: Connection = self.source.connection(
             spec, credential, self.archive, self.context
         )
@@ -158,8 +198,10 @@ class TaskBackend:
         *,
         reconcile: Callable[[], Awaitable[None]],
         lock: asyncio.Lock,
+        hooks: ClusterHooks | None = None,
     ) -> None:
         self.config = config
+        self.hooks = hooks
         self.session = session
         self.credentials = credentials
         self.ledger = ledger
@@ -214,7 +256,7 @@ class TaskBackend:
 
     async def _start_runner(self, spec: StreamSpec, delay: float = 0.0) -> None:
         credential = self.credentials().get(spec.credential)
-        runner = StreamRunner(spec, credential, self.config, self.session())
+        runner = StreamRunner(spec, credential, self.config, self.session(), self.hooks)
         try:
             await runner.start(delay=delay)
         except (CredentialBusy, ArchiveError) as e:

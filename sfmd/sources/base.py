@@ -11,7 +11,7 @@ supervisor or the registry's file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +53,11 @@ class Sink(Protocol):
 
     def refused(self, why: str) -> None:
         """One message could not be stored (too large, not JSON): written down, not silent."""
+
+    def mark(self, point: str) -> None:
+        """The stream's resume point after the messages written so far (Jetstream's newest
+        time_us, Mastodon's newest complete id): in cluster mode, saved for the host that
+        takes the stream over once those messages are in the file."""
 
 
 class Connection(Protocol):
@@ -114,6 +119,10 @@ class Context:
     session: aiohttp.ClientSession
     lock_dir: Path
     archive_factory: Callable[[StreamSpec, CountItems], Archive]
+    #: Cluster mode: the resume point another host saved for a stream (by name), or None.
+    #: A source that can resume asks it at start-up and resumes from the newer of it and
+    #: its own files.
+    saved_point: Callable[[str], Awaitable[str | None]] | None = None
 
 
 class Source(Protocol):

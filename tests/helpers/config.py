@@ -76,6 +76,7 @@ def write_config(
     bluesky: dict[str, Any] | None = None,
     mastodon: dict[str, Any] | None = None,
     daemon: dict[str, Any] | None = None,
+    cluster: dict[str, Any] | None = None,
 ) -> Path:
     """An sfmd.toml under tmp_path with short timings; paths relative to it, as allowed."""
     lines = [
@@ -97,7 +98,7 @@ def write_config(
     lines.append("[timing]")
     for key, value in {**FAST_TIMING, **(timing or {})}.items():
         lines.append(f"{key} = {value}")
-    for section, values in (("bluesky", bluesky), ("mastodon", mastodon)):
+    for section, values in (("bluesky", bluesky), ("mastodon", mastodon), ("cluster", cluster)):
         if values:
             lines.append(f"[{section}]")
             lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]

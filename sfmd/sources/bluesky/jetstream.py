@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class JetstreamStream(ConnectionLife):
         sink: Sink,
         stream_dir: Path,
         timing: JetstreamTiming | None = None,
+        saved_point: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         super().__init__(subscription.name, sink)
         self.subscription = subscription
@@ -98,6 +100,7 @@ class JetstreamStream(ConnectionLife):
         self.timing = timing or JetstreamTiming()
         self.backoff = Backoff(self.timing.backoff)
         self.resume: ResumePoint | None = None
+        self._saved_point = saved_point  # cluster mode: the point another host saved
         self.duplicates = 0  # events the replay brought again, dropped
         self.refused = 0  # frames that were not events, or too large
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -130,11 +133,31 @@ class JetstreamStream(ConnectionLife):
         """Where to resume, read back from the stream's files (once: then it follows each
         stored event)."""
         if self.resume is None:
-            self.resume = await asyncio.to_thread(
+            resume = await asyncio.to_thread(
                 ResumePoint.from_files, self.stream_dir, int(self.timing.rewind * 1e6)
             )
+            saved = await self._saved()
+            if saved is not None and (resume.newest is None or saved > resume.newest):
+                # Another host stored up to `saved` (its files, not ours): resume there. The
+                # replay's overlap with its files cannot be recognised here, so those few
+                # events are in both hosts' files.
+                resume.newest = saved
+                self.log.info("resume_point_taken_over", newest_time_us=saved)
+            self.resume = resume
             self.log.info("resume_point", newest_time_us=self.resume.newest,
                           cursor=self.resume.cursor)
+
+    async def _saved(self) -> int | None:
+        """The newest time_us another host saved for this stream, if any (cluster mode). A
+        point that cannot be read is not waited for: the files' own point stands."""
+        if self._saved_point is None:
+            return None
+        try:
+            point = await self._saved_point(self.name)
+            return int(point) if point is not None else None
+        except Exception as e:  # NATS away, or a point that is not a number
+            self.log.warning("resume_point_unread", error=f"{type(e).__name__}: {e}")
+            return None
 
     async def _connect_and_read(self) -> tuple[Failure, str]:
         """One connection, until it ends: how it failed and why."""
@@ -223,6 +246,7 @@ class JetstreamStream(ConnectionLife):
                 continue
             await self.sink.write([text], int(event.get("kind") == "commit"))
             resume.stored(key, time_us)
+            self.sink.mark(str(resume.newest))
             status = self.status
             status.messages += 1
             status.tweets += event.get("kind") == "commit"

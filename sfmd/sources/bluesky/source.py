@@ -34,6 +34,7 @@ class BlueskySource:
             session=context.session,
             sink=sink,
             stream_dir=config.daemon.data_dir / spec.name,
+            saved_point=context.saved_point,
             timing=JetstreamTiming(
                 idle_timeout=config.bluesky.idle_timeout,
                 connect_timeout=config.timing.connect_timeout,

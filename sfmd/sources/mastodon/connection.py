@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,6 +217,7 @@ class AccountConnection:
         archive_factory: Callable[[StreamSpec], Archive],
         timing: MastodonTiming,
         fill_retry_wait: float = 5.0,
+        saved_point: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.credential = credential
         self.name = connection_name(credential.name)
@@ -234,6 +235,7 @@ class AccountConnection:
         self.frame_errors = 0  # in-band errors the server sent
         self.token_refused: str | None = None  # a 401: why, until a connection succeeds
         self._archive_factory = archive_factory
+        self._saved_point = saved_point  # cluster mode: the point another host saved
         self._live_from: int | None = None  # the id of the moment the socket subscribed
         self._started = False
 
@@ -303,6 +305,12 @@ class AccountConnection:
         member.newest = newest
         for status_id in ids:
             member.seen.add(status_id)
+        saved = await self._saved(spec.name)
+        if saved is not None and saved > (point or 0):
+            # Another host's files are complete up to `saved`: the next fill starts there.
+            member.complete_to, member.filling = saved, False
+            point = saved
+            get_logger(stream=spec.name).info("resume_point_taken_over", resume_at=str(saved))
         self.streams[spec.name] = member
         self.log.info("member_joined", stream=spec.name, channel=member.channel.describe(),
                       resume_at=str(point) if point is not None else None)
@@ -312,6 +320,27 @@ class AccountConnection:
             await self._subscribe(self.socket.ws, member)
             member.archive.streaming()
             self._start_fill(member, now)
+
+    async def _saved(self, name: str) -> int | None:
+        """The newest complete id another host saved for the stream (cluster mode). One that
+        cannot be read is not waited for: this host's own files say where to resume."""
+        if self._saved_point is None:
+            return None
+        try:
+            point = await self._saved_point(name)
+            return int(point) if point is not None else None
+        except Exception as e:  # NATS away, or a point that is not a number
+            get_logger(stream=name).warning("resume_point_unread",
+                                            error=f"{type(e).__name__}: {e}")
+            return None
+
+    @staticmethod
+    def _marked(member: Member) -> None:
+        """Tell the archive where the stream would resume once what it wrote so far is in
+        the file (cluster mode saves it for a host that takes the stream over)."""
+        point = member.resume_at()
+        if point is not None:
+            member.archive.mark(str(point))
 
     async def _move(self, member: Member, spec: StreamSpec) -> None:
         """A new tag or list: one unsubscribe, one subscribe, on the open socket. What the
@@ -323,6 +352,7 @@ class AccountConnection:
         member.seen = resume.Seen()
         member.complete_to, member.filling = id_at(int(time.time() * 1000)), False
         await asyncio.to_thread(resume.save_record, member.stream_dir, member.record())
+        self._marked(member)
         self.log.info("channel_changed", stream=spec.name, channel=member.channel.describe())
         if ws is not None:
             await self._subscribe(ws, member)
@@ -374,6 +404,8 @@ class AccountConnection:
                 member.complete_to, member.filling = point, True
         records = [(m.stream_dir, m.record()) for m in members]
         await asyncio.to_thread(_save_all, records)
+        for member in members:
+            self._marked(member)
 
     async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse | None, member: Member
                          ) -> None:
@@ -464,6 +496,7 @@ class AccountConnection:
         member.messages += len(lines)
         member.tweets += updates
         member.bytes += sum(map(len, lines)) + len(lines)
+        self._marked(member)
         return True
 
     def _in_band_error(self, frame: dict[str, Any], key: Key | None) -> None:
@@ -506,6 +539,7 @@ class AccountConnection:
             member.newest = max(member.newest or 0, newest)
             member.complete_to = max(member.complete_to or 0, newest)
             await asyncio.to_thread(resume.save_record, member.stream_dir, member.record())
+            self._marked(member)
 
         result: FillResult = await fill(
             self.instance, member.channel, after=max(0, point - overlap),
@@ -516,6 +550,7 @@ class AccountConnection:
                                  if i is not None)
         member.filling = False
         await asyncio.to_thread(resume.save_record, member.stream_dir, member.record())
+        self._marked(member)
         member.seen.forget_below(member.complete_to - 2 * overlap)
         member.archive.refilled(result.refilled, UNRECOVERABLE)
         if result.error is None:

@@ -55,6 +55,7 @@ class MastodonSource:
             lock_dir=context.lock_dir,
             slot=mastodon_slot(credential.name),
             archive_factory=lambda spec: context.archive_factory(spec, count_updates),
+            saved_point=context.saved_point,
             timing=MastodonTiming(
                 idle_timeout=config.mastodon.idle_timeout,
                 connect_timeout=config.timing.connect_timeout,

@@ -1,0 +1,89 @@
+"""Several `sfmd run` hosts on one nats-server: every connection held by exactly one host,
+changes through any host, takeover when a host dies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfmd.fake import FakeAPI
+from tests.helpers.cluster import Host, make_host
+from tests.helpers.daemon import stop
+from tests.helpers.nats import NatsServer
+from tests.helpers.waits import wait_until_async
+
+DEADLINE = 30.0
+
+
+def bodies() -> list[dict[str, Any]]:
+    """Streams across credentials and sources: 2 v1.1 filters, 4 Jetstream streams, 3
+    Mastodon hashtags on two accounts."""
+    out: list[dict[str, Any]] = [
+        {"name": "tw-alpha", "kind": "filter", "track": ["cats"], "credential": "alpha"},
+        {"name": "tw-beta", "kind": "filter", "track": ["dogs"], "credential": "beta"},
+    ]
+    out += [{"name": f"sky-{i}", "source": "bluesky", "kind": "jetstream"} for i in range(4)]
+    out += [{"name": f"md-{i}", "source": "mastodon", "kind": "hashtag", "tag": f"t{i}",
+             "credential": "fedi" if i < 2 else "fedi2"} for i in range(3)]
+    return out
+
+
+@pytest.fixture
+async def hosts(
+    tmp_path: Path, fake_api: FakeAPI, nats_server: NatsServer
+) -> AsyncIterator[list[Host]]:
+    made = [make_host(tmp_path, fake_api, nats_server.url, f"host-{c}") for c in "ab"]
+    try:
+        for host in made:
+            await host.start()
+        yield made
+    finally:
+        for host in made:
+            if host.proc is not None:
+                host.proc.kill()
+
+
+async def cluster_of(host: Host) -> dict[str, Any]:
+    async with host.api() as api:
+        report: dict[str, Any] = await api.ok("GET", "/cluster")
+        return report
+
+
+async def streams_of(host: Host) -> dict[str, dict[str, Any]]:
+    async with host.api() as api:
+        answer = await api.ok("GET", "/streams")
+    return {s["name"]: s for s in answer["streams"]}
+
+
+async def test_each_connection_is_held_by_one_host_and_streams(
+    hosts: list[Host], fake_api: FakeAPI
+) -> None:
+    a, b = hosts
+    async with a.api() as api:
+        for body in bodies():
+            await api.ok("POST", "/streams", body, 201)
+
+    async def all_streaming() -> bool:
+        for host in hosts:
+            listed = await streams_of(host)
+            if len(listed) != len(bodies()):
+                return False
+            if any(s["status"]["state"] != "streaming" for s in listed.values()):
+                return False
+        return True
+
+    await wait_until_async(all_streaming, DEADLINE, "every stream streaming, seen from both hosts")
+    report = await cluster_of(b)
+    assert {h["host"] for h in report["hosts"]} == {"host-a", "host-b"}
+    slots = [c["slot"] for c in report["connections"]]
+    assert len(slots) == len(set(slots)) == 2 + 4 + 2
+    assert {c["host"] for c in report["connections"]} == {"host-a", "host-b"}
+    seen_a, seen_b = await streams_of(a), await streams_of(b)
+    assert {n: s["host"] for n, s in seen_a.items()} == {n: s["host"] for n, s in seen_b.items()}
+    for host in hosts:
+        assert host.proc is not None
+        await stop(host.proc)
+    assert not any(r.close_reason == "replaced" for r in fake_api.log)
