@@ -348,8 +348,10 @@ def render_status(
     MSG/S shows '-'."""
     if not streams:
         return "no streams"
-    header = ["NAME", "SOURCE", "KIND", "STATE", "SINCE", "TWEETS", "MSG/S", "RECONNECTS",
-              "CURRENT FILE"]
+    # Cluster mode names the host that runs each stream.
+    clustered = any("host" in s for s in streams)
+    header = ["NAME", "SOURCE", "KIND", *(["HOST"] if clustered else []), "STATE", "SINCE",
+              "TWEETS", "MSG/S", "RECONNECTS", "CURRENT FILE"]
     rows = [header]
     for s in streams:
         st = s["status"]
@@ -358,6 +360,7 @@ def render_status(
             s["name"],
             source_label(s),
             s["kind"],
+            *([s.get("host") or "-"] if clustered else []),
             st["state"],
             # Down: since the outage began, not since the latest retry.
             since(st.get("down_since") or st.get("since"), now),
@@ -890,6 +893,66 @@ def cmd_health(args: argparse.Namespace, client: Client) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_cluster(args: argparse.Namespace, client: Client) -> int:
+    """The hosts with their heartbeats, then who holds which connection."""
+    answer = client.call("GET", "/cluster")
+    if args.json:
+        print_json(answer)
+    else:
+        print(render_cluster(answer))
+    return EXIT_OK
+
+
+def render_cluster(answer: dict[str, Any], now: datetime | None = None) -> str:
+    if not answer.get("enabled"):
+        return "one host, no cluster ([cluster] nats_url is empty)"
+    rows = [["HOST", "STARTED", "HEARTBEAT", "CONNECTIONS", "STREAMS", "DRAINING"]]
+    for host in answer["hosts"]:
+        name = host["host"] + (" (this host)" if host["host"] == answer["host"] else "")
+        rows.append([name, host["started"], f"{since(host['heartbeat'], now)} ago",
+                     str(host["connections"]), str(host["streams"]),
+                     "yes" if host["draining"] else "no"])
+    out = table(rows)
+    connections = answer["connections"]
+    out.append("")
+    if not connections:
+        out.append("no connection is held")
+        return "\n".join(out)
+    rows = [["CONNECTION", "HOST", "EPOCH", "PLACED"]]
+    for c in connections:
+        placed = c.get("placed")
+        rows.append([c["slot"], c["host"], str(c["epoch"]),
+                     "-" if placed in (None, c["host"]) else f"moving to {placed}"])
+    out += table(rows)
+    return "\n".join(line.rstrip() for line in out)
+
+
+def cmd_drain(args: argparse.Namespace, client: Client) -> int:
+    """Move a host's connections to the others (or, with --undo, let it take some again);
+    with --wait, return once it holds none."""
+    answer = client.call("POST", "/cluster/drain", {"host": args.host, "undo": args.undo})
+    if args.json:
+        print_json(answer)
+    elif args.undo:
+        print(f"{args.host}: no longer drained; placement gives it connections again")
+    else:
+        print(f"{args.host}: draining; its connections move to the other hosts")
+    if args.wait and not args.undo:
+        deadline = time.monotonic() + args.wait
+        while True:
+            report = client.call("GET", "/cluster")
+            held = [c for c in report["connections"] if c["host"] == args.host]
+            if not held:
+                if not args.json:
+                    print(f"{args.host}: holds no connection; it can be stopped")
+                return EXIT_OK
+            if time.monotonic() > deadline:
+                raise CtlError(f"{args.host} still holds {len(held)} connections after "
+                               f"{args.wait:g} s", "timeout")
+            time.sleep(0.5)
+    return EXIT_OK
+
+
 def cmd_delete(args: argparse.Namespace, client: Client) -> int:
     client.call("DELETE", stream_path(args.name))
     if not args.json:
@@ -1057,6 +1120,14 @@ def build_parser() -> argparse.ArgumentParser:
          "reconnect, streams failed for a credential now fixed start (as SIGHUP does)")
     verb("health", cmd_health, "one line for monitoring: exit 0 when sfmd answers and no "
          "stream is failed, 1 otherwise")
+    verb("cluster", cmd_cluster, "cluster mode: the hosts with their heartbeats, and which "
+         "host holds which connection")
+    p = verb("drain", cmd_drain, "cluster mode: move every connection off HOST before "
+             "maintenance (a host that starts again takes connections again)")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--undo", action="store_true", help="let HOST take connections again")
+    p.add_argument("--wait", type=_positive, metavar="S", help="wait up to S seconds until "
+                   "HOST holds no connection (exit 1 if it still does)")
     return parser
 
 

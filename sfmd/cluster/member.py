@@ -131,6 +131,7 @@ class ClusterMember:
             feed = await ManifestFeed.open(js, cluster.host_id)
             member = cls(config, client, js, hosts, leases, registry, checkpoints, feed)
             await member._undrain_self()
+            await hosts.beat()  # listed before the first pass, so placement counts this host
             await member.refresh()
         except (RegistryError, ClusterError):
             await client.close()

@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sfmd.ctl import render_list, render_show, render_status, source_label
+from sfmd.ctl import render_cluster, render_list, render_show, render_status, source_label
 
 NOW = datetime(2026, 12, 5, 12, 0, 0, tzinfo=UTC)
 
@@ -95,3 +95,42 @@ def test_a_process_isolated_stream_shows_supervisords_word() -> None:
     assert re.search(r"^process:\s+program sfm-stream-iso, state streaming, pid 4242$",
                      shown, re.M)
     assert not re.search(r"^(rules|track):", shown, re.M)  # a sample has neither
+
+
+def test_status_names_the_host_only_in_cluster_mode() -> None:
+    alone = {"name": "a", "source": "bluesky", "kind": "jetstream", "status": status()}
+    assert "HOST" not in render_status([alone], None, NOW)
+    there = {**alone, "host": "host-b"}
+    nowhere = {**alone, "name": "b", "host": None, "status": status(state="stopped")}
+    lines = render_status([there, nowhere], None, NOW).splitlines()
+    assert lines[0].split()[:4] == ["NAME", "SOURCE", "KIND", "HOST"]
+    assert lines[1].split()[:5] == ["a", "bluesky", "jetstream", "host-b", "streaming"]
+    assert lines[2].split()[:5] == ["b", "bluesky", "jetstream", "-", "stopped"]
+
+
+def test_cluster_view_lists_hosts_then_connections() -> None:
+    answer = {
+        "enabled": True, "host": "host-a", "lease_ttl": 15,
+        "hosts": [
+            {"host": "host-a", "started": "2026-12-05T11:00:00.000Z",
+             "heartbeat": "2026-12-05T11:59:58.000Z", "draining": False, "connections": 2,
+             "streams": 5},
+            {"host": "host-b", "started": "2026-12-05T11:00:01.000Z",
+             "heartbeat": "2026-12-05T11:59:57.000Z", "draining": True, "connections": 1,
+             "streams": 1},
+        ],
+        "connections": [
+            {"slot": "alpha", "host": "host-a", "epoch": 7, "placed": "host-a"},
+            {"slot": "bluesky.sky", "host": "host-b", "epoch": 9, "placed": "host-a"},
+        ],
+    }
+    lines = render_cluster(answer, NOW).splitlines()
+    assert lines[0].split() == ["HOST", "STARTED", "HEARTBEAT", "CONNECTIONS", "STREAMS",
+                                "DRAINING"]
+    assert lines[1].split()[:3] == ["host-a", "(this", "host)"]
+    assert "2s ago" in lines[1] and lines[1].endswith("no")
+    assert lines[2].startswith("host-b") and lines[2].endswith("yes")
+    assert lines[4].split() == ["CONNECTION", "HOST", "EPOCH", "PLACED"]
+    assert lines[5].split() == ["alpha", "host-a", "7", "-"]
+    assert lines[6].split() == ["bluesky.sky", "host-b", "9", "moving", "to", "host-a"]
+    assert render_cluster({"enabled": False}).startswith("one host")

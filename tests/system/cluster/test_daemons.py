@@ -3,6 +3,9 @@ changes through any host, takeover when a host dies."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +13,9 @@ from typing import Any
 import pytest
 
 from sfmd.fake import FakeAPI
+from tests.helpers.api import Api
 from tests.helpers.cluster import Host, make_host
-from tests.helpers.daemon import stop
+from tests.helpers.daemon import Teardown, running_daemon, stop
 from tests.helpers.nats import NatsServer
 from tests.helpers.waits import wait_until_async
 
@@ -44,6 +48,13 @@ async def hosts(
         for host in made:
             if host.proc is not None:
                 host.proc.kill()
+
+
+async def sfmctl(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "sfmd.ctl", "--socket", str(host.socket), *args]
+    return await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 async def cluster_of(host: Host) -> dict[str, Any]:
@@ -83,7 +94,40 @@ async def test_each_connection_is_held_by_one_host_and_streams(
     assert {c["host"] for c in report["connections"]} == {"host-a", "host-b"}
     seen_a, seen_b = await streams_of(a), await streams_of(b)
     assert {n: s["host"] for n, s in seen_a.items()} == {n: s["host"] for n, s in seen_b.items()}
+
+    # sfmctl shows the same from either host, and drains host-b for maintenance.
+    shown = await sfmctl(a, "cluster")
+    assert shown.returncode == 0, shown.stderr
+    assert "host-a (this host)" in shown.stdout and "host-b" in shown.stdout
+    status = await sfmctl(b, "status", "--once")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.splitlines()[0].split()[3] == "HOST"
+    drained = await sfmctl(a, "drain", "host-b", "--wait", "20")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "holds no connection" in drained.stdout
+    report = await cluster_of(b)
+    assert {c["host"] for c in report["connections"]} == {"host-a"}
+    assert [h["draining"] for h in report["hosts"] if h["host"] == "host-b"] == [True]
+    await wait_until_async(all_streaming, DEADLINE, "every stream streaming on host-a")
+    undone = await sfmctl(b, "drain", "--undo", "host-b")
+    assert undone.returncode == 0, undone.stderr
+
+    async def spread_again() -> bool:
+        return {c["host"] for c in (await cluster_of(a))["connections"]} == {"host-a", "host-b"}
+
+    await wait_until_async(spread_again, DEADLINE, "host-b holding connections again")
     for host in hosts:
         assert host.proc is not None
         await stop(host.proc)
     assert not any(r.close_reason == "replaced" for r in fake_api.log)
+
+
+async def test_a_single_host_says_it_runs_alone(tmp_path: Path, fake_api: FakeAPI) -> None:
+    async with running_daemon(tmp_path, fake_api, Teardown.MUST_STOP):
+        async with Api(tmp_path / "sfmd.sock") as api:
+            report = await api.ok("GET", "/cluster")
+            assert report == {"enabled": False, "host": None, "hosts": [], "connections": []}
+            status, answer = await api.call("POST", "/cluster/drain", {"host": "x"})
+            assert (status, answer["error"]) == (409, "not_clustered")
+            status, answer = await api.call("POST", "/cluster/drain", {"hots": "x"})
+            assert (status, answer["error"]) == (400, "bad_request")
