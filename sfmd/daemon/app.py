@@ -37,7 +37,7 @@ from sfmd.daemon.views import Views
 from sfmd.errors import Refused, SfmdError
 from sfmd.logs import get_logger
 from sfmd.ops.systemd import Notifier, watchdog_loop
-from sfmd.registry import Mode, Registry, RegistryError, StreamSpec
+from sfmd.registry import Mode, Registry, RegistryError, StreamSpec, ValidationError
 from sfmd.runtime.backend import Backend, Ledger
 from sfmd.runtime.processes import ProcessBackend
 from sfmd.runtime.shared import SharedBackend
@@ -314,7 +314,9 @@ class Daemon:
         runnable = []
         for spec in specs:
             problem = (
-                source_of(spec).credential_problem(spec, self.credentials) if spec.active else None
+                (self._cluster_problem(spec)
+                 or source_of(spec).credential_problem(spec, self.credentials))
+                if spec.active else None
             )
             if problem:
                 self.ledger.fail(spec.name, problem)
@@ -332,6 +334,7 @@ class Daemon:
             # Checked again: another change may have taken the name or the slot meanwhile.
             def check(registry: Any) -> None:
                 self.admission.fits(spec, registry, new=True)
+                self._fits_cluster(spec)
 
             if self.cluster is not None:  # checked on the newest document, each try
                 await self.cluster.registry.add(spec, check=check)
@@ -363,6 +366,7 @@ class Daemon:
     async def _replace(self, new: StreamSpec, old: StreamSpec) -> None:
         def check(registry: Any) -> None:
             self.admission.fits(new, registry, new=False)
+            self._fits_cluster(new)
 
         if self.cluster is not None:
             # A change to the stream through another host meanwhile is a 409 (Conflict):
@@ -374,6 +378,19 @@ class Daemon:
         else:
             check(self._registry())
             await asyncio.to_thread(self._registry().replace, new)
+
+    def _cluster_problem(self, spec: StreamSpec) -> str | None:
+        """What cluster mode cannot run: a supervisord program reads its stream from the
+        registry file, which a cluster does not use, and its writes could not be fenced."""
+        if self.cluster is not None and spec.mode is Mode.PROCESS:
+            return ("isolation = process is not available in cluster mode (the program "
+                    "could not be fenced by its lease); use isolation = task")
+        return None
+
+    def _fits_cluster(self, spec: StreamSpec) -> None:
+        problem = self._cluster_problem(spec) if spec.active else None
+        if problem:
+            raise ValidationError("invalid", "isolation", problem)
 
     async def _fresh(self) -> None:
         """Cluster mode: read the registry again before a change is checked, so it is

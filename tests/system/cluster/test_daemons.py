@@ -76,6 +76,10 @@ async def test_each_connection_is_held_by_one_host_and_streams(
     async with a.api() as api:
         for body in bodies():
             await api.ok("POST", "/streams", body, 201)
+        # A supervisord program could not be fenced by its lease: refused, with the reason.
+        status, answer = await api.call("POST", "/streams", {
+            "name": "iso", "source": "bluesky", "kind": "jetstream", "isolation": "process"})
+        assert status == 422 and "cluster mode" in answer["message"], answer
 
     async def all_streaming() -> bool:
         for host in hosts:
