@@ -62,6 +62,10 @@ class Checkpoint:
 class Checkpoints:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        # stream → (revision, slot, epoch) of this process's own last write: while the key
+        # is still at that revision nobody else wrote, so the next point under the same lease
+        # goes in one compare-and-set, without reading the key first.
+        self._written: dict[str, tuple[int, str, int]] = {}
 
     @classmethod
     async def open(
@@ -85,6 +89,17 @@ class Checkpoints:
         holder of the same slot has written. NATS's errors propagate (nothing was saved, or
         the save is unknown: the next flush writes again)."""
         key = encode_key(stream)
+        mine = self._written.get(stream)
+        if mine is not None and mine[1:] == (fence.slot, fence.epoch) and fence.valid():
+            value, written = _value(point, fence)
+            try:
+                revision = await self.kv.update(key, value, last=mine[0])
+            except KeyWrongLastSequenceError:
+                self._written.pop(stream, None)  # someone else wrote: judge it below
+            else:
+                self._written[stream] = (revision, fence.slot, fence.epoch)
+                return Checkpoint(stream, point, fence.slot, fence.epoch, fence.host, written,
+                                  revision)
         for _ in range(TRIES):
             if not fence.valid():
                 raise StaleEpoch(
@@ -98,11 +113,7 @@ class Checkpoints:
                     f"of {fence.slot!r} by {current.host}, newer than this host's epoch "
                     f"{fence.epoch}; not overwritten"
                 )
-            written = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            value = json.dumps({
-                "point": point, "slot": fence.slot, "epoch": fence.epoch, "host": fence.host,
-                "written": written,
-            }).encode()
+            value, written = _value(point, fence)
             try:
                 if current is None:
                     revision = await self.kv.create(key, value)
@@ -110,6 +121,7 @@ class Checkpoints:
                     revision = await self.kv.update(key, value, last=current.revision)
             except KeyWrongLastSequenceError:
                 continue  # someone wrote between the read and the write: judge it again
+            self._written[stream] = (revision, fence.slot, fence.epoch)
             return Checkpoint(stream, point, fence.slot, fence.epoch, fence.host, written,
                               revision)
         raise StaleEpoch(
@@ -118,7 +130,18 @@ class Checkpoints:
 
     async def forget(self, stream: str) -> None:
         """Drop a deleted stream's resume point (a new stream of that name starts afresh)."""
+        self._written.pop(stream, None)
         await self.kv.purge(encode_key(stream))
+
+
+def _value(point: str, fence: Fence) -> tuple[bytes, str]:
+    """A point as stored, and when it was written (UTC, the writer's clock)."""
+    written = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    value = json.dumps({
+        "point": point, "slot": fence.slot, "epoch": fence.epoch, "host": fence.host,
+        "written": written,
+    }).encode()
+    return value, written
 
 
 def _checkpoint(stream: str, value: bytes | None, revision: int) -> Checkpoint:

@@ -52,6 +52,8 @@ log = get_logger()
 
 #: The registry bucket's key that lists drained hosts (JSON list of host ids).
 DRAINED_KEY = "drained"
+#: Resume points saved concurrently: enough to keep NATS busy, few enough not to flood it.
+CHECKPOINT_BATCH = 32
 #: Manifest lines waiting for the feed at most; past it the oldest are dropped (and logged):
 #: the manifests on disk stay the record.
 FEED_BACKLOG = 100_000
@@ -394,23 +396,34 @@ class ClusterMember:
             await self._checkpoint_all()
 
     async def _checkpoint_all(self) -> None:
-        """Save every stream's newer durable mark under its archive's lease."""
+        """Save every stream's newer durable mark under its archive's lease, a batch of
+        requests at a time (one compare-and-set each, see `Checkpoints.put`)."""
+        due = []
         for name, archive in list(self._archives.items()):
             mark, fence = archive.durable_mark, archive.fence
             if mark is None or fence is None or self._saved.get(name) == mark:
                 continue
-            if not fence.valid():
-                continue
-            try:
-                await self.checkpoints.put(name, mark, fence)
-            except StaleEpoch as e:
-                log.warning("checkpoint_refused", stream=name, reason=str(e))
-                self._saved[name] = mark  # not again until it moves on
-            except NATS_FAILURES as e:
-                log.warning("checkpoint_failed", stream=name, error=type(e).__name__)
+            if fence.valid():
+                due.append((name, mark, fence))
+        for first in range(0, len(due), CHECKPOINT_BATCH):
+            batch = due[first:first + CHECKPOINT_BATCH]
+            saved = await asyncio.gather(*(self._save(*item) for item in batch))
+            if not all(saved):
                 return  # NATS away: the next round tries every stream again
-            else:
-                self._saved[name] = mark
+
+    async def _save(self, name: str, mark: str, fence: Lease) -> bool:
+        """One resume point; False when NATS did not answer."""
+        try:
+            await self.checkpoints.put(name, mark, fence)
+        except StaleEpoch as e:
+            log.warning("checkpoint_refused", stream=name, reason=str(e))
+            self._saved[name] = mark  # not again until it moves on
+        except NATS_FAILURES as e:
+            log.warning("checkpoint_failed", stream=name, error=type(e).__name__)
+            return False
+        else:
+            self._saved[name] = mark
+        return True
 
     async def forget(self, name: str) -> None:
         """A deleted stream: its resume point goes too (a new stream of the name starts

@@ -105,3 +105,29 @@ async def test_concurrent_writers_under_one_lease_leave_one_of_their_points(
     final = await points.get("feed")
     assert final is not None and final.point in {"0", "1", "2", "3"}
     await lease.release()
+
+
+async def test_a_holders_next_point_is_one_compare_and_set_without_a_read(
+    host_client: Connect,
+) -> None:
+    client = await host_client("host-a")
+    leases = await Leases.open(client.jetstream(), "host-a", TTL)
+    points = await Checkpoints.open(client.jetstream())
+    lease = await leases.acquire("bluesky.feed")
+    assert lease is not None
+    lease.start()
+    await points.put("feed", "1", lease)
+
+    async def no_read(stream: str) -> None:
+        raise AssertionError("the key was read again although nobody else wrote it")
+
+    reads = points.get
+    points.get = no_read  # type: ignore[method-assign]
+    try:
+        saved = await points.put("feed", "2", lease)
+    finally:
+        points.get = reads  # type: ignore[method-assign]
+    assert saved.point == "2"
+    final = await points.get("feed")
+    assert final is not None and (final.point, final.revision) == ("2", saved.revision)
+    await lease.release()
