@@ -336,7 +336,7 @@ class Archive:
         self._check_writable()
         if not messages:
             return
-        if self.fence is not None and not self.fence.valid():
+        if self.fenced:
             self._refuse_fenced(len(messages))
             return
         while self._pending_bytes + self._inflight_bytes >= self._max_pending:
@@ -381,6 +381,12 @@ class Archive:
             holder.mark = point
         else:
             self.durable_mark = point
+
+    @property
+    def fenced(self) -> bool:
+        """Another host holds the stream's connection now (cluster mode): nothing more is
+        written, and the connection must not connect again."""
+        return self.fence is not None and not self.fence.valid()
 
     def _refuse_fenced(self, count: int) -> None:
         if not self._fenced:

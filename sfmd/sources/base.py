@@ -54,6 +54,12 @@ class Sink(Protocol):
     def refused(self, why: str) -> None:
         """One message could not be stored (too large, not JSON): written down, not silent."""
 
+    @property
+    def fenced(self) -> bool:
+        """Cluster mode: another host holds this connection now; it must not connect again
+        (always False on a single host)."""
+        ...
+
     def mark(self, point: str) -> None:
         """The stream's resume point after the messages written so far (Jetstream's newest
         time_us, Mastodon's newest complete id): in cluster mode, saved for the host that

@@ -78,12 +78,23 @@ class ConnectionLife:
                 await asyncio.sleep(delay)
             await self._prepare()
             while True:
+                await self._hold_if_fenced()
                 failure, reason = await self._connect_and_read()
                 if self._stopping:
                     return
                 await self._wait_after(failure, reason)
         finally:
             self._stopped()
+
+    async def _hold_if_fenced(self) -> None:
+        """Cluster mode: once this host has lost the connection's lease (a host that was
+        frozen and woke up), never connect again: another host holds it now, and a second
+        connection could cut the new holder's. Waits here until the stop that follows."""
+        if not getattr(self.sink, "fenced", False):
+            return
+        self.log.warning("connection_fenced",
+                         reason="another host holds this connection now; not reconnecting")
+        await asyncio.Event().wait()  # the stop cancels it
 
     async def _prepare(self) -> None:
         """Before the first connection (read where to resume): nothing by default."""

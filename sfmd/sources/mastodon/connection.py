@@ -245,6 +245,12 @@ class AccountConnection:
     def current_file(self) -> None:
         return None  # the connection has no file; each member's archive has its own
 
+    @property
+    def fenced(self) -> bool:
+        """Cluster mode: the account's lease is gone (every member's archive is fenced by
+        it), so the socket must not connect again."""
+        return any(member.archive.fenced for member in self.streams.values())
+
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:

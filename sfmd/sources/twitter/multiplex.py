@@ -74,6 +74,15 @@ class Router:
     def error(self) -> None:
         return None  # one member's full disk must not stop the others' connection
 
+    @property
+    def fenced(self) -> bool:
+        """Cluster mode: the credential's lease is gone (every member's archive is fenced
+        by it), so the connection must not connect again."""
+        return any(member.archive.fenced for member in self.members.values())
+
+    def mark(self, point: str) -> None:
+        """Twitter has no resume point."""
+
     # -- coverage: the connection's is every member's ----------------------------------------
 
     def streaming(self) -> None:

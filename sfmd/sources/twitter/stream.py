@@ -167,6 +167,7 @@ class Stream(ConnectionLife):
             if delay > 0:
                 await asyncio.sleep(delay)
             while True:
+                await self._hold_if_fenced()
                 try:
                     await self._connect_and_read()
                     ended = Ended(Failure.NETWORK, "the server ended the stream")

@@ -222,3 +222,36 @@ def test_a_source_telling_its_own_way_still_gets_the_outage_and_next_attempt(
     life._set_state(State.BACKOFF, reason="refused", error="refused")
     assert life.status.down_since is not None and life.status.next_attempt is not None
     assert [(e["event"], e["state"]) for e in logs] == [("stream_state", "backoff")]
+
+
+class Looping(ConnectionLife):
+    """Counts its connection attempts; each one fails at once."""
+
+    def __init__(self, sink: Any) -> None:
+        super().__init__("s1", sink)
+        self.attempts = 0
+
+    async def _connect_and_read(self) -> tuple[Failure, str]:
+        self.attempts += 1
+        self.sink.fenced = True  # the lease is lost while this connection runs
+        return Failure.NETWORK, REFUSED
+
+    async def _wait_after(self, failure: Failure, reason: str) -> None:
+        await asyncio.sleep(0)
+
+    async def _interrupt(self) -> bool:
+        return False
+
+
+async def test_a_connection_whose_lease_is_gone_never_connects_again(
+    logs: list[dict[str, Any]],
+) -> None:
+    sink = SimpleNamespace(current_file=None, error=None, fenced=False)
+    life = Looping(sink)
+    life.start()
+    for _ in range(50):  # plenty of turns of the loop to reconnect in, were it allowed
+        await asyncio.sleep(0)
+    assert life.attempts == 1
+    assert [e["event"] for e in logs].count("connection_fenced") == 1
+    await life.stop(grace=1.0)
+    assert life.task is None
