@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sfmd import __version__
 from sfmd.archive.coverage import keep_alive
@@ -382,7 +383,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = config_for_files(path)
     try:
         credentials = load_credentials(config.twitter.credentials_file)
-        registry = Registry.load(config.daemon.state_dir)
+        registry: Any = (asyncio.run(_cluster_registry(config)) if config.cluster.nats_url
+                         else Registry.load(config.daemon.state_dir))
     except (CredentialsError, RegistryError) as e:
         raise StartupError(str(e)) from None
     problems = credentials_problems(
@@ -397,6 +399,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{path}: {'ok' if not problems else f'{len(problems)} problems'} "
           f"({len(credentials)} credentials, {len(registry)} streams)")
     return EXIT_OK if not problems else EXIT_FAILED
+
+
+async def _cluster_registry(config: Config) -> object:
+    """Cluster mode: the registry as every host reads it, from the NATS bucket (which also
+    proves NATS answers); StartupError with the reason if it does not."""
+    from sfmd.cluster.connection import connect
+    from sfmd.cluster.errors import ClusterError
+    from sfmd.cluster.kvregistry import KVRegistry
+
+    try:
+        client = await connect(config.cluster.nats_url, config.cluster.host_id,
+                               connect_timeout=config.timing.connect_timeout)
+    except ClusterError as e:
+        raise StartupError(str(e)) from None
+    try:
+        async with asyncio.timeout(config.timing.connect_timeout * 2):
+            return await KVRegistry.open(client.jetstream())
+    except ClusterError as e:
+        raise StartupError(str(e)) from None
+    except Exception as e:  # JetStream off, a timeout: nats-py's errors name no setting
+        raise StartupError(
+            f"NATS answered but its registry bucket could not be read ({type(e).__name__}); "
+            "is JetStream on (nats-server -js)?"
+        ) from None
+    finally:
+        await client.close()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

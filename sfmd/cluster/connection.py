@@ -8,6 +8,7 @@ only the host and port are.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -78,17 +79,20 @@ async def connect(
             log.warning("nats_error", servers=where, error=type(e).__name__)
 
     try:
-        return await nats.connect(
-            servers=servers_of(nats_url),
-            name=f"sfmd {host_id}",
-            connect_timeout=max(1, round(connect_timeout)),
-            reconnect_time_wait=reconnect_wait,  # type: ignore[arg-type]  # a float works
-            max_reconnect_attempts=-1,
-            allow_reconnect=True,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-        )
+        # nats-py tries the servers again and again when it may reconnect forever, even
+        # before the first connection: bound the wait so a wrong nats_url stops start-up.
+        async with asyncio.timeout(connect_timeout * 2 + 1):
+            return await nats.connect(
+                servers=servers_of(nats_url),
+                name=f"sfmd {host_id}",
+                connect_timeout=max(1, round(connect_timeout)),
+                reconnect_time_wait=reconnect_wait,  # type: ignore[arg-type]  # a float works
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
     except Exception as e:
         raise ClusterError(
             f"cannot reach NATS at {where} ({type(e).__name__}); check [cluster] nats_url and "

@@ -16,7 +16,7 @@ from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
 from tests.helpers.cluster import Host, make_host
 from tests.helpers.daemon import Teardown, running_daemon, stop
-from tests.helpers.nats import NatsServer
+from tests.helpers.nats import NatsServer, free_port
 from tests.helpers.waits import wait_until_async
 
 DEADLINE = 30.0
@@ -99,6 +99,13 @@ async def test_each_connection_is_held_by_one_host_and_streams(
     seen_a, seen_b = await streams_of(a), await streams_of(b)
     assert {n: s["host"] for n, s in seen_a.items()} == {n: s["host"] for n, s in seen_b.items()}
 
+    # sfmd check reads the registry every host reads, from NATS.
+    checked = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "sfmd", "check", "--config", str(b.config)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip().endswith(f"ok (4 credentials, {len(bodies())} streams)")
+
     # sfmctl shows the same from either host, and drains host-b for maintenance.
     shown = await sfmctl(a, "cluster")
     assert shown.returncode == 0, shown.stderr
@@ -135,3 +142,16 @@ async def test_a_single_host_says_it_runs_alone(tmp_path: Path, fake_api: FakeAP
             assert (status, answer["error"]) == (409, "not_clustered")
             status, answer = await api.call("POST", "/cluster/drain", {"hots": "x"})
             assert (status, answer["error"]) == (400, "bad_request")
+
+
+async def test_a_host_that_cannot_reach_nats_refuses_to_start_with_the_reason(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    host = make_host(tmp_path, fake_api, f"nats://127.0.0.1:{free_port()}", "host-a")
+    for verb in ("check", "run"):
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "sfmd", verb, "--config", str(host.config)],
+            capture_output=True, text=True, timeout=60, check=False, cwd=host.home)
+        assert done.returncode != 0
+        assert "cannot reach NATS at nats://127.0.0.1:" in done.stderr, done.stderr
+        assert "check [cluster] nats_url" in done.stderr
