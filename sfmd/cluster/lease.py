@@ -188,8 +188,10 @@ class Lease:
         if not was_valid:
             return
         try:
+            # Briefly: NATS away, the key expires by itself, and the caller may be holding
+            # up the stop of other connections.
             await asyncio.wait_for(
-                self._leases.kv.delete(self.key, last=self.revision), timeout=self._leases.ttl
+                self._leases.kv.delete(self.key, last=self.revision), timeout=self._leases.margin
             )
             log.info("lease_released", slot=self.slot, epoch=self.epoch)
         except (KeyWrongLastSequenceError, *NATS_FAILURES) as e:

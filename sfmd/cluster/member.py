@@ -195,19 +195,29 @@ class ClusterMember:
         """The registry as this host should run it now: a stream whose slot is placed on
         another host, or whose lease this host could not acquire, is inactive for this pass.
         Slots placed here are acquired; a lease lost since the last pass is not acquired
-        again before its streams have stopped (the next pass)."""
-        try:
-            await self.refresh()
-        except NATS_FAILURES as e:
-            log.warning("cluster_read_failed", error=type(e).__name__)
+        again before its streams have stopped (the next pass).
+
+        The daemon holds its lock meanwhile, and a lost lease's streams stop only once this
+        returns, so NATS is asked briefly or not at all: while the client is disconnected
+        nothing is read or acquired (what is held and valid keeps running; what was lost
+        stops)."""
+        lost, self._lost = self._lost, set()
+        connected = self.client.is_connected
+        if connected:
+            try:
+                async with asyncio.timeout(self.io_timeout):
+                    await self.refresh()
+            except (TimeoutError, *NATS_FAILURES) as e:
+                log.warning("cluster_read_failed", error=type(e).__name__)
+                connected = False
         wanted = {spec.slot for spec in specs if spec.active}
         self.placement = place(wanted, self.eligible())
         mine = {slot for slot, host in self.placement.items() if host == self.host_id}
-        lost, self._lost = self._lost, set()
-        for slot in sorted(mine - set(self.held) - lost):
+        for slot in sorted(mine - set(self.held) - lost) if connected else ():
             try:
-                lease = await self.leases.acquire(slot, on_lost=self._on_lost)
-            except NATS_FAILURES as e:
+                async with asyncio.timeout(self.io_timeout):
+                    lease = await self.leases.acquire(slot, on_lost=self._on_lost)
+            except (TimeoutError, *NATS_FAILURES) as e:
                 log.warning("lease_acquire_failed", slot=slot, error=type(e).__name__)
                 break  # NATS is away: the next poll tries again
             if lease is not None:
@@ -222,6 +232,11 @@ class ClusterMember:
             if spec.active and spec.slot not in runnable else spec
             for spec in specs
         ]
+
+    @property
+    def io_timeout(self) -> float:
+        """Seconds one NATS request in a pass may take: a sixth of the lease TTL."""
+        return max(0.5, self.config.cluster.lease_ttl / 6)
 
     async def release_moved(self) -> None:
         """After the pass stopped them: release the slots now placed elsewhere."""
@@ -277,9 +292,10 @@ class ClusterMember:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                changed = await self.registry.refresh()
-                await self.refresh()
-            except (*NATS_FAILURES, RegistryError) as e:
+                async with asyncio.timeout(self.io_timeout * 2):
+                    changed = await self.registry.refresh()
+                    await self.refresh()
+            except (TimeoutError, *NATS_FAILURES, RegistryError) as e:
                 if not failing:
                     log.warning("cluster_poll_failed", error=f"{type(e).__name__}: {e}")
                 failing = True
