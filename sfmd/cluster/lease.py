@@ -48,6 +48,8 @@ from sfmd.logs import get_logger
 log = get_logger()
 
 BUCKET = "sfm_leases"
+#: Keys read at once when every holder is listed.
+READ_BATCH = 64
 
 #: A request to NATS that neither succeeds nor fails cleanly (disconnected, timed out, a
 #: JetStream API error): the lease cannot be proven by it.
@@ -347,13 +349,16 @@ class Leases:
 
     async def holders(self) -> dict[str, Holder]:
         """Every held slot, read key by key (the stream's subject list names the keys; no
-        watch, whose first replay nats-py may cut short)."""
+        watch, whose first replay nats-py may cut short), many reads in flight at once: a
+        thousand slots one after another would take the better part of a second."""
+        slots = [decode_key(key) for key in await bucket_keys(self.js, self.kv)]
         found: dict[str, Holder] = {}
-        for key in await bucket_keys(self.js, self.kv):
-            slot = decode_key(key)
-            holder = await self.holder(slot)
-            if holder is not None:
-                found[slot] = holder
+        for first in range(0, len(slots), READ_BATCH):
+            batch = slots[first:first + READ_BATCH]
+            for slot, holder in zip(batch, await asyncio.gather(*map(self.holder, batch)),
+                                    strict=True):
+                if holder is not None:
+                    found[slot] = holder
         return found
 
 
