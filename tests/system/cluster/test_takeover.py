@@ -86,8 +86,9 @@ async def test_kill_9_moves_the_connections_within_the_ttl_and_loses_nothing(
     lost_streams = [b["name"] for b in bodies if _slot(b) in lost]
 
     # Let the victim store and checkpoint a while: 40 events on each Jetstream socket.
-    await wait_until(lambda: all(r.sent_count >= 40 for r in connected(fake_api, "jetstream")),
-                     DEADLINE, "40 events on every Jetstream socket")
+    await wait_until(lambda: all(r.sent_count >= 40 for r in connected(fake_api, "jetstream")
+                                 if r.closed is None),
+                     DEADLINE, "40 events on every open Jetstream socket")
     victim.kill()
     killed, killed_wall = time.monotonic(), time.time()
     await wait_until_async(lambda: all_streaming([survivor], names), DEADLINE,
