@@ -155,7 +155,7 @@ class ControlApi:
 
     async def modify(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        self.daemon.spec(name)  # 404 before 415/400 for a stream that does not exist
+        await self.daemon.known(name)  # 404 before 415/400 for a stream that does not exist
         body = await json_body(request)
         spec = await self.daemon.modify(name, body)
         self._audit(request, name, 200, change=body)

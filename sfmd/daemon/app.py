@@ -432,7 +432,7 @@ class Daemon:
         """Stop the stream and start it again, as one change: a fresh connection (and file).
         An inactive stream is started, as `supervisorctl restart` starts a stopped program.
         The registry is written only when the stream was inactive."""
-        spec = self.spec(name)  # 404 first
+        spec = await self.known(name)  # 404 first
         if not spec.active:
             return await self.set_active(name, True)
         async with self._lock:
@@ -537,6 +537,12 @@ class Daemon:
         return await self.cluster.drain(host, undo=undo)
 
     # -- reading -----------------------------------------------------------------------------
+
+    async def known(self, name: str) -> StreamSpec:
+        """`spec(name)` before a change: in cluster mode the registry is read again first,
+        so a stream just created through another host is found rather than a 404."""
+        await self._fresh()
+        return self.spec(name)
 
     def spec(self, name: str) -> StreamSpec:
         try:

@@ -56,3 +56,15 @@ def messages_on_disk(data_dir: Path, name: str) -> int:
 def part_lines(data_dir: Path) -> int:
     """Complete lines in every open `.part` file under data_dir, of any stream."""
     return sum(complete_lines(p) for p in data_dir.rglob("*.part"))
+
+
+def messages_everywhere(data_dir: Path, name: str) -> list[bytes]:
+    """Every complete message in the stream's files, published or still open (a killed
+    host's `.part`s, which only its next start would publish), file by file."""
+    out: list[bytes] = []
+    for path in sorted((data_dir / name).rglob(f"{name}-*.jsonl*")):
+        raw = path.read_bytes()
+        if ".gz" in path.name:
+            raw = zlib.decompressobj(wbits=31).decompress(raw)
+        out += raw.split(b"\n")[:-1]
+    return out

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
 from sfmd.cluster.connection import connect
+from sfmd.fake import FakeAPI
+from tests.helpers.cluster import Host, make_host
 from tests.helpers.nats import NatsServer, running_nats
 
 Connect = Callable[[str], Awaitable[Client]]
+StartHosts = Callable[..., Awaitable[list[Host]]]
 
 
 @pytest.fixture
@@ -33,3 +38,27 @@ async def host_client(nats_server: NatsServer) -> AsyncIterator[Connect]:
             return client
 
         yield open_client
+
+
+@pytest.fixture
+async def start_hosts(
+    tmp_path: Path, fake_api: FakeAPI, nats_server: NatsServer
+) -> AsyncIterator[StartHosts]:
+    """`await start_hosts("host-a", "host-b", settings=..., **cluster)`: `sfmd run` hosts on
+    the test's nats-server, started together and answering; every one killed at the end
+    (stopped ones too), whatever the test did to them."""
+    made: list[Host] = []
+
+    async def start(*host_ids: str, settings: dict[str, Any] | None = None,
+                    **cluster: Any) -> list[Host]:
+        hosts = [make_host(tmp_path, fake_api, nats_server.url, h, settings=settings,
+                           **cluster) for h in host_ids]
+        made.extend(hosts)
+        await asyncio.gather(*(host.start() for host in hosts))
+        return hosts
+
+    try:
+        yield start
+    finally:
+        for host in made:
+            host.kill()
