@@ -14,7 +14,7 @@ import pytest
 
 from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
-from tests.helpers.cluster import Host, make_host
+from tests.helpers.cluster import Host, cluster_of, make_host, streams_of
 from tests.helpers.daemon import Teardown, running_daemon, stop
 from tests.helpers.nats import NatsServer, free_port
 from tests.helpers.waits import wait_until_async
@@ -55,18 +55,6 @@ async def sfmctl(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False
     )
-
-
-async def cluster_of(host: Host) -> dict[str, Any]:
-    async with host.api() as api:
-        report: dict[str, Any] = await api.ok("GET", "/cluster")
-        return report
-
-
-async def streams_of(host: Host) -> dict[str, dict[str, Any]]:
-    async with host.api() as api:
-        answer = await api.ok("GET", "/streams")
-    return {s["name"]: s for s in answer["streams"]}
 
 
 async def test_each_connection_is_held_by_one_host_and_streams(
