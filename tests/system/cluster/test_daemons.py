@@ -19,7 +19,7 @@ from tests.helpers.daemon import Teardown, running_daemon, stop
 from tests.helpers.nats import NatsServer, free_port
 from tests.helpers.waits import wait_until_async
 
-DEADLINE = 30.0
+DEADLINE = 60.0
 
 
 def bodies() -> list[dict[str, Any]]:
@@ -101,7 +101,7 @@ async def test_each_connection_is_held_by_one_host_and_streams(
     status = await sfmctl(b, "status", "--once")
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.splitlines()[0].split()[3] == "HOST"
-    drained = await sfmctl(a, "drain", "host-b", "--wait", "20")
+    drained = await sfmctl(a, "drain", "host-b", "--wait", "60")
     assert drained.returncode == 0, drained.stdout + drained.stderr
     assert "holds no connection" in drained.stdout
     report = await cluster_of(b)
