@@ -15,8 +15,9 @@ and runs its own background work here:
   retried while NATS is away.
 
 Placement is `placement.owner` over the live hosts that are not drained; a slot placed here is
-run only once its lease is acquired, and a slot placed elsewhere is stopped first and its
-lease released after, so its new owner need not wait out the TTL. A lost lease takes the
+run only once its lease is acquired, and a slot placed elsewhere is stopped first, the resume
+points its streams reached saved, and its lease released after, so its new owner need not
+wait out the TTL and resumes where they stopped. A lost lease takes the
 slot's streams down at the next pass (started at once); the archive's fence has already
 stopped their writes. Watches are not used: every decision is a read or a compare-and-set.
 """
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -103,7 +103,9 @@ class ClusterMember:
         self._moving: list[str] = []  # slots to release once their streams stopped
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._archives: weakref.WeakValueDictionary[str, Marked] = weakref.WeakValueDictionary()
+        # stream → its newest archive here. Held (not weakly) after the stream stops: its
+        # last mark is saved before the slot's lease is released.
+        self._archives: dict[str, Marked] = {}
         self._saved: dict[str, str] = {}  # stream → the point last saved by this host
         self._feed: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._feed_dropped = 0
@@ -221,12 +223,23 @@ class ClusterMember:
         ]
 
     async def release_moved(self) -> None:
-        """After the pass stopped them: release the slots now placed elsewhere."""
+        """After the pass stopped them: save where their streams stopped, then release the
+        slots now placed elsewhere. Saved first, while the leases are still held: a stream
+        that moves before its first checkpoint would otherwise start on its new host with no
+        resume point, and lose what came between the two."""
         moving, self._moving = self._moving, []
+        if not moving:
+            return
+        await self._checkpoint_all()
+        released = []
         for slot in moving:
             lease = self.held.pop(slot, None)
             if lease is not None:
                 await lease.release()
+                released.append(lease)
+        for name, archive in list(self._archives.items()):
+            if any(archive.fence is lease for lease in released):
+                del self._archives[name]
 
     def fence(self, slot: str) -> Lease | None:
         """The lease a new archive of `slot` writes under."""
@@ -415,6 +428,7 @@ class ClusterMember:
         """A deleted stream: its resume point goes too (a new stream of the name starts
         afresh)."""
         self._saved.pop(name, None)
+        self._archives.pop(name, None)
         with contextlib.suppress(*NATS_FAILURES):
             await self.checkpoints.forget(name)
 
