@@ -108,6 +108,11 @@ class ClusterMember:
         self._archives: dict[str, Marked] = {}
         self._saved: dict[str, str] = {}  # stream → the point last saved by this host
         self._feed: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._sending: tuple[str, bytes] | None = None  # taken from the queue, not yet sent
+        # Set when the background work must end. nats-py swallows a cancellation that lands
+        # inside some of its calls (the call then completes and the task goes on), so the
+        # loops also check this, and `stop_background` cancels until they have ended.
+        self._stopping = False
         self._feed_dropped = 0
         self._running: Callable[[], dict[str, str]] = dict  # stream → state, for heartbeats
 
@@ -181,12 +186,15 @@ class ClusterMember:
     async def stop_background(self) -> None:
         """Stop the heartbeats, the poll, the checkpoints and the feed's task (the daemon
         is shutting down: no pass may start a stream again)."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stopping = True
+        pending, self._tasks = set(self._tasks), []
+        while pending:  # a cancellation nats-py swallowed is sent again
+            for task in pending:
+                task.cancel()
+            done, pending = await asyncio.wait(pending, timeout=0.1)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the loops log their own failures
 
     # -- each reconcile pass -------------------------------------------------------------------
 
@@ -281,7 +289,7 @@ class ClusterMember:
         """Reconcile when the cluster changed under this host: a lease lost, another host's
         change to the registry, a host come or gone or drained."""
         failing = False
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.cluster.poll_interval):
                     await self._wake.wait()
@@ -401,7 +409,7 @@ class ClusterMember:
         return checkpoint.point if checkpoint is not None else None
 
     async def _checkpoint_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.cluster.checkpoint_interval)
             await self._checkpoint_all()
 
@@ -444,11 +452,15 @@ class ClusterMember:
         self._feed.put_nowait((name, line))
 
     async def _feed_loop(self) -> None:
-        while True:
-            name, line = await self._feed.get()
-            await self._publish(name, line, retry=True)
+        while not self._stopping:
+            self._sending = await self._feed.get()
+            await self._publish(*self._sending, retry=True)
+            self._sending = None
 
     async def _drain_feed(self) -> None:
+        if self._sending is not None:  # the feed's task was stopped while sending it
+            sending, self._sending = self._sending, None
+            await self._publish(*sending, retry=False)
         while not self._feed.empty():
             name, line = self._feed.get_nowait()
             await self._publish(name, line, retry=False)
@@ -460,7 +472,7 @@ class ClusterMember:
                 await self.feed.publish_line(line, stream=name)
                 return
             except NATS_FAILURES as e:
-                if not retry:
+                if not retry or self._stopping:
                     raise
                 log.debug("manifest_feed_retry", stream=name, error=type(e).__name__)
                 await asyncio.sleep(wait)
