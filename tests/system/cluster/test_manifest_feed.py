@@ -17,8 +17,8 @@ from tests.helpers.cluster import (
     all_streaming,
     mastodon_tag,
     mixed_bodies,
+    stop_all,
 )
-from tests.helpers.daemon import stop
 from tests.helpers.files import manifest, manifest_lines
 from tests.helpers.waits import wait_until, wait_until_async
 from tests.system.cluster.conftest import Connect, StartHosts
@@ -60,9 +60,7 @@ async def test_a_consumer_sees_every_hosts_manifest_lines_once(
     await wait_until_async(lambda: all_streaming(hosts, names), DEADLINE, "all streaming")
     await wait_until(lambda: any(manifest(b.data, n) for n in published_on_a), DEADLINE,
                      "a file on host-b of a stream that had files on host-a")
-    for host in hosts:
-        assert host.proc is not None
-        await stop(host.proc)
+    await stop_all(hosts)
 
     consumer = (await host_client("catalogue")).jetstream()
     sub = await consumer.pull_subscribe(

@@ -19,17 +19,15 @@ from tests.helpers.cluster import (
     connected,
     mastodon_tag,
     mixed_bodies,
+    stop_all,
     streams_of,
     twice_held,
 )
-from tests.helpers.daemon import stop
 from tests.helpers.files import messages_everywhere
 from tests.helpers.waits import wait_until, wait_until_async
 from tests.system.cluster.conftest import StartHosts
 
 DEADLINE = 30.0
-#: Several daemons stop at once on a loaded machine: more than one alone needs.
-STOP_TIMEOUT = 20.0
 #: The daemon's resume settings in these tests (`write_daemon_config`'s): a Jetstream
 #: replay reaches `rewind` s before its resume point; a Mastodon fill `fill_overlap` s.
 REWIND = 2.0
@@ -109,8 +107,7 @@ async def test_kill_9_moves_the_connections_within_the_ttl_and_loses_nothing(
     accounts = {s for s in lost if s.endswith(".mastodon")}
     await wait_until(lambda: sum(r.sent_count >= 10 for r in after_kill("mastodon/streaming"))
                      == len(accounts), DEADLINE, "10 statuses on each account taken over")
-    assert survivor.proc is not None
-    await stop(survivor.proc, STOP_TIMEOUT)
+    await stop_all([survivor])
     assert twice_held(fake_api) == []
 
     duplicates: dict[str, int] = {}
@@ -209,9 +206,7 @@ async def test_a_stream_moved_right_after_it_started_resumes_where_the_old_host_
     await wait_until_async(moved_to_b, DEADLINE, "the stream moved to host-b")
     moved = connected(fake_api, "jetstream")[-1]
     await wait_until(lambda: moved.sent_count >= 50, DEADLINE, "50 events sent to host-b")
-    for host in hosts:
-        assert host.proc is not None
-        await stop(host.proc, STOP_TIMEOUT)
+    await stop_all(hosts)
     # Everything produced from the first event stored to the last, stored by one host or
     # the other; the few the replay brought again are within its rewind.
     per_host = [messages_everywhere(h.data, name) for h in hosts]
