@@ -15,8 +15,9 @@ and runs its own background work here:
   retried while NATS is away.
 
 Placement is `placement.owner` over the live hosts that are not drained; a slot placed here is
-run only once its lease is acquired, and a slot placed elsewhere is stopped first and its
-lease released after, so its new owner need not wait out the TTL. A lost lease takes the
+run only once its lease is acquired, and a slot placed elsewhere is stopped first, the resume
+points its streams reached saved, and its lease released after, so its new owner need not
+wait out the TTL and resumes where they stopped. A lost lease takes the
 slot's streams down at the next pass (started at once); the archive's fence has already
 stopped their writes. Watches are not used: every decision is a read or a compare-and-set.
 """
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -105,9 +105,16 @@ class ClusterMember:
         self._moving: list[str] = []  # slots to release once their streams stopped
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._archives: weakref.WeakValueDictionary[str, Marked] = weakref.WeakValueDictionary()
+        # stream → its newest archive here. Held (not weakly) after the stream stops: its
+        # last mark is saved before the slot's lease is released.
+        self._archives: dict[str, Marked] = {}
         self._saved: dict[str, str] = {}  # stream → the point last saved by this host
         self._feed: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._sending: tuple[str, bytes] | None = None  # taken from the queue, not yet sent
+        # Set when the background work must end. nats-py swallows a cancellation that lands
+        # inside some of its calls (the call then completes and the task goes on), so the
+        # loops also check this, and `stop_background` cancels until they have ended.
+        self._stopping = False
         self._feed_dropped = 0
         self._running: Callable[[], dict[str, str]] = dict  # stream → state, for heartbeats
 
@@ -182,12 +189,15 @@ class ClusterMember:
     async def stop_background(self) -> None:
         """Stop the heartbeats, the poll, the checkpoints and the feed's task (the daemon
         is shutting down: no pass may start a stream again)."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stopping = True
+        pending, self._tasks = set(self._tasks), []
+        while pending:  # a cancellation nats-py swallowed is sent again
+            for task in pending:
+                task.cancel()
+            done, pending = await asyncio.wait(pending, timeout=0.1)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the loops log their own failures
 
     # -- each reconcile pass -------------------------------------------------------------------
 
@@ -239,12 +249,23 @@ class ClusterMember:
         return max(0.5, self.config.cluster.lease_ttl / 6)
 
     async def release_moved(self) -> None:
-        """After the pass stopped them: release the slots now placed elsewhere."""
+        """After the pass stopped them: save where their streams stopped, then release the
+        slots now placed elsewhere. Saved first, while the leases are still held: a stream
+        that moves before its first checkpoint would otherwise start on its new host with no
+        resume point, and lose what came between the two."""
         moving, self._moving = self._moving, []
+        if not moving:
+            return
+        await self._checkpoint_all()
+        released = []
         for slot in moving:
             lease = self.held.pop(slot, None)
             if lease is not None:
                 await lease.release()
+                released.append(lease)
+        for name, archive in list(self._archives.items()):
+            if any(archive.fence is lease for lease in released):
+                del self._archives[name]
 
     def fence(self, slot: str) -> Lease | None:
         """The lease a new archive of `slot` writes under."""
@@ -286,7 +307,7 @@ class ClusterMember:
         """Reconcile when the cluster changed under this host: a lease lost, another host's
         change to the registry, a host come or gone or drained."""
         failing = False
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.cluster.poll_interval):
                     await self._wake.wait()
@@ -407,7 +428,7 @@ class ClusterMember:
         return checkpoint.point if checkpoint is not None else None
 
     async def _checkpoint_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.cluster.checkpoint_interval)
             await self._checkpoint_all()
 
@@ -445,6 +466,7 @@ class ClusterMember:
         """A deleted stream: its resume point goes too (a new stream of the name starts
         afresh)."""
         self._saved.pop(name, None)
+        self._archives.pop(name, None)
         with contextlib.suppress(*NATS_FAILURES):
             await self.checkpoints.forget(name)
 
@@ -460,11 +482,15 @@ class ClusterMember:
         self._feed.put_nowait((name, line))
 
     async def _feed_loop(self) -> None:
-        while True:
-            name, line = await self._feed.get()
-            await self._publish(name, line, retry=True)
+        while not self._stopping:
+            self._sending = await self._feed.get()
+            await self._publish(*self._sending, retry=True)
+            self._sending = None
 
     async def _drain_feed(self) -> None:
+        if self._sending is not None:  # the feed's task was stopped while sending it
+            sending, self._sending = self._sending, None
+            await self._publish(*sending, retry=False)
         while not self._feed.empty():
             name, line = self._feed.get_nowait()
             await self._publish(name, line, retry=False)
@@ -476,7 +502,7 @@ class ClusterMember:
                 await self.feed.publish_line(line, stream=name)
                 return
             except NATS_FAILURES as e:
-                if not retry:
+                if not retry or self._stopping:
                     raise
                 log.debug("manifest_feed_retry", stream=name, error=type(e).__name__)
                 await asyncio.sleep(wait)

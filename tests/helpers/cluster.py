@@ -6,7 +6,7 @@ machines would; they share the NATS server and the fake APIs.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +17,13 @@ from sfmd.fake import FakeAPI
 from sfmd.fake.mount import ConnectionRecord
 from tests.helpers.api import Api
 from tests.helpers.config import write_credentials_file, write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon
+from tests.helpers.daemon import SfmdProcess, start_daemon, stop
 from tests.helpers.files import manifest
 
 #: Cluster timings for tests: a takeover within seconds, not the production 15 s.
 FAST_CLUSTER = {"lease_ttl": 3, "poll_interval": 0.2, "checkpoint_interval": 0.2}
+#: Seconds each host has to stop cleanly when several stop at once on a loaded machine.
+STOP_TIMEOUT = 20.0
 
 
 @dataclass
@@ -84,6 +86,13 @@ def make_host(
         **(settings or {}),
     )
     return Host(host_id, home, config)
+
+
+async def stop_all(hosts: Sequence[Host]) -> None:
+    """SIGTERM to every host at once; each must exit 0 (its files published)."""
+    procs = [host.proc for host in hosts]
+    assert all(proc is not None for proc in procs)
+    await asyncio.gather(*(stop(proc, STOP_TIMEOUT) for proc in procs if proc is not None))
 
 
 # -- reading the cluster through a host's API -------------------------------------------------
@@ -227,7 +236,3 @@ def files_by_epoch(host: Host, name: str) -> dict[int, list[dict[str, Any]]]:
         assert provenance["host"] == host.host_id, entry
         out.setdefault(int(provenance["epoch"]), []).append(entry)
     return out
-
-
-def jsonl(body: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in body.split(b"\n") if line]

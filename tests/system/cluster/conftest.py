@@ -13,8 +13,9 @@ from nats.aio.client import Client
 
 from sfmd.cluster.connection import connect
 from sfmd.fake import FakeAPI
-from tests.helpers.cluster import Host, make_host
+from tests.helpers.cluster import Host, cluster_of, make_host
 from tests.helpers.nats import NatsServer, running_nats
+from tests.helpers.waits import wait_until_async
 
 Connect = Callable[[str], Awaitable[Client]]
 StartHosts = Callable[..., Awaitable[list[Host]]]
@@ -55,6 +56,17 @@ async def start_hosts(
                            **cluster) for h in host_ids]
         made.extend(hosts)
         await asyncio.gather(*(host.start() for host in hosts))
+        # Placement is settled before the test goes on: every running host lists them all.
+        running = [host for host in made if host.running]
+        ids = {host.host_id for host in running}
+
+        async def everyone_listed() -> bool:
+            for host in running:
+                if {h["host"] for h in (await cluster_of(host))["hosts"]} != ids:
+                    return False
+            return True
+
+        await wait_until_async(everyone_listed, 15, f"{sorted(ids)} listed by each")
         return hosts
 
     try:

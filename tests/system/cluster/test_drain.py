@@ -12,9 +12,9 @@ from tests.helpers.cluster import (
     cluster_of,
     mastodon_tag,
     mixed_bodies,
+    stop_all,
     twice_held,
 )
-from tests.helpers.daemon import stop
 from tests.helpers.logs import log_events
 from tests.helpers.waits import wait_until_async
 from tests.system.cluster.conftest import StartHosts
@@ -78,7 +78,5 @@ async def test_drain_moves_every_connection_away_and_undo_brings_them_back(
         assert "host-a" in answer["message"] and "host-b" in answer["message"]
         status, answer = await api.call("POST", "/cluster/drain", {"host": 7})
         assert (status, answer["error"]) == (400, "bad_request"), answer
-    for host in hosts:
-        assert host.proc is not None
-        await stop(host.proc)
+    await stop_all(hosts)
     assert twice_held(fake_api) == []

@@ -20,9 +20,9 @@ from tests.helpers.cluster import (
     files_by_epoch,
     mastodon_tag,
     overlapping,
+    stop_all,
     twice_held,
 )
-from tests.helpers.daemon import stop
 from tests.helpers.files import read_published
 from tests.helpers.logs import log_events
 from tests.helpers.waits import wait_until, wait_until_async
@@ -119,9 +119,7 @@ async def test_a_frozen_host_writes_nothing_after_its_lease_and_does_not_reconne
     await wait_until_async(rejoined, DEADLINE, "the thawed host listed again by both")
     await wait_until_async(lambda: agree(hosts), DEADLINE, "GET /cluster alike after")
     await wait_until_async(lambda: all_streaming(hosts, names), DEADLINE, "all streaming after")
-    for host in hosts:
-        assert host.proc is not None
-        await stop(host.proc)
+    await stop_all(hosts)
 
     frozen_sockets = []
     for body in lost:

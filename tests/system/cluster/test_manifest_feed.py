@@ -11,8 +11,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sfmd.cluster.feed import STREAM, subject_of
 from sfmd.fake import FakeAPI
-from tests.helpers.cluster import Host, all_streaming, mastodon_tag, mixed_bodies
-from tests.helpers.daemon import stop
+from tests.helpers.cluster import (
+    Host,
+    agreed_holders,
+    all_streaming,
+    mastodon_tag,
+    mixed_bodies,
+    stop_all,
+)
 from tests.helpers.files import manifest, manifest_lines
 from tests.helpers.waits import wait_until, wait_until_async
 from tests.system.cluster.conftest import Connect, StartHosts
@@ -39,15 +45,22 @@ async def test_a_consumer_sees_every_hosts_manifest_lines_once(
         for body in bodies:
             await api.ok("POST", "/streams", body, 201)
     await wait_until_async(lambda: all_streaming(hosts, names), DEADLINE, "all streaming")
-    await wait_until(lambda: all(len(lines_of(h, names)) >= 4 for h in hosts), DEADLINE,
-                     "files published on both hosts")
+    await wait_until(lambda: all(any(manifest(h.data, n) for n in names) for h in hosts),
+                     DEADLINE, "files published on both hosts")
     # Move host-a's streams to host-b: their manifests then have lines on both hosts.
+    published_on_a = {n for n in names if manifest(a.data, n)}
     async with b.api() as api:
         await api.ok("POST", "/cluster/drain", {"host": "host-a"})
+
+    async def all_on_b() -> bool:
+        agreed = await agreed_holders(hosts)
+        return agreed is not None and {h for h, _ in agreed.values()} == {"host-b"}
+
+    await wait_until_async(all_on_b, DEADLINE, "every connection on host-b")
     await wait_until_async(lambda: all_streaming(hosts, names), DEADLINE, "all streaming")
-    for host in hosts:
-        assert host.proc is not None
-        await stop(host.proc)
+    await wait_until(lambda: any(manifest(b.data, n) for n in published_on_a), DEADLINE,
+                     "a file on host-b of a stream that had files on host-a")
+    await stop_all(hosts)
 
     consumer = (await host_client("catalogue")).jetstream()
     sub = await consumer.pull_subscribe(

@@ -17,10 +17,10 @@ from tests.helpers.cluster import (
     all_streaming,
     mastodon_tag,
     mixed_bodies,
+    stop_all,
     streams_of,
     twice_held,
 )
-from tests.helpers.daemon import stop
 from tests.helpers.logs import log_events
 from tests.helpers.nats import NatsServer
 from tests.helpers.waits import wait_until, wait_until_async
@@ -102,9 +102,7 @@ async def test_nats_restarted_under_load_loses_no_change_and_holds_nothing_twice
                      "every host giving up its leases")
     await nats_server.start()
     await _all_back(hosts, names + load.acknowledged(), fake_api)
-    for host in hosts:
-        assert host.proc is not None
-        await stop(host.proc)
+    await stop_all(hosts)
     assert twice_held(fake_api) == []
 
 

@@ -16,9 +16,9 @@ from tests.helpers.cluster import (
     holders,
     mastodon_tag,
     mixed_bodies,
+    stop_all,
     twice_held,
 )
-from tests.helpers.daemon import stop
 from tests.helpers.waits import wait_until_async
 from tests.system.cluster.conftest import StartHosts
 
@@ -72,7 +72,5 @@ async def test_thirty_streams_each_connection_on_one_host_even_during_a_takeover
     print(f"takeover of host-c's connections: {time.monotonic() - killed:.1f} s after kill -9")
     assert len(agreed) == SLOTS
     assert {host for host, _ in agreed.values()} == {"host-a", "host-b"}
-    for host in (a, b):
-        assert host.proc is not None
-        await stop(host.proc)
+    await stop_all([a, b])
     assert twice_held(fake_api) == []

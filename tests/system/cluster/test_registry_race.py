@@ -9,8 +9,7 @@ import asyncio
 from typing import Any
 
 from sfmd.fake import FakeAPI
-from tests.helpers.cluster import Host, streams_of
-from tests.helpers.daemon import stop
+from tests.helpers.cluster import Host, stop_all, streams_of
 from tests.helpers.waits import wait_until_async
 from tests.system.cluster.conftest import StartHosts
 
@@ -75,9 +74,7 @@ async def test_conflicting_patches_through_two_hosts_one_wins_and_all_read_alike
         assert stored["mine-a"]["collections"] == want_a
         assert stored["mine-b"]["collections"] == want_b
     print(f"\n(host-a, host-b) answers per round: {outcomes}")
-    for host in (a, b):
-        assert host.proc is not None
-        await stop(host.proc)
+    await stop_all([a, b])
 
 
 async def test_a_stream_created_through_one_host_is_changed_through_another_at_once(

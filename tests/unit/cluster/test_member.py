@@ -1,0 +1,64 @@
+"""The member's background work stops even when a NATS call swallows its cancellation, as
+nats-py does when the cancellation lands while it flushes a request (the call completes and
+the task would go on)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+from nats.js.errors import KeyNotFoundError
+
+from sfmd.cluster.member import ClusterMember
+from tests.helpers.waits import wait_until
+
+
+class SwallowingKV:
+    async def get(self, key: str) -> Any:
+        raise KeyNotFoundError()
+
+
+class SwallowingRegistry:
+    """A registry whose reads swallow a cancellation, as nats-py's flush does."""
+
+    def __init__(self) -> None:
+        self.kv = SwallowingKV()
+        self.reads = 0
+
+    async def refresh(self) -> bool:
+        self.reads += 1
+        try:
+            await asyncio.sleep(0.005)
+        except asyncio.CancelledError:
+            pass
+        return False
+
+    def list(self) -> list[Any]:
+        return []
+
+
+class Hosts:
+    draining = False
+
+    async def live(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_the_poll_stops_even_if_a_read_swallows_the_cancellation() -> None:
+    config = SimpleNamespace(cluster=SimpleNamespace(host_id="h", poll_interval=0.0))
+    registry = SwallowingRegistry()
+    member = ClusterMember(cast(Any, config), cast(Any, None), cast(Any, None),
+                           cast(Any, Hosts()), cast(Any, None), cast(Any, registry),
+                           cast(Any, None), cast(Any, None))
+
+    async def reconcile() -> None:
+        raise AssertionError("nothing changed: no pass")
+
+    member._tasks.append(asyncio.create_task(member._poll(reconcile)))
+    # The poll spends its time inside the read: a cancellation lands there.
+    await wait_until(lambda: registry.reads >= 20, 5, "20 reads", interval=0.001)
+    await asyncio.wait_for(member.stop_background(), 5)
+    reads = registry.reads
+    await asyncio.sleep(0.05)
+    assert registry.reads == reads  # stopped for good
