@@ -143,10 +143,14 @@ class KVRegistry:
         try:
             entry = await self.kv.get(KEY)
         except KeyNotFoundError:
+            if self._writing.locked():
+                return False  # this host's first change may be landing: it says what is
             changed = self.revision != 0 or bool(self._streams)
             self.revision, self._streams = 0, {}
             return changed
-        if entry.revision == self.revision:
+        if entry.revision <= self.revision:
+            # The same document, or an older one read while this host's own change landed
+            # (revisions only grow): what is in memory is at least as new.
             return False
         self._streams = self._parse(_unpack(entry.value or b""))
         self.revision = entry.revision

@@ -40,6 +40,7 @@ from sfmd.cluster.connection import connect
 from sfmd.cluster.errors import ClusterError, StaleEpoch, Unavailable
 from sfmd.cluster.feed import ManifestFeed
 from sfmd.cluster.hosts import HostInfo, Hosts
+from sfmd.cluster.keys import encode_key
 from sfmd.cluster.kvregistry import KVRegistry
 from sfmd.cluster.lease import NATS_FAILURES, Lease, Leases
 from sfmd.cluster.placement import place
@@ -57,6 +58,10 @@ CHECKPOINT_BATCH = 32
 #: Manifest lines waiting for the feed at most; past it the oldest are dropped (and logged):
 #: the manifests on disk stay the record.
 FEED_BACKLOG = 100_000
+
+
+def _restart_subject(host: str) -> str:
+    return f"sfm.restart.{encode_key(host)}"
 
 
 class Marked(Protocol):
@@ -117,6 +122,7 @@ class ClusterMember:
         self._stopping = False
         self._feed_dropped = 0
         self._running: Callable[[], dict[str, str]] = dict  # stream → state, for heartbeats
+        self._restart: Callable[[str], Awaitable[object]] | None = None
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -156,17 +162,23 @@ class ClusterMember:
         return member
 
     def start(
-        self, reconcile: Callable[[], Awaitable[None]], running: Callable[[], dict[str, str]]
+        self,
+        reconcile: Callable[[], Awaitable[None]],
+        running: Callable[[], dict[str, str]],
+        restart: Callable[[str], Awaitable[object]],
     ) -> None:
         """The background work; `reconcile` is the daemon's pass, `running` the states of
-        the streams this host runs (for its heartbeat)."""
+        the streams this host runs (for its heartbeat), `restart` the daemon's restart of a
+        stream it runs (asked by another host, `ask_restart`)."""
         self._running = running
+        self._restart = restart
         self.hosts.summary = self._summary
         for name, coro in (
             ("heartbeat", self.hosts.keep()),
             ("cluster poll", self._poll(reconcile)),
             ("checkpoints", self._checkpoint_loop()),
             ("manifest feed", self._feed_loop()),
+            ("restarts", self._serve_restarts()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 
@@ -335,6 +347,44 @@ class ClusterMember:
 
     def _summary(self) -> dict[str, Any]:
         return {"streams": self._running()}
+
+    # -- restarts asked through another host ---------------------------------------------------
+
+    async def ask_restart(self, host: str, name: str) -> None:
+        """Have `host`, which runs `name`, restart it (`sfmctl restart` through any host);
+        Unavailable if it does not confirm within `connect_timeout` seconds."""
+        try:
+            answer = await self.client.request(
+                _restart_subject(host), name.encode(),
+                timeout=self.config.timing.connect_timeout,
+            )
+            reply = json.loads(answer.data)
+        except (*NATS_FAILURES, ValueError) as e:
+            raise Unavailable(
+                f"host {host}, which runs stream {name!r}, did not confirm the restart "
+                f"({type(e).__name__}); see GET /cluster, then try again"
+            ) from None
+        if reply.get("error"):
+            raise Unavailable(f"host {host} could not restart stream {name!r}: {reply['error']}")
+        log.info("stream_restart_asked", stream=name, host=host)
+
+    async def _serve_restarts(self) -> None:
+        """Answer `ask_restart` from other hosts for streams this host runs."""
+        assert self._restart is not None, "start() sets it"
+        subscription = await self.client.subscribe(_restart_subject(self.host_id))
+        try:
+            async for message in subscription.messages:
+                name = message.data.decode(errors="replace")
+                try:
+                    await self._restart(name)
+                    reply: dict[str, Any] = {"restarted": name}
+                except Exception as e:  # answered to the asking host, which reports it
+                    reply = {"error": f"{type(e).__name__}: {e}"}
+                with contextlib.suppress(*NATS_FAILURES):
+                    await message.respond(json.dumps(reply).encode())
+        finally:
+            with contextlib.suppress(*NATS_FAILURES):
+                await subscription.unsubscribe()
 
     # -- drain ---------------------------------------------------------------------------------
 

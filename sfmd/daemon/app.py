@@ -203,7 +203,7 @@ class Daemon:
         async with self._lock:
             await self._reconcile(jitter=self.config.timing.start_jitter)
         if self.cluster is not None:
-            self.cluster.start(self.reconcile, self._running_states)
+            self.cluster.start(self.reconcile, self._running_states, self.restart_here)
         self.heap.settle()
 
     async def _join_cluster(self) -> None:
@@ -435,6 +435,16 @@ class Daemon:
         spec = await self.known(name)  # 404 first
         if not spec.active:
             return await self.set_active(name, True)
+        if self.cluster is not None:
+            holder = self.cluster.holder(spec.slot)
+            if holder is not None and holder != self.cluster.host_id:
+                # The host that runs it restarts it; this one only passes the word on.
+                await self.cluster.ask_restart(holder, name)
+                return self.spec(name)
+        return await self.restart_here(name)
+
+    async def restart_here(self, name: str) -> StreamSpec:
+        """`restart` of a stream this host runs (or should run)."""
         async with self._lock:
             self.tasks.forget(name)  # a person asked: no crash backoff to sit out
             await self._reconcile(without=name)

@@ -16,6 +16,7 @@ from sfmd.fake import FakeAPI
 from tests.helpers.api import Api
 from tests.helpers.cluster import Host, cluster_of, make_host, streams_of
 from tests.helpers.daemon import Teardown, running_daemon, stop
+from tests.helpers.logs import log_events
 from tests.helpers.nats import NatsServer, free_port
 from tests.helpers.waits import wait_until_async
 
@@ -61,6 +62,8 @@ async def test_each_connection_is_held_by_one_host_and_streams(
     hosts: list[Host], fake_api: FakeAPI
 ) -> None:
     a, b = hosts
+    # Posts on every tag keep the Mastodon sockets from idling out.
+    fake_api.configure(mastodon_rate=5, mastodon_tags=["t0", "t1", "t2"])
     async with a.api() as api:
         for body in bodies():
             await api.ok("POST", "/streams", body, 201)
@@ -86,6 +89,14 @@ async def test_each_connection_is_held_by_one_host_and_streams(
     assert {c["host"] for c in report["connections"]} == {"host-a", "host-b"}
     seen_a, seen_b = await streams_of(a), await streams_of(b)
     assert {n: s["host"] for n, s in seen_a.items()} == {n: s["host"] for n, s in seen_b.items()}
+
+    # A restart asked through host-a of a stream host-b runs is done by host-b.
+    on_b = sorted(n for n, s in seen_a.items() if s["host"] == "host-b")
+    async with a.api() as api:
+        await api.ok("POST", f"/streams/{on_b[0]}/restart")
+    restarted = [e for e in log_events(b.home)
+                 if e.get("event") == "stream_restarted"]
+    assert [e["stream"] for e in restarted] == [on_b[0]]
 
     # sfmd check reads the registry every host reads, from NATS.
     checked = await asyncio.to_thread(

@@ -46,7 +46,7 @@ class Hosts:
 
 
 async def test_the_poll_stops_even_if_a_read_swallows_the_cancellation() -> None:
-    config = SimpleNamespace(cluster=SimpleNamespace(host_id="h", poll_interval=0.0))
+    config = SimpleNamespace(cluster=SimpleNamespace(host_id="h", poll_interval=0.0, lease_ttl=3.0))
     registry = SwallowingRegistry()
     member = ClusterMember(cast(Any, config), cast(Any, None), cast(Any, None),
                            cast(Any, Hosts()), cast(Any, None), cast(Any, registry),
