@@ -84,6 +84,19 @@ class NatsProcess:
             answer: dict[str, Any] = json.load(r)
             return answer
 
+    def stream_seqs(self) -> dict[str, int]:
+        """Each JetStream stream's last sequence number (its /jsz): a bucket's stream takes one
+        per write, so two readings give the writes in between (lease acquires and renewals
+        in KV_sfm_leases, heartbeats in KV_sfm_hosts, resume points in KV_sfm_checkpoints)."""
+        url = f"http://127.0.0.1:{self.monitor}/jsz?streams=true"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            answer = json.load(r)
+        return {
+            stream["name"]: int(stream["state"]["last_seq"])
+            for account in answer.get("account_details", [])
+            for stream in account.get("stream_detail", [])
+        }
+
     def stop(self) -> None:
         terminate(self.proc, 15)
 
