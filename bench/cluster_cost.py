@@ -12,11 +12,15 @@ fakeapi` serving both layouts (`--rate` messages of 4.8 KB a second per Twitter 
 2. **two hosts**: a fresh `nats-server -js` and two `sfmd run` with `[cluster] nats_url`; the
    streams are created through host A's `POST /streams` (the registry lives in the bucket),
    and placement gives each host about half.
+3. with `--layouts one,split,cluster`, also **two hosts, no NATS**: two `sfmd run` without
+   `[cluster]`, each with half the streams in its own registry file. The control: what
+   running the streams in two processes costs by itself, apart from cluster mode.
 
 For each layout, once every stream streams (each with a message stored) and `--settle`
 seconds more: a quiet window of `--quiet` s (nobody calls the API) gives each process's CPU %
 (user+sys, all threads, from /proc) and NATS's message counters (its /varz: `in_msgs`,
-`out_msgs`); a load window of `--load` s gives the control API's latency from one client
+`out_msgs`; and each JetStream stream's writes, from its last sequence number in /jsz);
+a load window of `--load` s gives the control API's latency from one client
 calling host A a few times a second (`--api-rate`) with fanout's mix: GET /health, GET
 /streams/{name}, GET /streams (every stream), GET /metrics and a PATCH of a filter stream's
 `track` (four filters on spare credentials, created as the window opens). Then GET /cluster
@@ -28,6 +32,8 @@ slots, 15 s: 200 renewals a second over the two hosts), each host's heartbeat ev
 with resume points, a checkpoint put (a read and a compare-and-set) when a stream's flushed
 mark moved, at most every `checkpoint_interval`. Nothing is pinned to a core: the two hosts,
 NATS, the fake and this client share the machine's cores (and other users' load, recorded).
+`--profile DIR` records each host's busy threads with py-spy during the quiet window (py-spy
+then takes CPU of its own on the same cores: keep such runs out of the figures).
 """
 
 from __future__ import annotations
@@ -60,12 +66,16 @@ from fanout import (
     credentials_toml,
     machine_facts,
     proc_status,
+    profile_summary,
     sample_name,
+    start_profile,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 FILTERS = 4  # filter streams on spare credentials, for PATCH
 STARTUP_TIMEOUT = 300.0
+#: --layouts names -> the rows' labels.
+LAYOUTS = {"one": "one host", "split": "two hosts, no NATS", "cluster": "two hosts"}
 
 
 def stream_bodies(n: int, jetstream: int) -> list[dict[str, Any]]:
@@ -106,6 +116,7 @@ class Layout:
     nats_bytes_in_per_s: float = 0.0
     writes_per_s: dict[str, float] = field(default_factory=dict)  # JetStream stream -> writes/s
     load: str = ""
+    profiles: dict[str, str] = field(default_factory=dict)  # host -> py-spy summary
 
 
 class Bench:
@@ -114,6 +125,7 @@ class Bench:
         self.root = root
         self.bodies = stream_bodies(args.streams, args.jetstream)
         self.names = [b["name"] for b in self.bodies]
+        self.name_set = set(self.names)
         self.credentials = root / "credentials.toml"
         names = [credential_name(i) for i in range(args.streams)]
         names += [f"x{i}" for i in range(FILTERS)]
@@ -129,10 +141,14 @@ class Bench:
         )  # fmt: skip
         try:
             layouts = []
-            for label in self.args.order:
-                print(label, flush=True)
-                if label == "one host":
-                    layouts.append(await self.one_host(fake))
+            for name in self.args.layouts:
+                print(LAYOUTS[name], flush=True)
+                if name == "one":
+                    layouts.append(await self.alone(fake, {"alone": self.bodies}, "one host"))
+                elif name == "split":
+                    half = len(self.bodies) // 2
+                    parts = {"half-a": self.bodies[:half], "half-b": self.bodies[half:]}
+                    layouts.append(await self.alone(fake, parts, LAYOUTS[name]))
                 else:
                     layouts.append(await self.two_hosts(fake))
             return layouts
@@ -141,24 +157,32 @@ class Bench:
 
     # -- the layouts -------------------------------------------------------------------------
 
-    async def one_host(self, fake: FakeAPIProcess) -> Layout:
-        home = self.root / "alone"
-        config = write_host_config(home, fake, self.credentials, None)
-        state = home / "state"
-        state.mkdir(parents=True)
-        (state / "streams.json").write_text(json.dumps({"version": 1, "streams": self.bodies}))
-        host = HostProcess("alone", home, config)
-        layout = Layout("one host", load=load_average())
+    async def alone(
+        self, fake: FakeAPIProcess, parts: dict[str, list[dict[str, Any]]], label: str
+    ) -> Layout:
+        """Hosts without `[cluster]`, each with its part of the streams in its registry
+        file."""
+        layout = Layout(label, load=load_average())
+        hosts: dict[str, tuple[HostProcess, Control]] = {}
         began = time.monotonic()
-        host.start()
-        control = Control(host.socket)
         try:
-            await self.wait_streaming({host.host_id: (host, control)}, began, layout)
-            await self.measure(layout, {host.host_id: (host, control)}, fake, None)
+            for host_id, bodies in parts.items():
+                home = self.root / host_id
+                config = write_host_config(home, fake, self.credentials, None)
+                state = home / "state"
+                state.mkdir(parents=True)
+                registry = {"version": 1, "streams": bodies}
+                (state / "streams.json").write_text(json.dumps(registry))
+                host = HostProcess(host_id, home, config)
+                host.start()
+                hosts[host_id] = (host, Control(host.socket))
+            await self.wait_streaming(hosts, began, layout, clustered=False)
+            await self.measure(layout, hosts, fake, None)
         finally:
-            await control.close()
-            seconds, code = host.stop()
-            print(f"  SIGTERM -> exit {code} in {seconds:.1f} s", flush=True)
+            for host, control in hosts.values():
+                await control.close()
+                seconds, code = host.stop()
+                print(f"  {host.host_id}: SIGTERM -> exit {code} in {seconds:.1f} s", flush=True)
         return layout
 
     async def two_hosts(self, fake: FakeAPIProcess) -> Layout:
@@ -184,7 +208,7 @@ class Bench:
                     raise BenchError(f"POST /streams {body['name']}: {status} {answer}")
             layout.created_s = time.monotonic() - began
             print(f"  {len(self.bodies)} POST /streams in {layout.created_s:.1f} s", flush=True)
-            await self.wait_streaming(hosts, began, layout)
+            await self.wait_streaming(hosts, began, layout, clustered=True)
             await self.measure(layout, hosts, fake, nats)
         finally:
             for host, control in hosts.values():
@@ -205,12 +229,15 @@ class Bench:
             await asyncio.sleep(0.05)
 
     async def wait_streaming(
-        self, hosts: dict[str, tuple[HostProcess, Control]], began: float, layout: Layout
+        self,
+        hosts: dict[str, tuple[HostProcess, Control]],
+        began: float,
+        layout: Layout,
+        clustered: bool,
     ) -> None:
         """Until every stream streams with a message stored, on the host that runs it."""
         for host, control in hosts.values():
             await self.wait_answers(host, control)
-        clustered = len(hosts) > 1
         while True:
             flowing = 0
             for host_id, (host, control) in hosts.items():
@@ -244,11 +271,21 @@ class Bench:
             pids["nats-server"] = nats.pid
         for host, _ in hosts.values():
             host.check_alive()
-        counts0 = await self.counts(hosts)
+        clustered = nats is not None
+        counts0 = await self.counts(hosts, clustered)
         cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
         varz0 = nats.varz() if nats is not None else None
         seqs0 = nats.stream_seqs() if nats is not None else {}
         began = time.monotonic()
+        spies = {}
+        if self.args.profile is not None:
+            self.args.profile.mkdir(parents=True, exist_ok=True)
+            for host_id, (host, _) in hosts.items():
+                output = self.args.profile / f"{layout.label}-{host_id}.txt".replace(" ", "-")
+                spies[host_id] = (
+                    output,
+                    start_profile(host.pid, output, self.args.quiet, None, gil=False),
+                )
         await asyncio.sleep(self.args.quiet)
         elapsed = time.monotonic() - began
         cpu1 = {k: cpu_seconds(pid) for k, pid in pids.items()}
@@ -257,7 +294,12 @@ class Bench:
         layout.writes_per_s = {
             name: (seq - seqs0.get(name, 0)) / elapsed for name, seq in sorted(seqs1.items())
         }
-        counts1 = await self.counts(hosts)
+        counts1 = await self.counts(hosts, clustered)
+        for host_id, (output, spy) in spies.items():
+            await asyncio.to_thread(spy.wait, 60)
+            if output.exists():
+                layout.profiles[host_id] = profile_summary(output)
+                print(f"  {host_id}:\n{layout.profiles[host_id]}", flush=True)
         for k in pids:
             layout.procs[k] = ProcFigures(cpu_pct=(cpu1[k] - cpu0[k]) / elapsed * 100)
         for host_id in hosts:
@@ -277,22 +319,25 @@ class Bench:
             + (f"; NATS {layout.nats_in_per_s:,.0f} msgs/s in" if nats else ""),
             flush=True,
         )
-        await self.load(layout, hosts, pids)
+        # Host A answers for every stream in cluster mode, only for its own ones alone.
+        names = self.names if clustered else sorted(counts1[next(iter(hosts))])
+        await self.load(layout, hosts, pids, names)
         for k, pid in pids.items():
             status = proc_status(pid)
             layout.procs[k].rss_mb = status["VmRSS"] / 1024
             layout.procs[k].hwm_mb = status["VmHWM"] / 1024
 
-    async def counts(self, hosts: dict[str, tuple[HostProcess, Control]]) -> dict[str, dict]:
+    async def counts(
+        self, hosts: dict[str, tuple[HostProcess, Control]], clustered: bool
+    ) -> dict[str, dict[str, int]]:
         """host -> {stream: messages} for the streams it runs itself."""
         out: dict[str, dict[str, int]] = {}
-        clustered = len(hosts) > 1
         for host_id, (_, control) in hosts.items():
             _, body, _ = await control.call("GET", "/streams")
             out[host_id] = {
                 s["name"]: s["status"]["messages"]
                 for s in body["streams"]
-                if s["name"] in set(self.names) and (not clustered or s.get("host") == host_id)
+                if s["name"] in self.name_set and (not clustered or s.get("host") == host_id)
             }
         return out
 
@@ -301,6 +346,7 @@ class Bench:
         layout: Layout,
         hosts: dict[str, tuple[HostProcess, Control]],
         pids: dict[str, int],
+        names: list[str],
     ) -> None:
         control = next(iter(hosts.values()))[1]
         rng = random.Random(len(self.bodies))
@@ -324,7 +370,7 @@ class Bench:
             kind = rng.choices(kinds, weights)[0]
             count += 1
             if kind == "GET /streams/{name}":
-                await timed(kind, "GET", f"/streams/{rng.choice(self.names)}")
+                await timed(kind, "GET", f"/streams/{rng.choice(names)}")
             elif kind == "PATCH /streams/{name}":
                 name = filters[count % FILTERS]
                 await timed(kind, "PATCH", f"/streams/{name}", {"track": [f"{name}-{count}"]})
@@ -336,7 +382,7 @@ class Bench:
         elapsed = time.monotonic() - began
         for k, pid in pids.items():
             layout.procs[k].cpu_load_pct = (cpu_seconds(pid) - cpu0[k]) / elapsed * 100
-        if len(hosts) > 1:
+        if "nats-server" in pids:
             for _ in range(self.args.cluster_calls):
                 await timed("GET /cluster", "GET", "/cluster")
                 await asyncio.sleep(interval)
@@ -364,8 +410,9 @@ def body_text(layouts: list[Layout], args: argparse.Namespace) -> str:
     if args.jetstream:
         kinds += f" + {args.jetstream:,} Jetstream"
     out = [
-        f"{args.streams:,} streams ({kinds}, {args.rate:g} msg/s each), one host alone and "
-        f"then two hosts on one nats-server (`lease_ttl` {args.lease_ttl:g} s, sfmd's other "
+        f"{args.streams:,} streams ({kinds}, {args.rate:g} msg/s each), layouts in this order: "
+        + "; ".join(LAYOUTS[name] for name in args.layouts)
+        + f" (two hosts: one nats-server, `lease_ttl` {args.lease_ttl:g} s; sfmd's other "
         f"defaults); quiet window {args.quiet:g} s, load window {args.load:g} s "
         f"(~{args.api_rate:g} requests/s to host A), after {args.settle:g} s of settling:",
         "",
@@ -396,8 +443,9 @@ def body_text(layouts: list[Layout], args: argparse.Namespace) -> str:
                 f"| {_ms(values, 99)} | {max(values) * 1e3:.1f} |"
             )
     out.append("")
-    alone = next((x for x in layouts if x.label == "one host"), None)
-    pair = next((x for x in layouts if x.label == "two hosts"), None)
+    alone = next((x for x in layouts if x.label == LAYOUTS["one"]), None)
+    pair = next((x for x in layouts if x.label == LAYOUTS["cluster"]), None)
+    split = next((x for x in layouts if x.label == LAYOUTS["split"]), None)
     if alone and pair:
         hosts = [p for k, p in pair.procs.items() if k.startswith("host-")]
         one = alone.procs["alone"]
@@ -420,6 +468,7 @@ def body_text(layouts: list[Layout], args: argparse.Namespace) -> str:
             + " (a bucket's stream takes one sequence number per write: KV_sfm_leases counts "
             "lease acquires and renewals, KV_sfm_hosts heartbeats, KV_sfm_checkpoints resume "
             "points saved).",
+            *_split_lines(split, both, renewals),
             f"- Memory: one host peak {one.hwm_mb:.0f} MB; two hosts peak "
             f"{' and '.join(f'{p.hwm_mb:.0f}' for p in hosts)} MB (each running about half), "
             f"nats-server peak {nats.hwm_mb:.0f} MB.",
@@ -432,6 +481,22 @@ def body_text(layouts: list[Layout], args: argparse.Namespace) -> str:
     if errors:
         out.append(f"- errors: {'; '.join(errors[:10])}")
     return "\n".join(out)
+
+
+def _split_lines(split: Layout | None, both: float, renewals: float) -> list[str]:
+    """What cluster mode costs above the same split without NATS (the control layout)."""
+    if split is None:
+        return []
+    halves = [p for k, p in split.procs.items() if k.startswith("half-")]
+    total = sum(p.cpu_pct for p in halves)
+    above = both - total
+    return [
+        f"- The control, two hosts without NATS each running half: "
+        f"{' + '.join(f'{p.cpu_pct:.1f}' for p in halves)} = {total:.1f} %, peak "
+        f"{' and '.join(f'{p.hwm_mb:.0f}' for p in halves)} MB. Cluster mode above that same "
+        f"split: {above:+.1f} points on the hosts, {above / 100 / renewals * 1e6:,.0f} µs of "
+        "host CPU per lease renewal if all of it were renewals.",
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -460,16 +525,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=50,
         help="GET /cluster calls timed after the load window (two hosts)",
     )
-    parser.add_argument("--two-first", action="store_true", help="run the two hosts first")
+    parser.add_argument(
+        "--layouts",
+        default="one,cluster",
+        help="which layouts, in this order: one (one host), split (two hosts without NATS, "
+        "half each), cluster (two hosts on NATS); comma-separated (default one,cluster)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy each host's quiet window into DIR"
+    )
     parser.add_argument("--no-doc", action="store_true", help="print only")
     parser.add_argument("--title", default="", help="a few words for the docs heading")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if not 1 <= args.streams <= 9999 or not 0 <= args.jetstream <= args.streams:
         parser.error("--streams 1-9999, --jetstream at most --streams")
-    args.order = ["one host", "two hosts"]
-    if args.two_first:
-        args.order.reverse()
+    args.layouts = [name for name in args.layouts.split(",") if name]
+    if not args.layouts or any(name not in LAYOUTS for name in args.layouts):
+        parser.error(f"--layouts: some of {', '.join(LAYOUTS)}")
     return args
 
 
@@ -488,8 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     command = f"bench/cluster_cost.py --streams {args.streams} --rate {args.rate:g}"
     if args.jetstream:
         command += f" --jetstream {args.jetstream}"
-    if args.two_first:
-        command += " --two-first"
+    command += f" --layouts {','.join(args.layouts)}"
     note = " (nothing pinned; one sfmd fakeapi for both layouts)"
     heading = f"cluster mode's cost, {args.streams:,} streams on two hosts against one"
     section = dated_section(heading, args.title, facts, command, body, note)
