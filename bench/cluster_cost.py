@@ -43,6 +43,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -117,6 +118,7 @@ class Layout:
     writes_per_s: dict[str, float] = field(default_factory=dict)  # JetStream stream -> writes/s
     load: str = ""
     profiles: dict[str, str] = field(default_factory=dict)  # host -> py-spy summary
+    stops: dict[str, tuple[float, int | None]] = field(default_factory=dict)  # SIGTERM -> exit
 
 
 class Bench:
@@ -181,7 +183,7 @@ class Bench:
         finally:
             for host, control in hosts.values():
                 await control.close()
-                seconds, code = host.stop()
+                layout.stops[host.host_id] = seconds, code = host.stop()
                 print(f"  {host.host_id}: SIGTERM -> exit {code} in {seconds:.1f} s", flush=True)
         return layout
 
@@ -213,7 +215,7 @@ class Bench:
         finally:
             for host, control in hosts.values():
                 await control.close()
-                seconds, code = host.stop()
+                layout.stops[host.host_id] = seconds, code = host.stop()
                 print(f"  {host.host_id}: SIGTERM -> exit {code} in {seconds:.1f} s", flush=True)
             nats.stop()
         return layout
@@ -477,6 +479,12 @@ def body_text(layouts: list[Layout], args: argparse.Namespace) -> str:
             f"{args.streams:,} `POST /streams` to host A, which took {pair.created_s:.1f} s "
             "one after another.",
         ]
+    stops = [
+        f"{lay.label}: {host} {seconds:.1f} s, exit {code}"
+        for lay in layouts
+        for host, (seconds, code) in lay.stops.items()
+    ]
+    out.append(f"- SIGTERM → exit (20 s at most, then SIGKILL: exit None): {'; '.join(stops)}")
     errors = [e for lay in layouts for e in lay.errors]
     if errors:
         out.append(f"- errors: {'; '.join(errors[:10])}")
@@ -534,6 +542,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy each host's quiet window into DIR"
     )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="copy the work folder (logs, data) into DIR"
+    )
     parser.add_argument("--no-doc", action="store_true", help="print only")
     parser.add_argument("--title", default="", help="a few words for the docs heading")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -555,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as e:
             print(f"bench failed: {e}", file=sys.stderr)
             return 1
+        finally:
+            if args.keep:
+                ignore = shutil.ignore_patterns("*.sock")
+                shutil.copytree(tmp, args.keep, ignore=ignore, dirs_exist_ok=True)
     facts = machine_facts()
     facts["load average (1, 5, 15 min)"] = f"{load_before} before, {load_average()} after"
     body = body_text(layouts, args)
