@@ -448,37 +448,8 @@ def body_text(layouts: list[Layout], args: argparse.Namespace) -> str:
     alone = next((x for x in layouts if x.label == LAYOUTS["one"]), None)
     pair = next((x for x in layouts if x.label == LAYOUTS["cluster"]), None)
     split = next((x for x in layouts if x.label == LAYOUTS["split"]), None)
-    if alone and pair:
-        hosts = [p for k, p in pair.procs.items() if k.startswith("host-")]
-        one = alone.procs["alone"]
-        both = sum(p.cpu_pct for p in hosts)
-        nats = pair.procs["nats-server"]
-        renewals = args.streams / (args.lease_ttl / 3)
-        extra = both - one.cpu_pct
-        out += [
-            f"- CPU, quiet: one host {one.cpu_pct:.1f} % of a core; two hosts "
-            f"{' + '.join(f'{p.cpu_pct:.1f}' for p in hosts)} = {both:.1f} %, plus nats-server "
-            f"{nats.cpu_pct:.1f} %: cluster mode costs {extra:+.1f} points on the hosts and "
-            f"{extra + nats.cpu_pct:+.1f} with NATS.",
-            f"- What NATS saw, quiet: {pair.nats_in_per_s:,.0f} messages/s in, "
-            f"{pair.nats_out_per_s:,.0f} out, {pair.nats_bytes_in_per_s / 1024:,.0f} KiB/s in; "
-            f"the lease renewals alone are {args.streams:,} slots / {args.lease_ttl / 3:g} s = "
-            f"{renewals:,.0f} a second. Host CPU above one host alone, per renewal: "
-            f"{extra / 100 / renewals * 1e6:,.0f} µs (if all of it were renewals).",
-            "- Writes to NATS's streams, quiet, a second: "
-            + ", ".join(f"{name} {rate:,.1f}" for name, rate in pair.writes_per_s.items())
-            + " (a bucket's stream takes one sequence number per write: KV_sfm_leases counts "
-            "lease acquires and renewals, KV_sfm_hosts heartbeats, KV_sfm_checkpoints resume "
-            "points saved).",
-            *_split_lines(split, both, renewals),
-            f"- Memory: one host peak {one.hwm_mb:.0f} MB; two hosts peak "
-            f"{' and '.join(f'{p.hwm_mb:.0f}' for p in hosts)} MB (each running about half), "
-            f"nats-server peak {nats.hwm_mb:.0f} MB.",
-            f"- Every stream streaming: one host {alone.streaming_s:.1f} s after the start with "
-            f"its registry file; two hosts {pair.streaming_s:.1f} s after the first of "
-            f"{args.streams:,} `POST /streams` to host A, which took {pair.created_s:.1f} s "
-            "one after another.",
-        ]
+    if pair:
+        out += _cluster_lines(alone, pair, split, args)
     stops = [
         f"{lay.label}: {host} {seconds:.1f} s, exit {code}"
         for lay in layouts
@@ -489,6 +460,49 @@ def body_text(layouts: list[Layout], args: argparse.Namespace) -> str:
     if errors:
         out.append(f"- errors: {'; '.join(errors[:10])}")
     return "\n".join(out)
+
+
+def _cluster_lines(
+    alone: Layout | None, pair: Layout, split: Layout | None, args: argparse.Namespace
+) -> list[str]:
+    """What the two hosts on NATS cost above one host alone and above the same split
+    without NATS (whichever of the two ran)."""
+    hosts = [p for k, p in pair.procs.items() if k.startswith("host-")]
+    both = sum(p.cpu_pct for p in hosts)
+    nats = pair.procs["nats-server"]
+    renewals = args.streams / (args.lease_ttl / 3)
+    out = [
+        f"- CPU, quiet: two hosts on NATS {' + '.join(f'{p.cpu_pct:.1f}' for p in hosts)} = "
+        f"{both:.1f} % of a core, plus nats-server {nats.cpu_pct:.1f} %.",
+        f"- What NATS saw, quiet: {pair.nats_in_per_s:,.0f} messages/s in, "
+        f"{pair.nats_out_per_s:,.0f} out, {pair.nats_bytes_in_per_s / 1024:,.0f} KiB/s in; "
+        f"the lease renewals alone are {args.streams:,} slots / {args.lease_ttl / 3:g} s = "
+        f"{renewals:,.0f} a second.",
+        "- Writes to NATS's streams, quiet, a second: "
+        + ", ".join(f"{name} {rate:,.1f}" for name, rate in pair.writes_per_s.items())
+        + " (a bucket's stream takes one sequence number per write: KV_sfm_leases counts "
+        "lease acquires and renewals, KV_sfm_hosts heartbeats, KV_sfm_checkpoints resume "
+        "points saved).",
+    ]
+    if alone is not None:
+        one = alone.procs["alone"]
+        extra = both - one.cpu_pct
+        out += [
+            f"- Against one host alone ({one.cpu_pct:.1f} %, peak {one.hwm_mb:.0f} MB): "
+            f"{extra:+.1f} points on the hosts, {extra + nats.cpu_pct:+.1f} with NATS; "
+            f"{extra / 100 / renewals * 1e6:,.0f} µs of host CPU per lease renewal if all of "
+            f"it were renewals. Every stream streaming: one host {alone.streaming_s:.1f} s "
+            "after the start with its registry file.",
+        ]
+    out += _split_lines(split, both, renewals)
+    out += [
+        f"- Memory: two hosts on NATS peak {' and '.join(f'{p.hwm_mb:.0f}' for p in hosts)} MB "
+        f"(each running about half), nats-server peak {nats.hwm_mb:.0f} MB.",
+        f"- Two hosts on NATS: every stream streaming {pair.streaming_s:.1f} s after the first "
+        f"of {args.streams:,} `POST /streams` to host A, which took {pair.created_s:.1f} s one "
+        "after another.",
+    ]
+    return out
 
 
 def _split_lines(split: Layout | None, both: float, renewals: float) -> list[str]:
