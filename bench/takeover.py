@@ -13,8 +13,9 @@ over the hosts by placement.
 
 Each round:
 
-1. Settled: every host answers; `GET /cluster` lists every slot held, each by the host
-   placement gives it; every stream shows `streaming` on every host.
+1. Settled: every host answers; `GET /cluster` on each lists every host live and every slot
+   held, each by the host placement gives it among them (`sfmd.cluster.placement.place`,
+   computed here); every stream shows `streaming` on every host.
 2. The round's chosen slot (rounds cycle through the slots, so every source is chosen) names
    the victim: the host holding it. Every slot the victim holds is measured.
 3. `kill -9` the victim, at wall time K.
@@ -58,6 +59,8 @@ from clusterlib import (
     write_host_config,
 )
 from fanout import Control, machine_facts
+
+from sfmd.cluster.placement import place
 
 REPO = Path(__file__).resolve().parent.parent
 SETTLE_TIMEOUT = 120.0
@@ -154,7 +157,11 @@ class Cluster:
             connections = report["connections"]
             if len(connections) != self.expected:
                 return False, f"{len(connections)} of {self.expected} slots held"
-            astray = [c["slot"] for c in connections if c["host"] != c["placed"]]
+            # Placement is a pure function of the slots and the live hosts: computed here too,
+            # since a host's own `placed` dates from its last pass, which may predate a
+            # host's return.
+            placed = place([c["slot"] for c in connections], live)
+            astray = [c["slot"] for c in connections if c["host"] != placed[c["slot"]]]
             if astray:
                 return False, f"{len(astray)} slots not yet on their placed host"
             streams = (await self.get(host, "/streams"))["streams"]
