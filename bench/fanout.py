@@ -668,7 +668,14 @@ class SizeBench:
             print(f"  waiting {rest:.0f} s: the minute after the rotation", flush=True)
             await asyncio.sleep(rest)
         r.lag_window_s = min(LAG_AFTER, time.time() - r.boundary)
+        # Every thread's busy stacks (not only the GIL holder's): stopping waits on the disk.
+        spy = None
+        if self.args.profile is not None:
+            self.args.profile.mkdir(parents=True, exist_ok=True)
+            output = self.args.profile / f"{self.n}-stop.txt"
+            spy = start_profile(daemon.pid, output, STOP_LIMIT * 2, self.client_core, gil=False)
         r.stop_s, r.stop_code = await stop_daemon(daemon)
+        await self._profiled(spy, "stop")
         if daemon.probe is not None and daemon.probe.exists():
             r.lags = lagprobe.read(daemon.probe)
             after = r.lags_after()
