@@ -617,8 +617,13 @@ class SizeBench:
         if self.args.profile is None:
             return None
         self.args.profile.mkdir(parents=True, exist_ok=True)
-        output = self.args.profile / f"{self.n}-{label}.txt"
-        return start_profile(daemon.pid, output, seconds, self.client_core)
+        return start_profile(daemon.pid, self._profile_path(label), seconds, self.client_core)
+
+    def _profile_path(self, window: str) -> Path:
+        """One file per window and version: `--against` runs the same size twice."""
+        assert self.args.profile is not None
+        version = f"-{self.result.label}" if self.result.label else ""
+        return self.args.profile / f"{self.n}{version}-{window}.txt"
 
     async def _profiled(self, spy: subprocess.Popen[bytes] | None, label: str) -> None:
         if spy is None:
@@ -628,7 +633,7 @@ class SizeBench:
         except subprocess.TimeoutExpired:
             spy.kill()
             return
-        output = self.args.profile / f"{self.n}-{label}.txt"
+        output = self._profile_path(label)
         if output.exists():
             print(profile_summary(output), flush=True)
 
@@ -672,8 +677,10 @@ class SizeBench:
         spy = None
         if self.args.profile is not None:
             self.args.profile.mkdir(parents=True, exist_ok=True)
-            output = self.args.profile / f"{self.n}-stop.txt"
-            spy = start_profile(daemon.pid, output, STOP_LIMIT * 2, self.client_core, gil=False)
+            spy = start_profile(
+                daemon.pid, self._profile_path("stop"), STOP_LIMIT * 2, self.client_core,
+                gil=False,
+            )
         r.stop_s, r.stop_code = await stop_daemon(daemon)
         await self._profiled(spy, "stop")
         if daemon.probe is not None and daemon.probe.exists():
