@@ -15,11 +15,9 @@ from dataclasses import dataclass
 
 from sfmd import __version__
 from sfmd.status import STATES, ConnectionSample, StreamSample
+from sfmd.turns import sliced
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-#: Streams read, or metric families written, between two turns of the event loop (`page`):
-#: at 5,000 streams a page took 130 ms of the loop in one piece, 20-40 ms of it the text.
-SLICE = 250
 
 
 @dataclass(frozen=True)
@@ -180,9 +178,10 @@ class Metrics:
         return self._page
 
     async def page(self) -> bytes:
-        """The page, built with a turn of the event loop after every `SLICE` streams read and
-        every metric family written, so a scrape of thousands of streams never holds the
-        loop for long. Scrapes that come while one is built get that one's page."""
+        """The page, built with turns for the rest of the event loop (`turns`: every few ms,
+        between two streams read or two metric families written), so a scrape of thousands
+        of streams never holds the loop for long. Scrapes that come while one is built get
+        that one's page."""
         now = time.monotonic()
         if now - self._rendered < self.max_age:
             return self._page
@@ -190,15 +189,9 @@ class Metrics:
             return await asyncio.shield(self._building)
         self._building = asyncio.get_running_loop().create_future()
         try:
-            samples: list[StreamSample] = []
-            for sample in self._samples():
-                samples.append(sample)
-                if len(samples) % SLICE == 0:
-                    await asyncio.sleep(0)
-            parts = []
-            for part in page_parts(Snapshot(samples, list(self._connections())), self._started):
-                parts.append(part)
-                await asyncio.sleep(0)
+            samples = [sample async for sample in sliced(self._samples())]
+            snapshot = Snapshot(samples, list(self._connections()))
+            parts = [part async for part in sliced(page_parts(snapshot, self._started))]
             self._page = ("\n".join(parts) + "\n").encode()
             self._rendered = now
             self._building.set_result(self._page)

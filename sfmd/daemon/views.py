@@ -3,11 +3,10 @@ systemd's one-line summary. Read-only: views never change what runs."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -19,24 +18,11 @@ from sfmd.status import (
     StreamStatus,
     describe_states,
 )
+from sfmd.turns import sliced
 
 if TYPE_CHECKING:
     from sfmd.daemon.app import Daemon
 
-#: Streams whose views are built between two turns of the event loop: at 5,000 streams GET
-#: /streams or /metrics took 70-130 ms of the loop in one piece, and every other request and
-#: every stream's read waited behind it.
-SLICE = 250
-
-_T = TypeVar("_T")
-
-
-async def sliced(items: Iterable[_T], size: int = SLICE) -> AsyncIterator[_T]:
-    """`items`, giving the event loop a turn after every `size` of them."""
-    for i, item in enumerate(items, 1):
-        yield item
-        if i % size == 0:
-            await asyncio.sleep(0)
 
 
 class Views:
@@ -73,8 +59,8 @@ class Views:
         return status.state, status.last_error
 
     async def listing(self) -> bytes:
-        """GET /streams' body, built a slice of streams at a time (`SLICE`). A stream removed
-        meanwhile shows as stopped, as it would have a moment later."""
+        """GET /streams' body, built with turns for the rest of the loop (`turns`). A stream
+        removed meanwhile shows as stopped, as it would have a moment later."""
         views = [view async for view in sliced(map(self.view_json, self.daemon.specs()))]
         return b'{"streams":[' + b",".join(views) + b"]}"
 
