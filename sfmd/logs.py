@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,30 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+
+
+#: Seconds between two looks at whether the log file was renamed (see `_WatchedFile`).
+WATCH_INTERVAL = 1.0
+
+
+class _WatchedFile(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler that stats its file at most once every `interval` seconds instead
+    of before every line. A stat waits behind the disk's journal while many files are
+    fsynced: when 5,000 streams stopped, the stat before each of their 15,000 lines was a
+    fifth of the event loop's time. Lines written in the moment between a rename and the
+    next look go to the renamed file, whole and in order; SIGHUP still reopens at once."""
+
+    def __init__(self, filename: Path, encoding: str, interval: float = WATCH_INTERVAL) -> None:
+        super().__init__(filename, encoding=encoding)
+        self._interval = interval
+        self._looked = time.monotonic()
+
+    def reopenIfNeeded(self) -> None:
+        now = time.monotonic()
+        if now - self._looked < self._interval:
+            return
+        self._looked = now
+        super().reopenIfNeeded()
 
 
 class LogFiles:
@@ -51,11 +76,13 @@ def setup_logging(
     stderr: bool | None = None,
     level: int = logging.INFO,
     log_format: str = "json",
+    watch_interval: float = WATCH_INTERVAL,
 ) -> LogFiles:
     """Send every log event as one line to `log_file` (JSON, or readable with
     `log_format="console"`), and readably to a terminal.
 
     `stderr=None` means: echo to stderr only when it is a terminal (or when there is no file).
+    `watch_interval`: how often the file is looked at for a rename (`_WatchedFile`).
     """
     structlog.configure(
         processors=[
@@ -78,7 +105,7 @@ def setup_logging(
     files: list[logging.handlers.WatchedFileHandler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        handler = _WatchedFile(log_file, encoding="utf-8", interval=watch_interval)
         handler.setFormatter(_formatter(_console if log_format == "console" else _json))
         root.addHandler(handler)
         files.append(handler)

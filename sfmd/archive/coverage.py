@@ -121,6 +121,11 @@ class Coverage:
     _last_closed: Gap | None = None  # the latest gap, kept for the status once written
     connected_since: float | None = None  # when the current streaming began, if it is on
     began: float | None = None  # where the run's first line begins (the journal keeps it)
+    # The hash of what this object last wrote to the journal: a save that would write the
+    # same text again is skipped. Most saves are after a publish that changed nothing the
+    # journal holds, and each is a write and a rename on the event loop: at 5,000 streams
+    # they were a fifth of the loop's time while the daemon stopped.
+    _saved: int | None = field(default=None, repr=False, compare=False)
 
     # -- what the connection reports ----------------------------------------------------------
 
@@ -169,7 +174,12 @@ class Coverage:
 
     @property
     def open_gap(self) -> Gap | None:
-        return next((g for g in reversed(self.gaps) if g.end is None), None)
+        # A plain loop: every status asks (GET /streams, /metrics), and a generator's setup
+        # cost 3 µs a call, 10 % of the loop under the control API's load at 5,000 streams.
+        for gap in reversed(self.gaps):
+            if gap.end is None:
+                return gap
+        return None
 
     @property
     def last_gap(self) -> Gap | None:
@@ -232,10 +242,15 @@ class Coverage:
         lines = [json.dumps({"writer": self.writer, "began": self.began})]
         lines += [json.dumps({"gap": g.to_json()}) for g in self.gaps]
         lines += [json.dumps({"asked": {"since": s.since, "what": s.what}}) for s in self.asked]
+        text = "".join(line + "\n" for line in lines)
+        digest = hash(text)
+        if digest == self._saved:
+            return
         tmp = self.journal.with_name(self.journal.name + ".tmp")
         with contextlib.suppress(OSError):  # coverage is best effort: never stop the stream
-            tmp.write_text("".join(line + "\n" for line in lines))
+            tmp.write_text(text)
             os.replace(tmp, self.journal)
+            self._saved = digest
 
     @classmethod
     def load(cls, journal: Path) -> Coverage:

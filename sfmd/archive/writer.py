@@ -43,7 +43,6 @@ import fcntl
 import functools
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +56,7 @@ from sfmd.archive.coverage import Coverage, CoverageLine
 from sfmd.archive.deflate import Deflate
 from sfmd.archive.disk import _makedirs_durable
 from sfmd.archive.errors import ArchiveError
+from sfmd.archive.flag import Flag
 from sfmd.archive.manifest import (
     MANIFEST_NAME,
     ManifestLine,
@@ -189,6 +189,62 @@ class Archive:
     resume from). `on_manifest`: called with every manifest line once it is appended.
     """
 
+    # Slots: an archive has about fifty attributes, past what an instance's shared-key dict
+    # holds, and its own dict cost about 1.5 KB a stream. `__dict__` stays for anything
+    # added later without a slot.
+    __slots__ = (
+        "__dict__",
+        "_batch_bytes",
+        "_clock",
+        "_close_error",
+        "_close_result",
+        "_closing",
+        "_compress",
+        "_count",
+        "_covered",
+        "_deflate",
+        "_error",
+        "_flush_interval",
+        "_fsync_interval",
+        "_inflight_bytes",
+        "_last_start",
+        "_lock_fd",
+        "_log",
+        "_max_batch",
+        "_max_pending",
+        "_max_sleep",
+        "_on_publish",
+        "_opened",
+        "_orphans",
+        "_part",
+        "_pending",
+        "_pending_bytes",
+        "_progress",
+        "_publish_delay",
+        "_retiring",
+        "_retry_at",
+        "_retry_interval",
+        "_save_interval",
+        "_shared",
+        "_shared_failure",
+        "_state",
+        "_stepping",
+        "_tick",
+        "_tick_at",
+        "_unrecorded",
+        "_wake",
+        "_writer",
+        "coverage",
+        "current_file",
+        "data_dir",
+        "last_published",
+        "last_written",
+        "manifest",
+        "name",
+        "published",
+        "stream_dir",
+    )
+
     def __init__(
         self,
         data_dir: Path,
@@ -214,7 +270,8 @@ class Archive:
             raise ValueError("save_interval must be a whole number of seconds, at least 1")
         if flush_interval <= 0 or fsync_interval <= 0 or batch_bytes < 1:
             raise ValueError("flush_interval, fsync_interval and batch_bytes must be positive")
-        self.data_dir = Path(data_dir)
+        # The daemon's own Path when it gives one (every archive shares it), not a copy each.
+        self.data_dir = data_dir if isinstance(data_dir, Path) else Path(data_dir)
         self.name = name
         self.stream_dir = self.data_dir / name
         self.manifest = self.stream_dir / MANIFEST_NAME
@@ -250,7 +307,8 @@ class Archive:
 
         self._state = _State.NEW
         self._lock_fd: int | None = None
-        self._pending: deque[_Segment] = deque()
+        # A list, not a deque: it holds a batch or two, and an empty deque is 624 bytes.
+        self._pending: list[_Segment] = []
         self._pending_bytes = 0
         self._inflight_bytes = 0
         self._last_start = 0  # intervals never go backwards, even if the clock does
@@ -273,8 +331,8 @@ class Archive:
         self._close_result: PublishedFile | None = None
         self._close_error: ArchiveError | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Event()
+        self._wake = Flag()  # the writer task sleeps on it
+        self._progress = Flag()  # a write() held back by backpressure waits on it
         # The shared tick (`tick`): when this archive is due at it, the batch handed over
         # (resolved when written), what the disk said, and whether the writer task is busy
         # (the two never touch a file at the same time).
@@ -523,7 +581,7 @@ class Archive:
         if error is None:
             self._stored(segment)
         if error is not None:  # the writer task cuts the file back and retries, as its own
-            self._pending.appendleft(segment)
+            self._pending.insert(0, segment)
             self._pending_bytes += segment.bytes
             self._shared_failure = (part, error)
             self._wake.set()
@@ -590,7 +648,7 @@ class Archive:
             try:
                 await self._write_segment(segment)
             except ArchiveError as exc:
-                self._pending.appendleft(segment)
+                self._pending.insert(0, segment)
                 self._pending_bytes += segment.bytes
                 self._failed(exc, loop)
                 return
@@ -639,14 +697,14 @@ class Archive:
         When the worker falls behind, batches grow: fewer, larger hand-offs keep the cost per
         byte low even when a busy event loop makes each return from a worker call slow.
         """
-        batch = self._pending.popleft()
+        batch = self._pending.pop(0)
         while (
             self._pending
             and self._pending[0].start == batch.start
             and batch.bytes + self._pending[0].bytes <= self._max_batch
             and batch.unwritten
         ):
-            batch.merge(self._pending.popleft())
+            batch.merge(self._pending.pop(0))
         return batch
 
     def _due(self, loop: asyncio.AbstractEventLoop, current: int) -> bool:

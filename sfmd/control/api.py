@@ -142,7 +142,7 @@ class ControlApi:
         return answer(self.daemon.views.health())
 
     async def list_streams(self, request: web.Request) -> web.Response:
-        return json_answer(self.daemon.views.listing_json())
+        return json_answer(await self.daemon.views.listing())
 
     async def show(self, request: web.Request) -> web.Response:
         spec = self.daemon.spec(request.match_info["name"])
@@ -209,7 +209,7 @@ class ControlApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=self.metrics_page.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            body=await self.metrics_page.page(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
     async def openapi(self, request: web.Request) -> web.Response:

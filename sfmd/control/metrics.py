@@ -7,13 +7,15 @@ is asked. That keeps the hot path free and the numbers identical to `sfmctl stat
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sfmd import __version__
 from sfmd.status import STATES, ConnectionSample, StreamSample
+from sfmd.turns import sliced
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -79,32 +81,52 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
     75-120 ms for the 11,000 samples of 1,000 streams (this takes about a tenth of that);
     the tests read the page back with prometheus-client's own parser.
     """
-    lines: list[str] = []
+    return ("\n".join(page_parts(snapshot, started)) + "\n").encode()
+
+
+def page_parts(snapshot: Snapshot, started: float) -> Iterator[str]:
+    """The page one metric family at a time (no newline after a family's last line), so that
+    `Metrics.page` can give the event loop a turn between them: the text format keeps each
+    family's samples together, and one family of 5,000 streams takes 1-4 ms."""
     streams = [(s, _label(s.name)) for s in snapshot.streams]
+
+    def family(name: str, kind: str, doc: str, samples: Iterable[str]) -> str:
+        return "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}", *samples])
+
     # Counts are written as integers: the text format's values are Go floats, which "12" is.
     for attr, doc in _STREAM_COUNTERS:
         name = f"sfmd_stream_{attr}_total"
-        _family(lines, name, "counter", doc)
-        lines += [f'{name}{{stream="{label}"}} {getattr(s, attr)}' for s, label in streams]
-    _family(lines, "sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC)
-    lines += [line for s, label in streams for line in _reconnects(
-        "sfmd_stream_reconnects_total", f'stream="{label}"', s.reconnects, s.reconnects_planned)]
+        yield family(name, "counter", doc,
+                     (f'{name}{{stream="{label}"}} {getattr(s, attr)}' for s, label in streams))
+    yield family("sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC, (
+        line for s, label in streams for line in _reconnects(
+            "sfmd_stream_reconnects_total", f'stream="{label}"', s.reconnects,
+            s.reconnects_planned)))
     for metric, attr, doc in _STREAM_MOMENTS:
         name = f"sfmd_stream_{metric}_timestamp_seconds"
-        _family(lines, name, "gauge", doc)
-        lines += [f'{name}{{stream="{label}"}} {getattr(s, attr):.3f}'
-                  for s, label in streams if getattr(s, attr) is not None]
-    _family(lines, "sfmd_stream_gap_seconds_total", "counter",
-            "Seconds the stream was set but not collecting, by reason, since the daemon began")
-    lines += [f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",stream="{label}"}} '
-              f"{seconds:.3f}" for s, label in streams for reason, seconds in s.gap_seconds.items()]
-    _family(lines, "sfmd_stream_state", "gauge", "1 for the stream's current state")
-    lines += [_state_lines(label, s.state) for s, label in streams]
-    _family(lines, "sfmd_stream_limit_undelivered", "gauge",
-            "Undelivered tweets Twitter reported in limit notices on the current connection")
-    lines += [f'sfmd_stream_limit_undelivered{{stream="{label}"}} {s.limit_undelivered}'
-              for s, label in streams]
-    connections = [(c, _label(c.name)) for c in snapshot.connections]
+        yield family(name, "gauge", doc, (
+            f'{name}{{stream="{label}"}} {getattr(s, attr):.3f}'
+            for s, label in streams if getattr(s, attr) is not None))
+    yield family(
+        "sfmd_stream_gap_seconds_total", "counter",
+        "Seconds the stream was set but not collecting, by reason, since the daemon began", (
+            f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",stream="{label}"}} '
+            f"{seconds:.3f}" for s, label in streams for reason, seconds in s.gap_seconds.items()))
+    yield family("sfmd_stream_state", "gauge", "1 for the stream's current state",
+                 (_state_lines(label, s.state) for s, label in streams))
+    yield family(
+        "sfmd_stream_limit_undelivered", "gauge",
+        "Undelivered tweets Twitter reported in limit notices on the current connection",
+        (f'sfmd_stream_limit_undelivered{{stream="{label}"}} {s.limit_undelivered}'
+         for s, label in streams))
+    yield "\n".join(_connection_families(snapshot.connections, started))
+
+
+def _connection_families(
+    connection_samples: list[ConnectionSample], started: float
+) -> list[str]:
+    lines: list[str] = []
+    connections = [(c, _label(c.name)) for c in connection_samples]
     for attr, doc in _CONNECTION_COUNTERS:
         name = f"sfmd_v2_connection_{attr}_total"
         _family(lines, name, "counter", doc)
@@ -121,7 +143,7 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
     lines.append(f"sfmd_uptime_seconds {time.monotonic() - started}")
     _family(lines, "sfmd_build_info", "gauge", "sfmd's version")
     lines.append(f'sfmd_build_info{{version="{_label(__version__)}"}} 1')
-    return ("\n".join(lines) + "\n").encode()
+    return lines
 
 
 class Metrics:
@@ -144,11 +166,42 @@ class Metrics:
         self.max_age = max_age
         self._page = b""
         self._rendered = -float("inf")
+        self._building: asyncio.Future[bytes] | None = None  # a page being built (`page`)
 
     def render(self) -> bytes:
+        """The page, built in one go (`page` is what the API serves)."""
         now = time.monotonic()
         if now - self._rendered >= self.max_age:
             snapshot = Snapshot(list(self._samples()), list(self._connections()))
             self._page = render_page(snapshot, self._started)
             self._rendered = now
         return self._page
+
+    async def page(self) -> bytes:
+        """The page, built with turns for the rest of the event loop (`turns`: every few ms,
+        between two streams read or two metric families written), so a scrape of thousands
+        of streams never holds the loop for long. Scrapes that come while one is built get
+        that one's page."""
+        now = time.monotonic()
+        if now - self._rendered < self.max_age:
+            return self._page
+        if self._building is not None:
+            return await asyncio.shield(self._building)
+        self._building = asyncio.get_running_loop().create_future()
+        try:
+            samples = [sample async for sample in sliced(self._samples())]
+            snapshot = Snapshot(samples, list(self._connections()))
+            parts = [part async for part in sliced(page_parts(snapshot, self._started))]
+            self._page = ("\n".join(parts) + "\n").encode()
+            self._rendered = now
+            self._building.set_result(self._page)
+            return self._page
+        except asyncio.CancelledError:
+            self._building.cancel()
+            raise
+        except Exception as exc:
+            self._building.set_exception(exc)
+            self._building.exception()  # retrieved: a scrape nobody shared is not an error
+            raise
+        finally:
+            self._building = None

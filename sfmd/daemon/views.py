@@ -20,9 +20,11 @@ from sfmd.status import (
     StreamStatus,
     describe_states,
 )
+from sfmd.turns import sliced
 
 if TYPE_CHECKING:
     from sfmd.daemon.app import Daemon
+
 
 
 class Views:
@@ -55,10 +57,23 @@ class Views:
                     + status + b"}")
         return spec.view_json_open + b',"status":' + status + b"}"
 
-    def listing_json(self) -> bytes:
-        """GET /streams' body."""
-        specs = self.daemon.specs()
-        return b'{"streams":[' + b",".join(self.view_json(s) for s in specs) + b"]}"
+    def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
+        """A stream's state and last error, as `status_of` shows them, without copying its
+        whole status: what /health and systemd's status line need of every stream."""
+        d = self.daemon
+        if spec.mode is not Mode.PROCESS and d.shared.group_of(spec) is None:
+            runner = d.tasks.runners.get(spec.name)
+            if runner is not None:
+                live = runner.stream.status
+                return live.state, live.last_error
+        status = self.status_of(spec)
+        return status.state, status.last_error
+
+    async def listing(self) -> bytes:
+        """GET /streams' body, built with turns for the rest of the loop (`turns`). A stream
+        removed meanwhile shows as stopped, as it would have a moment later."""
+        views = [view async for view in sliced(map(self.view_json, self.daemon.specs()))]
+        return b'{"streams":[' + b",".join(views) + b"]}"
 
     def samples(self) -> Iterator[StreamSample]:
         d = self.daemon
@@ -96,22 +111,22 @@ class Views:
 
     def status_line(self) -> str:
         """One line for systemd's STATUS, e.g. "12 streams: 11 streaming, 1 backoff"."""
-        return describe_states(self.status_of(s).state.value for s in self.daemon.specs())
+        return describe_states(self.state_of(s)[0].value for s in self.daemon.specs())
 
     def health(self) -> dict[str, Any]:
         """The daemon answers (`status` ok), and how its streams are: what a monitoring
         check needs in one call (`sfmctl health`)."""
         d = self.daemon
         specs = d.specs()
-        statuses = [(spec.name, self.status_of(spec)) for spec in specs]
+        states = [(spec.name, *self.state_of(spec)) for spec in specs]
         return {
             "status": "ok",
             "streams": len(specs),
             "uptime": round(time.monotonic() - d.started, 3),
-            "states": dict(Counter(status.state.value for _, status in statuses)),
+            "states": dict(Counter(state.value for _, state, _ in states)),
             "failed": [
-                {"name": name, "last_error": status.last_error}
-                for name, status in statuses if status.state is State.FAILED
+                {"name": name, "last_error": error}
+                for name, state, error in states if state is State.FAILED
             ],
         }
 

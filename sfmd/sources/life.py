@@ -273,6 +273,4 @@ class ConnectionLife:
     def status_now(self) -> StreamStatus:
         """The status with the file being written now (a copy: the counters keep moving)."""
         current = self.sink.current_file
-        return dataclasses.replace(
-            self.status, current_file=str(current) if current is not None else None
-        )
+        return self.status.replaced(current_file=str(current) if current is not None else None)

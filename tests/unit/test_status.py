@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -51,3 +52,12 @@ def test_a_status_survives_the_status_file_and_junk_counts_as_nothing() -> None:
 )
 def test_describe_states(states: list[str], line: str) -> None:
     assert describe_states(states) == line
+
+
+def test_replaced_is_dataclasses_replace_without_init() -> None:
+    status = StreamStatus(state=State.STREAMING, messages=3, gap_seconds={"stopped": 1.0})
+    copy = status.replaced(current_file="a/b.part", messages=4)
+    assert copy == dataclasses.replace(status, current_file="a/b.part", messages=4)
+    assert (status.messages, status.current_file) == (3, None)  # the original is untouched
+    with pytest.raises(TypeError, match="no field 'mesages'"):
+        status.replaced(mesages=1)

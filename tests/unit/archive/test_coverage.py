@@ -218,3 +218,20 @@ def test_the_journal_keeps_what_the_manifest_has_not_yet(tmp_path: Path) -> None
     coverage.up(30.0)
     coverage.written_until(40.0)
     assert Coverage.load(journal).gaps == []
+
+
+def test_a_save_that_would_write_the_same_journal_again_is_skipped(tmp_path: Path) -> None:
+    """Most saves follow a publish that changed nothing the journal holds: no file is
+    rewritten then; any change is written as before."""
+    journal = tmp_path / "j"
+    coverage = Coverage(journal)
+    coverage.down(20.0, "backoff", "boom")
+    written, text = journal.stat(), journal.read_text()
+    coverage.written_until(10.0)  # the open gap stays: the same journal
+    coverage.written_until(15.0)
+    assert (journal.stat().st_ino, journal.stat().st_mtime_ns) == (
+        written.st_ino, written.st_mtime_ns)
+    coverage.up(30.0)
+    coverage.written_until(40.0)
+    assert journal.read_text() != text
+    assert Coverage.load(journal).gaps == []

@@ -3,10 +3,14 @@ max_age so a busy scraper cannot eat the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sfmd import turns
 from sfmd.control.metrics import ConnectionSample, Metrics, StreamSample
 
 
@@ -79,3 +83,37 @@ def test_reconnects_are_split_by_cause_and_stalls_show_in_timestamps() -> None:
     # Nothing published yet: no sample, rather than a 1970 that would look like a stall.
     assert not families["sfmd_stream_last_publish_timestamp_seconds"].samples
     assert families["sfmd_stream_last_publish_timestamp_seconds"].type == "gauge"
+
+
+async def test_the_served_page_is_the_rendered_page_built_in_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`page` (what the API serves) gives the loop turns while it builds, and writes exactly
+    what `render` writes: every family whole, whatever the number of streams."""
+    # A turn after every item: the page is built in as many pieces as it can be.
+    monkeypatch.setattr(turns, "TURN", 0.0)
+    started = time.monotonic()
+    streams = [
+        StreamSample(f"s{i}", "streaming", i, i, 10 * i, 1, 0, 2, {"stopped": 1.5}, 1,
+                     1_764_900_000.0 + i, None)
+        for i in range(507)
+    ]
+    page = await Metrics(lambda: streams, started, max_age=3600).page()
+    rendered = Metrics(lambda: streams, started, max_age=3600).render()
+    uptime = re.compile(rb"sfmd_uptime_seconds [0-9.e+-]+")
+    assert uptime.sub(b"", page) == uptime.sub(b"", rendered)
+    families = {f.name: f for f in text_string_to_metric_families(page.decode())}
+    assert len(families["sfmd_stream_messages"].samples) == len(streams)
+
+
+async def test_scrapes_that_come_while_a_page_is_built_share_it() -> None:
+    calls = {"n": 0}
+
+    def samples() -> list[StreamSample]:
+        calls["n"] += 1
+        return [sample(i) for i in range(750)]
+
+    metrics = Metrics(samples, time.monotonic(), max_age=3600)
+    pages = await asyncio.gather(metrics.page(), metrics.page(), metrics.page())
+    assert calls["n"] == 1
+    assert pages[0] == pages[1] == pages[2]
