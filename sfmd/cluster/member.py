@@ -55,6 +55,8 @@ DRAINED_KEY = "drained"
 #: Manifest lines waiting for the feed at most; past it the oldest are dropped (and logged):
 #: the manifests on disk stay the record.
 FEED_BACKLOG = 100_000
+#: Seconds between cancels of a background task that has not ended (see `stop_background`).
+CANCEL_AGAIN = 0.1
 
 
 class Marked(Protocol):
@@ -178,11 +180,19 @@ class ClusterMember:
 
     async def stop_background(self) -> None:
         """Stop the heartbeats, the poll, the checkpoints and the feed's task (the daemon
-        is shutting down: no pass may start a stream again)."""
+        is shutting down: no pass may start a stream again).
+
+        Each task is cancelled again until it has ended: one cancel can be lost. nats-py
+        waits for every reply with `asyncio.wait_for`, which on Python 3.11 returns the
+        reply instead of raising when the reply and the cancel arrive together, and the
+        task's loop then goes on, which kept the daemon's shutdown waiting forever."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         for task in tasks:
+            while not task.done():
+                await asyncio.wait([task], timeout=CANCEL_AGAIN)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
