@@ -58,6 +58,8 @@ CHECKPOINT_BATCH = 32
 #: Manifest lines waiting for the feed at most; past it the oldest are dropped (and logged):
 #: the manifests on disk stay the record.
 FEED_BACKLOG = 100_000
+#: Seconds between cancels of a background task that has not ended (see `stop_background`).
+CANCEL_AGAIN = 0.1
 
 
 def _restart_subject(host: str) -> str:
@@ -200,13 +202,18 @@ class ClusterMember:
 
     async def stop_background(self) -> None:
         """Stop the heartbeats, the poll, the checkpoints and the feed's task (the daemon
-        is shutting down: no pass may start a stream again)."""
+        is shutting down: no pass may start a stream again).
+
+        Each task is cancelled again until it has ended: one cancel can be lost. nats-py
+        waits for every reply with `asyncio.wait_for`, which on Python 3.11 returns the
+        reply instead of raising when the reply and the cancel arrive together, and the
+        task's loop then goes on (the loops also check `_stopping`)."""
         self._stopping = True
         pending, self._tasks = set(self._tasks), []
-        while pending:  # a cancellation nats-py swallowed is sent again
+        while pending:
             for task in pending:
                 task.cancel()
-            done, pending = await asyncio.wait(pending, timeout=0.1)
+            done, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN)
             for task in done:
                 if not task.cancelled():
                     task.exception()  # retrieved: the loops log their own failures
