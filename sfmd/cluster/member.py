@@ -396,14 +396,19 @@ class ClusterMember:
     # -- drain ---------------------------------------------------------------------------------
 
     async def _read_drained(self) -> set[str]:
+        return (await self._drained_entry())[0]
+
+    async def _drained_entry(self) -> tuple[set[str], int | None]:
+        """The drained hosts and the key's revision (None: no key yet); a value that does
+        not parse counts as none drained."""
         try:
             entry = await self.registry.kv.get(DRAINED_KEY)
         except KeyNotFoundError:
-            return set()
+            return set(), None
         try:
-            return {str(h) for h in json.loads(entry.value or b"[]")}
+            return {str(h) for h in json.loads(entry.value or b"[]")}, entry.revision
         except (ValueError, TypeError):
-            return set()
+            return set(), entry.revision
 
     async def drain(self, host: str, *, undo: bool = False) -> dict[str, Any]:
         """Mark `host` drained (placement gives it nothing; its slots move to the others,
@@ -413,12 +418,7 @@ class ClusterMember:
         if host not in self.live and not undo:
             raise UnknownHost(f"no live host named {host!r}; live: {', '.join(sorted(self.live))}")
         for _ in range(10):
-            try:
-                entry = await self.registry.kv.get(DRAINED_KEY)
-                drained = set(json.loads(entry.value or b"[]"))
-                revision: int | None = entry.revision
-            except KeyNotFoundError:
-                drained, revision = set(), None
+            drained, revision = await self._drained_entry()
             drained = drained - {host} if undo else drained | {host}
             value = json.dumps(sorted(drained)).encode()
             try:

@@ -131,6 +131,23 @@ class Context:
     saved_point: Callable[[str], Awaitable[str | None]] | None = None
 
 
+async def read_saved_point(
+    saved_point: Callable[[str], Awaitable[str | None]] | None, name: str, log: Any
+) -> int | None:
+    """The resume point another host saved for stream `name` (cluster mode; None on a single
+    host or when none was saved), as the number Jetstream cursors and Mastodon ids are. One
+    that cannot be read is logged and not waited for: the stream's own files say where to
+    resume."""
+    if saved_point is None:
+        return None
+    try:
+        point = await saved_point(name)
+        return int(point) if point is not None else None
+    except Exception as e:  # NATS away, or a point that is not a number
+        log.warning("resume_point_unread", error=f"{type(e).__name__}: {e}")
+        return None
+
+
 class Source(Protocol):
     name: str
 

@@ -26,7 +26,7 @@ import aiohttp
 
 from sfmd.archive import ArchiveError, coverage
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
-from sfmd.sources.base import Sink
+from sfmd.sources.base import Sink, read_saved_point
 from sfmd.sources.bluesky import zstd
 from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
 from sfmd.sources.bluesky.resume import ResumePoint
@@ -136,7 +136,7 @@ class JetstreamStream(ConnectionLife):
             resume = await asyncio.to_thread(
                 ResumePoint.from_files, self.stream_dir, int(self.timing.rewind * 1e6)
             )
-            saved = await self._saved()
+            saved = await read_saved_point(self._saved_point, self.name, self.log)
             if saved is not None and (resume.newest is None or saved > resume.newest):
                 # Another host stored up to `saved` (its files, not ours): resume there. The
                 # replay's overlap with its files cannot be recognised here, so those few
@@ -146,18 +146,6 @@ class JetstreamStream(ConnectionLife):
             self.resume = resume
             self.log.info("resume_point", newest_time_us=self.resume.newest,
                           cursor=self.resume.cursor)
-
-    async def _saved(self) -> int | None:
-        """The newest time_us another host saved for this stream, if any (cluster mode). A
-        point that cannot be read is not waited for: the files' own point stands."""
-        if self._saved_point is None:
-            return None
-        try:
-            point = await self._saved_point(self.name)
-            return int(point) if point is not None else None
-        except Exception as e:  # NATS away, or a point that is not a number
-            self.log.warning("resume_point_unread", error=f"{type(e).__name__}: {e}")
-            return None
 
     async def _connect_and_read(self) -> tuple[Failure, str]:
         """One connection, until it ends: how it failed and why."""

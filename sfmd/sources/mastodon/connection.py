@@ -28,6 +28,7 @@ from sfmd.locks import CredentialLock
 from sfmd.logs import get_logger
 from sfmd.registry import StreamSpec
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
+from sfmd.sources.base import read_saved_point
 from sfmd.sources.life import ConnectionLife
 from sfmd.sources.mastodon import resume
 from sfmd.sources.mastodon.channels import Channel, Key, key_of
@@ -311,7 +312,8 @@ class AccountConnection:
         member.newest = newest
         for status_id in ids:
             member.seen.add(status_id)
-        saved = await self._saved(spec.name)
+        saved = await read_saved_point(self._saved_point, spec.name,
+                                       get_logger(stream=spec.name))
         if saved is not None and saved > (point or 0):
             # Another host's files are complete up to `saved`: the next fill starts there.
             member.complete_to, member.filling = saved, False
@@ -326,19 +328,6 @@ class AccountConnection:
             await self._subscribe(self.socket.ws, member)
             member.archive.streaming()
             self._start_fill(member, now)
-
-    async def _saved(self, name: str) -> int | None:
-        """The newest complete id another host saved for the stream (cluster mode). One that
-        cannot be read is not waited for: this host's own files say where to resume."""
-        if self._saved_point is None:
-            return None
-        try:
-            point = await self._saved_point(name)
-            return int(point) if point is not None else None
-        except Exception as e:  # NATS away, or a point that is not a number
-            get_logger(stream=name).warning("resume_point_unread",
-                                            error=f"{type(e).__name__}: {e}")
-            return None
 
     @staticmethod
     def _marked(member: Member) -> None:
