@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sfmd import __version__
+from sfmd.archive.manifest import cluster_keys
 from sfmd.archive.naming import iso_utc
 
 JOURNAL_NAME = ".coverage.jsonl"
@@ -297,6 +298,7 @@ class CoverageLine:
             "sha256": None,
             "gaps": self.gaps,
             "provenance": self.provenance,
+            **cluster_keys(self.provenance),
         }
         if self.closed:
             entry["closed"] = True

@@ -28,6 +28,15 @@ from sfmd.durable import fsync_dir
 MANIFEST_NAME = "manifest.jsonl"
 
 
+def cluster_keys(provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """In cluster mode (the provenance names the lease's epoch) a line also carries `host`
+    and `epoch` at its top level, where one reading every host's manifests looks first;
+    nothing on a single host."""
+    if not provenance or "epoch" not in provenance:
+        return {}
+    return {"host": provenance.get("host"), "epoch": provenance["epoch"]}
+
+
 @dataclass(frozen=True)
 class PublishedFile:
     """A complete file under its final name, as described by its manifest line."""
@@ -55,6 +64,7 @@ class PublishedFile:
             "sha256": self.sha256,
             "gaps": self.gaps,
             "provenance": self.provenance,
+            **cluster_keys(self.provenance),
         }
         if self.closed:
             entry["closed"] = True

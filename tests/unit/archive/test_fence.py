@@ -48,6 +48,7 @@ async def test_writes_stop_at_the_fence_and_lines_name_the_host_and_epoch(
     assert content(published.path) == b"".join(m + b"\n" for m in kept)
     [entry] = manifest(tmp_path)
     assert (entry["provenance"]["host"], entry["provenance"]["epoch"]) == ("host-b", 42)
+    assert (entry["host"], entry["epoch"]) == ("host-b", 42)  # at the top level too
     # Every line the manifest got, in its order, the closing null line included.
     on_disk = (tmp_path / STREAM / "manifest.jsonl").read_bytes().splitlines(keepends=True)
     assert lines == on_disk and json.loads(lines[0])["file"] == entry["file"]
@@ -61,6 +62,7 @@ async def test_without_a_fence_nothing_changes(tmp_path: Path) -> None:
     await archive.close()
     [entry] = manifest(tmp_path)
     assert "epoch" not in entry["provenance"]
+    assert "epoch" not in entry and "host" not in entry
 
 
 async def test_a_mark_is_durable_once_its_messages_are_in_the_file(tmp_path: Path) -> None:
