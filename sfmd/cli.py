@@ -24,6 +24,7 @@ from sfmd.credentials import (
     load_credentials,
 )
 from sfmd.ctl import moment
+from sfmd.daemon import allocator
 from sfmd.daemon.app import Daemon, StartupError
 from sfmd.locks import CredentialBusy
 from sfmd.logs import LogFiles, get_logger, setup_logging
@@ -215,6 +216,7 @@ async def run_daemon(config: Config) -> int:
         control.release()
         raise
     raise_file_limit()
+    allocator.cap_arenas()  # before the worker threads start: see allocator
     stop = StopSignal()
     notifier = Notifier.from_env()
     reloads: set[asyncio.Task[None]] = set()

@@ -31,6 +31,7 @@ from sfmd.credentials import (
     credentials_problems,
     load_credentials,
 )
+from sfmd.daemon import allocator
 from sfmd.daemon.admission import Admission
 from sfmd.daemon.heap import Heap
 from sfmd.daemon.views import Views
@@ -251,6 +252,9 @@ class Daemon:
                     log.info("gc_full" if collection.full else "gc_freeze",
                              collected=collection.collected,
                              seconds=round(collection.seconds, 3), frozen=collection.frozen)
+                # What the rotations and batches since the last pass freed goes back to
+                # the system (see allocator); in a thread, it walks the C heap.
+                await asyncio.to_thread(allocator.trim)
 
     def request_stop(self) -> None:
         self._stop.set()

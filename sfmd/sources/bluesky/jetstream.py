@@ -30,8 +30,9 @@ from sfmd.sources.base import Sink, read_saved_point
 from sfmd.sources.bluesky import zstd
 from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
 from sfmd.sources.bluesky.resume import ResumePoint
+from sfmd.sources.idle import IdleWatch
 from sfmd.sources.life import ConnectionLife
-from sfmd.sources.websocket import MAX_FRAME_BYTES, IdleWatch
+from sfmd.sources.websocket import MAX_FRAME_BYTES
 
 #: DIDs listed one by one in a file's provenance; more are summed up by count and digest.
 DIDS_SHOWN = 100
@@ -186,7 +187,7 @@ class JetstreamStream(ConnectionLife):
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, cursor: int | None
                     ) -> tuple[Failure, str]:
-        with IdleWatch(ws, self.timing.idle_timeout) as watch:
+        with IdleWatch(ws.close, self.timing.idle_timeout) as watch:
             return await self._frames(ws, cursor, watch)
 
     async def _frames(self, ws: aiohttp.ClientWebSocketResponse, cursor: int | None,

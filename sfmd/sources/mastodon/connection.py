@@ -29,13 +29,14 @@ from sfmd.logs import get_logger
 from sfmd.registry import StreamSpec
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.base import read_saved_point
+from sfmd.sources.idle import IdleWatch
 from sfmd.sources.life import ConnectionLife
 from sfmd.sources.mastodon import resume
 from sfmd.sources.mastodon.channels import Channel, Key, key_of
 from sfmd.sources.mastodon.fill import UNRECOVERABLE, FillResult, fill
 from sfmd.sources.mastodon.instance import Instance, InstanceError
 from sfmd.sources.mastodon.statuses import NotAFrame, id_at, overlap_ids, parse_frame, update_id
-from sfmd.sources.websocket import MAX_FRAME_BYTES, IdleWatch
+from sfmd.sources.websocket import MAX_FRAME_BYTES
 from sfmd.status import ConnectionStatus, State, StreamStatus
 
 #: Live ids are forgotten this often (in stores), once older than twice the overlap.
@@ -135,7 +136,7 @@ class Socket(ConnectionLife):
                 try:
                     await self.owner.opened(ws)
                     self._streaming(url=self.url)  # subscribed: streaming, quiet or not
-                    with IdleWatch(ws, self.timing.idle_timeout) as watch:
+                    with IdleWatch(ws.close, self.timing.idle_timeout) as watch:
                         return await self._frames(ws, watch)
                 finally:
                     self.ws = None

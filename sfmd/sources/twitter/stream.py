@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from sfmd.config import TimingConfig
 from sfmd.credentials import Credential
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.base import Sink
+from sfmd.sources.idle import IdleWatch
 from sfmd.sources.life import ConnectionLife
 from sfmd.sources.twitter.framing import FramingError
 from sfmd.status import StreamStatus
@@ -223,11 +225,8 @@ class Stream(ConnectionLife):
     async def _connect_and_read(self) -> None:
         self._healthy = False
         method, url, headers, body = self.dialect.request(self.target)
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.timing.connect_timeout,
-            sock_read=self.timing.stall_timeout,
-        )
+        # No `sock_read`: it makes a timer per chunk received. `_read` runs an IdleWatch.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timing.connect_timeout)
         endpoint = url.split("?")[0]
         self._attempting(endpoint=self.target.endpoint, url=endpoint)
         self.sink.asking({
@@ -236,16 +235,26 @@ class Stream(ConnectionLife):
             "credential": self.target.credential.name,
             "params": dict(self.target.params),
         })
-        async with self.session.request(
-            method, url, data=body, headers=headers, timeout=timeout, read_bufsize=READ_BUFSIZE
-        ) as resp:
+        # The answer's headers must come as the body's bytes must: within the stall timeout
+        # (after the connect's own), or the connection is dead.
+        try:
+            async with asyncio.timeout(self.timing.connect_timeout + self.timing.stall_timeout):
+                response = await self.session.request(
+                    method, url, data=body, headers=headers, timeout=timeout,
+                    read_bufsize=READ_BUFSIZE,
+                )
+        except TimeoutError:
+            raise aiohttp.ServerTimeoutError("no answer within the stall timeout") from None
+        async with response as resp:
             if resp.status != 200:
                 raise await self._http_error(resp)
             self._streaming(status=resp.status)
             self.sink.streaming()
             self._response = resp
             try:
-                await self._read(resp)
+                with IdleWatch(functools.partial(_stalled, resp),
+                               self.timing.stall_timeout) as watch:
+                    await self._read(resp, watch)
             finally:
                 self._response = None
 
@@ -266,7 +275,7 @@ class Stream(ConnectionLife):
         self.log.warning("http_error", status=status, body=snippet)
         return Ended(Failure.HTTP, f"HTTP {status} {resp.reason or ''}".strip())
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+    async def _read(self, resp: aiohttp.ClientResponse, watch: IdleWatch) -> None:
         framer = self.dialect.framer()
         examine = self.dialect.examine
         log = self.log
@@ -275,6 +284,7 @@ class Stream(ConnectionLife):
         sink = self.sink
         try:
             async for chunk in resp.content.iter_any():
+                watch.frame()  # keep-alives included
                 messages = framer.feed(chunk)
                 if not messages:
                     continue
@@ -294,6 +304,13 @@ class Stream(ConnectionLife):
                 self.log.warning("partial_message_dropped", bytes=framer.pending)
         if ending is not None:
             raise ending
+
+
+async def _stalled(resp: aiohttp.ClientResponse) -> None:
+    """End a connection that sent nothing for the stall timeout: the read loop raises the
+    same `ServerTimeoutError` aiohttp's own read timeout would have."""
+    resp.content.set_exception(aiohttp.ServerTimeoutError("no data within the stall timeout"))
+    resp.close()
 
 
 async def _body_snippet(resp: aiohttp.ClientResponse, limit: int = 300) -> str:

@@ -5,6 +5,7 @@ Every check compares what the API says it fully sent with what was published.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import gzip
 import hashlib
@@ -15,10 +16,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from sfmd.credentials import Credential
 from sfmd.fake import FakeAPI
-from sfmd.sources.twitter.stream import Stream, StreamTarget
+from sfmd.sources.backoff import BackoffPolicy
+from sfmd.sources.twitter.stream import Stream, StreamTarget, StreamTiming
 from sfmd.sources.twitter.v1 import V1
 from tests.helpers.config import FAST_TIMING, register, write_config
 from tests.helpers.daemon import SfmdProcess, stop
@@ -375,3 +378,40 @@ async def test_a_stopped_connection_leaves_nothing_alive(
     gc.collect()
     alive = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientResponse)]
     assert alive == []
+
+
+async def test_a_server_that_never_answers_is_a_stall(credentials: dict[str, Credential]) -> None:
+    """The stall timeout also bounds the wait for the answer's headers: a server that takes
+    the request and says nothing is left and asked again."""
+    requests = 0
+    never = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        nonlocal requests
+        requests += 1
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", silent)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    sink = _ListSink()
+    timing = StreamTiming(stall_timeout=0.3, connect_timeout=0.2,
+                          backoff=BackoffPolicy(tcp_step=0.05, tcp_max=0.05))
+    try:
+        async with aiohttp.ClientSession() as session:
+            stream = Stream(StreamTarget("quiet", "sample", {}, credentials["alpha"]),
+                            V1(f"http://127.0.0.1:{port}/1.1"), session=session, sink=sink,
+                            timing=timing)
+            stream.start()
+            await wait_until(lambda: requests >= 2, timeout=10, what="a second request")
+            assert stream.status.last_error is not None
+            assert "stall" in stream.status.last_error
+            await stream.stop()
+    finally:
+        never.set()
+        await runner.cleanup()
