@@ -58,6 +58,8 @@ def diff(
     refresh: list[str] = []
     for name in sorted(running):
         wanted, current = desired.get(name), running[name]
+        if wanted is current and name not in renewed:
+            continue  # the same spec object: nothing changed (most streams, most passes)
         if wanted is None:
             stop.append((name, GONE))
         elif name in renewed:

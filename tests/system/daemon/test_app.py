@@ -228,11 +228,11 @@ async def test_a_crashed_stream_task_is_logged_and_restarted(
     original = Stream._read
     calls = {"n": 0}
 
-    async def buggy(self: Stream, resp: Any) -> None:
+    async def buggy(self: Stream, *args: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("planted bug")
-        await original(self, resp)
+        await original(self, *args)
 
     monkeypatch.setattr(Stream, "_read", buggy)
     setup_logging(log_path(tmp_path), stderr=False)
