@@ -186,3 +186,15 @@ def test_a_single_host_never_loads_nats_or_cluster_mode() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_daemon_never_loads_rich_but_others_still_may() -> None:
+    """structlog would import rich (installed here, by the test tools) for a console sfmd
+    does not use: 8 MB of the daemon's memory."""
+    code = (
+        "import sys; from sfmd import cli; cli.build_parser(); "
+        "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks; "
+        "print('rich' in sys.modules); import rich.console; print('rich' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
