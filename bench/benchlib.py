@@ -24,6 +24,16 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def byte_compile(package: Path) -> None:
+    """Compile a package's modules as pip does when it installs sfmd, so the daemon measured
+    loads them instead of compiling each at start (with PYTHONDONTWRITEBYTECODE set, as
+    here, it never keeps what it compiled: 3.5 MB more RSS from the compiler's leftovers)."""
+    import compileall
+
+    if not compileall.compile_dir(str(package), quiet=1):
+        raise RuntimeError(f"cannot byte-compile {package}")
+
+
 def pinned(core: int | None) -> Callable[[], None] | None:
     """A preexec_fn that pins a child to one core, so two processes do not share one."""
     if core is None:

@@ -220,6 +220,44 @@ async def test_a_busy_stream_writes_the_next_interval_while_the_last_file_waits_
     assert datetime.fromisoformat(old["end"]) == datetime.fromisoformat(new["start"])
 
 
+async def test_a_new_file_refused_at_a_boundary_sets_the_old_aside_and_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn-over's one trip (seal the old file, open the new, write): when the new file
+    cannot be created, the old one still waits its turn complete, the batch is kept and
+    written once the disk takes it, and both files are published whole."""
+    from sfmd.archive import partfile
+
+    clock = Clock()
+    clock.align(1200, into=1199.0)
+    archive = make_archive(tmp_path, save_interval=1200, clock=clock, publish_spread=120.0)
+    await archive.open()
+    await archive.write(batch("old", 2), 2)
+    await wait_for(lambda: archive.current_file is not None, timeout=3)
+    real_create = partfile._PartFile.create.__func__
+    refusals = {"on": True, "made": 0}
+
+    def create(cls: type, *args: object) -> object:
+        if refusals["on"]:
+            refusals["made"] += 1
+            raise OSError(28, "No space left on device")
+        return real_create(cls, *args)
+
+    monkeypatch.setattr(partfile._PartFile, "create", classmethod(create))
+    clock.offset += 1.5  # into the next interval, before this stream's turn
+    await archive.write(batch("new", 3), 3)
+    await wait_for(lambda: archive.error is not None, timeout=3)
+    assert "cannot create a file in" in str(archive.error)
+    assert len(parts(tmp_path)) == 1  # the old file, sealed, waiting its turn
+    refusals["on"] = False  # the disk has room again
+    await wait_for(lambda: archive.error is None and len(parts(tmp_path)) == 2, timeout=5)
+    await archive.close()
+    assert refusals["made"] >= 1 and parts(tmp_path) == []
+    old, new = manifest(tmp_path)
+    assert check_entry(tmp_path, old) == b"".join(m + b"\n" for m in batch("old", 2))
+    assert check_entry(tmp_path, new) == b"".join(m + b"\n" for m in batch("new", 3))
+
+
 async def test_close_publishes_a_file_still_waiting_its_turn(tmp_path: Path) -> None:
     clock = Clock()
     clock.align(1200, into=1199.0)
