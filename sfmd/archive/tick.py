@@ -11,11 +11,12 @@ flush deadline: a batch is written between `flush_interval - tick` and `flush_in
 its first message, so what a SIGKILL can take stays within `flush_interval`. Streams whose
 deadlines fall in one tick share one timer and one trip.
 
-Trips run one at a time, in one worker thread: the event loop then competes for the GIL
-with one thread's Python work between zlib's and the disk's calls, not with several. With
-four trips of 64 batches at once, a quarter of 1,000 streams due together, the control API's
-p99 doubled (70-88 ms against 28-30 ms) while the loop itself was never busy for more than
-20 ms: it waited for the GIL. Fine ticks keep each trip short.
+Trips run one at a time, in one worker thread of their own (never queued behind a
+boundary's publishes, which have threads of their own): the event loop then competes for
+the GIL with one thread's Python work between zlib's and the disk's calls, not with several.
+With four trips of 64 batches at once, a quarter of 1,000 streams due together, the control
+API's p99 doubled (70-88 ms against 28-30 ms) while the loop itself was never busy for more
+than 20 ms: it waited for the GIL. Fine ticks keep each trip short.
 
 A member (an `Archive`) decides at the tick what it hands over (`shared_take`), and gets the
 outcome on the loop (`shared_done`); anything it cannot hand over (a rotation, an error, a

@@ -74,6 +74,10 @@ from sfmd.archive.tick import for_loop as shared_tick
 #: (finish, fsync, rename); on the loop's default pool that queue would delay everything else
 #: the daemon does in threads, registry writes behind API answers included.
 _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="archive")
+#: The shared tick's trips (quiet streams' batches, see `tick`) have a thread of their own:
+#: behind a boundary's thousands of publishes (three fsyncs each) on `_POOL` they waited
+#: seconds, and 5,000 streams' messages piled up in memory meanwhile (90 MB and more).
+_TICK_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-tick")
 
 _T = TypeVar("_T")
 
@@ -554,7 +558,7 @@ class Archive:
     def _schedule(self, head: _Segment) -> None:
         self._tick_at = tick_at(head.since, self._flush_interval)
         if self._tick is None:
-            self._tick = shared_tick(asyncio.get_running_loop(), _POOL)
+            self._tick = shared_tick(asyncio.get_running_loop(), _TICK_POOL)
         self._tick.schedule(self, self._tick_at)
 
     def shared_take(self) -> Work | None:
