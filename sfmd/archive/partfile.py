@@ -31,6 +31,10 @@ from sfmd.durable import fsync_dir
 #: 5,000 streams fit under a limit of 20,000), and opens both again for its next batch. The
 #: file stays one gzip stream either way (see `Deflate.raw_compressor`).
 KEEP_COMPRESSOR = 64 << 10
+#: An empty final deflate block (fixed Huffman codes, just the end-of-block code): what a
+#: fresh compressor's Z_FINISH writes, without making one (its tables are tens of KB, set
+#: up and zeroed for two bytes; at a boundary every stream seals a file).
+FINAL_BLOCK = b"\x03\x00"
 
 
 class _PartFile:
@@ -142,9 +146,12 @@ class _PartFile:
         but not yet synced. A finished interval's file waiting for its turn to be published
         is sealed at once, so a stream never holds two compressors."""
         if self._deflate is not None and not self._sealed:
-            compressor = self._compressor or self._deflate.raw_compressor()
             trailer = b"" if self._started else self._deflate.gzip_header()
-            trailer += compressor.flush(zlib.Z_FINISH) + gzip_trailer(self._crc, self.bytes)
+            if self._compressor is not None:
+                trailer += self._compressor.flush(zlib.Z_FINISH)
+            else:  # the blocks so far end on a sync flush: a fresh compressor is not needed
+                trailer += FINAL_BLOCK
+            trailer += gzip_trailer(self._crc, self.bytes)
             self._compressor = None
             self._write(trailer)
             self.committed += len(trailer)

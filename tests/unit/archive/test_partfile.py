@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
+import pytest
+
 from sfmd.archive import Deflate
-from sfmd.archive.partfile import KEEP_COMPRESSOR, _PartFile
+from sfmd.archive.partfile import FINAL_BLOCK, KEEP_COMPRESSOR, _PartFile
 
 
 def test_a_small_batch_frees_its_compressor_and_the_file_stays_one_gzip_stream(
@@ -56,3 +59,11 @@ def test_a_parked_file_is_synced_through_a_new_descriptor(tmp_path: Path) -> Non
     part.finish()
     assert part.path.read_bytes() == b"one\ntwo\n"
     assert part.committed == 8
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+@pytest.mark.parametrize("window", [10, 12, 15])
+def test_the_final_block_is_what_a_fresh_compressor_finishes_with(level: int, window: int) -> None:
+    """Sealing writes FINAL_BLOCK instead of making a compressor for it: the same bytes."""
+    deflate = Deflate(level=level, window_bits=window)
+    assert deflate.raw_compressor().flush(zlib.Z_FINISH) == FINAL_BLOCK
