@@ -75,8 +75,9 @@ from sfmd.archive.tick import for_loop as shared_tick
 #: the daemon does in threads, registry writes behind API answers included.
 _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="archive")
 #: The shared tick's trips (quiet streams' batches, see `tick`) have a thread of their own:
-#: behind a boundary's thousands of publishes (three fsyncs each) on `_POOL` they waited
-#: seconds, and 5,000 streams' messages piled up in memory meanwhile (90 MB and more).
+#: on `_POOL` they would queue behind a boundary's thousands of publishes (three fsyncs
+#: each), and a batch not yet written when a SIGKILL comes is lost: what a kill can take must
+#: stay within `flush_interval` at a boundary too.
 _TICK_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-tick")
 
 _T = TypeVar("_T")
