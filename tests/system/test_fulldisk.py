@@ -180,7 +180,13 @@ async def test_a_full_disk_is_loud_harms_no_file_or_neighbour_and_heals(
             big_final = await status(ctl, "big")
             # A clean stop loses nothing received; to know that all that was sent was also
             # received, the API stops sending (keep-alives only) and the last messages are
-            # waited for on disk.
+            # waited for on disk. Not before small's new connection has been sent something:
+            # the last message of the connection the full disk cut was never stored.
+            await wait_until(
+                lambda: bool(api.sent_messages(
+                    [r for r in api.log if r.endpoint == "filter"][-1].conn)),
+                timeout=10, what="a message sent on small's new connection",
+            )
             api.configure(total=0)
             await wait_until(
                 lambda: last_sent_is_written(api, data, "filter", "small")
