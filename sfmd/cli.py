@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sfmd import __version__
+from sfmd import __version__, lean  # noqa: F401  # lean first: see lean
 from sfmd.archive.coverage import keep_alive
 from sfmd.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load_config
 from sfmd.control.server import ControlServer

@@ -198,3 +198,10 @@ def test_the_daemon_never_loads_rich_but_others_still_may() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_sfmctl_never_loads_structlog() -> None:
+    """sfmctl is run often (by people and by monitoring): it stays light."""
+    code = "import sys; from sfmd import ctl; print('structlog' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
