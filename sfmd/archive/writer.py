@@ -770,10 +770,16 @@ class Archive:
     async def _write_segment(self, segment: _Segment) -> None:
         old = self._part
         if old is not None and old.name.start != segment.start:
+            # `old`'s interval is over. Before this stream's turn in the publish spread it is
+            # set aside and the new file opens beside it (so a boundary does not make every
+            # busy stream publish at once); at or after it, or when an older file already
+            # waits, it is published now, oldest first.
             if self._retiring is None and self._clock() < self._publish_due(old.name.start):
                 await self._turn_over(old, segment)
                 return
-            await self._retire(old)
+            if self._retiring is not None:
+                await self._publish(self._retiring)
+            await self._publish(old)
         if self._part is None:
             await self._open_part(segment.start)
         part = self._part
@@ -830,24 +836,6 @@ class Archive:
             raise self._failure("create a file in", self.stream_dir, exc) from exc
         self._part = part
         self.current_file = part.path
-
-    async def _retire(self, part: _PartFile) -> None:
-        """`part`'s interval is over and a message for a later one is to be written: before
-        this stream's turn in the publish spread, set the file aside and let the new one open
-        beside it (so a boundary does not make every busy stream publish at once); at or
-        after it, or when an older file already waits, publish now, oldest first."""
-        if self._retiring is None and self._clock() < self._publish_due(part.name.start):
-            try:
-                await _io(part.seal)
-            except OSError as exc:
-                await self._abandon(part)
-                raise self._failure("complete", part.path, exc) from exc
-            self._forget(part)
-            self._retiring = part
-            return
-        if self._retiring is not None:
-            await self._publish(self._retiring)
-        await self._publish(part)
 
     def _forget(self, part: _PartFile) -> None:
         """`part` is no longer the open file nor the one waiting to be published."""
