@@ -4,6 +4,7 @@ results file."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -22,6 +23,12 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
+
+
+def keep_work(work: str | Path, keep: Path | None) -> None:
+    """`--keep DIR`: copy a run's work folder (logs, data; not its sockets) into DIR."""
+    if keep:
+        shutil.copytree(work, keep, ignore=shutil.ignore_patterns("*.sock"), dirs_exist_ok=True)
 
 
 def byte_compile(package: Path) -> None:

@@ -43,7 +43,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import cpu_seconds, dated_section, load_average, percentile, publish
+from benchlib import cpu_seconds, dated_section, keep_work, load_average, percentile, publish
 from clusterlib import (
     BenchError,
     FakeAPIProcess,
@@ -581,9 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench failed: {e}", file=sys.stderr)
             return 1
         finally:
-            if args.keep:
-                ignore = shutil.ignore_patterns("*.sock")
-                shutil.copytree(tmp, args.keep, ignore=ignore, dirs_exist_ok=True)
+            keep_work(tmp, args.keep)
     facts = machine_facts()
     facts["load average (1, 5, 15 min)"] = f"{load_before} before, {load_average()} after"
     body = body_text(layouts, args)

@@ -62,6 +62,7 @@ from benchlib import (
     cpu_seconds,
     cpu_times,
     dated_section,
+    keep_work,
     load_average,
     percentile,
     pinned,
@@ -1227,9 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench failed: {e}", file=sys.stderr)
             return 1
         finally:
-            if args.keep:
-                ignore = shutil.ignore_patterns("*.sock")
-                shutil.copytree(tmp, args.keep, ignore=ignore, dirs_exist_ok=True)
+            keep_work(tmp, args.keep)
     parts = []
     if results:
         parts += [tables(results, args), verdicts(results)]

@@ -51,7 +51,6 @@ import gzip
 import json
 import os
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -73,6 +72,7 @@ from benchlib import (  # noqa: E402
     cpu_seconds,
     cpu_times,
     dated_section,
+    keep_work,
     load_average,
     pinned,
     publish,
@@ -643,9 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench failed: {e}", file=sys.stderr)
             return 1
         finally:
-            if args.keep:
-                ignore = shutil.ignore_patterns("*.sock")
-                shutil.copytree(tmp, args.keep, ignore=ignore, dirs_exist_ok=True)
+            keep_work(tmp, args.keep)
     results = [r for rs in by_layout.values() for r in rs]
     body = table(by_layout, args.streams)
     body += "\n\n" + "\n".join(f"- {r.layout.replace('N', str(args.streams))}: {r.check.line()}"
