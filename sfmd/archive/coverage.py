@@ -28,13 +28,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sfmd import __version__
 from sfmd.archive.manifest import cluster_keys
-from sfmd.archive.naming import iso_utc
+from sfmd.status import epoch_iso
 
 JOURNAL_NAME = ".coverage.jsonl"
 #: Each run's last sign of life, one file per process: `{data_dir}/.alive/{run}`.
@@ -53,10 +53,6 @@ HOST = socket.gethostname()
 RUN = f"{HOST}-{os.getpid()}-{int(time.time())}"
 #: Who writes: the same for every line of this process.
 WRITER = {"host": HOST, "sfmd": __version__, "run": RUN}
-
-
-def _iso(t: float) -> str:
-    return iso_utc(datetime.fromtimestamp(t, UTC))
 
 
 def parse_iso(text: str) -> float:
@@ -80,7 +76,8 @@ class Gap:
         instant = self.end == self.start and a <= self.start <= b
         if end <= start and not instant:
             return None
-        entry: dict[str, Any] = {"from": _iso(start), "to": _iso(end), "reason": self.reason}
+        entry: dict[str, Any] = {
+            "from": epoch_iso(start), "to": epoch_iso(end), "reason": self.reason}
         if self.error:
             entry["error"] = self.error
         entry["refilled"] = self.refilled
@@ -201,7 +198,8 @@ class Coverage:
         gap = self.last_gap
         last = None
         if gap is not None:
-            last = {"from": _iso(gap.start), "to": _iso(gap.end) if gap.end else None,
+            last = {"from": epoch_iso(gap.start),
+                    "to": epoch_iso(gap.end) if gap.end else None,
                     "reason": gap.reason, "error": gap.error, "refilled": gap.refilled}
             if gap.unrecoverable:
                 last["unrecoverable"] = list(gap.unrecoverable)
@@ -221,7 +219,7 @@ class Coverage:
         began (a filter changed within the span shows both sets)."""
         sets = [s for i, s in enumerate(self.asked)
                 if s.since <= b and (i + 1 == len(self.asked) or self.asked[i + 1].since > a)]
-        requests = [{"since": _iso(max(s.since, a)), **s.what} for s in sets]
+        requests = [{"since": epoch_iso(max(s.since, a)), **s.what} for s in sets]
         return {**self.writer, "requests": requests}
 
     def written_until(self, t: float) -> None:
@@ -290,8 +288,8 @@ class CoverageLine:
     def manifest_line(self) -> bytes:
         entry: dict[str, Any] = {
             "file": None,
-            "start": _iso(self.start),
-            "end": _iso(self.end),
+            "start": epoch_iso(self.start),
+            "end": epoch_iso(self.end),
             "messages": 0,
             "tweets": 0,
             "bytes": 0,

@@ -19,7 +19,7 @@ from typing import Any
 
 from sfmd.archive.coverage import parse_iso
 from sfmd.archive.manifest import MANIFEST_NAME
-from sfmd.archive.naming import iso_utc
+from sfmd.status import epoch_iso
 
 Span = tuple[float, float]
 
@@ -85,8 +85,8 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "stream": self.stream,
-            "since": _iso(self.since),
-            "until": _iso(self.until),
+            "since": epoch_iso(self.since),
+            "until": epoch_iso(self.until),
             "recorded_seconds": round(self.recorded, 3),
             "connected_seconds": round(self.connected, 3),
             "not_recorded_seconds": round(self.until - self.since - self.recorded, 3),
@@ -97,8 +97,6 @@ class Report:
         }
 
 
-def _iso(t: float) -> str:
-    return iso_utc(datetime.fromtimestamp(t, UTC))
 
 
 def report(

@@ -531,10 +531,12 @@ class Archive:
         self.coverage.instant(self._clock(), cov.EVENT_REFUSED, why)
 
     def coverage_shown(self) -> dict[str, Any]:
-        """For the stream's status: `Coverage.shown` now, and when it last took a message
-        and published a file."""
+        """For the stream's status: `Coverage.shown` now, when it last took a message and
+        published a file, and the file it writes now."""
+        current = self.current_file
         return {**self.coverage.shown(self._clock()), "last_message_at": self.last_written,
-                "last_publish_at": self.last_published}
+                "last_publish_at": self.last_published,
+                "current_file": str(current) if current is not None else None}
 
     # -- the shared tick: a quiet stream's batches (see `tick`) ------------------------------
 

@@ -178,7 +178,7 @@ class StreamRunner:
         return task
 
     def status(self) -> StreamStatus:
-        return self.stream.status_now().covered(self.archive.coverage_shown())
+        return self.stream.status.covered(self.archive.coverage_shown())
 
 
 class TaskBackend:

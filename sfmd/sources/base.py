@@ -81,10 +81,6 @@ class Connection(Protocol):
         """The asyncio task the connection runs in, while it runs."""
         ...
 
-    def status_now(self) -> StreamStatus:
-        """The status, with the file being written now."""
-        ...
-
 
 class SharedConnection(Protocol):
     """One connection that several streams share (one per credential and slot): members are

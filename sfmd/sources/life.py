@@ -270,7 +270,3 @@ class ConnectionLife:
         return {"repeated": fold.repeated, "attempts": fold.attempts,
                 "over": round(now - fold.began, 1)}
 
-    def status_now(self) -> StreamStatus:
-        """The status with the file being written now (a copy: the counters keep moving)."""
-        current = self.sink.current_file
-        return self.status.replaced(current_file=str(current) if current is not None else None)

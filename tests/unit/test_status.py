@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -13,6 +14,7 @@ from sfmd.status import (
     State,
     StreamStatus,
     describe_states,
+    epoch_iso,
 )
 
 SINCE = datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=UTC)
@@ -61,3 +63,37 @@ def test_replaced_is_dataclasses_replace_without_init() -> None:
     assert (status.messages, status.current_file) == (3, None)  # the original is untouched
     with pytest.raises(TypeError, match="no field 'mesages'"):
         status.replaced(mesages=1)
+
+
+def test_covered_takes_the_archives_coverage_and_changes_in_one_copy() -> None:
+    status = StreamStatus(state=State.STREAMING, messages=3)
+    shown = {"connected_since": 1796457600.5, "last_gap": None, "gap_seconds": {"stopped": 2.0},
+             "last_message_at": 1796457660.25, "last_publish_at": None,
+             "current_file": "s1/2026/12/05/s1-20261205T080000Z.jsonl.gz.part"}
+    copy = status.covered(shown, messages=7)
+    assert copy.to_dict() | {"since": None} == status.to_dict() | {
+        "since": None, "messages": 7, "current_file": shown["current_file"],
+        "connected_since": "2026-12-05T08:00:00.500000Z",
+        "last_message_at": "2026-12-05T08:01:00.250Z",
+    }
+    assert copy.gap_seconds == {"stopped": 2.0} and status.messages == 3
+
+
+def _by_datetime(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@pytest.mark.parametrize("moment", [
+    0.0, 1.5, 1764921600.0, 1764921600.9995, 1764921600.9999995, 1764921600.0000005,
+    1764921600.123, 1764921599.999999, 2**31 + 0.25, -1.5, -0.0000004,
+])
+def test_epoch_iso_writes_an_edge_as_datetime_does(moment: float) -> None:
+    assert epoch_iso(moment) == _by_datetime(moment)
+
+
+def test_epoch_iso_writes_many_moments_as_datetime_does() -> None:
+    rng = random.Random(17)
+    moments = [rng.uniform(0, 4e9) for _ in range(20_000)]
+    moments += [rng.randrange(2**31) + rng.randrange(10**6) / 1e6 for _ in range(20_000)]
+    assert [m for m in moments if epoch_iso(m) != _by_datetime(m)] == []

@@ -585,17 +585,15 @@ class AccountConnection:
         """A member's status: the connection's state, the member's own counts."""
         member = self.streams[name]
         conn = self.socket.status
-        current = member.archive.current_file
-        return dataclasses.replace(
-            conn,
+        return conn.covered(
+            member.archive.coverage_shown(),
             messages=member.messages,
             tweets=member.tweets,
             bytes=member.bytes,
             last_error=(member.error or member.frame_error or self.token_refused
                         or conn.last_error),
-            current_file=str(current) if current is not None else None,
             connection=self.connection_status(),
-        ).covered(member.archive.coverage_shown())
+        )
 
     def connection_status(self) -> ConnectionStatus:
         conn = self.socket.status

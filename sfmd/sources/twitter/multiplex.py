@@ -10,7 +10,6 @@ the answer to the add that created its rule). Members come and go without reconn
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -340,16 +339,14 @@ class FilterGroup:
         """A member's status: the connection's state, the member's own counts."""
         member = self.router.members[name]
         conn = self.stream.status
-        current = member.archive.current_file
-        return dataclasses.replace(
-            conn,
+        return conn.covered(
+            member.archive.coverage_shown(),
             messages=member.messages,
             tweets=member.messages,  # only tweets match rules
             bytes=member.bytes,
             last_error=member.error or self.problem or conn.last_error,
-            current_file=str(current) if current is not None else None,
             connection=self.connection_status(),
-        ).covered(member.archive.coverage_shown())
+        )
 
     def connection_status(self) -> ConnectionStatus:
         conn = self.stream.status
