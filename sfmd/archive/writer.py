@@ -307,7 +307,9 @@ class Archive:
         self._max_sleep = min(5.0, max(0.05, save_interval / 4))
         self._publish_delay = spread_offset(name, min(publish_spread, save_interval / 10))
         self._clock = clock or _wall_clock
-        self._log = (log if log is not None else structlog.get_logger()).bind(stream=name)
+        # A `log` given is the stream's own, bound to its name already (not bound again:
+        # a bound copy per archive is memory every stream pays).
+        self._log = log if log is not None else structlog.get_logger().bind(stream=name)
         self._on_publish = on_publish
         self.fence = fence
         self._fenced = False  # the fence failed: logged once, every write since dropped
