@@ -198,6 +198,10 @@ class JetstreamStream(ConnectionLife):
         first = True
         decompressor = zstd.decompressor()
         while True:
+            # The last frame, its text and its parsed event are let go before waiting for
+            # the next: a quiet stream would hold them for seconds, and the archive holds
+            # the text it stores anyway.
+            msg = text = event = None
             msg = await ws.receive()
             watch.frame()
             if watch.fired:

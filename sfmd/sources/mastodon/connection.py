@@ -173,6 +173,7 @@ class Socket(ConnectionLife):
     async def _frames(self, ws: aiohttp.ClientWebSocketResponse, watch: IdleWatch
                       ) -> tuple[Failure, str]:
         while True:
+            msg = None  # the last frame's text is stored: not held twice while waiting
             msg = await ws.receive()
             watch.frame()
             if watch.fired:
