@@ -32,7 +32,7 @@ from sfmd.ops.confs import ConfError
 from sfmd.ops.systemd import Notifier
 from sfmd.registry import Mode, Registry, RegistryError, StreamSpec
 from sfmd.runtime.processes import ProcessStreams, write_status_file
-from sfmd.runtime.tasks import StreamRunner, new_session
+from sfmd.runtime.tasks import StreamRunner, new_session, source_context
 from sfmd.sources import source_of
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -279,7 +279,7 @@ async def run_stream(
         keep_alive(config.daemon.data_dir, config.timing.flush_interval)
     )
     async with new_session() as session:
-        runner = StreamRunner(spec, credential, config, session)
+        runner = StreamRunner(spec, credential, config, source_context(config, session))
         try:
             await runner.start()
         except CredentialBusy as e:

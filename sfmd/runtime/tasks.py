@@ -113,16 +113,18 @@ class StreamRunner:
         spec: StreamSpec,
         credential: Credential | None,
         config: Config,
-        session: aiohttp.ClientSession,
+        context: Context,
         hooks: ClusterHooks | None = None,
     ) -> None:
+        """`context`: what the source builds connections with, one for all the daemon's
+        runners (`source_context`)."""
         self.spec = spec
         self.credential = credential  # the keys it connects with: a reload compares them
         self.config = config
         self.log = get_logger(stream=spec.name)
         self.source = source_of(spec)
-        self.context = source_context(config, session, hooks)
-        self.lock = CredentialLock(lock_dir(config), spec.slot)
+        self.context = context
+        self.lock = CredentialLock(context.lock_dir, spec.slot)
         self.archive = new_archive(config, spec.name, self.log, count=self.source.counter(spec),
                                    slot=spec.slot, hooks=hooks)
         self.stream: Connection = self.source.connection(
@@ -211,6 +213,7 @@ class TaskBackend:
         self._crashes: dict[str, Backoff] = {}
         self._restarting: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._shared_context: Context | None = None  # `_context`
 
     @staticmethod
     def wanted(specs: Sequence[StreamSpec]) -> dict[str, StreamSpec]:
@@ -255,9 +258,16 @@ class TaskBackend:
 
     # -- steps -------------------------------------------------------------------------------
 
+    def _context(self) -> Context:
+        """The runners' one context, made again only for a new session."""
+        session = self.session()
+        if self._shared_context is None or self._shared_context.session is not session:
+            self._shared_context = source_context(self.config, session, self.hooks)
+        return self._shared_context
+
     async def _start_runner(self, spec: StreamSpec, delay: float = 0.0) -> None:
         credential = self.credentials().get(spec.credential)
-        runner = StreamRunner(spec, credential, self.config, self.session(), self.hooks)
+        runner = StreamRunner(spec, credential, self.config, self._context(), self.hooks)
         try:
             await runner.start(delay=delay)
         except (CredentialBusy, ArchiveError) as e:
