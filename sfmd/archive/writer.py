@@ -683,9 +683,13 @@ class Archive:
         retiring = self._retiring
         if retiring is not None and self._clock() >= self._publish_due(retiring.name.start):
             try:
-                await self._publish(retiring)
+                await self._publish_aside(retiring)
             except ArchiveError as exc:
                 self._failed(exc, loop)
+                return
+            finally:
+                shared_ok = await self._after_shared(loop)  # the open file is ours again
+            if not shared_ok:
                 return
         part = self._part
         if part is not None and self._clock() >= self._publish_due(part.name.start):
@@ -853,6 +857,21 @@ class Archive:
         self._forget(part)
         if await _io(part.abandon):
             self._orphans.append(part.path)
+
+    async def _publish_aside(self, retiring: _PartFile) -> None:
+        """Publish the file set aside at a turn-over while the shared tick goes on writing
+        the open one: they are two files, and `_step` waits for the tick's batch before it
+        touches the open file again. At a boundary of 5,000 streams a publish (three fsyncs)
+        can wait seconds for the pool; had the tick waited with it, the stream's messages of
+        those seconds would all have waited in memory."""
+        self._stepping = False
+        try:
+            head = self._pending[0] if self._pending else None
+            if head is not None and self._tick_at is None and self._shareable(head):
+                self._schedule(head)  # came while the step ran, so nobody scheduled it
+            await self._publish(retiring)
+        finally:
+            self._stepping = True
 
     async def _publish(self, part: _PartFile, *, closed: bool = False) -> PublishedFile:
         """Complete, rename, fsync and record a file in one trip to the pool: at a boundary

@@ -258,6 +258,55 @@ async def test_a_new_file_refused_at_a_boundary_sets_the_old_aside_and_is_retrie
     assert check_entry(tmp_path, new) == b"".join(m + b"\n" for m in batch("new", 3))
 
 
+async def test_the_open_file_is_written_while_the_finished_one_waits_to_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish (three fsyncs) can wait seconds for the pool when thousands of streams
+    publish at once; the shared tick goes on writing the new interval's file meanwhile, so
+    those seconds' messages are not all held in memory. Both files come out whole."""
+    import threading
+
+    from sfmd.archive import writer
+
+    clock = Clock()
+    clock.align(1200, into=1199.0)
+    archive = make_archive(
+        tmp_path, save_interval=1200, compress=False, clock=clock, publish_spread=120.0
+    )
+    await archive.open()
+    await archive.write(batch("old", 2), 2)
+    clock.offset += 1.5  # into the next interval, before this stream's turn
+    await archive.write(batch("new", 1), 1)
+    await wait_for(lambda: len(parts(tmp_path)) == 2, timeout=3)
+    new_part = archive.current_file
+    assert new_part is not None
+
+    publishing, release = threading.Event(), threading.Event()
+    real_complete = writer._complete
+
+    def slow_complete(*args: object) -> object:
+        publishing.set()
+        release.wait(10)
+        return real_complete(*args)
+
+    monkeypatch.setattr(writer, "_complete", slow_complete)
+    clock.offset += spread_offset(STREAM, 120.0)  # the finished file's turn: the writer
+    await wait_for(publishing.is_set, timeout=10)  # sees it within its longest sleep, 5 s
+    try:
+        await archive.write(batch("meanwhile", 3), 3)
+        wanted = b"".join(m + b"\n" for m in batch("meanwhile", 3))
+        await wait_for(lambda: new_part.read_bytes().endswith(wanted), timeout=3)
+        assert manifest(tmp_path) == []  # the finished file is still being published
+    finally:
+        release.set()
+    await wait_for(lambda: len(manifest(tmp_path)) == 1, timeout=5)
+    await archive.close()
+    old, new = manifest(tmp_path)
+    assert check_entry(tmp_path, old) == b"".join(m + b"\n" for m in batch("old", 2))
+    assert check_entry(tmp_path, new) == b"".join(
+        m + b"\n" for m in [*batch("new", 1), *batch("meanwhile", 3)])
+
+
 async def test_close_publishes_a_file_still_waiting_its_turn(tmp_path: Path) -> None:
     clock = Clock()
     clock.align(1200, into=1199.0)
