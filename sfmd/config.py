@@ -89,6 +89,7 @@ class TimingConfig:
     status_interval: float
     gc_interval: float
     log_fold_interval: float
+    trim_interval: float
 
 
 @dataclass(frozen=True)
@@ -483,6 +484,8 @@ KEYS: tuple[Key, ...] = (
     Key("timing", "log_fold_interval", 60, _seconds,
         "a stream failing again the same way within this many seconds is not logged again; "
         "one line then sums up the repeats (\"... 12 more in 60 s\")"),
+    Key("timing", "trim_interval", 5, _seconds,
+        "seconds between hand-backs of freed memory to the system (glibc's malloc_trim)"),
     Key("supervisor", "server_url", "unix:///var/run/supervisor.sock", _supervisor_url,
         "supervisord's XML-RPC endpoint (unix:///path or http://host:port)"),
     Key("supervisor", "conf_dir", "/etc/supervisor/conf.d", _path,

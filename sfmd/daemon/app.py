@@ -244,20 +244,32 @@ class Daemon:
             await self.cluster.close()
 
     async def main_loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.timing.reconcile_interval):
-                    await self._stop.wait()
-            if not self._stop.is_set():
-                await self.reconcile()
-                collection = self.heap.tick()
-                if collection is not None:
-                    log.info("gc_full" if collection.full else "gc_freeze",
-                             collected=collection.collected,
-                             seconds=round(collection.seconds, 3), frozen=collection.frozen)
-                # What the rotations and batches since the last pass freed goes back to
-                # the system (see allocator); in a thread, it walks the C heap.
-                await asyncio.to_thread(allocator.trim)
+        trimmer = asyncio.create_task(self._trim_every(self.config.timing.trim_interval))
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.timing.reconcile_interval):
+                        await self._stop.wait()
+                if not self._stop.is_set():
+                    await self.reconcile()
+                    collection = self.heap.tick()
+                    if collection is not None:
+                        log.info("gc_full" if collection.full else "gc_freeze",
+                                 collected=collection.collected,
+                                 seconds=round(collection.seconds, 3), frozen=collection.frozen)
+        finally:
+            trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trimmer
+
+    @staticmethod
+    async def _trim_every(interval: float) -> None:
+        """What the batches and rotations freed goes back to the system (see allocator),
+        from a worker thread: it walks the C heap. Every few seconds, not only after a
+        reconcile pass: at 5,000 streams a rotation frees 70-80 MB within ten seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(allocator.trim)
 
     def request_stop(self) -> None:
         self._stop.set()
