@@ -14,8 +14,7 @@ import logging
 import logging.handlers
 import sys
 import time
-import weakref
-from collections.abc import Hashable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -147,21 +146,7 @@ def _formatter(renderer: structlog.typing.Processor) -> structlog.stdlib.Process
     )
 
 
-#: The loggers in use, by what they are bound to: see `get_logger`.
-_in_use: weakref.WeakValueDictionary[tuple[tuple[str, Hashable], ...], Any] = (
-    weakref.WeakValueDictionary()
-)
-
-
-def get_logger(**bound: Hashable) -> structlog.stdlib.BoundLogger:
-    """A lazy logger: safe at import time, it takes the configuration in force when it logs.
-
-    Asked for the same bound values while one is still held, it gives that one: a stream's
-    runner, archive and connection each ask for `stream=NAME`, and three loggers that each
-    cache their bound state on first use cost about 1.5 KB a stream more than one does."""
-    key = tuple(sorted(bound.items()))
-    logger: structlog.stdlib.BoundLogger | None = _in_use.get(key)
-    if logger is None:
-        logger = structlog.get_logger("sfmd", **bound)
-        _in_use[key] = logger
+def get_logger(**bound: object) -> structlog.stdlib.BoundLogger:
+    """A lazy logger: safe at import time, it takes the configuration in force when it logs."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("sfmd", **bound)
     return logger
