@@ -7,7 +7,7 @@ per core, and keeps what is freed in each for that thread's next allocation. The
 worker threads join and compress batches, so each of them ends up holding its own pool of
 freed blocks: at 5,000 streams nine arenas held 21.5 MB. Two arenas serve the loop and the
 workers as well (their time goes to zlib, writes and fsync, not to malloc's lock), and a trim
-after each rotation's burst hands the freed pages back to the system.
+every few seconds (`trim_interval`) hands the freed pages back to the system.
 
 Elsewhere (musl, macOS) nothing is done. `MALLOC_ARENA_MAX` in the environment wins: glibc
 reads it itself.
