@@ -208,6 +208,8 @@ async def run_daemon(config: Config) -> int:
     config is refused (on stderr) without writing a line into the first one's log.
     """
     daemon = Daemon(config)
+    stop = StopSignal()
+    install_stop_handlers(stop)  # before the socket shows: a stop from then on is clean
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
     control.claim()
     try:
@@ -217,7 +219,6 @@ async def run_daemon(config: Config) -> int:
         raise
     raise_file_limit()
     allocator.cap_arenas()  # before the worker threads start: see allocator
-    stop = StopSignal()
     notifier = Notifier.from_env()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -234,7 +235,7 @@ async def run_daemon(config: Config) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    install_signal_handlers(stop, log_files, on_hup=reload)
+    install_hup_handler(log_files, on_hup=reload)
 
     async def stop_on_signal() -> None:
         await stop.wait()
@@ -319,7 +320,19 @@ def install_signal_handlers(
 ) -> None:
     """SIGTERM/SIGINT stop; SIGHUP reopens the log files (logrotate's postrotate relies on
     it), then calls `on_hup` (the daemon reloads its credentials)."""
+    install_stop_handlers(stop)
+    install_hup_handler(log_files, on_hup)
+
+
+def install_stop_handlers(stop: StopSignal) -> None:
+    """SIGTERM/SIGINT set `stop` instead of killing the process outright."""
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.received, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, stop.received, signal.SIGINT)
+
+
+def install_hup_handler(log_files: LogFiles, on_hup: Callable[[], None] | None = None) -> None:
+    """SIGHUP reopens the log files, then calls `on_hup`."""
     log = get_logger()
 
     def hup() -> None:
@@ -328,9 +341,7 @@ def install_signal_handlers(
         if on_hup is not None:
             on_hup()
 
-    loop.add_signal_handler(signal.SIGTERM, stop.received, signal.SIGTERM)
-    loop.add_signal_handler(signal.SIGINT, stop.received, signal.SIGINT)
-    loop.add_signal_handler(signal.SIGHUP, hup)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup)
 
 
 # -- sfmd supervisor-conf ----------------------------------------------------------------
