@@ -97,8 +97,6 @@ class Report:
         }
 
 
-
-
 def report(
     stream_dir: Path, since: float | None = None, until: float | None = None
 ) -> Report:

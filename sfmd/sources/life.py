@@ -269,4 +269,3 @@ class ConnectionLife:
     def _repeats(fold: _Fold, now: float) -> dict[str, Any]:
         return {"repeated": fold.repeated, "attempts": fold.attempts,
                 "over": round(now - fold.began, 1)}
-
