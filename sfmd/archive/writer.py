@@ -683,13 +683,10 @@ class Archive:
         retiring = self._retiring
         if retiring is not None and self._clock() >= self._publish_due(retiring.name.start):
             try:
-                await self._publish_aside(retiring)
+                if not await self._publish_aside(retiring, loop):
+                    return
             except ArchiveError as exc:
                 self._failed(exc, loop)
-                return
-            finally:
-                shared_ok = await self._after_shared(loop)  # the open file is ours again
-            if not shared_ok:
                 return
         part = self._part
         if part is not None and self._clock() >= self._publish_due(part.name.start):
@@ -858,12 +855,15 @@ class Archive:
         if await _io(part.abandon):
             self._orphans.append(part.path)
 
-    async def _publish_aside(self, retiring: _PartFile) -> None:
+    async def _publish_aside(
+        self, retiring: _PartFile, loop: asyncio.AbstractEventLoop
+    ) -> bool:
         """Publish the file set aside at a turn-over while the shared tick goes on writing
-        the open one: they are two files, and `_step` waits for the tick's batch before it
-        touches the open file again. At a boundary of 5,000 streams a publish (three fsyncs)
-        can wait seconds for the pool; had the tick waited with it, the stream's messages of
-        those seconds would all have waited in memory."""
+        the open one (they are two files), then wait for the tick's batch in flight, so the
+        open file is the step's alone again. At a boundary of 5,000 streams a publish (three
+        fsyncs) can wait seconds for the pool; had the tick waited with it, the stream's
+        messages of those seconds would all have waited in memory. False when the tick's
+        batch was refused (`_after_shared`)."""
         self._stepping = False
         try:
             head = self._pending[0] if self._pending else None
@@ -872,6 +872,8 @@ class Archive:
             await self._publish(retiring)
         finally:
             self._stepping = True
+            shared_ok = await self._after_shared(loop)
+        return shared_ok
 
     async def _publish(self, part: _PartFile, *, closed: bool = False) -> PublishedFile:
         """Complete, rename, fsync and record a file in one trip to the pool: at a boundary
