@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import json
 import os
+import threading
 import zlib
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from sfmd.archive import (
     PublishedFile,
     interval_start,
     spread_offset,
+    writer,
 )
 from tests.helpers.archive import (
     STREAM,
@@ -419,3 +421,13 @@ async def test_one_archive_per_stream_directory(tmp_path: Path) -> None:
     await third.open()
     await third.close()
     assert await make_archive(tmp_path).close() is None  # never opened
+
+
+async def test_worker_threads_run_below_the_event_loop() -> None:
+    """At a boundary the publishes take what CPU the loop leaves, not a share of its core."""
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker_niceness = await writer._io(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
+    assert worker_niceness == min(19, loop_niceness + writer.WORKER_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_niceness
