@@ -24,6 +24,7 @@ from sfmd.turns import sliced
 
 if TYPE_CHECKING:
     from sfmd.daemon.app import Daemon
+    from sfmd.runtime.tasks import StreamRunner
 
 
 
@@ -45,11 +46,27 @@ class Views:
             return d.ledger.status(spec.name)
         return d.ledger.running(spec.name, running)
 
+    def _task_runner(self, spec: StreamSpec) -> StreamRunner | None:
+        """The runner of a stream with a connection of its own in this daemon, if it runs."""
+        d = self.daemon
+        if spec.mode is Mode.PROCESS or d.shared.group_of(spec) is not None:
+            return None
+        return d.tasks.runners.get(spec.name)
+
+    def _status_dict(self, spec: StreamSpec) -> dict[str, Any]:
+        """`status_of(spec).to_dict()`; for a task stream on a single host, without copying
+        its status to add the archive's coverage (`StreamStatus.to_dict`)."""
+        runner = self._task_runner(spec) if self.daemon.cluster is None else None
+        if runner is None:
+            return self.status_of(spec).to_dict()
+        live = self.daemon.ledger.running(spec.name, runner.stream.status)
+        return live.to_dict(runner.archive.coverage_shown())
+
     def view_json(self, spec: StreamSpec) -> bytes:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
         spec), only the status is encoded per call, which keeps GET /streams at 1,000
         streams a few ms."""
-        status = orjson.dumps(self.status_of(spec).to_dict())
+        status = orjson.dumps(self._status_dict(spec))
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
@@ -60,12 +77,10 @@ class Views:
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
         """A stream's state and last error, as `status_of` shows them, without copying its
         whole status: what /health and systemd's status line need of every stream."""
-        d = self.daemon
-        if spec.mode is not Mode.PROCESS and d.shared.group_of(spec) is None:
-            runner = d.tasks.runners.get(spec.name)
-            if runner is not None:
-                live = runner.stream.status
-                return live.state, live.last_error
+        runner = self._task_runner(spec)
+        if runner is not None:
+            live = runner.stream.status
+            return live.state, live.last_error
         status = self.status_of(spec)
         return status.state, status.last_error
 
@@ -77,9 +92,20 @@ class Views:
 
     def samples(self) -> Iterator[StreamSample]:
         d = self.daemon
+        single = d.cluster is None
         for spec in d.specs() if d.registry else []:
             runner = d.tasks.runners.get(spec.name)
-            status = self.status_of(spec)
+            own = self._task_runner(spec) if single and runner is not None else None
+            if own is not None:  # as `status_of` shows it, without the copy (`_status_dict`)
+                status = d.ledger.running(spec.name, own.stream.status)
+                coverage = own.archive.coverage_shown()
+                gap_seconds = coverage["gap_seconds"]
+                last_message_at = coverage["last_message_at"]
+                last_publish_at = coverage["last_publish_at"]
+            else:
+                status = self.status_of(spec)
+                gap_seconds = status.gap_seconds
+                last_message_at, last_publish_at = status.last_message_at, status.last_publish_at
             yield StreamSample(
                 name=spec.name,
                 state=status.state.value,
@@ -90,10 +116,10 @@ class Views:
                 limit_undelivered=status.limit_undelivered,
                 files_published=d.ledger.published.get(spec.name, 0)
                 + (runner.archive.published if runner else d.shared.published(spec)),
-                gap_seconds=status.gap_seconds,
+                gap_seconds=gap_seconds,
                 reconnects_planned=status.reconnects_planned,
-                last_message_at=status.last_message_at,
-                last_publish_at=status.last_publish_at,
+                last_message_at=last_message_at,
+                last_publish_at=last_publish_at,
             )
 
     def connections(self) -> Iterator[ConnectionSample]:

@@ -79,6 +79,26 @@ def test_covered_takes_the_archives_coverage_and_changes_in_one_copy() -> None:
     assert copy.gap_seconds == {"stopped": 2.0} and status.messages == 3
 
 
+@pytest.mark.parametrize("earlier", [None, StreamStatus(messages=10, tweets=9, reconnects=2)])
+@pytest.mark.parametrize("coverage", [
+    {"connected_since": 1796457600.5, "last_gap": None, "gap_seconds": {},
+     "last_message_at": 1796457660.25, "last_publish_at": 1796457630.0,
+     "current_file": "s1/2026/12/05/s1-20261205T080000Z.jsonl.gz.part"},
+    {"connected_since": None, "last_gap": {"from": "2026-12-05T08:00:00.000Z", "to": None,
+     "reason": "backoff", "error": "HTTP 503", "refilled": None},
+     "gap_seconds": {"backoff": 3.5}, "last_message_at": None, "last_publish_at": None,
+     "current_file": None},
+    {"connected_since": 0.0, "last_gap": None, "gap_seconds": {}},  # no file keys at all
+])
+def test_to_dict_with_coverage_shows_what_the_covered_copy_shows(
+    coverage: dict[str, object], earlier: StreamStatus | None
+) -> None:
+    status = StreamStatus(State.STREAMING, SINCE, 5, 4, 300, 2, "HTTP 420", "old.part",
+                          connected_since=SINCE, last_message_at=1.0, last_publish_at=2.0)
+    live = status.plus(earlier)
+    assert live.to_dict(coverage) == status.covered(coverage).plus(earlier).to_dict()
+
+
 def _by_datetime(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
