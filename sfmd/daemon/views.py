@@ -53,10 +53,16 @@ class Views:
             return None
         return d.tasks.runners.get(spec.name)
 
+    def _uncopied(self, spec: StreamSpec) -> StreamRunner | None:
+        """The task runner whose live status and archive `status_of` would show for `spec`,
+        read as they are instead of copied: on a single host (a cluster member asks the
+        cluster first)."""
+        return self._task_runner(spec) if self.daemon.cluster is None else None
+
     def _status_dict(self, spec: StreamSpec) -> dict[str, Any]:
-        """`status_of(spec).to_dict()`; for a task stream on a single host, without copying
-        its status to add the archive's coverage (`StreamStatus.to_dict`)."""
-        runner = self._task_runner(spec) if self.daemon.cluster is None else None
+        """`status_of(spec).to_dict()`, without copying a task stream's status to add its
+        archive's coverage (`StreamStatus.to_dict`)."""
+        runner = self._uncopied(spec)
         if runner is None:
             return self.status_of(spec).to_dict()
         live = self.daemon.ledger.running(spec.name, runner.stream.status)
@@ -92,11 +98,10 @@ class Views:
 
     def samples(self) -> Iterator[StreamSample]:
         d = self.daemon
-        single = d.cluster is None
         for spec in d.specs() if d.registry else []:
             runner = d.tasks.runners.get(spec.name)
-            own = self._task_runner(spec) if single and runner is not None else None
-            if own is not None:  # as `status_of` shows it, without the copy (`_status_dict`)
+            own = self._uncopied(spec)
+            if own is not None:
                 status = d.ledger.running(spec.name, own.stream.status)
                 coverage = own.archive.coverage_shown()
                 gap_seconds = coverage["gap_seconds"]
