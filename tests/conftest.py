@@ -1,4 +1,5 @@
-"""Fixtures every test folder may use: credentials and a fake API on a real loopback socket.
+"""Fixtures every test folder may use: credentials, a fake API on a real loopback socket, and
+a collector put back as it was.
 
 Helpers (waits, configs, the daemon, its clients) are in `tests.helpers`; only fixtures are
 here, so no test module imports a conftest.
@@ -6,7 +7,8 @@ here, so no test module imports a conftest.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import gc
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,12 @@ async def fake_api(credentials: dict[str, Credential]) -> AsyncIterator[FakeAPI]
         yield api
     finally:
         await api.stop()
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """For a test that freezes the collector: unfrozen after it, the thresholds put back."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)

@@ -14,9 +14,14 @@ from pathlib import Path
 
 import aiohttp
 
+from sfmd.config import Config
+from sfmd.control.server import ControlServer
+from sfmd.daemon.app import Daemon
 from sfmd.fake import FakeAPI
+from sfmd.logs import setup_logging
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
+from tests.helpers.waits import wait_until
 
 
 class SfmdProcess:
@@ -114,3 +119,21 @@ async def running_daemon(
                 await stop(proc, stop_timeout)
         finally:
             proc.kill()
+
+
+@contextlib.asynccontextmanager
+async def daemon_in_process(config: Config, log: Path) -> AsyncIterator[Daemon]:
+    """`sfmd run`'s daemon in the test's own event loop (so a test may patch what it runs or
+    read its state), serving its control socket and logging to `log`; stopped as SIGTERM
+    stops it, and the log file let go of, when the block ends."""
+    setup_logging(log, stderr=False)
+    daemon = Daemon(config)
+    control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
+    serving = asyncio.create_task(daemon.serve(control))
+    try:
+        await wait_until(lambda: config.daemon.control_socket.exists())
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(serving, 10)
+        setup_logging(None, stderr=False)

@@ -18,16 +18,13 @@ from typing import Any
 import pytest
 
 from sfmd.config import load_config
-from sfmd.control.server import ControlServer
 from sfmd.credentials import Credential, load_credentials
-from sfmd.daemon.app import Daemon
 from sfmd.fake import FakeAPI
-from sfmd.logs import setup_logging
 from sfmd.registry import Registry, RegistryError
 from sfmd.sources.twitter.stream import Stream
 from tests.helpers.api import Api
 from tests.helpers.config import CREDENTIALS_TOML, write_daemon_config
-from tests.helpers.daemon import SfmdProcess, start_daemon, stop
+from tests.helpers.daemon import SfmdProcess, daemon_in_process, start_daemon, stop
 from tests.helpers.fakeapi import live
 from tests.helpers.files import manifest
 from tests.helpers.logs import log_path, log_text
@@ -235,12 +232,7 @@ async def test_a_crashed_stream_task_is_logged_and_restarted(
         await original(self, *args)
 
     monkeypatch.setattr(Stream, "_read", buggy)
-    setup_logging(log_path(tmp_path), stderr=False)
-    daemon = Daemon(config)
-    control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
-    serving = asyncio.create_task(daemon.serve(control))
-    try:
-        await wait_until(lambda: config.daemon.control_socket.exists())
+    async with daemon_in_process(config, log_path(tmp_path)):
         async with Api(config.daemon.control_socket) as api:
             await api.ok("POST", "/streams", {"name": "f1", "kind": "filter", "track": ["x"]},
                          201)
@@ -251,10 +243,6 @@ async def test_a_crashed_stream_task_is_logged_and_restarted(
                              what="the crashed stream back, the other never down")
             shown = await api.ok("GET", "/streams/f1")
             assert shown["status"]["state"] in ("connecting", "streaming")
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(serving, 10)
-        setup_logging(None, stderr=False)  # let go of this test's log file
     crashed = [json.loads(line) for line in log_path(tmp_path).open()
                if '"stream_crashed"' in line]
     assert len(crashed) == 1 and crashed[0]["stream"] == "f1"

@@ -3,17 +3,15 @@ stream's live status and its archive without copying it, and show what the copy 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from sfmd.config import load_config
-from sfmd.control.server import ControlServer
 from sfmd.daemon.app import Daemon
 from sfmd.fake import FakeAPI
-from sfmd.logs import setup_logging
 from sfmd.status import StreamSample
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
+from tests.helpers.daemon import daemon_in_process
 from tests.helpers.logs import log_path
 from tests.helpers.waits import wait_until
 
@@ -39,12 +37,7 @@ async def test_streams_and_metrics_show_what_each_streams_status_says(
 ) -> None:
     fake_api.configure(rate=50)
     config = load_config(write_daemon_config(tmp_path, fake_api))
-    setup_logging(log_path(tmp_path), stderr=False)
-    daemon = Daemon(config)
-    control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
-    serving = asyncio.create_task(daemon.serve(control))
-    try:
-        await wait_until(lambda: config.daemon.control_socket.exists())
+    async with daemon_in_process(config, log_path(tmp_path)) as daemon:
         async with Api(config.daemon.control_socket) as api:
             for body in ({"name": "s1", "kind": "sample", "credential": "alpha"},
                          {"name": "s2", "kind": "sample", "credential": "beta"},
@@ -64,7 +57,3 @@ async def test_streams_and_metrics_show_what_each_streams_status_says(
         shown = {s.name: s for s in views.samples()}
         assert shown == {name: sample_of(daemon, name) for name in ("off", "s1", "s2")}
         assert daemon.tasks.runners.keys() == {"s1", "s2"}  # two read without a copy
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(serving, 10)
-        setup_logging(None, stderr=False)

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
 from sfmd.daemon.heap import YOUNG_THRESHOLD, Heap
-
-
-class Node:
-    def __init__(self) -> None:
-        self.other: Node | None = None
+from tests.helpers.heap import Node
 
 
 def cycle() -> Node:
@@ -23,12 +18,7 @@ def cycle() -> Node:
     return a
 
 
-@pytest.fixture(autouse=True)
-def unfrozen() -> Iterator[None]:
-    thresholds = gc.get_threshold()
-    yield
-    gc.unfreeze()
-    gc.set_threshold(*thresholds)
+pytestmark = pytest.mark.usefixtures("unfrozen")
 
 
 def test_settling_collects_garbage_first_then_freezes_the_living() -> None:

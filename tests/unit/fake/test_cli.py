@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
 
 import pytest
 
 from sfmd.fake import cli
+from tests.helpers.heap import Node
 from tests.helpers.waits import wait_until
 
-
-class Node:
-    def __init__(self) -> None:
-        self.other: Node | None = None
-
-
-@pytest.fixture(autouse=True)
-def unfrozen() -> Iterator[None]:
-    thresholds = gc.get_threshold()
-    yield
-    gc.unfreeze()
-    gc.set_threshold(*thresholds)
+pytestmark = pytest.mark.usefixtures("unfrozen")
 
 
 def frozen(obj: object) -> bool:
