@@ -54,6 +54,20 @@ def utc_moment(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+def _coverage_fields(shown: dict[str, Any]) -> dict[str, Any]:
+    """An archive's coverage and open file (`Archive.coverage_shown`) as the status fields
+    they set: what `covered` copies in and `to_dict(coverage)` shows."""
+    since = shown["connected_since"]
+    return {
+        "connected_since": utc_moment(since) if since is not None else None,
+        "last_gap": shown["last_gap"],
+        "gap_seconds": shown["gap_seconds"],
+        "last_message_at": shown.get("last_message_at"),
+        "last_publish_at": shown.get("last_publish_at"),
+        "current_file": shown.get("current_file"),
+    }
+
+
 @functools.lru_cache(maxsize=16384)
 def iso_z(moment: datetime) -> str:
     """A moment as the API shows it (ISO 8601, UTC, with Z); cached because GET /streams
@@ -144,16 +158,7 @@ class StreamStatus:
     def covered(self, shown: dict[str, Any], **changes: Any) -> StreamStatus:
         """This status with an archive's coverage and open file (`Archive.coverage_shown`)
         and any other `changes`, in one copy (`to_dict(shown)` shows the same without it)."""
-        since = shown["connected_since"]
-        return self.replaced(
-            connected_since=utc_moment(since) if since is not None else None,
-            last_gap=shown["last_gap"],
-            gap_seconds=shown["gap_seconds"],
-            last_message_at=shown.get("last_message_at"),
-            last_publish_at=shown.get("last_publish_at"),
-            current_file=shown.get("current_file"),
-            **changes,
-        )
+        return self.replaced(**_coverage_fields(shown), **changes)
 
     def plus(self, earlier: StreamStatus | None) -> StreamStatus:
         """This status with the `COUNTERS` of the stream's earlier runs added (a copy)."""
@@ -167,16 +172,9 @@ class StreamStatus:
         """The API's STATUS object. With `coverage` (`Archive.coverage_shown`), what
         `covered(coverage).to_dict()` gives, without the copy: GET /streams shows every
         stream, and the copy was a quarter of the work."""
-        if coverage is None:
-            connected = self.connected_since
-            last_gap, current_file = self.last_gap, self.current_file
-            last_message_at, last_publish_at = self.last_message_at, self.last_publish_at
-        else:
-            since = coverage["connected_since"]
-            connected = utc_moment(since) if since is not None else None
-            last_gap, current_file = coverage["last_gap"], coverage.get("current_file")
-            last_message_at = coverage.get("last_message_at")
-            last_publish_at = coverage.get("last_publish_at")
+        f = self.__dict__ if coverage is None else _coverage_fields(coverage)
+        connected, last_gap, current_file = f["connected_since"], f["last_gap"], f["current_file"]
+        last_message_at, last_publish_at = f["last_message_at"], f["last_publish_at"]
         shown: dict[str, Any] = {
             "state": self.state.value,
             "since": iso_z(self.since),
