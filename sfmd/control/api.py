@@ -73,6 +73,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
 
 
+def _socket_of(request: web.Request) -> Any:
+    """The connection's socket (asyncio's wrapper of it), or None once it is gone."""
+    return request.transport.get_extra_info("socket") if request.transport else None
+
+
 #: The most send buffer a big answer asks the kernel for (which caps it at
 #: net.core.wmem_max, 208 KiB on many systems).
 SEND_BUFFER_MAX = 8 << 20
@@ -84,7 +89,7 @@ def room_for(request: web.Request, size: int) -> None:
     more, each waiting for a turn of the event loop, which with thousands of streams reading
     was a good part of the answer's time. Where the kernel gives less, the rest is sent as
     before."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
+    sock = _socket_of(request)
     if sock is None:
         return
     with contextlib.suppress(OSError):
@@ -94,7 +99,7 @@ def room_for(request: web.Request, size: int) -> None:
 
 def peer_uid(request: web.Request) -> int | None:
     """The caller's uid from SO_PEERCRED, for the audit line; None off a Unix socket."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
+    sock = _socket_of(request)
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
