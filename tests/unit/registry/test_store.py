@@ -57,6 +57,21 @@ def test_changes_are_on_disk_before_returning_and_load_back(tmp_path: Path) -> N
     assert os.listdir(registry.path.parent) == ["streams.json"]  # no temp file left
 
 
+def test_the_listing_follows_every_change_and_is_the_callers_own(tmp_path: Path) -> None:
+    registry = Registry.load(tmp_path / "state")
+    registry.add(spec_of("zeta"))
+    first = registry.list()  # listed once: the order is kept until the next change
+    registry.add(spec_of("alpha", "research"))
+    assert [s.name for s in registry.list()] == ["alpha", "zeta"]
+    changed = dataclasses.replace(registry.get("zeta"), track=("changed",))
+    registry.replace(changed)
+    assert registry.list()[1] is changed
+    registry.remove("alpha")
+    listed = registry.list()
+    listed.clear()  # a caller's copy: the registry's own order is untouched
+    assert registry.list() == [changed] and [s.name for s in first] == ["zeta"]
+
+
 def test_get_replace_remove_of_an_unknown_name_raise_key_error(tmp_path: Path) -> None:
     registry = Registry.load(tmp_path)
     with pytest.raises(KeyError):
