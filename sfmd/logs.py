@@ -96,6 +96,12 @@ def setup_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # No line shows where it was logged from (the JSON and console lines are structlog's
+    # event alone), so the stdlib is told not to look it up: finding the caller walked the
+    # stack for every record, 40 % of a line's cost (42 against 24 µs), and at a boundary
+    # every stream logs a published file. The logging HOWTO's "Optimization" section names
+    # this switch.
+    logging._srcfile = None
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
