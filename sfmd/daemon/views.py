@@ -53,20 +53,25 @@ class Views:
             return None
         return d.tasks.runners.get(spec.name)
 
-    def _uncopied(self, spec: StreamSpec) -> StreamRunner | None:
-        """The task runner whose live status and archive `status_of` would show for `spec`,
-        read as they are instead of copied: on a single host (a cluster member asks the
-        cluster first)."""
-        return self._task_runner(spec) if self.daemon.cluster is None else None
+    def _uncopied(self, spec: StreamSpec) -> tuple[StreamStatus, dict[str, Any]] | None:
+        """What `status_of` would show for a task stream, its live status (with earlier runs'
+        counters) and its archive's coverage, read as they are instead of copied into one
+        status: on a single host (a cluster member asks the cluster first)."""
+        d = self.daemon
+        runner = self._task_runner(spec) if d.cluster is None else None
+        if runner is None:
+            return None
+        live = d.ledger.running(spec.name, runner.stream.status)
+        return live, runner.archive.coverage_shown()
 
     def _status_dict(self, spec: StreamSpec) -> dict[str, Any]:
         """`status_of(spec).to_dict()`, without copying a task stream's status to add its
         archive's coverage (`StreamStatus.to_dict`)."""
-        runner = self._uncopied(spec)
-        if runner is None:
+        uncopied = self._uncopied(spec)
+        if uncopied is None:
             return self.status_of(spec).to_dict()
-        live = self.daemon.ledger.running(spec.name, runner.stream.status)
-        return live.to_dict(runner.archive.coverage_shown())
+        live, coverage = uncopied
+        return live.to_dict(coverage)
 
     def view_json(self, spec: StreamSpec) -> bytes:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
@@ -100,10 +105,9 @@ class Views:
         d = self.daemon
         for spec in d.specs() if d.registry else []:
             runner = d.tasks.runners.get(spec.name)
-            own = self._uncopied(spec)
-            if own is not None:
-                status = d.ledger.running(spec.name, own.stream.status)
-                coverage = own.archive.coverage_shown()
+            uncopied = self._uncopied(spec)
+            if uncopied is not None:
+                status, coverage = uncopied
                 gap_seconds = coverage["gap_seconds"]
                 last_message_at = coverage["last_message_at"]
                 last_publish_at = coverage["last_publish_at"]
