@@ -32,7 +32,7 @@ from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
 from sfmd.sources.bluesky.resume import ResumePoint
 from sfmd.sources.idle import IdleWatch
 from sfmd.sources.life import ConnectionLife
-from sfmd.sources.websocket import MAX_FRAME_BYTES
+from sfmd.sources.websocket import CLOSE_WAIT, MAX_FRAME_BYTES, Hangup
 
 #: DIDs listed one by one in a file's provenance; more are summed up by count and digest.
 DIDS_SHOWN = 100
@@ -105,14 +105,16 @@ class JetstreamStream(ConnectionLife):
         self.duplicates = 0  # events the replay brought again, dropped
         self.refused = 0  # frames that were not events, or too large
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._hangup = Hangup()
 
     # -- start, stop, change ----------------------------------------------------------------
 
     async def _interrupt(self) -> bool:
-        """Close the socket: the read loop sees the close and hands over what it read."""
+        """Begin the close: the read loop stores what comes until the instance's close,
+        then hands over what it read."""
         if self._ws is None:
             return False
-        await self._ws.close()
+        await self._hangup.begin(self._ws)
         return True
 
     async def change(self, subscription: Subscription) -> None:
@@ -162,7 +164,7 @@ class JetstreamStream(ConnectionLife):
                 autoping=False,  # pings are answered here: they count as signs of life
                 max_msg_size=MAX_FRAME_BYTES,
                 # A close handshake with a dead peer waits this long at most.
-                timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
+                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT),
                 compress=0,
             ) as ws:
                 self._ws = ws
@@ -172,6 +174,7 @@ class JetstreamStream(ConnectionLife):
                     return await self._read(ws, cursor)
                 finally:
                     self._ws = None
+                    self._hangup.done()
         except aiohttp.WSServerHandshakeError as e:
             limited = e.status == 429
             self.log.warning("upgrade_refused", status=e.status, reason=e.message)
@@ -207,7 +210,8 @@ class JetstreamStream(ConnectionLife):
             if watch.fired:
                 return Failure.NETWORK, f"idle: no frame for {self.timing.idle_timeout:g} s"
             if msg.type == aiohttp.WSMsgType.PING:
-                await ws.pong(msg.data)
+                if not self._stopping:  # after our close frame, nothing but frames read
+                    await ws.pong(msg.data)
                 continue
             if msg.type in (aiohttp.WSMsgType.PONG,):
                 continue

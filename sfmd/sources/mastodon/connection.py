@@ -36,7 +36,7 @@ from sfmd.sources.mastodon.channels import Channel, Key, key_of
 from sfmd.sources.mastodon.fill import UNRECOVERABLE, FillResult, fill
 from sfmd.sources.mastodon.instance import Instance, InstanceError
 from sfmd.sources.mastodon.statuses import NotAFrame, id_at, overlap_ids, parse_frame, update_id
-from sfmd.sources.websocket import MAX_FRAME_BYTES
+from sfmd.sources.websocket import CLOSE_WAIT, MAX_FRAME_BYTES, Hangup
 from sfmd.status import ConnectionStatus, State, StreamStatus
 
 #: Live ids are forgotten this often (in stores), once older than twice the overlap.
@@ -110,11 +110,13 @@ class Socket(ConnectionLife):
         self.backoff = Backoff(timing.backoff)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.url: str | None = None  # the streaming socket, once discovered
+        self.hangup = Hangup()
 
     async def _interrupt(self) -> bool:
+        """Begin the close: the read loop stores what comes until the server's close."""
         if self.ws is None:
             return False
-        await self.ws.close()
+        await self.hangup.begin(self.ws)
         return True
 
     async def _connect_and_read(self) -> tuple[Failure, str]:
@@ -129,7 +131,7 @@ class Socket(ConnectionLife):
                 headers=self.owner.instance.auth_headers,
                 autoping=False,  # pings are answered here: they count as signs of life
                 max_msg_size=MAX_FRAME_BYTES,
-                timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
+                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT),
                 compress=0,
             ) as ws:
                 self.ws = ws
@@ -140,6 +142,7 @@ class Socket(ConnectionLife):
                         return await self._frames(ws, watch)
                 finally:
                     self.ws = None
+                    self.hangup.done()
                     await self.owner.closed()
         except aiohttp.WSServerHandshakeError as e:
             return self._refused(e.status, e.message, e.headers)
@@ -179,7 +182,8 @@ class Socket(ConnectionLife):
             if watch.fired:
                 return Failure.NETWORK, f"idle: no frame for {self.timing.idle_timeout:g} s"
             if msg.type == aiohttp.WSMsgType.PING:
-                await ws.pong(msg.data)
+                if not self._stopping:  # after our close frame, nothing but frames read
+                    await ws.pong(msg.data)
                 continue
             if msg.type == aiohttp.WSMsgType.PONG:
                 continue

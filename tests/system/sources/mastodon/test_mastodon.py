@@ -126,6 +126,27 @@ async def test_every_status_posted_on_the_tag_is_stored_once(
     assert socket.credential == "fedi" and until > since
 
 
+async def test_a_stop_stores_every_frame_sent_until_the_server_heard_the_close(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """At a thousand statuses a second some are always on the way, or read but not yet
+    taken, when the daemon is told to stop: they are stored, not dropped by the close."""
+    fake_api.configure(mastodon_rate=1000, mastodon_tags=["archives"])
+    proc = await daemon_with(tmp_path, fake_api, TAG)
+    try:
+        await subscribed(fake_api)
+        await wait_until(lambda: upgraded(fake_api)[-1].sent_count >= 500, DEADLINE,
+                         "500 statuses sent")
+        await stop(proc)
+    finally:
+        proc.kill()
+    [socket] = upgraded(fake_api)
+    stored = stored_messages(tmp_path / "data", "tag-archives")
+    sent = fake_api.sent_messages(socket.conn)
+    assert len(stored) >= 500
+    assert stored == sent, f"{len(sent) - len(stored)} of {len(sent)} frames sent not stored"
+
+
 async def test_three_streams_share_one_socket_and_a_new_tag_is_one_unsubscribe_one_subscribe(
     tmp_path: Path, fake_api: FakeAPI
 ) -> None:
