@@ -47,8 +47,16 @@ def test_one_more_freeze_once_the_streams_have_connected() -> None:
     heap.settle()
     before = gc.get_freeze_count()
     made_later = [cycle() for _ in range(100)]  # what connecting streams hold
+    dropped = weakref.ref(cycle())  # garbage they made on the way
     done = heap.tick()
     assert done is not None and not done.full and done.frozen >= before + 200
     assert all(gc.is_tracked(n) for n in made_later)
+    # Nothing collected first (no walk at all): the garbage is frozen too, out of the
+    # routine collections' sight, until the scheduled full collection.
+    assert done.collected == 0
+    gc.collect()
+    assert dropped() is not None
     assert heap.tick() is None  # once; then only the scheduled full collections
+    heap.full_interval = 0
+    assert heap.tick() is not None and dropped() is None
     assert Heap(full_interval=3600, freeze_after=60).tick() is None
