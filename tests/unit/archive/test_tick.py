@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfmd.archive import tick
+from sfmd.archive.naming import interval_start
 from sfmd.archive.partfile import _PartFile
-from tests.helpers.archive import batch, make_archive
+from tests.helpers.archive import Clock, batch, make_archive, tweet
 from tests.helpers.waits import wait_until
 
 
@@ -115,3 +116,37 @@ async def test_a_disk_failure_at_the_tick_is_retried_like_the_writers_own(
     assert stored.count(b"one\n") == 1
     assert stored.count(b"two\n") == 1
     assert refused == [b"two\n"]
+
+
+async def test_the_flush_bound_holds_across_a_boundary_while_the_old_file_waits(
+    tmp_path: Path,
+) -> None:
+    """A boundary turns the file over (the writer task's work, not the tick's) and the old
+    file waits for its turn in the publish spread: meanwhile each message still reaches its
+    file on disk within the flush interval, not at the writer's next wake-up for the
+    publish (seconds later) or for the clock (`_max_sleep`, 5 s here)."""
+    save, flush = 600, 0.1
+    clock = Clock()
+    clock.align(save, into=save - 0.3)  # 0.3 s before a boundary
+    boundary = interval_start(clock(), save) + save
+    # Stream "s1" publishes 4.7 s after the boundary with a 60 s spread.
+    archive = make_archive(tmp_path, save_interval=save, clock=clock, flush_interval=flush,
+                           publish_spread=60)
+    await archive.open()
+    sent = [tweet("across", i) for i in range(24)]
+    for message in sent:  # every 50 ms, from 0.3 s before the boundary to 0.9 s after it
+        await archive.write([message], 1)
+        await asyncio.sleep(0.05)  # pacing the messages, not waiting for the archive
+
+    def on_disk() -> bytes:
+        return b"".join(zlib.decompressobj(31).decompress(p.read_bytes())
+                        for p in sorted(tmp_path.rglob("*.jsonl.gz.part")))
+
+    everything = b"".join(m + b"\n" for m in sent)
+    # 2 s: the flush interval and slack for a busy machine, well before the wake-ups above.
+    await wait_until(lambda: on_disk() == everything, timeout=2.0,
+                     what="every message in its .part within the flush interval")
+    assert clock() < boundary + 4.0  # the old file is still waiting: its publish did not help
+    assert len(list(tmp_path.rglob("*.jsonl.gz.part"))) == 2  # the old file and the new one
+    published = await archive.close()
+    assert published is not None
