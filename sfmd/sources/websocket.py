@@ -8,6 +8,7 @@ Jetstream and Mastodon sockets can stop sending without closing, so each read lo
 from __future__ import annotations
 
 import asyncio
+from typing import TypeGuard
 
 import aiohttp
 
@@ -29,16 +30,25 @@ class Hangup:
     read loop goes on reading, and storing, until the peer's close frame ends it (aiohttp
     then finishes the close by itself). A peer that has not closed within `within` seconds
     is closed by aiohttp's `close()`, which drops what it still sends, as a dead peer
-    requires. `done()` is for the read loop's end: it disarms that fallback."""
+    requires. Nothing may follow our close frame: the sources ask `sendable()` before they
+    send (a subscription, a pong). `done()` is for the read loop's end: it disarms that
+    fallback."""
 
     def __init__(self, within: float = CLOSE_WAIT) -> None:
         self.within = within
+        self.begun = False  # our close frame is sent: no other frame may follow it
         self._timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[bool] | None = None
+
+    def sendable(self, ws: aiohttp.ClientWebSocketResponse | None
+                 ) -> TypeGuard[aiohttp.ClientWebSocketResponse]:
+        """Whether a frame may go on `ws`: open, and not being hung up."""
+        return ws is not None and not ws.closed and not self.begun
 
     async def begin(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         if ws.closed:
             return
+        self.begun = True
         try:
             await ws.send_frame(_NORMAL_CLOSURE, aiohttp.WSMsgType.CLOSE)
         except (aiohttp.ClientError, ConnectionError):
@@ -53,6 +63,7 @@ class Hangup:
             self._closing = asyncio.ensure_future(ws.close())
 
     def done(self) -> None:
+        self.begun = False  # the next connection's socket is a new one
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

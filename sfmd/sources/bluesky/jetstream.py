@@ -122,7 +122,7 @@ class JetstreamStream(ConnectionLife):
         connection asks for them anyway)."""
         self.subscription = subscription
         ws = self._ws
-        if ws is None or ws.closed:
+        if not self._hangup.sendable(ws):
             return
         await ws.send_str(subscription.options_update())
         newest = self.resume.newest if self.resume else None
@@ -210,7 +210,7 @@ class JetstreamStream(ConnectionLife):
             if watch.fired:
                 return Failure.NETWORK, f"idle: no frame for {self.timing.idle_timeout:g} s"
             if msg.type == aiohttp.WSMsgType.PING:
-                if not self._stopping:  # after our close frame, nothing but frames read
+                if self._hangup.sendable(ws):  # none after our close frame
                     await ws.pong(msg.data)
                 continue
             if msg.type in (aiohttp.WSMsgType.PONG,):

@@ -182,7 +182,7 @@ class Socket(ConnectionLife):
             if watch.fired:
                 return Failure.NETWORK, f"idle: no frame for {self.timing.idle_timeout:g} s"
             if msg.type == aiohttp.WSMsgType.PING:
-                if not self._stopping:  # after our close frame, nothing but frames read
+                if self.hangup.sendable(ws):  # none after our close frame
                     await ws.pong(msg.data)
                 continue
             if msg.type == aiohttp.WSMsgType.PONG:
@@ -415,7 +415,7 @@ class AccountConnection:
         first = not names
         names.add(member.spec.name)
         member.archive.asking(self._provenance(member))
-        if first and ws is not None and not ws.closed:
+        if first and self.socket.hangup.sendable(ws):
             await ws.send_str(member.channel.message("subscribe"))
             self.log.info("subscribed", stream=member.spec.name,
                           channel=member.channel.describe())
@@ -430,7 +430,7 @@ class AccountConnection:
         if names:
             return  # another stream still wants this channel
         del self.keys[key]
-        if ws is not None and not ws.closed:
+        if self.socket.hangup.sendable(ws):
             with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                 await ws.send_str(member.channel.message("unsubscribe"))
             self.log.info("unsubscribed", stream=member.spec.name,

@@ -68,11 +68,14 @@ async def test_frames_sent_before_the_peer_heard_the_close_are_read() -> None:
         async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
             await wait_until(sent.is_set, DEADLINE, "every frame sent")
             reading = asyncio.create_task(read_all(ws, hangup))
+            assert hangup.sendable(ws)
             await hangup.begin(ws)
+            assert not hangup.sendable(ws)  # nothing may follow our close frame
             async with asyncio.timeout(DEADLINE):
                 texts = await reading
             assert ws.closed
             assert ws.close_code == 1000  # the peer's answer ended the read, not the fallback
+        assert not hangup.begun  # done() at the read's end: ready for the next socket
     assert texts == [f"frame {i}" for i in range(FRAMES)]
 
 
