@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from sfmd.sources.websocket import Hangup
+from tests.helpers.servers import serving
 from tests.helpers.waits import wait_until
 
 FRAMES = 200
@@ -38,15 +39,8 @@ async def peer(answers_close: bool) -> AsyncIterator[tuple[str, asyncio.Event]]:
 
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/", sent
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield f"{url}/", sent
 
 
 async def read_all(ws: aiohttp.ClientWebSocketResponse, hangup: Hangup) -> list[str]:

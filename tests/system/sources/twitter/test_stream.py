@@ -27,6 +27,7 @@ from tests.helpers.config import FAST_TIMING, register, write_config
 from tests.helpers.daemon import SfmdProcess, stop
 from tests.helpers.fakeapi import sent_messages
 from tests.helpers.files import manifest, messages_on_disk, read_published, stored_messages
+from tests.helpers.servers import serving
 from tests.helpers.waits import wait_until
 
 FILTER = {
@@ -394,24 +395,18 @@ async def test_a_server_that_never_answers_is_a_stall(credentials: dict[str, Cre
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", silent)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     sink = _ListSink()
     timing = StreamTiming(stall_timeout=0.3, connect_timeout=0.2,
                           backoff=BackoffPolicy(tcp_step=0.05, tcp_max=0.05))
-    try:
-        async with aiohttp.ClientSession() as session:
-            stream = Stream(StreamTarget("quiet", "sample", {}, credentials["alpha"]),
-                            V1(f"http://127.0.0.1:{port}/1.1"), session=session, sink=sink,
-                            timing=timing)
-            stream.start()
-            await wait_until(lambda: requests >= 2, timeout=10, what="a second request")
-            assert stream.status.last_error is not None
-            assert "stall" in stream.status.last_error
-            await stream.stop()
-    finally:
-        never.set()
-        await runner.cleanup()
+    async with serving(app) as url:
+        try:
+            async with aiohttp.ClientSession() as session:
+                stream = Stream(StreamTarget("quiet", "sample", {}, credentials["alpha"]),
+                                V1(f"{url}/1.1"), session=session, sink=sink, timing=timing)
+                stream.start()
+                await wait_until(lambda: requests >= 2, timeout=10, what="a second request")
+                assert stream.status.last_error is not None
+                assert "stall" in stream.status.last_error
+                await stream.stop()
+        finally:
+            never.set()

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from sfmd.credentials import Credential
 from sfmd.sources.mastodon.instance import Instance, InstanceError
+from tests.helpers.servers import serving
 
 
 class Server:
@@ -40,15 +41,8 @@ async def server() -> AsyncIterator[tuple[Server, str]]:
     app = web.Application()
     app.router.add_get("/api/v2/instance", state.handle_instance)
     app.router.add_get("/api/v1/timelines/home", state.handle_timeline)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield state, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield state, url
 
 
 def account(url: str) -> Credential:
