@@ -239,7 +239,6 @@ class DaemonProcess:
         if probe is not None:
             launcher = [str(REPO / "bench" / "lagprobe.py"), str(probe)]
         self.spawned = time.monotonic()
-        self.spawned_wall = time.time()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, *launcher, "run", "--config", str(config)],

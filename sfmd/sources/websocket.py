@@ -38,7 +38,7 @@ class Hangup:
         self.within = within
         self.begun = False  # our close frame is sent: no other frame may follow it
         self._timer: asyncio.TimerHandle | None = None
-        self._closing: asyncio.Task[bool] | None = None
+        self._closing: asyncio.Task[bool] | None = None  # held: the loop keeps tasks weakly
 
     def sendable(self, ws: aiohttp.ClientWebSocketResponse | None
                  ) -> TypeGuard[aiohttp.ClientWebSocketResponse]:
@@ -46,7 +46,7 @@ class Hangup:
         return ws is not None and not ws.closed and not self.begun
 
     async def begin(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        if ws.closed:
+        if not self.sendable(ws):  # closed, or our close frame already sent
             return
         self.begun = True
         try:
