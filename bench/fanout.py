@@ -412,6 +412,8 @@ class SizeResult:
     messages_per_s: float = 0.0  # stored by the daemon in the quiet window, all streams
     latency: dict[str, list[float]] = field(default_factory=dict)  # kind -> seconds
     rotation_latency: list[float] = field(default_factory=list)
+    # The rest of the load window: the mix's latency with the boundary's seconds left out.
+    steady_latency: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     reconnect_s: list[float] = field(default_factory=list)  # PATCH sent -> fake API request
     stop_s: float = 0.0
@@ -615,6 +617,8 @@ class SizeBench:
             r.latency.setdefault(s.kind, []).append(s.seconds)
             if s.wall % SAVE_INTERVAL < ROTATION_WINDOW:
                 r.rotation_latency.append(s.seconds)
+            else:
+                r.steady_latency.append(s.seconds)
         expected = {"POST /streams": 201}
         r.errors = [
             f"{s.kind} answered {s.status}"
@@ -1036,6 +1040,7 @@ def tables(results: list[SizeResult], args: argparse.Namespace) -> str:
     for r in results:
         rows = [*r.latency.items(), (f"any, ≤{ROTATION_WINDOW:g} s after a rotation",
                                      r.rotation_latency),
+                ("any, at other times", r.steady_latency),
                 ("filter reconnect", r.reconnect_s)]  # fmt: skip
         for kind, values in rows:
             if not values:
