@@ -8,7 +8,7 @@ Jetstream and Mastodon sockets can stop sending without closing, so each read lo
 from __future__ import annotations
 
 import asyncio
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import aiohttp
 
@@ -17,6 +17,16 @@ MAX_FRAME_BYTES = 64 << 20
 
 #: How long our side of a close handshake waits for the peer's close frame.
 CLOSE_WAIT = 1.0
+
+#: `ws_connect`'s settings for every WebSocket source: pings are answered by the read loop
+#: (they count as signs of life, and none may follow our close frame: `Hangup`), and a close
+#: handshake with a dead peer waits `CLOSE_WAIT` at most.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "autoping": False,
+    "max_msg_size": MAX_FRAME_BYTES,
+    "timeout": aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT),
+    "compress": 0,
+}
 
 _NORMAL_CLOSURE = (1000).to_bytes(2, "big")
 

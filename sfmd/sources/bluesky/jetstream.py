@@ -32,7 +32,7 @@ from sfmd.sources.bluesky.events import NotAnEvent, identity, parse
 from sfmd.sources.bluesky.resume import ResumePoint
 from sfmd.sources.idle import IdleWatch
 from sfmd.sources.life import ConnectionLife
-from sfmd.sources.websocket import CLOSE_WAIT, MAX_FRAME_BYTES, Hangup
+from sfmd.sources.websocket import CONNECT_OPTIONS, Hangup
 
 #: DIDs listed one by one in a file's provenance; more are summed up by count and digest.
 DIDS_SHOWN = 100
@@ -161,11 +161,7 @@ class JetstreamStream(ConnectionLife):
             async with self.session.ws_connect(
                 sub.url,
                 params=sub.query(cursor),
-                autoping=False,  # pings are answered here: they count as signs of life
-                max_msg_size=MAX_FRAME_BYTES,
-                # A close handshake with a dead peer waits this long at most.
-                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT),
-                compress=0,
+                **CONNECT_OPTIONS,
             ) as ws:
                 self._ws = ws
                 try:

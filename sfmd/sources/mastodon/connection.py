@@ -36,7 +36,7 @@ from sfmd.sources.mastodon.channels import Channel, Key, key_of
 from sfmd.sources.mastodon.fill import UNRECOVERABLE, FillResult, fill
 from sfmd.sources.mastodon.instance import Instance, InstanceError
 from sfmd.sources.mastodon.statuses import NotAFrame, id_at, overlap_ids, parse_frame, update_id
-from sfmd.sources.websocket import CLOSE_WAIT, MAX_FRAME_BYTES, Hangup
+from sfmd.sources.websocket import CONNECT_OPTIONS, Hangup
 from sfmd.status import ConnectionStatus, State, StreamStatus
 
 #: Live ids are forgotten this often (in stores), once older than twice the overlap.
@@ -129,10 +129,7 @@ class Socket(ConnectionLife):
             async with self.session.ws_connect(
                 self.url,
                 headers=self.owner.instance.auth_headers,
-                autoping=False,  # pings are answered here: they count as signs of life
-                max_msg_size=MAX_FRAME_BYTES,
-                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_WAIT),
-                compress=0,
+                **CONNECT_OPTIONS,
             ) as ws:
                 self.ws = ws
                 try:
