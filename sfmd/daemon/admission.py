@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 
 from sfmd.config import Config
 from sfmd.credentials import Credential
-from sfmd.registry import Registry, StreamSpec, ValidationError, apply_patch, validate_stream
+from sfmd.registry import (
+    Mode,
+    Registry,
+    StreamSpec,
+    ValidationError,
+    apply_patch,
+    validate_stream,
+)
 from sfmd.sources import Context, source_of
 
 
@@ -68,6 +75,7 @@ class Admission:
     async def ask_network(self, spec: StreamSpec, old: StreamSpec | None) -> StreamSpec:
         """The source's network checks; the spec with what they looked up filled in."""
         credential = self.credentials().get(spec.credential)
-        return await source_of(spec).admit(
-            spec, old, credential, self.context(), self.in_use(spec)
-        )
+        # Only a member of a shared connection has one asking for anything; working it out
+        # reads every stream.
+        in_use = self.in_use(spec) if spec.mode is Mode.SHARED else set()
+        return await source_of(spec).admit(spec, old, credential, self.context(), in_use)

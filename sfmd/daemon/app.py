@@ -39,7 +39,7 @@ from sfmd.errors import Refused, SfmdError
 from sfmd.logs import get_logger
 from sfmd.ops.systemd import Notifier, watchdog_loop
 from sfmd.registry import Mode, Registry, RegistryError, StreamSpec, ValidationError
-from sfmd.runtime.backend import Backend, Ledger
+from sfmd.runtime.backend import Backend, Desired, Ledger
 from sfmd.runtime.processes import ProcessBackend
 from sfmd.runtime.shared import SharedBackend
 from sfmd.runtime.tasks import ClusterHooks, TaskBackend, new_session, source_context
@@ -311,32 +311,36 @@ class Daemon:
         """Make every back end match the registry: all stops first, then all starts.
         `without` names a stream to treat as stopped for this pass (a restart's first
         half). Call with the lock held."""
-        registered = [
-            dataclasses.replace(s, active=False) if s.name == without else s
-            for s in self._registry().list()
-        ]
-        self.ledger.keep_failures_of(s.name for s in registered if s.active)
-        specs = self._runnable(registered)
+        registry = self._registry()
+        self.ledger.keep_failures_of(
+            lambda name: name != without and name in registry and registry.get(name).active
+        )
+        specs = self._runnable(registry.list(), without)
         if self.cluster is not None:
             specs = await self.cluster.claim(specs)
+        desired = Desired(specs)
         for backend in self.backends:
-            await backend.stop_unwanted(specs)
+            await backend.stop_unwanted(desired)
         for backend in self.backends:
-            await backend.start_wanted(specs, jitter=jitter)
+            await backend.start_wanted(desired, jitter=jitter)
         if self.cluster is not None:
             await self.cluster.release_moved()
 
-    def _runnable(self, specs: list[StreamSpec]) -> list[StreamSpec]:
+    def _runnable(self, specs: list[StreamSpec], without: str | None = None) -> list[StreamSpec]:
         """The registry as the back ends should see it: a stream whose credential cannot
         serve it (a key missing, the credential gone from the file) is marked failed with
-        the reason and runs nowhere, instead of crash-looping in its back end."""
+        the reason and runs nowhere, instead of crash-looping in its back end. `without`
+        is inactive for this pass (`_reconcile`)."""
         runnable = []
         if self._problems_of is not self.credentials:  # reloaded: judge every stream again
             self._problems, self._problems_of = {}, self.credentials
-        known, self._problems = self._problems, {}  # only the streams of this pass stay
+        if len(self._problems) > len(specs):  # streams were deleted: forget their verdicts
+            self._problems = {}
         for spec in specs:
+            if spec.name == without:
+                spec = dataclasses.replace(spec, active=False)
             problem = (
-                (self._cluster_problem(spec) or self._credential_problem(spec, known))
+                (self._cluster_problem(spec) or self._credential_problem(spec))
                 if spec.active else None
             )
             if problem:
@@ -345,17 +349,14 @@ class Daemon:
             runnable.append(spec)
         return runnable
 
-    def _credential_problem(
-        self, spec: StreamSpec, known: Mapping[str, tuple[StreamSpec, str | None]]
-    ) -> str | None:
+    def _credential_problem(self, spec: StreamSpec) -> str | None:
         """Why `spec`'s credential cannot serve it, or None: judged again only for a new
         spec or new credentials (a pass asks it of every stream: at 5,000 streams it was a
         fifth of the pass)."""
-        earlier = known.get(spec.name)
+        earlier = self._problems.get(spec.name)
         if earlier is not None and earlier[0] is spec:
-            problem = earlier[1]
-        else:
-            problem = source_of(spec).credential_problem(spec, self.credentials)
+            return earlier[1]
+        problem = source_of(spec).credential_problem(spec, self.credentials)
         self._problems[spec.name] = (spec, problem)
         return problem
 

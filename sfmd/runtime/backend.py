@@ -2,28 +2,53 @@
 
 A back end runs the streams of one `Mode`: `tasks` (a connection of its own, in this daemon),
 `shared` (members of a connection shared per credential) and `processes` (one supervisord
-program each). The daemon hands every back end the whole registry in two passes, all stops
-first and then all starts, so a stream moving between back ends lets go of its connection on
-one side before the other side takes it.
+program each). The daemon hands every back end the whole registry (`Desired`) in two passes,
+all stops first and then all starts, so a stream moving between back ends lets go of its
+connection on one side before the other side takes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sfmd.logs import get_logger
-from sfmd.registry import StreamSpec
+from sfmd.registry import Mode, StreamSpec
 from sfmd.status import State, StreamStatus
 
 
+class Desired:
+    """The registry as one reconcile pass hands it to every back end: every stream, and each
+    mode's active streams by name, sorted out once for the pass.
+
+    Filtering every stream in each back end, twice a pass, took about a millisecond a loop
+    at 5,000 streams, and an API change runs a whole pass before it answers."""
+
+    def __init__(self, specs: Sequence[StreamSpec]) -> None:
+        self.specs = specs
+        self._active: dict[Mode, dict[str, StreamSpec]] = {mode: {} for mode in Mode}
+        for spec in specs:
+            if spec.active:
+                self._active[spec.mode][spec.name] = spec
+
+    def active(self, mode: Mode) -> dict[str, StreamSpec]:
+        """The streams that should run in `mode`, by name, in name order (as `specs`)."""
+        return self._active[mode]
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        """Every stream's name, active or not."""
+        return frozenset(spec.name for spec in self.specs)
+
+
 class Backend(Protocol):
-    async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
+    async def stop_unwanted(self, desired: Desired) -> None:
         """Stop what runs here and should not (or should run differently)."""
 
-    async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
+    async def start_wanted(self, desired: Desired, *, jitter: float = 0.0) -> None:
         """Start what should run here and does not."""
 
     def status(self, spec: StreamSpec) -> StreamStatus | None:
@@ -70,10 +95,10 @@ class Ledger:
         self.failed.pop(name, None)
         self.retry_at.pop(name, None)
 
-    def keep_failures_of(self, names: Iterable[str]) -> None:
-        """Forget the failures of streams no longer meant to run."""
-        wanted = set(names)
-        for name in [n for n in self.failed if n not in wanted]:
+    def keep_failures_of(self, wanted: Callable[[str], bool]) -> None:
+        """Forget the failures of streams no longer meant to run (`wanted(name)` is false):
+        asked of the failed streams only, not of every stream in the registry."""
+        for name in [n for n in self.failed if not wanted(n)]:
             del self.failed[name]
             self.retry_at.pop(name, None)
 

@@ -42,6 +42,7 @@ from sfmd.ops.supervisord import (
     apply,
 )
 from sfmd.registry import Mode, StreamSpec
+from sfmd.runtime.backend import Desired
 from sfmd.status import State, StreamStatus
 
 
@@ -247,12 +248,13 @@ class ProcessBackend:
         # knows (from when it first saw the program): new keys restart the program.
         self.keys: dict[str, Credential | None] = {}
 
-    async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
+    async def stop_unwanted(self, desired: Desired) -> None:
         """All of supervisord's work (stops and starts) happens in this first pass: a
         stream moving to a task is stopped here before the task back end starts it, and
         one moving here is stopped as a task before this pass runs again."""
+        wanted = list(desired.active(Mode.PROCESS).values())
         try:
-            report = await self.streams.reconcile(specs)
+            report = await self.streams.reconcile(wanted)
         except ConfError as e:
             problem: str | None = f"cannot write supervisor confs: {e}"
             report = {}
@@ -267,9 +269,9 @@ class ProcessBackend:
         changes = {k: v for k, v in report.items() if k not in ("waiting", "error") and v}
         if changes:
             log.info("supervisor_applied", **changes)
-        if problem is None and self.streams.wanted(specs):
+        if problem is None and wanted:
             try:
-                await self._renew(self.streams.wanted(specs), skip=set(report.get("changed", [])))
+                await self._renew(wanted, skip=set(report.get("changed", [])))
                 self.supervised = await self.streams.statuses()
             except SupervisorError as e:
                 self.problem = f"waiting for supervisord: {e}"
@@ -299,7 +301,7 @@ class ProcessBackend:
                     raise
             await self.streams.client.start_process(program, wait=False)
 
-    async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
+    async def start_wanted(self, desired: Desired, *, jitter: float = 0.0) -> None:
         """Nothing: supervisord started what it should in `stop_unwanted`."""
 
     def status(self, spec: StreamSpec) -> StreamStatus:

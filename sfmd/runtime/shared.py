@@ -8,7 +8,7 @@ This back end only decides which connections exist and who belongs to them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 
@@ -17,7 +17,7 @@ from sfmd.credentials import Credential
 from sfmd.locks import CredentialBusy
 from sfmd.logs import get_logger
 from sfmd.registry import Mode, StreamSpec
-from sfmd.runtime.backend import Ledger
+from sfmd.runtime.backend import Desired, Ledger
 from sfmd.runtime.tasks import ClusterHooks, source_context
 from sfmd.sources import SharedConnection, source_of
 from sfmd.status import StreamStatus
@@ -45,7 +45,7 @@ class SharedBackend:
         self.check_rules = False  # set for the periodic pass: ask the rules API about drift
 
     @staticmethod
-    def wanted(specs: Sequence[StreamSpec]) -> dict[str, list[StreamSpec]]:
+    def wanted(specs: Iterable[StreamSpec]) -> dict[str, list[StreamSpec]]:
         """The active members, by slot: one credential may hold a v2 filter connection and
         a Mastodon one, which share nothing."""
         wanted: dict[str, list[StreamSpec]] = {}
@@ -54,13 +54,15 @@ class SharedBackend:
                 wanted.setdefault(spec.slot, []).append(spec)
         return wanted
 
-    async def stop_unwanted(self, specs: Sequence[StreamSpec]) -> None:
+    async def stop_unwanted(self, desired: Desired) -> None:
         """Members come and go in `start_wanted`, on the open connection; shared slots are
         their own, so nothing here has to make way for another back end."""
 
-    async def start_wanted(self, specs: Sequence[StreamSpec], *, jitter: float = 0.0) -> None:
-        wanted = self.wanted(specs)
-        known = {s.name for s in specs} | self.forgotten
+    async def start_wanted(self, desired: Desired, *, jitter: float = 0.0) -> None:
+        wanted = self.wanted(desired.active(Mode.SHARED).values())
+        if not wanted and not self.groups:
+            return  # no shared connection, none to make
+        known = desired.names | self.forgotten
         keys = self.credentials()
         for slot, group in list(self.groups.items()):
             held = self.keys[slot]

@@ -1,9 +1,11 @@
-"""The ledger keeps a stream's counters across its stops and starts: they start from 0 only
-when the daemon does."""
+"""What every back end shares. The ledger keeps a stream's counters across its stops and
+starts (they start from 0 only when the daemon does) and forgets failures of streams no longer
+wanted; `Desired` sorts the registry out by mode once per pass."""
 
 from __future__ import annotations
 
-from sfmd.runtime.backend import Ledger
+from sfmd.registry import Mode, StreamSpec, validate_stream
+from sfmd.runtime.backend import Desired, Ledger
 from sfmd.status import COUNTERS, State, StreamStatus
 
 
@@ -58,3 +60,28 @@ def test_files_published_add_up_across_runs_until_the_stream_is_deleted() -> Non
     assert ledger.published["s"] == 5
     ledger.forget("s")
     assert "s" not in ledger.published
+
+
+def test_desired_sorts_the_active_streams_by_mode_and_names_every_stream() -> None:
+    def spec(name: str, **settings: object) -> StreamSpec:
+        body = {"name": name, "kind": "filter", "credential": "alpha", **settings}
+        return validate_stream({"track": ["cats"], **body} if "rules" not in body else body)
+
+    task, idle = spec("a"), spec("b", active=False)
+    process = spec("c", isolation="process")
+    shared = spec("d", api="v2", rules=[{"value": "cats"}])
+    desired = Desired([task, idle, process, shared])
+    assert desired.active(Mode.TASK) == {"a": task}
+    assert desired.active(Mode.PROCESS) == {"c": process}
+    assert desired.active(Mode.SHARED) == {"d": shared}
+    assert desired.names == {"a", "b", "c", "d"}
+
+
+def test_only_failures_of_streams_still_wanted_are_kept() -> None:
+    ledger = Ledger()
+    ledger.fail("kept", "credential 'x' is gone")
+    ledger.fail("gone", "credential 'y' is gone")
+    ledger.keep_failures_of(lambda name: name == "kept")
+    assert set(ledger.failed) == {"kept"}
+    assert ledger.status("kept").state is State.FAILED
+    assert ledger.status("gone").state is State.STOPPED

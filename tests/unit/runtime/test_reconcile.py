@@ -60,3 +60,12 @@ def test_new_keys_for_its_credential_are_a_stop_then_a_start() -> None:
 def test_renewed_keys_of_a_stream_that_is_to_stop_just_stop_it() -> None:
     plan = diff({}, {"a": spec("a")}, renewed={"a"})
     assert plan == Plan(stop=(("a", GONE),))
+
+
+def test_only_changed_streams_are_planned_in_name_order_whatever_order_they_run_in() -> None:
+    same = spec("m")
+    running = {"z": spec("z"), "m": same, "b": spec("b"), "a": spec("a")}
+    plan = diff({"m": same, "b": spec("b", track=["dogs"]), "c": spec("c")}, running)
+    assert plan.stop == (("a", GONE), ("z", GONE))
+    assert plan.retarget == ("b",)
+    assert plan.start == ("c",)
