@@ -553,6 +553,11 @@ class Archive:
         """One message was not stored (too large, not what the source sends): on record."""
         self.coverage.instant(self._clock(), cov.EVENT_REFUSED, why)
 
+    def gap_seconds(self) -> dict[str, float]:
+        """Seconds not collecting in this run, by reason (`Coverage.gap_seconds` now): what
+        /metrics shows of the coverage, without the rest of `coverage_shown`."""
+        return self.coverage.gap_seconds(self._clock())
+
     def coverage_shown(self) -> dict[str, Any]:
         """For the stream's status: `Coverage.shown` now, when it last took a message and
         published a file, and the file it writes now."""

@@ -53,15 +53,19 @@ class Views:
             return None
         return d.tasks.runners.get(spec.name)
 
+    def _read_in_place(self, spec: StreamSpec) -> StreamRunner | None:
+        """A task stream's runner, whose live status and archive the pages read as they are
+        instead of copying them into one status: on a single host (a cluster member asks the
+        cluster first)."""
+        return self._task_runner(spec) if self.daemon.cluster is None else None
+
     def _uncopied(self, spec: StreamSpec) -> tuple[StreamStatus, dict[str, Any]] | None:
-        """What `status_of` would show for a task stream, its live status (with earlier runs'
-        counters) and its archive's coverage, read as they are instead of copied into one
-        status: on a single host (a cluster member asks the cluster first)."""
-        d = self.daemon
-        runner = self._task_runner(spec) if d.cluster is None else None
+        """What `status_of` would show for a task stream: its live status (with earlier
+        runs' counters) and its archive's coverage (`_read_in_place`)."""
+        runner = self._read_in_place(spec)
         if runner is None:
             return None
-        live = d.ledger.running(spec.name, runner.stream.status)
+        live = self.daemon.ledger.running(spec.name, runner.stream.status)
         return live, runner.archive.coverage_shown()
 
     def _status_dict(self, spec: StreamSpec) -> dict[str, Any]:
@@ -105,12 +109,12 @@ class Views:
         d = self.daemon
         for spec in d.specs() if d.registry else []:
             runner = d.tasks.runners.get(spec.name)
-            uncopied = self._uncopied(spec)
-            if uncopied is not None:
-                status, coverage = uncopied
-                gap_seconds = coverage["gap_seconds"]
-                last_message_at = coverage["last_message_at"]
-                last_publish_at = coverage["last_publish_at"]
+            task = self._read_in_place(spec)
+            if task is not None:
+                status = d.ledger.running(spec.name, task.stream.status)
+                gap_seconds = task.archive.gap_seconds()
+                last_message_at = task.archive.last_written
+                last_publish_at = task.archive.last_published
             else:
                 status = self.status_of(spec)
                 gap_seconds = status.gap_seconds
