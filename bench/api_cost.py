@@ -30,31 +30,29 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchlib import byte_compile, dated_section, keep_work, percentile, publish
 from fanout import (
+    FILTERS,
     FREEZE_TIMEOUT,
-    POLL,
     REPO,
     STARTUP_TIMEOUT,
     BenchError,
     Control,
     DaemonProcess,
     FakeAPIProcess,
-    all_streaming,
     credential_name,
     credentials_toml,
     machine_facts,
     profile_summary,
     sample_name,
     start_profile,
+    wait_streaming,
     write_config,
     write_registry,
 )
 
-FILTERS = 4  # filters on spare credentials x0..x3, for PATCH
 KINDS = (
     "GET /health",
     "GET /streams/{name}",
@@ -92,7 +90,11 @@ async def run_version(
     control = Control(workdir / "sfmd.sock")
     result = VersionRun(label)
     try:
-        await _all_streaming(daemon, control, args.streams)
+        names = {sample_name(i) for i in range(args.streams)}
+        await wait_streaming(
+            daemon, control, names, daemon.spawned + STARTUP_TIMEOUT,
+            f"not every stream streamed within {STARTUP_TIMEOUT:g} s",
+        )
         if await daemon.startup_freeze(FREEZE_TIMEOUT) is None:
             raise BenchError("the daemon never logged its gc_freeze after start-up")
         for i in range(FILTERS):
@@ -115,20 +117,6 @@ async def run_version(
         await control.close()
         daemon.kill()
     return result
-
-
-async def _all_streaming(daemon: DaemonProcess, control: Control, n: int) -> None:
-    names = {sample_name(i) for i in range(n)}
-    deadline = daemon.spawned + STARTUP_TIMEOUT
-    while True:
-        daemon.check_alive()
-        if await control.answers():
-            _, body, _ = await control.call("GET", "/streams")
-            if all_streaming(body["streams"], names)[2] == n:
-                return
-        if time.monotonic() > deadline:
-            raise BenchError(f"not every stream streamed within {STARTUP_TIMEOUT:g} s")
-        await asyncio.sleep(POLL)
 
 
 async def _round(control: Control, result: VersionRun, r: int, n: int, gap: float) -> None:

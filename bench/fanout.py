@@ -390,6 +390,23 @@ def all_streaming(streams: list[dict[str, Any]], names: set[str]) -> tuple[int, 
     return started, connected, flowing
 
 
+async def wait_streaming(
+    daemon: DaemonProcess, control: Control, names: set[str], deadline: float, failure: str
+) -> None:
+    """Poll `GET /streams` until every one of `names` streams with a message stored; a
+    BenchError saying `failure` once `deadline` (monotonic) has passed, or if the daemon
+    exits meanwhile."""
+    while True:
+        daemon.check_alive()
+        if await control.answers():
+            _, body, _ = await control.call("GET", "/streams")
+            if all_streaming(body["streams"], names)[2] == len(names):
+                return
+        if time.monotonic() > deadline:
+            raise BenchError(failure)
+        await asyncio.sleep(POLL)
+
+
 # --------------------------------------------------------------------------- one size
 
 
@@ -752,15 +769,10 @@ class SizeBench:
                 if status != 201:
                     raise BenchError(f"POST /streams answered {status}: {answer}")
                 r.create_post_s.append(seconds)
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while True:
-                daemon.check_alive()
-                _, body, _ = await control.call("GET", "/streams")
-                if all_streaming(body["streams"], self.names)[2] == self.n:
-                    break
-                if time.monotonic() > deadline:
-                    raise BenchError("streams created through the API never all streamed")
-                await asyncio.sleep(POLL)
+            await wait_streaming(
+                daemon, control, self.names, time.monotonic() + STARTUP_TIMEOUT,
+                "streams created through the API never all streamed",
+            )
             r.create_total_s = time.monotonic() - began
             posts = r.create_post_s
             tenth = max(1, len(posts) // 10)
@@ -882,14 +894,9 @@ async def _per_message_run(
             if time.monotonic() > deadline:
                 raise BenchError("the control socket never answered")
             await asyncio.sleep(0.05)
-        while True:
-            daemon.check_alive()
-            _, body, _ = await control.call("GET", "/streams")
-            if all_streaming(body["streams"], names)[2] == run.streams:
-                break
-            if time.monotonic() > deadline:
-                raise BenchError(f"per-message {run.label}: not every stream streamed")
-            await asyncio.sleep(POLL)
+        await wait_streaming(
+            daemon, control, names, deadline, f"per-message {run.label}: not every stream streamed"
+        )
         # Settle (start-up's garbage and freezes done), and keep rotation out of the window.
         await asyncio.sleep(args.settle)
         span = args.window + 5

@@ -52,7 +52,6 @@ from fanout import (
     Control,
     DaemonProcess,
     FakeAPIProcess,
-    all_streaming,
     credential_name,
     credentials_toml,
     machine_facts,
@@ -60,13 +59,13 @@ from fanout import (
     profile_summary,
     sample_name,
     start_profile,
+    wait_streaming,
     write_config,
     write_registry,
 )
 
 ROTATION_WINDOW = 10.0  # seconds after a rotation boundary that count as "during rotation"
 STARTUP_TIMEOUT = 180.0
-POLL = 0.5
 TARGET_API_P99_MS = 50.0
 TARGET_RECONNECT_S = 1.0
 
@@ -149,16 +148,10 @@ class LatencyBench:
 
     async def _wait_streaming(self, daemon: DaemonProcess, control: Control) -> None:
         names = {sample_name(i) for i in range(self.args.streams)}
-        deadline = daemon.spawned + STARTUP_TIMEOUT
-        while True:
-            daemon.check_alive()
-            if time.monotonic() > deadline:
-                raise BenchError(f"not every stream streamed within {STARTUP_TIMEOUT:g} s")
-            if await control.answers():
-                _, body, _ = await control.call("GET", "/streams")
-                if all_streaming(body["streams"], names)[2] == len(names):
-                    break
-            await asyncio.sleep(POLL)
+        await wait_streaming(
+            daemon, control, names, daemon.spawned + STARTUP_TIMEOUT,
+            f"not every stream streamed within {STARTUP_TIMEOUT:g} s",
+        )
         self.outcome.start_s = time.monotonic() - daemon.spawned
         print(f"  {len(names)} streams streaming after {self.outcome.start_s:.1f} s", flush=True)
 

@@ -59,7 +59,6 @@ from fanout import (
     Control,
     DaemonProcess,
     FakeAPIProcess,
-    all_streaming,
     credential_name,
     credentials_toml,
     machine_facts,
@@ -68,6 +67,7 @@ from fanout import (
     proc_status,
     sample_name,
     stop_daemon,
+    wait_streaming,
     write_config,
     write_registry,
 )
@@ -178,14 +178,10 @@ class Soak:
                 raise BenchError("the control socket never answered")
             await asyncio.sleep(0.05)
         names = set(self.samples)
-        while True:
-            daemon.check_alive()
-            _, body, _ = await control.call("GET", "/streams")
-            if all_streaming(body["streams"], names)[2] == len(names):
-                break
-            if time.monotonic() > deadline:
-                raise BenchError(f"not every stream streamed within {STARTUP_TIMEOUT:g} s")
-            await asyncio.sleep(0.5)
+        await wait_streaming(
+            daemon, control, names, deadline,
+            f"not every stream streamed within {STARTUP_TIMEOUT:g} s",
+        )
         self.result.start_s = time.monotonic() - daemon.spawned
         for name in self.filters:
             body = {"name": name, "kind": "filter", "track": [f"{name}-0"],
