@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import socket
@@ -53,6 +54,8 @@ HOST = socket.gethostname()
 RUN = f"{HOST}-{os.getpid()}-{int(time.time())}"
 #: Who writes: the same for every line of this process.
 WRITER = {"host": HOST, "sfmd": __version__, "run": RUN}
+#: Revisions of every coverage in this process (`Coverage.revision`): none is given twice.
+_REVISIONS = itertools.count(1)
 
 
 def parse_iso(text: str) -> float:
@@ -124,6 +127,9 @@ class Coverage:
     # journal holds, and each is a write and a rename on the event loop: at 5,000 streams
     # they were a fifth of the loop's time while the daemon stopped.
     _saved: int | None = field(default=None, repr=False, compare=False)
+    # Changes with every change to the gaps (each is saved: `_save`), and differs from every
+    # other coverage's: what a status shown from it was made of (`Archive.shown_key`).
+    revision: int = field(default_factory=lambda: next(_REVISIONS), repr=False, compare=False)
 
     # -- what the connection reports ----------------------------------------------------------
 
@@ -236,6 +242,7 @@ class Coverage:
 
     def _save(self) -> None:
         """Rewrite the journal (write and rename; a crash keeps the old or the new one)."""
+        self.revision = next(_REVISIONS)
         if self.journal is None:
             return
         lines = [json.dumps({"writer": self.writer, "began": self.began})]

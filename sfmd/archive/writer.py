@@ -558,6 +558,13 @@ class Archive:
         /metrics shows of the coverage, without the rest of `coverage_shown`."""
         return self.coverage.gap_seconds(self._clock())
 
+    def shown_key(self) -> tuple[Any, ...]:
+        """Changes whenever `coverage_shown()` would, apart from `last_message_at` and the
+        seconds of gaps: what the API's pages keep a stream's STATUS by (`StreamJson`)."""
+        coverage = self.coverage
+        return (coverage.revision, coverage.connected_since, self.current_file,
+                self.last_published)
+
     def coverage_shown(self) -> dict[str, Any]:
         """For the stream's status: `Coverage.shown` now, when it last took a message and
         published a file, and the file it writes now."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sfmd.daemon.streamjson import StreamJson
 from sfmd.registry import Mode, StreamSpec
 from sfmd.status import (
     STATES,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 class Views:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self.kept = StreamJson()  # each task stream's STREAM JSON, between two pages
 
     def status_of(self, spec: StreamSpec) -> StreamStatus:
         """One stream's status, from whichever back end runs it (or the ledger)."""
@@ -59,35 +61,24 @@ class Views:
         cluster first)."""
         return self._task_runner(spec) if self.daemon.cluster is None else None
 
-    def _uncopied(self, spec: StreamSpec) -> tuple[StreamStatus, dict[str, Any]] | None:
-        """What `status_of` would show for a task stream: its live status (with earlier
-        runs' counters) and its archive's coverage (`_read_in_place`)."""
-        runner = self._read_in_place(spec)
-        if runner is None:
-            return None
-        live = self.daemon.ledger.running(spec.name, runner.stream.status)
-        return live, runner.archive.coverage_shown()
-
-    def _status_dict(self, spec: StreamSpec) -> dict[str, Any]:
-        """`status_of(spec).to_dict()`, without copying a task stream's status to add its
-        archive's coverage (`StreamStatus.to_dict`)."""
-        uncopied = self._uncopied(spec)
-        if uncopied is None:
-            return self.status_of(spec).to_dict()
-        live, coverage = uncopied
-        return live.to_dict(coverage)
-
     def view_json(self, spec: StreamSpec) -> bytes:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
-        spec), only the status is encoded per call, which keeps GET /streams at 1,000
-        streams a few ms."""
-        status = orjson.dumps(self._status_dict(spec))
+        spec); a task stream's status is kept between calls and encoded again only in part
+        (`StreamJson`); any other's is encoded whole."""
+        runner = self._read_in_place(spec)
+        if runner is not None:
+            earlier = self.daemon.ledger.last.get(spec.name)
+            return self.kept.of(spec, runner.stream.status, earlier, runner.archive, self._encoded)
+        return self._encoded(spec, self.status_of(spec).to_dict())
+
+    def _encoded(self, spec: StreamSpec, status: dict[str, Any]) -> bytes:
+        """A STREAM from its settings and its STATUS object."""
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
             return (spec.view_json_open + b',"host":' + orjson.dumps(host) + b',"status":'
-                    + status + b"}")
-        return spec.view_json_open + b',"status":' + status + b"}"
+                    + orjson.dumps(status) + b"}")
+        return spec.view_json_open + b',"status":' + orjson.dumps(status) + b"}"
 
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
         """A stream's state and last error, as `status_of` shows them, without copying its
@@ -102,7 +93,10 @@ class Views:
     async def listing(self) -> bytes:
         """GET /streams' body, built with turns for the rest of the loop (`turns`). A stream
         removed meanwhile shows as stopped, as it would have a moment later."""
-        views = [view async for view in sliced(map(self.view_json, self.daemon.specs()))]
+        specs = self.daemon.specs()
+        views = [view async for view in sliced(map(self.view_json, specs))]
+        if len(self.kept) > len(specs):
+            self.kept.keep_only(spec.name for spec in specs)
         return b'{"streams":[' + b",".join(views) + b"]}"
 
     def samples(self) -> Iterator[StreamSample]:

@@ -1,9 +1,12 @@
 """What the API shows of a running daemon's streams: GET /streams and /metrics read a task
-stream's live status and its archive without copying it, and show what the copy shows."""
+stream's live status and its archive without copying it (GET /streams keeps each one's JSON
+between pages), and show what the copy shows."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import orjson
 
 from sfmd.config import load_config
 from sfmd.daemon.app import Daemon
@@ -50,10 +53,19 @@ async def test_streams_and_metrics_show_what_each_streams_status_says(
             await api.ok("POST", "/streams/s2/start")
             await wait_until(lambda: daemon.tasks.runners["s2"].stream.status.messages > 5,
                              what="s2 streaming again")
-        assert daemon.ledger.last.get("s2") is not None  # the case the sum covers
-        views = daemon.views
-        for spec in daemon.specs():  # no await between the two: nothing moves meanwhile
-            assert views._status_dict(spec) == views.status_of(spec).to_dict(), spec.name
+            assert daemon.ledger.last.get("s2") is not None  # the case the sum covers
+            views = daemon.views
+            for page in range(3):  # kept JSON, with messages taken between two pages
+                if page:
+                    before = daemon.tasks.runners["s1"].stream.status.messages
+                    await wait_until(
+                        lambda n=before: daemon.tasks.runners["s1"].stream.status.messages > n,
+                        what="s1 taking more messages",
+                    )
+                for spec in daemon.specs():  # no await between the two: nothing moves meanwhile
+                    status = orjson.loads(views.view_json(spec))["status"]
+                    assert status == views.status_of(spec).to_dict(), (page, spec.name)
+            assert len(views.kept) == 2  # the two task streams
         shown = {s.name: s for s in views.samples()}
         assert shown == {name: sample_of(daemon, name) for name in ("off", "s1", "s2")}
         assert daemon.tasks.runners.keys() == {"s1", "s2"}  # two read without a copy
