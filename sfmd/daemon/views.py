@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sfmd.daemon.streamjson import StreamJson
+from sfmd.daemon.statusjson import StatusJson
 from sfmd.registry import Mode, StreamSpec
 from sfmd.status import (
     STATES,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class Views:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.kept = StreamJson()  # each task stream's STREAM JSON, between two pages
+        self.kept = StatusJson()  # each task stream's STATUS JSON, between two pages
 
     def status_of(self, spec: StreamSpec) -> StreamStatus:
         """One stream's status, from whichever back end runs it (or the ledger)."""
@@ -64,21 +64,19 @@ class Views:
     def view_json(self, spec: StreamSpec) -> bytes:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
         spec); a task stream's status is kept between calls and encoded again only in part
-        (`StreamJson`); any other's is encoded whole."""
+        (`StatusJson`); any other's is encoded whole."""
         runner = self._read_in_place(spec)
         if runner is not None:
             earlier = self.daemon.ledger.last.get(spec.name)
-            return self.kept.of(spec, runner.stream.status, earlier, runner.archive, self._encoded)
-        return self._encoded(spec, self.status_of(spec).to_dict())
-
-    def _encoded(self, spec: StreamSpec, status: dict[str, Any]) -> bytes:
-        """A STREAM from its settings and its STATUS object."""
+            status = self.kept.of(spec.name, runner.stream.status, earlier, runner.archive)
+        else:
+            status = orjson.dumps(self.status_of(spec).to_dict())
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
             return (spec.view_json_open + b',"host":' + orjson.dumps(host) + b',"status":'
-                    + orjson.dumps(status) + b"}")
-        return spec.view_json_open + b',"status":' + orjson.dumps(status) + b"}"
+                    + status + b"}")
+        return spec.view_json_open + b',"status":' + status + b"}"
 
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
         """A stream's state and last error, as `status_of` shows them, without copying its

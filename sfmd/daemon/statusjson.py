@@ -1,12 +1,13 @@
-"""Each task stream's STREAM JSON, kept between two pages and encoded again only in part.
+"""Each task stream's STATUS JSON, kept between two pages and encoded again only in part.
 
 GET /streams shows every stream. At 5,000 streams, building and encoding every STATUS again
 took about 40 ms of the event loop a page (8 µs a stream), while every other request and
-every stream's read waited. Between two pages most of a stream's STREAM is as it was: a
-message moves four of its fields (`MOVING`); its settings, state, errors, coverage and open
-file change a few times a day. So each stream's JSON is kept in pieces around those four. It
+every stream's read waited. Between two pages most of a stream's STATUS is as it was: a
+message moves four of its fields (`MOVING`); its state, errors, coverage and open file
+change a few times a day. So each stream's JSON is kept in pieces around those four. It
 is encoded whole again only when anything else it shows changed (`Kept.key`); otherwise the
-four values are written between the kept pieces.
+four values are written between the kept pieces. (The settings around it are encoded once per
+spec already: `StreamSpec.view_json_open`.)
 
 Only a task stream on a single host is kept (`Views._read_in_place`): its status and archive
 are read where they are. Shared and process-isolated streams, and every stream of a cluster
@@ -17,19 +18,18 @@ from __future__ import annotations
 
 import operator
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from sfmd.archive import Archive
-from sfmd.registry import StreamSpec
 from sfmd.status import StreamStatus, epoch_iso
 
 #: The STATUS fields a message moves, in the order `StreamStatus.to_dict` writes them.
 MOVING = ("messages", "tweets", "bytes", "last_message_at")
 #: The stream's own status fields the rest of its STATUS is made of: a change to any of them
-#: encodes the whole STREAM again. The archive's part is `Archive.shown_key`.
+#: encodes the whole STATUS again. The archive's part is `Archive.shown_key`.
 KEYED = (
     "state", "since", "reconnects", "reconnects_planned", "last_error", "down_since",
     "next_attempt",
@@ -37,15 +37,15 @@ KEYED = (
 _keyed = operator.attrgetter(*KEYED)
 
 # Stand-ins for the moving values while the whole is encoded, found again in its JSON and cut
-# out. The random part keeps a stream's own text (a filter's terms, an error) from ever
-# looking like one.
+# out. The random part keeps a stream's own text (an error, a file name) from ever looking
+# like one.
 _TOKEN = secrets.token_hex(8)
 _STAND_IN = {field: f"\x00{_TOKEN}:{field}" for field in MOVING}
 _STAND_IN_JSON = tuple(orjson.dumps(_STAND_IN[field]) for field in MOVING)
 
 
 class Kept:
-    """One stream's STREAM JSON as pieces around the `MOVING` values, and what it was
+    """One stream's STATUS JSON as pieces around the `MOVING` values, and what it was
     encoded from."""
 
     __slots__ = ("key", "moment", "moment_json", "pieces")
@@ -59,9 +59,9 @@ class Kept:
         self.moment_json = b"null"
 
 
-class StreamJson:
-    """The kept JSON of every task stream a page has shown (`of`); `keep_only` lets go of
-    streams that are gone."""
+class StatusJson:
+    """The kept STATUS JSON of every task stream a page has shown (`of`); `keep_only` lets
+    go of streams that are gone."""
 
     def __init__(self) -> None:
         self._kept: dict[str, Kept] = {}
@@ -70,22 +70,17 @@ class StreamJson:
         return len(self._kept)
 
     def of(
-        self,
-        spec: StreamSpec,
-        status: StreamStatus,
-        earlier: StreamStatus | None,
-        archive: Archive,
-        encode: Callable[[StreamSpec, dict[str, Any]], bytes],
+        self, name: str, status: StreamStatus, earlier: StreamStatus | None, archive: Archive
     ) -> bytes:
-        """What `encode(spec, status.plus(earlier).to_dict(archive.coverage_shown()))`
-        gives: `status` is the running stream's own, `earlier` its earlier runs' counters
-        (`Ledger.last`)."""
-        key = (spec, earlier, _keyed(status), archive.shown_key())
-        kept = self._kept.get(spec.name)
+        """What `orjson.dumps(status.plus(earlier).to_dict(archive.coverage_shown()))` gives
+        for stream `name`: `status` is the running stream's own, `earlier` its earlier runs'
+        counters (`Ledger.last`)."""
+        key = (earlier, _keyed(status), archive.shown_key())
+        kept = self._kept.get(name)
         if kept is None or kept.key != key:
             shown = status.plus(earlier).to_dict(archive.coverage_shown())
             shown.update(_STAND_IN)
-            kept = self._kept[spec.name] = Kept(key, _cut(encode(spec, shown)))
+            kept = self._kept[name] = Kept(key, _cut(orjson.dumps(shown)))
         messages, tweets, size = status.messages, status.tweets, status.bytes
         if earlier is not None:
             messages += earlier.messages

@@ -1,5 +1,5 @@
-"""A task stream's kept STREAM JSON is always what encoding it whole gives, whatever changed
-since the last page (sfmd.daemon.streamjson)."""
+"""A task stream's kept STATUS JSON is always what encoding it whole gives, whatever changed
+since the last page (sfmd.daemon.statusjson)."""
 
 from __future__ import annotations
 
@@ -12,41 +12,32 @@ import orjson
 import pytest
 
 from sfmd.archive import Archive
-from sfmd.daemon.streamjson import MOVING, StreamJson
-from sfmd.registry import StreamSpec
+from sfmd.daemon.statusjson import MOVING, StatusJson
 from sfmd.status import State, StreamStatus
 from tests.helpers.archive import make_archive
-from tests.helpers.specs import filt, ok
 
 T0 = 1_800_000_000.25
 
 
-def encode(spec: StreamSpec, status: dict[str, Any]) -> bytes:
-    return spec.view_json_open + b',"status":' + orjson.dumps(status) + b"}"
-
-
-def whole(
-    spec: StreamSpec, status: StreamStatus, earlier: StreamStatus | None, archive: Archive
-) -> bytes:
-    """The STREAM encoded from scratch, as a stream that is not kept is."""
-    return encode(spec, status.plus(earlier).to_dict(archive.coverage_shown()))
+def whole(status: StreamStatus, earlier: StreamStatus | None, archive: Archive) -> bytes:
+    """The STATUS encoded from scratch, as a stream's that is not kept is."""
+    return orjson.dumps(status.plus(earlier).to_dict(archive.coverage_shown()))
 
 
 class Stream:
     """One running task stream's parts, as `Views.view_json` hands them over."""
 
-    def __init__(self, tmp_path: Path, spec: StreamSpec) -> None:
-        self.spec = spec
+    def __init__(self, tmp_path: Path) -> None:
         self.status = StreamStatus(state=State.CONNECTING, since=datetime.fromtimestamp(T0, UTC))
         self.earlier: StreamStatus | None = None
         self.archive = make_archive(tmp_path, clock=lambda: T0 + 100)
-        self.kept = StreamJson()
+        self.kept = StatusJson()
 
     def check(self) -> dict[str, Any]:
         """The kept JSON against the whole one, twice (a second page with nothing changed)."""
-        expected = whole(self.spec, self.status, self.earlier, self.archive)
+        expected = whole(self.status, self.earlier, self.archive)
         for _ in range(2):
-            got = self.kept.of(self.spec, self.status, self.earlier, self.archive, encode)
+            got = self.kept.of("s", self.status, self.earlier, self.archive)
             assert got == expected
         shown: dict[str, Any] = orjson.loads(expected)
         return shown
@@ -88,7 +79,7 @@ SET_TO: dict[str, Any] = {
 async def test_every_change_to_the_status_shows_as_encoding_it_whole_would(
     tmp_path: Path,
 ) -> None:
-    stream = Stream(tmp_path, ok(filt(name="s", track=['"messages":1'])))
+    stream = Stream(tmp_path)
     stream.check()
     for f in dataclasses.fields(StreamStatus):
         value = getattr(stream.status, f.name)
@@ -98,13 +89,13 @@ async def test_every_change_to_the_status_shows_as_encoding_it_whole_would(
         setattr(stream.status, f.name, new)
         stream.check()
     stream.status.messages += 1  # one message: only a moving field
-    assert stream.check()["status"]["messages"] == stream.status.messages
+    assert stream.check()["messages"] == stream.status.messages
 
 
 async def test_every_change_to_the_archive_shows_as_encoding_it_whole_would(
     tmp_path: Path,
 ) -> None:
-    stream = Stream(tmp_path, ok(filt(name="s")))
+    stream = Stream(tmp_path)
     archive, coverage = stream.archive, stream.archive.coverage
     steps = [
         lambda: coverage.down(T0 + 1, "backoff", "refused"),
@@ -121,41 +112,40 @@ async def test_every_change_to_the_archive_shows_as_encoding_it_whole_would(
         lambda: setattr(archive, "last_published", T0 + 7),
         lambda: setattr(archive, "current_file", None),
     ]
-    shown = [stream.check()["status"]]
+    shown = [stream.check()]
     for step in steps:
         step()
-        shown.append(stream.check()["status"])
-    assert shown[1]["last_gap"]["error"] == "refused" and shown[3]["last_gap"]["refilled"] == "some"
+        shown.append(stream.check())
+    assert shown[1]["last_gap"]["error"] == "refused"
+    assert shown[3]["last_gap"]["refilled"] == "some"
     assert shown[-3]["last_message_at"] == "2027-01-15T08:00:06.251Z"  # T0 + 6.0016
 
 
-async def test_earlier_runs_and_new_settings_show(tmp_path: Path) -> None:
-    stream = Stream(tmp_path, ok(filt(name="s")))
+async def test_earlier_runs_show(tmp_path: Path) -> None:
+    stream = Stream(tmp_path)
     stream.status.messages, stream.status.bytes = 5, 500
     stream.check()
     stream.earlier = StreamStatus(messages=10, tweets=4, bytes=1000, reconnects=2)
-    assert stream.check()["status"]["messages"] == 15
-    stream.earlier = dataclasses.replace(stream.earlier, messages=11)
-    assert stream.check()["status"]["messages"] == 16
-    stream.spec = ok(filt(name="s", track=["other"]))
-    assert stream.check()["track"] == ["other"]
+    assert stream.check()["messages"] == 15
+    stream.earlier = dataclasses.replace(stream.earlier, messages=11, reconnects=3)
+    assert stream.check()["reconnects"] == 3
 
 
 async def test_a_new_archive_of_the_same_stream_is_not_taken_for_the_old(tmp_path: Path) -> None:
-    stream = Stream(tmp_path, ok(filt(name="s")))
+    stream = Stream(tmp_path)
     stream.archive.coverage.down(T0 + 1, "backoff", "first")
     stream.check()
     # A restart: a new archive whose coverage has had as many changes as the old one.
     stream.archive = make_archive(tmp_path, clock=lambda: T0 + 100)
     stream.archive.coverage.down(T0 + 1, "backoff", "second")
-    assert stream.check()["status"]["last_gap"]["error"] == "second"
+    assert stream.check()["last_gap"]["error"] == "second"
 
 
 async def test_streams_that_are_gone_are_let_go(tmp_path: Path) -> None:
-    kept = StreamJson()
+    kept = StatusJson()
     archive = make_archive(tmp_path)
     for name in ("a", "b", "c"):
-        kept.of(ok(filt(name=name)), StreamStatus(), None, archive, encode)
+        kept.of(name, StreamStatus(), None, archive)
     kept.keep_only(["b"])
     assert len(kept) == 1
 
@@ -164,14 +154,15 @@ def test_the_moving_fields_are_status_fields() -> None:
     assert set(MOVING) <= set(StreamStatus().to_dict())
 
 
-@pytest.mark.parametrize("field", MOVING)
-def test_a_status_without_a_moving_field_is_refused(field: str) -> None:
-    kept = StreamJson()
+def test_a_status_without_the_moving_fields_in_their_order_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    to_dict = StreamStatus.to_dict
 
-    def without(spec: StreamSpec, status: dict[str, Any]) -> bytes:
-        del status[field]
-        return encode(spec, status)
+    def swapped(self: StreamStatus, coverage: dict[str, Any] | None = None) -> dict[str, Any]:
+        shown = to_dict(self, coverage)
+        return {"tweets": shown.pop("tweets"), **shown}  # now before "messages"
 
-    archive = make_archive(Path("/nonexistent"))
+    monkeypatch.setattr(StreamStatus, "to_dict", swapped)
     with pytest.raises(AssertionError, match="MOVING"):
-        kept.of(ok(filt(name="s")), StreamStatus(), None, archive, without)
+        StatusJson().of("s", StreamStatus(), None, make_archive(tmp_path))
