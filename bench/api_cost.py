@@ -19,7 +19,12 @@ each of `--rounds` rounds, one request of each kind, `--gap` seconds apart, one 
 Each is timed to the last byte of the answer, client side. With `--against DIR` another
 version's `sfmd` package runs the same, before or after this one (the order alternates with
 `--repeat`). The daemon is pinned to one core, the fake API and this client to the other;
-`--profile DIR` records the daemon's busy threads with py-spy during each version's rounds.
+`--profile DIR` records with py-spy, during each version's rounds, the thread that holds the
+GIL (the event loop's, mostly), and prints what each kind of request cost the loop: the
+samples within its handler, per request (a page built in turns counts every turn). With
+`--all-threads` it records every busy thread instead (the archive's workers too), and prints
+where they were. `--save-interval` sets the rotation interval (default 60 s, as in fanout):
+a rotation boundary within the rounds puts the workers' turn-overs beside the requests.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from benchlib import byte_compile, dated_section, keep_work, percentile, publish
 from fanout import (
     FILTERS,
     FREEZE_TIMEOUT,
+    PROFILE_RATE,
     REPO,
+    SAVE_INTERVAL,
     STARTUP_TIMEOUT,
     BenchError,
     Control,
@@ -53,23 +60,42 @@ from fanout import (
     write_registry,
 )
 
-KINDS = (
-    "GET /health",
-    "GET /streams/{name}",
-    "GET /streams",
-    "GET /metrics",
-    "PATCH /streams/{name}",
-    "POST /streams",
-    "DELETE /streams/{name}",
-)
+#: Each kind of request, and the control API's method that answers it.
+HANDLERS = {
+    "GET /health": "ControlApi.health",
+    "GET /streams/{name}": "ControlApi.show",
+    "GET /streams": "ControlApi.list_streams",
+    "GET /metrics": "ControlApi.metrics",
+    "PATCH /streams/{name}": "ControlApi.modify",
+    "POST /streams": "ControlApi.create",
+    "DELETE /streams/{name}": "ControlApi.delete",
+}
+KINDS = tuple(HANDLERS)
 
 
 class VersionRun:
-    """One version's daemon at N streams: every kind's latencies, ms."""
+    """One version's daemon at N streams: every kind's latencies, ms (and, profiled, the
+    loop's CPU per request of each kind, ms)."""
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.ms: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        self.cpu_ms: dict[str, float] = {}
+
+
+def loop_cpu_per_request(path: Path, requests: int) -> dict[str, float]:
+    """From a py-spy record of the GIL's holder (raw format): the ms of samples within each
+    kind's handler, per request."""
+    samples = dict.fromkeys(KINDS, 0)
+    handlers = {f"{handler} (": kind for kind, handler in HANDLERS.items()}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        for frame in stack.split(";"):
+            kind = next((k for prefix, k in handlers.items() if frame.startswith(prefix)), None)
+            if kind is not None:
+                samples[kind] += int(count)
+                break
+    return {kind: n / PROFILE_RATE * 1000 / requests for kind, n in samples.items()}
 
 
 async def run_version(
@@ -84,7 +110,9 @@ async def run_version(
     daemon_core, other_core = cores
     workdir = root / f"{label or 'this'}-{attempt}"
     workdir.mkdir()
-    config = write_config(workdir, fake, root / "credentials.toml", {})
+    config = write_config(
+        workdir, fake, root / "credentials.toml", {}, save_interval=args.save_interval
+    )
     write_registry(workdir / "state", args.streams)
     daemon = DaemonProcess(workdir, config, daemon_core, code=code)
     control = Control(workdir / "sfmd.sock")
@@ -107,12 +135,19 @@ async def run_version(
         if args.profile is not None:
             seconds = args.rounds * len(KINDS) * (args.gap + 0.1) + 5
             output = args.profile / f"{label or 'this'}-{attempt}.txt"
-            spy = start_profile(daemon.pid, output, seconds, other_core, gil=False)
+            spy = start_profile(
+                daemon.pid, output, seconds, other_core, gil=not args.all_threads
+            )
         for r in range(args.rounds):
             await _round(control, result, r, args.streams, args.gap)
         if spy is not None:
             await asyncio.to_thread(spy.wait, 120)
-            print(profile_summary(output), flush=True)
+            if args.all_threads:
+                print(profile_summary(output), flush=True)
+            else:
+                result.cpu_ms = loop_cpu_per_request(output, args.rounds)
+                print(f"    {output.name}: the loop's CPU per request, ms: " + ", ".join(
+                    f"{kind} {ms:.1f}" for kind, ms in result.cpu_ms.items()), flush=True)
     finally:
         await control.close()
         daemon.kill()
@@ -197,6 +232,23 @@ def table(runs: list[VersionRun], args: argparse.Namespace) -> str:
                 f"| {label or 'this'} | {kind} | {len(values)} | {statistics.median(values):.1f}"
                 f" | {percentile(values, 90):.1f} | {max(values):.1f} |"
             )
+    profiled = [run for run in runs if run.cpu_ms]
+    if profiled:
+        lines += [
+            "",
+            "The event loop's CPU per request, ms (py-spy on the GIL's holder, "
+            f"{PROFILE_RATE} samples/s: the samples within each kind's handler, per request; "
+            "one column per run):",
+            "",
+            "| version | request | " + " | ".join(f"run {i + 1}" for i in range(args.repeat))
+            + " |",
+            "|---|---|" + "---:|" * args.repeat,
+        ]
+        for label in pooled:
+            mine = [run for run in profiled if run.label == label]
+            for kind in KINDS:
+                lines.append(f"| {label or 'this'} | {kind} | "
+                             + " | ".join(f"{run.cpu_ms[kind]:.1f}" for run in mine) + " |")
     return "\n".join(lines)
 
 
@@ -220,6 +272,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", type=Path, metavar="DIR", help="py-spy the daemon's rounds into DIR"
     )
     parser.add_argument(
+        "--all-threads", action="store_true",
+        help="with --profile: every busy thread, not the GIL's holder",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-interval", type=int, default=SAVE_INTERVAL,
+        help=f"the rotation interval, s (default {SAVE_INTERVAL})",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="copy the work dirs (logs, data) into DIR"
     )
     parser.add_argument("--no-doc", action="store_true", help="print only")
@@ -232,6 +292,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--streams: between 1 and 9999")
     if args.rounds < 1 or args.repeat < 1:
         parser.error("--rounds and --repeat: at least 1")
+    if args.save_interval < 1:
+        parser.error("--save-interval: at least 1 s")
+    if args.all_threads and args.profile is None:
+        parser.error("--all-threads goes with --profile")
     return args
 
 
@@ -249,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     command = f"bench/api_cost.py --streams {args.streams} --rate {args.rate:g}"
     command += f" --rounds {args.rounds} --repeat {args.repeat}"
+    command += f" --save-interval {args.save_interval}"
+    if args.profile is not None:
+        command += " --profile DIR" + (" --all-threads" if args.all_threads else "")
     if args.against:
         command += f" --against DIR ({args.against_label})"
     note = (" (sfmd's defaults otherwise; modules byte-compiled, as pip installs them; daemon "

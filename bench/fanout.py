@@ -128,6 +128,10 @@ def open_fds(pid: int) -> int:
 
 
 
+#: Samples a second py-spy takes (`start_profile`).
+PROFILE_RATE = 200
+
+
 def start_profile(
     pid: int, output: Path, seconds: float, core: int | None, gil: bool = True
 ) -> subprocess.Popen[bytes]:
@@ -136,7 +140,7 @@ def start_profile(
     worker threads alike."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     command = [
-        py_spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
+        py_spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE), "--nonblocking",
         *(["--gil"] if gil else ["--threads"]),
         "--function", "--format", "raw", "--duration", str(round(seconds)),
         "--output", str(output),
