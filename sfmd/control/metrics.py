@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from sfmd import __version__
 from sfmd.status import STATES, ConnectionSample, StreamSample
@@ -76,97 +74,51 @@ def _family(lines: list[str], name: str, kind: str, doc: str) -> None:
     lines.append(f"# TYPE {name} {kind}")
 
 
-#: The stream samples every message moves: their families are written anew for each page.
-#: The others' (files, reconnects, gaps, limits) are kept from page to page (`KeptFamilies`).
-MOVED_BY_MESSAGES = frozenset(("messages", "tweets", "bytes", "last_message_at"))
-
-
-class KeptFamilies:
-    """The text of each stream family that no message moves, with what it was written from.
-
-    At 5,000 streams a page is some 70,000 lines, written in 30-45 ms of the event loop.
-    Between two pages a stream's files published, reconnects, gap seconds and limit notices
-    rarely change: when none of a family's values (nor the streams) changed, its text is
-    reused instead of written again."""
-
-    def __init__(self) -> None:
-        self._kept: dict[str, tuple[Any, str]] = {}
-
-    def text(self, name: str, made_of: Any, write: Callable[[], str]) -> str:
-        """Family `name`'s text: kept if `made_of` equals what it was written from, else
-        `write()` (and kept with `made_of`)."""
-        kept = self._kept.get(name)
-        if kept is not None and kept[0] == made_of:
-            return kept[1]
-        text = write()
-        self._kept[name] = (made_of, text)
-        return text
-
-
-def render_page(snapshot: Snapshot, started: float, kept: KeptFamilies | None = None) -> bytes:
+def render_page(snapshot: Snapshot, started: float) -> bytes:
     """Prometheus text format 0.0.4 for one snapshot.
 
     Written directly rather than through prometheus-client's generate_latest, which took
     75-120 ms for the 11,000 samples of 1,000 streams (this takes about a tenth of that);
     the tests read the page back with prometheus-client's own parser.
     """
-    return ("\n".join(page_parts(snapshot, started, kept)) + "\n").encode()
+    return ("\n".join(page_parts(snapshot, started)) + "\n").encode()
 
 
-def page_parts(
-    snapshot: Snapshot, started: float, kept: KeptFamilies | None = None
-) -> Iterator[str]:
+def page_parts(snapshot: Snapshot, started: float) -> Iterator[str]:
     """The page one metric family at a time (no newline after a family's last line), so that
     `Metrics.page` can give the event loop a turn between them: the text format keeps each
-    family's samples together, and one family of 5,000 streams takes 1-4 ms. With `kept`,
-    a family no message moves is written only if its values changed since the last page."""
+    family's samples together, and one family of 5,000 streams takes 1-4 ms."""
     streams = [(s, _label(s.name)) for s in snapshot.streams]
-    names = tuple(s.name for s in snapshot.streams)
 
-    def family(
-        name: str, kind: str, doc: str, samples: Iterable[str], made_of: tuple[str, ...] = ()
-    ) -> str:
-        """A family's text; `made_of`: the StreamSample fields its values come from, if it
-        may be kept."""
-        def write() -> str:
-            return "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}", *samples])
-
-        if kept is None or not made_of or MOVED_BY_MESSAGES.intersection(made_of):
-            return write()
-        values = operator.attrgetter(*made_of)
-        return kept.text(name, (names, [values(s) for s in snapshot.streams]), write)
+    def family(name: str, kind: str, doc: str, samples: Iterable[str]) -> str:
+        return "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}", *samples])
 
     # Counts are written as integers: the text format's values are Go floats, which "12" is.
     for attr, doc in _STREAM_COUNTERS:
         name = f"sfmd_stream_{attr}_total"
-        yield family(
-            name, "counter", doc,
-            (f'{name}{{stream="{label}"}} {getattr(s, attr)}' for s, label in streams),
-            (attr,))
-    yield family(
-        "sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC, (
-            line for s, label in streams for line in _reconnects(
-                "sfmd_stream_reconnects_total", f'stream="{label}"', s.reconnects,
-                s.reconnects_planned)),
-        ("reconnects", "reconnects_planned"))
+        yield family(name, "counter", doc,
+                     (f'{name}{{stream="{label}"}} {getattr(s, attr)}' for s, label in streams))
+    yield family("sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC, (
+        line for s, label in streams for line in _reconnects(
+            "sfmd_stream_reconnects_total", f'stream="{label}"', s.reconnects,
+            s.reconnects_planned)))
     for metric, attr, doc in _STREAM_MOMENTS:
         name = f"sfmd_stream_{metric}_timestamp_seconds"
         yield family(name, "gauge", doc, (
             f'{name}{{stream="{label}"}} {getattr(s, attr):.3f}'
-            for s, label in streams if getattr(s, attr) is not None), (attr,))
+            for s, label in streams if getattr(s, attr) is not None))
     yield family(
         "sfmd_stream_gap_seconds_total", "counter",
         "Seconds the stream was set but not collecting, by reason, since the daemon began", (
             f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",stream="{label}"}} '
-            f"{seconds:.3f}" for s, label in streams for reason, seconds in s.gap_seconds.items()),
-        ("gap_seconds",))
+            f"{seconds:.3f}" for s, label in streams for reason, seconds in s.gap_seconds.items()))
     yield family("sfmd_stream_state", "gauge", "1 for the stream's current state",
                  (_state_lines(label, s.state) for s, label in streams))
     yield family(
         "sfmd_stream_limit_undelivered", "gauge",
         "Undelivered tweets Twitter reported in limit notices on the current connection",
         (f'sfmd_stream_limit_undelivered{{stream="{label}"}} {s.limit_undelivered}'
-         for s, label in streams), ("limit_undelivered",))
+         for s, label in streams))
     yield "\n".join(_connection_families(snapshot.connections, started))
 
 
@@ -215,14 +167,13 @@ class Metrics:
         self._page = b""
         self._rendered = -float("inf")
         self._building: asyncio.Future[bytes] | None = None  # a page being built (`page`)
-        self._kept = KeptFamilies()
 
     def render(self) -> bytes:
         """The page, built in one go (`page` is what the API serves)."""
         now = time.monotonic()
         if now - self._rendered >= self.max_age:
             snapshot = Snapshot(list(self._samples()), list(self._connections()))
-            self._page = render_page(snapshot, self._started, self._kept)
+            self._page = render_page(snapshot, self._started)
             self._rendered = now
         return self._page
 
@@ -240,9 +191,7 @@ class Metrics:
         try:
             samples = [sample async for sample in sliced(self._samples())]
             snapshot = Snapshot(samples, list(self._connections()))
-            parts = [
-                part async for part in sliced(page_parts(snapshot, self._started, self._kept))
-            ]
+            parts = [part async for part in sliced(page_parts(snapshot, self._started))]
             self._page = ("\n".join(parts) + "\n").encode()
             self._rendered = now
             self._building.set_result(self._page)

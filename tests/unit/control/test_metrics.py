@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfmd import turns
-from sfmd.control.metrics import ConnectionSample, KeptFamilies, Metrics, StreamSample
+from sfmd.control.metrics import ConnectionSample, Metrics, StreamSample
 
 
 def sample(messages: int) -> StreamSample:
@@ -118,51 +117,3 @@ async def test_scrapes_that_come_while_a_page_is_built_share_it() -> None:
     pages = await asyncio.gather(metrics.page(), metrics.page(), metrics.page())
     assert calls["n"] == 1
     assert pages[0] == pages[1] == pages[2]
-
-
-def test_a_page_shows_every_change_since_the_last_whatever_it_kept() -> None:
-    """Families no message moves are kept from page to page: each page is still what a
-    page written from nothing shows, whichever field of which stream changed."""
-    streams = [
-        StreamSample(f"s{i}", "streaming", i, i, 10 * i, 1, 0, 2, {"stopped": 1.5}, 1,
-                     1_764_900_000.0 + i, None)
-        for i in range(3)
-    ]
-    kept = Metrics(lambda: streams, 0.0, max_age=0)
-    uptime = re.compile(rb"sfmd_uptime_seconds [0-9.e+-]+")
-
-    def check() -> None:
-        fresh = Metrics(lambda: streams, 0.0, max_age=0)
-        assert uptime.sub(b"", kept.render()) == uptime.sub(b"", fresh.render())
-
-    check()
-    changes = {
-        "state": "backoff", "messages": 99, "tweets": 98, "bytes": 97, "reconnects": 5,
-        "limit_undelivered": 8, "files_published": 4, "gap_seconds": {"stopped": 2.5},
-        "reconnects_planned": 0, "last_message_at": 1_764_900_100.0,
-        "last_publish_at": 1_764_900_200.0,
-    }
-    assert changes.keys() == set(StreamSample._fields) - {"name"}
-    for field, value in changes.items():
-        streams[1] = streams[1]._replace(**{field: value})
-        check()
-    streams[2] = streams[2]._replace(name="s8")  # another stream, with the same values
-    check()
-    streams.append(streams[0]._replace(name="s9"))
-    check()
-    del streams[0]
-    check()
-
-
-def test_a_kept_family_is_written_again_only_when_what_it_is_made_of_changed() -> None:
-    kept = KeptFamilies()
-    written: list[str] = []
-
-    def write(text: str) -> Callable[[], str]:
-        return lambda: written.append(text) or text
-
-    assert kept.text("f", ((1, 2), [3]), write("a")) == "a"
-    assert kept.text("f", ((1, 2), [3]), write("b")) == "a"
-    assert kept.text("f", ((1, 2), [4]), write("c")) == "c"
-    assert kept.text("g", ((1, 2), [4]), write("d")) == "d"
-    assert written == ["a", "c", "d"]
