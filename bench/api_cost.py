@@ -18,7 +18,9 @@ each of `--rounds` rounds, one request of each kind, `--gap` seconds apart, one 
 
 Each is timed to the last byte of the answer, client side. With `--against DIR` another
 version's `sfmd` package runs the same, before or after this one (the order alternates with
-`--repeat`). The daemon is pinned to one core, the fake API and this client to the other;
+`--repeat`). The daemon is pinned to one core, the fake API and this client to the other.
+`--kind` limits the rounds to some kinds of request.
+
 `--profile DIR` records with py-spy, during each version's rounds, the thread that holds the
 GIL (the event loop's, mostly), and prints what each kind of request cost the loop: the
 samples within its handler, per request (a page built in turns counts every turn). With
@@ -77,17 +79,17 @@ class VersionRun:
     """One version's daemon at N streams: every kind's latencies, ms (and, profiled, the
     loop's CPU per request of each kind, ms)."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, kinds: tuple[str, ...]) -> None:
         self.label = label
-        self.ms: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        self.ms: dict[str, list[float]] = {kind: [] for kind in kinds}
         self.cpu_ms: dict[str, float] = {}
 
 
-def loop_cpu_per_request(path: Path, requests: int) -> dict[str, float]:
+def loop_cpu_per_request(path: Path, requests: int, kinds: tuple[str, ...]) -> dict[str, float]:
     """From a py-spy record of the GIL's holder (raw format): the ms of samples within each
-    kind's handler, per request."""
-    samples = dict.fromkeys(KINDS, 0)
-    handlers = {f"{handler} (": kind for kind, handler in HANDLERS.items()}
+    of `kinds`' handlers, per request."""
+    samples = dict.fromkeys(kinds, 0)
+    handlers = {f"{HANDLERS[kind]} (": kind for kind in kinds}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         for frame in stack.split(";"):
@@ -116,7 +118,7 @@ async def run_version(
     write_registry(workdir / "state", args.streams)
     daemon = DaemonProcess(workdir, config, daemon_core, code=code)
     control = Control(workdir / "sfmd.sock")
-    result = VersionRun(label)
+    result = VersionRun(label, args.kind)
     try:
         names = {sample_name(i) for i in range(args.streams)}
         await wait_streaming(
@@ -133,7 +135,7 @@ async def run_version(
                 raise BenchError(f"creating filter f{i} answered {status}")
         spy = None
         if args.profile is not None:
-            seconds = args.rounds * len(KINDS) * (args.gap + 0.1) + 5
+            seconds = args.rounds * len(args.kind) * (args.gap + 0.1) + 5
             output = args.profile / f"{label or 'this'}-{attempt}.txt"
             spy = start_profile(
                 daemon.pid, output, seconds, other_core, gil=not args.all_threads
@@ -145,7 +147,7 @@ async def run_version(
             if args.all_threads:
                 print(profile_summary(output), flush=True)
             else:
-                result.cpu_ms = loop_cpu_per_request(output, args.rounds)
+                result.cpu_ms = loop_cpu_per_request(output, args.rounds, args.kind)
                 print(f"    {output.name}: the loop's CPU per request, ms: " + ", ".join(
                     f"{kind} {ms:.1f}" for kind, ms in result.cpu_ms.items()), flush=True)
     finally:
@@ -170,7 +172,7 @@ async def _round(control: Control, result: VersionRun, r: int, n: int, gap: floa
         ),
         "DELETE /streams/{name}": ("DELETE", f"/streams/{new}", None, 204),
     }  # fmt: skip
-    for kind in KINDS:
+    for kind in result.ms:
         method, path, body, expected = calls[kind]
         status, _, seconds = await control.call(method, path, body)
         if status != expected:
@@ -215,7 +217,7 @@ def table(runs: list[VersionRun], args: argparse.Namespace) -> str:
     """Each version's latencies by kind, its runs pooled."""
     pooled: dict[str, dict[str, list[float]]] = {}
     for run in runs:
-        into = pooled.setdefault(run.label, {kind: [] for kind in KINDS})
+        into = pooled.setdefault(run.label, {kind: [] for kind in args.kind})
         for kind, values in run.ms.items():
             into[kind] += values
     lines = [
@@ -246,7 +248,7 @@ def table(runs: list[VersionRun], args: argparse.Namespace) -> str:
         ]
         for label in pooled:
             mine = [run for run in profiled if run.label == label]
-            for kind in KINDS:
+            for kind in args.kind:
                 lines.append(f"| {label or 'this'} | {kind} | "
                              + " | ".join(f"{run.cpu_ms[kind]:.1f}" for run in mine) + " |")
     return "\n".join(lines)
@@ -259,6 +261,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rate", type=float, default=0.05, help="messages/s per stream (default 0.05)"
     )
     parser.add_argument("--rounds", type=int, default=20, help="requests of each kind per run")
+    parser.add_argument(
+        "--kind", action="append", choices=KINDS,
+        help="only this kind of request (repeatable; default: every kind)",
+    )  # fmt: skip
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two requests")
     parser.add_argument("--repeat", type=int, default=1, help="runs per version")
     parser.add_argument(
@@ -296,6 +302,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--save-interval: at least 1 s")
     if args.all_threads and args.profile is None:
         parser.error("--all-threads goes with --profile")
+    args.kind = tuple(kind for kind in KINDS if kind in (args.kind or KINDS))
+    if "DELETE /streams/{name}" in args.kind and "POST /streams" not in args.kind:
+        parser.error("--kind 'DELETE /streams/{name}' deletes what 'POST /streams' creates")
     return args
 
 
@@ -313,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     command = f"bench/api_cost.py --streams {args.streams} --rate {args.rate:g}"
     command += f" --rounds {args.rounds} --repeat {args.repeat}"
+    if args.kind != KINDS:
+        command += "".join(f" --kind '{kind}'" for kind in args.kind)
     command += f" --save-interval {args.save_interval}"
     if args.profile is not None:
         command += " --profile DIR" + (" --all-threads" if args.all_threads else "")
