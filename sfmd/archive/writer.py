@@ -560,7 +560,7 @@ class Archive:
 
     def shown_key(self) -> tuple[Any, ...]:
         """Changes whenever `coverage_shown()` would, apart from `last_message_at` and the
-        seconds of gaps: what the API's pages keep a stream's STATUS by (`StreamJson`)."""
+        seconds of gaps: what the API's pages keep a stream's STATUS by (`StatusJson`)."""
         coverage = self.coverage
         return (coverage.revision, coverage.connected_since, self.current_file,
                 self.last_published)

@@ -1,7 +1,7 @@
 """Each task stream's STATUS JSON, kept between two pages and encoded again only in part.
 
 GET /streams shows every stream. At 5,000 streams, building and encoding every STATUS again
-took about 40 ms of the event loop a page (8 µs a stream), while every other request and
+took 30-40 ms of the event loop a page (6-8 µs a stream), while every other request and
 every stream's read waited. Between two pages most of a stream's STATUS is as it was: a
 message moves four of its fields (`MOVING`); its state, errors, coverage and open file
 change a few times a day. So each stream's JSON is kept in pieces around those four. It
