@@ -76,16 +76,12 @@ class StatusJson:
         for stream `name`: `status` is the running stream's own, `earlier` its earlier runs'
         counters (`Ledger.last`)."""
         key = (earlier, _keyed(status), archive.shown_key())
+        live = status.plus(earlier)  # `status` itself, unless the stream ran before
         kept = self._kept.get(name)
         if kept is None or kept.key != key:
-            shown = status.plus(earlier).to_dict(archive.coverage_shown())
+            shown = live.to_dict(archive.coverage_shown())
             shown.update(_STAND_IN)
             kept = self._kept[name] = Kept(key, _cut(orjson.dumps(shown)))
-        messages, tweets, size = status.messages, status.tweets, status.bytes
-        if earlier is not None:
-            messages += earlier.messages
-            tweets += earlier.tweets
-            size += earlier.bytes
         moment = archive.last_written
         if moment != kept.moment:
             kept.moment = moment
@@ -94,7 +90,8 @@ class StatusJson:
             )
         p0, p1, p2, p3, p4 = kept.pieces
         return b"".join(
-            (p0, b"%d" % messages, p1, b"%d" % tweets, p2, b"%d" % size, p3, kept.moment_json, p4)
+            (p0, b"%d" % live.messages, p1, b"%d" % live.tweets, p2, b"%d" % live.bytes, p3,
+             kept.moment_json, p4)
         )
 
     def keep_only(self, names: Iterable[str]) -> None:
