@@ -12,10 +12,10 @@ import enum
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 
 class State(enum.Enum):
@@ -137,6 +137,21 @@ class StreamStatus:
     last_message_at: float | None = None  # epoch seconds of the last message its archive took
     last_publish_at: float | None = None  # epoch seconds of its last published file
 
+    # What this status calls whenever a field is set (`watch`): a running task stream's
+    # status tells the API's kept views that it changed (`sfmd.changes`). Not a field: copies
+    # (`replaced`, `dataclasses.replace`) are not watched.
+    _notice: ClassVar[Callable[[], None] | None] = None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self.__dict__[key] = value
+        notice = self._notice
+        if notice is not None:
+            notice()
+
+    def watch(self, notice: Callable[[], None]) -> None:
+        """Call `notice` after every change of this status from now on."""
+        self.__dict__["_notice"] = notice
+
     @property
     def reconnects_after_failure(self) -> int:
         """Reconnects that followed a failure (a lost, refused or stalled connection)."""
@@ -153,6 +168,7 @@ class StreamStatus:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
+        new.__dict__.pop("_notice", None)  # a copy: nobody watches it
         return new
 
     def covered(self, shown: dict[str, Any], **changes: Any) -> StreamStatus:

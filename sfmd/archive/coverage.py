@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -130,6 +131,8 @@ class Coverage:
     # Changes with every change to the gaps (each is saved: `_save`), and differs from every
     # other coverage's: what a status shown from it was made of (`Archive.shown_key`).
     revision: int = field(default_factory=lambda: next(_REVISIONS), repr=False, compare=False)
+    # Called after every change a status shows (`Archive.watch`).
+    notice: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     # -- what the connection reports ----------------------------------------------------------
 
@@ -138,6 +141,7 @@ class Coverage:
         self.started = True
         if self.connected_since is None:
             self.connected_since = t
+            self._noticed()
         gap = self.open_gap
         if gap is not None:
             gap.end = max(t, gap.start)
@@ -148,7 +152,9 @@ class Coverage:
              ) -> None:
         """The stream stopped collecting at `t` (or at `since`, for a first connection that
         failed). A gap already open keeps its start and first reason."""
-        self.connected_since = None
+        if self.connected_since is not None:
+            self.connected_since = None
+            self._noticed()
         if self.open_gap is not None:
             return
         self.gaps.append(Gap(since if since is not None and not self.started else t,
@@ -240,9 +246,14 @@ class Coverage:
 
     # -- the journal --------------------------------------------------------------------------
 
+    def _noticed(self) -> None:
+        if self.notice is not None:
+            self.notice()
+
     def _save(self) -> None:
         """Rewrite the journal (write and rename; a crash keeps the old or the new one)."""
         self.revision = next(_REVISIONS)
+        self._noticed()
         if self.journal is None:
             return
         lines = [json.dumps({"writer": self.writer, "began": self.began})]

@@ -185,6 +185,10 @@ class Fence(Protocol):
     def valid(self) -> bool: ...
 
 
+def _unwatched() -> None:
+    """An archive's notice while nothing watches it (`Archive.watch`)."""
+
+
 def _wall_clock() -> float:
     return time.time()  # looked up at each call, so a test may move the clock
 
@@ -241,6 +245,7 @@ class Archive:
         "_max_batch",
         "_max_pending",
         "_max_sleep",
+        "_notice",
         "_on_manifest",
         "_on_publish",
         "_opened",
@@ -313,6 +318,7 @@ class Archive:
         # status and /metrics: what an alert on a silent stall compares with the clock.
         self.last_written: float | None = None
         self.last_published: float | None = None
+        self._notice: Callable[[], None] = _unwatched  # `watch`
         self._save_interval = save_interval
         self._compress = compress
         self._deflate = Deflate(compress_level, compress_window)
@@ -439,6 +445,7 @@ class Archive:
             await self._progress.wait()
             self._check_writable()
         now = self.last_written = self._clock()
+        self._notice()
         start = max(interval_start(now, self._save_interval), self._last_start)
         self._last_start = start
         size = sum(map(len, messages)) + len(messages)
@@ -528,6 +535,12 @@ class Archive:
     def error(self) -> ArchiveError | None:
         """The last write failure while messages wait for a retry; None when healthy."""
         return self._error if self._pending else None
+
+    def watch(self, notice: Callable[[], None]) -> None:
+        """Call `notice` after every change of what the stream's status shows of this
+        archive (its coverage, open file, last message and publish) from now on."""
+        self._notice = notice
+        self.coverage.notice = notice
 
     # -- coverage: what the stream's connection reports --------------------------------------
 
@@ -854,6 +867,7 @@ class Archive:
         assert new is not None
         self._part = new
         self.current_file = new.path
+        self._notice()
         if step == "write":
             assert exc is not None
             await self._abandon(new)
@@ -874,12 +888,14 @@ class Archive:
             raise self._failure("create a file in", self.stream_dir, exc) from exc
         self._part = part
         self.current_file = part.path
+        self._notice()
 
     def _forget(self, part: _PartFile) -> None:
         """`part` is no longer the open file nor the one waiting to be published."""
         if self._part is part:
             self._part = None
             self.current_file = None
+            self._notice()
         if self._retiring is part:
             self._retiring = None
 
@@ -1111,6 +1127,7 @@ class Archive:
         for published in files:
             self.published += 1
             self.last_published = self._clock()
+            self._notice()
             self._log.info(
                 event,
                 file=published.relpath,

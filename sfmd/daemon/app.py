@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from sfmd.archive.coverage import keep_alive
+from sfmd.changes import Changes
 from sfmd.config import SECTIONS, Config, ConfigError, load_config
 from sfmd.credentials import (
     Credential,
@@ -103,9 +104,10 @@ class Daemon:
         self._alive: asyncio.Task[None] | None = None
         hooks = self._cluster_hooks() if config.cluster.nats_url else None
         self.processes = ProcessBackend(config, credentials=self._credentials)
+        self.changes = Changes()  # which streams changed what they show: for `views`
         self.tasks = TaskBackend(
             config, self._session, self._credentials, self.ledger,
-            reconcile=self.reconcile, lock=self._lock, hooks=hooks,
+            reconcile=self.reconcile, lock=self._lock, hooks=hooks, changes=self.changes,
         )
         self.shared = SharedBackend(config, self._session, self._credentials, self.ledger, hooks)
         self.views = Views(self)
@@ -461,6 +463,7 @@ class Daemon:
             await self._reconcile()
             self.ledger.forget(name)
             self.tasks.forget(name)
+            self.changes.forget(name)
         if self.cluster is not None:
             await self.cluster.forget(name)
 

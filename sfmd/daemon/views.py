@@ -3,6 +3,7 @@ systemd's one-line summary. Read-only: views never change what runs."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sfmd.daemon.shown import Shown
 from sfmd.daemon.statusjson import StatusJson
 from sfmd.registry import Mode, StreamSpec
 from sfmd.status import (
@@ -21,7 +23,6 @@ from sfmd.status import (
     StreamStatus,
     describe_states,
 )
-from sfmd.turns import sliced
 
 if TYPE_CHECKING:
     from sfmd.daemon.app import Daemon
@@ -33,6 +34,11 @@ class Views:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.kept = StatusJson()  # each task stream's STATUS JSON, between two pages
+        # GET /streams' STREAM JSON and /health's state of each stream, kept between two
+        # calls and made again for the streams that said they changed (`Shown`).
+        self._pages = Shown(daemon.changes, self._view)
+        self._paging = asyncio.Lock()  # one page refreshes `_pages` at a time
+        self._states = Shown(daemon.changes, self._state)
 
     def status_of(self, spec: StreamSpec) -> StreamStatus:
         """One stream's status, from whichever back end runs it (or the ledger)."""
@@ -65,37 +71,54 @@ class Views:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
         spec); a task stream's status is kept between calls and encoded again only in part
         (`StatusJson`); any other's is encoded whole."""
+        return self._view(spec)[0]
+
+    def _view(self, spec: StreamSpec) -> tuple[bytes, bool]:
+        """`view_json`, and whether it may be kept until the stream tells of a change: a
+        task stream read in place is watched (`TaskBackend`), any other is not."""
         runner = self._read_in_place(spec)
         if runner is not None:
             earlier = self.daemon.ledger.last.get(spec.name)
             status = self.kept.of(spec.name, runner.stream.status, earlier, runner.archive)
-        else:
-            status = orjson.dumps(self.status_of(spec).to_dict())
+            return spec.view_json_open + b',"status":' + status + b"}", True
+        status = orjson.dumps(self.status_of(spec).to_dict())
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
             return (spec.view_json_open + b',"host":' + orjson.dumps(host) + b',"status":'
-                    + status + b"}")
-        return spec.view_json_open + b',"status":' + status + b"}"
+                    + status + b"}"), False
+        return spec.view_json_open + b',"status":' + status + b"}", False
 
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
         """A stream's state and last error, as `status_of` shows them, without copying its
         whole status: what /health and systemd's status line need of every stream."""
+        return self._state(spec)[0]
+
+    def _state(self, spec: StreamSpec) -> tuple[tuple[State, str | None], bool]:
+        """`state_of`, and whether it may be kept until the stream tells of a change."""
         runner = self._task_runner(spec)
         if runner is not None:
             live = runner.stream.status
-            return live.state, live.last_error
+            return (live.state, live.last_error), self.daemon.cluster is None
         status = self.status_of(spec)
-        return status.state, status.last_error
+        return (status.state, status.last_error), False
+
+    def states(self) -> list[tuple[State, str | None]]:
+        """Every stream's `state_of`, in name order: kept between calls, and looked up again
+        only for streams that changed since (`Shown`)."""
+        return self._states.now(self.daemon.specs())
 
     async def listing(self) -> bytes:
-        """GET /streams' body, built with turns for the rest of the loop (`turns`). A stream
-        removed meanwhile shows as stopped, as it would have a moment later."""
-        specs = self.daemon.specs()
-        views = [view async for view in sliced(map(self.view_json, specs))]
+        """GET /streams' body: each STREAM kept from the last page unless its stream changed
+        since (`Shown`), the others made with turns for the rest of the loop (`turns`). A
+        stream removed meanwhile shows as stopped, as it would have a moment later."""
+        async with self._paging:
+            specs = self.daemon.specs()
+            views = await self._pages.refreshed(specs)
+            page = b'{"streams":[' + b",".join(views) + b"]}"
         if len(self.kept) > len(specs):
             self.kept.keep_only(spec.name for spec in specs)
-        return b'{"streams":[' + b",".join(views) + b"]}"
+        return page
 
     def samples(self) -> Iterator[StreamSample]:
         d = self.daemon
@@ -142,22 +165,23 @@ class Views:
 
     def status_line(self) -> str:
         """One line for systemd's STATUS, e.g. "12 streams: 11 streaming, 1 backoff"."""
-        return describe_states(self.state_of(s)[0].value for s in self.daemon.specs())
+        return describe_states(state.value for state, _ in self.states())
 
     def health(self) -> dict[str, Any]:
         """The daemon answers (`status` ok), and how its streams are: what a monitoring
         check needs in one call (`sfmctl health`)."""
         d = self.daemon
         specs = d.specs()
-        states = [(spec.name, *self.state_of(spec)) for spec in specs]
+        states = self._states.now(specs)
         return {
             "status": "ok",
             "streams": len(specs),
             "uptime": round(time.monotonic() - d.started, 3),
-            "states": dict(Counter(state.value for _, state, _ in states)),
+            "states": dict(Counter(state.value for state, _ in states)),
             "failed": [
-                {"name": name, "last_error": error}
-                for name, state, error in states if state is State.FAILED
+                {"name": spec.name, "last_error": error}
+                for spec, (state, error) in zip(specs, states, strict=True)
+                if state is State.FAILED
             ],
         }
 

@@ -20,6 +20,7 @@ import aiohttp
 
 from sfmd.archive import Archive, ArchiveError, CountItems
 from sfmd.archive.writer import Fence
+from sfmd.changes import Changes
 from sfmd.config import Config
 from sfmd.credentials import Credential
 from sfmd.locks import CredentialBusy, CredentialLock
@@ -188,6 +189,11 @@ class StreamRunner:
     def status(self) -> StreamStatus:
         return self.stream.status.covered(self.archive.coverage_shown())
 
+    def watch(self, notice: Callable[[], None]) -> None:
+        """Call `notice` whenever anything the stream's status shows changes (`Changes`)."""
+        self.stream.status.watch(notice)
+        self.archive.watch(notice)
+
 
 class TaskBackend:
     """Streams with a connection of their own, each a task in this daemon (`Mode.TASK`).
@@ -207,9 +213,13 @@ class TaskBackend:
         reconcile: Callable[[], Awaitable[None]],
         lock: asyncio.Lock,
         hooks: ClusterHooks | None = None,
+        changes: Changes | None = None,
     ) -> None:
+        """`changes`: told of every runner that starts or stops, and given each runner's
+        notices (`StreamRunner.watch`), for the views that keep what they showed."""
         self.config = config
         self.hooks = hooks
+        self.changes = changes if changes is not None else Changes()
         self.session = session
         self.credentials = credentials
         self.ledger = ledger
@@ -312,6 +322,8 @@ class TaskBackend:
             return
         self.ledger.clear(spec.name)
         self.runners[spec.name] = runner
+        runner.watch(self.changes.notice_for(spec.name))
+        self.changes.touch(spec.name)
         self._watch(runner)
 
     async def _retarget(self, runner: StreamRunner, spec: StreamSpec) -> None:
@@ -323,6 +335,7 @@ class TaskBackend:
 
     async def _stop_runner(self, name: str, reason: str) -> None:
         runner = self.runners.pop(name)
+        self.changes.touch(name)
         get_logger(stream=name).info("stream_state", state="stopping", reason=reason)
         try:
             await runner.stop()

@@ -117,3 +117,24 @@ def test_epoch_iso_writes_many_moments_as_datetime_does() -> None:
     moments = [rng.uniform(0, 4e9) for _ in range(20_000)]
     moments += [rng.randrange(2**31) + rng.randrange(10**6) / 1e6 for _ in range(20_000)]
     assert [m for m in moments if epoch_iso(m) != _by_datetime(m)] == []
+
+
+def test_a_watched_status_tells_of_every_change_and_its_copies_do_not() -> None:
+    status = StreamStatus(State.STREAMING, SINCE)
+    told: list[int] = []
+    status.watch(lambda: told.append(1))
+    for n, f in enumerate(dataclasses.fields(StreamStatus), start=1):
+        setattr(status, f.name, getattr(status, f.name))  # even the same value is a change
+        assert len(told) == n, f.name
+    status.messages += 1
+    assert len(told) == len(dataclasses.fields(StreamStatus)) + 1
+    told.clear()
+    copies = [
+        status.replaced(messages=2), status.plus(StreamStatus(messages=1)),
+        status.covered({"connected_since": None, "last_gap": None, "gap_seconds": {}}),
+        dataclasses.replace(status, reconnects=4),
+    ]
+    for copy in copies:
+        copy.messages += 1
+    assert told == []
+    assert copies[0] == dataclasses.replace(status, messages=3)  # the notice is no field

@@ -4,14 +4,16 @@ between pages), and show what the copy shows."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from sfmd.config import load_config
 from sfmd.daemon.app import Daemon
 from sfmd.fake import FakeAPI
-from sfmd.status import StreamSample
+from sfmd.status import State, StreamSample, describe_states
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
 from tests.helpers.daemon import daemon_in_process
@@ -69,3 +71,83 @@ async def test_streams_and_metrics_show_what_each_streams_status_says(
         shown = {s.name: s for s in views.samples()}
         assert shown == {name: sample_of(daemon, name) for name in ("off", "s1", "s2")}
         assert daemon.tasks.runners.keys() == {"s1", "s2"}  # two read without a copy
+
+
+def whole_page(daemon: Daemon) -> list[dict[str, Any]]:
+    """Every STREAM as the API shows it, each status copied from its back end: what a page
+    shows when nothing is kept."""
+    views = daemon.views
+    return [
+        {**orjson.loads(spec.view_json_open + b"}"), "status": views.status_of(spec).to_dict()}
+        for spec in daemon.specs()
+    ]
+
+
+def whole_health(daemon: Daemon) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    statuses = [(spec.name, daemon.views.status_of(spec)) for spec in daemon.specs()]
+    return (
+        dict(Counter(status.state.value for _, status in statuses)),
+        [{"name": name, "last_error": status.last_error}
+         for name, status in statuses if status.state is State.FAILED],
+    )
+
+
+async def test_kept_pages_and_health_show_every_change_the_streams_make(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    fake_api.configure(rate=50)
+    config = load_config(write_daemon_config(tmp_path, fake_api))
+    async with daemon_in_process(config, log_path(tmp_path)) as daemon:
+        views = daemon.views
+        shown: list[str] = []
+
+        async def check(what: str) -> None:
+            """The kept page and health against the whole ones, with no turn between."""
+            page = orjson.loads(await views.listing())["streams"]
+            health = views.health()
+            assert page == whole_page(daemon), what
+            assert (health["states"], health["failed"]) == whole_health(daemon), what
+            assert views.status_line() == describe_states(health_states(health))
+            shown.append(what)
+
+        async with Api(config.daemon.control_socket) as api:
+            await check("no stream")
+            for body in ({"name": "s1", "kind": "sample", "credential": "alpha"},
+                         {"name": "s2", "kind": "sample", "credential": "beta"},
+                         {"name": "f1", "kind": "filter", "track": ["x"],
+                          "credential": "alpha", "active": False}):
+                await api.ok("POST", "/streams", body, 201)
+                await check(f"{body['name']} added")
+            await wait_until(lambda: messages(daemon, "s2") > 10, what="s2 streaming")
+            await check("streaming")
+            await wait_until(lambda: messages(daemon, "s1") > 20, what="s1 taking more")
+            await check("messages taken since")
+            await api.ok("POST", "/streams/s2/stop")
+            await check("s2 stopped")
+            fake_api.script({"status": 503})  # the next connection is refused: a backoff
+            await api.ok("POST", "/streams/s2/start")
+            await wait_until(
+                lambda: daemon.tasks.runners["s2"].stream.status.state is State.BACKOFF,
+                what="s2 in backoff",
+            )
+            await check("s2 in backoff")
+            await wait_until(lambda: messages(daemon, "s2") > 5, what="s2 streaming again")
+            await check("s2 streaming again")
+            await api.ok("PATCH", "/streams/f1", {"track": ["y"]})
+            await check("f1 changed")
+            await api.ok("POST", "/streams/s1/stop")
+            await api.ok("POST", "/streams/f1/start")
+            await wait_until(lambda: messages(daemon, "f1") > 0, what="f1 streaming")
+            await check("f1 started on s1's credential")
+            await api.ok("DELETE", "/streams/s2", status=204)
+            await check("s2 deleted")
+    assert len(shown) == 12
+
+
+def messages(daemon: Daemon, name: str) -> int:
+    runner = daemon.tasks.runners.get(name)
+    return runner.stream.status.messages if runner is not None else 0
+
+
+def health_states(health: dict[str, Any]) -> list[str]:
+    return [state for state, n in health["states"].items() for _ in range(n)]

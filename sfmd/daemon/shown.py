@@ -1,0 +1,89 @@
+"""What a view showed of each stream, kept in the registry's order, made again only for the
+streams that changed since (`sfmd.changes`).
+
+A value is kept only when its stream can say it changed: a task stream whose status and
+archive are watched (`keep` true from `make`). Any other (stopped, failed, shared, in its own
+process) is made again every time, as before. A stream whose settings changed is a new spec
+object, so it is made again too; streams added, removed or renamed make every value again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from sfmd.changes import Changes
+from sfmd.registry import StreamSpec
+from sfmd.turns import sliced
+
+_T = TypeVar("_T")
+
+
+class Shown(Generic[_T]):
+    """Each stream's value (`make(spec)` → value, keep), in the order of the specs given.
+
+    One reader of `changes` each: two views must not share one, and one view must not refresh
+    from two places at once (the async `refreshed` takes turns of the loop: its caller
+    serialises it).
+    """
+
+    def __init__(self, changes: Changes, make: Callable[[StreamSpec], tuple[_T, bool]]) -> None:
+        self._changes = changes
+        self._reader = changes.reader()
+        self._make = make
+        self._specs: list[StreamSpec] = []
+        self._values: list[_T] = []
+        self._index: dict[str, int] = {}
+        self._unkept: set[int] = set()  # made again every time
+
+    def now(self, specs: list[StreamSpec]) -> list[_T]:
+        """Every stream's value, in `specs`' order, in one go."""
+        for i in self._plan(specs):
+            self._make_at(i)
+        return self._values
+
+    async def refreshed(self, specs: list[StreamSpec]) -> list[_T]:
+        """As `now`, with turns for the rest of the loop while many are made (`turns`)."""
+        async for i in sliced(self._plan(specs)):
+            self._make_at(i)
+        return self._values
+
+    def _make_at(self, i: int) -> None:
+        value, keep = self._make(self._specs[i])
+        self._values[i] = value
+        if keep:
+            self._unkept.discard(i)
+        else:
+            self._unkept.add(i)
+
+    def _plan(self, specs: list[StreamSpec]) -> Iterator[int]:
+        """The positions to make again; everything about the plan is settled before the first
+        is made, so the caller may take turns between them."""
+        changed = self._changes.take(self._reader)
+        old = self._specs
+        todo = self._differing(old, specs)
+        if todo is None:  # streams added, removed or renamed: all again
+            self._specs, self._values = specs, [None] * len(specs)  # type: ignore[list-item]
+            self._index = {spec.name: i for i, spec in enumerate(specs)}
+            self._unkept = set()
+            return iter(range(len(specs)))
+        self._specs = specs
+        index = self._index
+        todo |= self._unkept
+        todo.update(index[name] for name in changed if name in index)
+        return iter(sorted(todo))
+
+    @staticmethod
+    def _differing(old: list[StreamSpec], new: list[StreamSpec]) -> set[int] | None:
+        """Positions whose spec changed (a PATCH), or None when the names differ."""
+        if len(old) != len(new) or not new:
+            return None
+        if old == new:  # compares identity first, in C: the common case costs nothing
+            return set()
+        differing = set()
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a is not b:
+                if a.name != b.name:
+                    return None
+                differing.add(i)
+        return differing

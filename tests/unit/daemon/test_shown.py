@@ -1,0 +1,106 @@
+"""What a view keeps of each stream is made again exactly for the streams that changed, and
+for those that cannot tell (sfmd.daemon.shown)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sfmd.changes import Changes
+from sfmd.daemon.shown import Shown
+from sfmd.registry import StreamSpec
+from tests.helpers.specs import filt, ok
+
+
+def spec(name: str, *track: str) -> StreamSpec:
+    return ok(filt(name=name, track=list(track or ["x"])))
+
+
+class View:
+    """A view of each stream: its name and how many times it was made; streams named in
+    `unkept` cannot tell when they change."""
+
+    def __init__(self, changes: Changes) -> None:
+        self.made: list[str] = []
+        self.count: dict[str, int] = {}
+        self.unkept: set[str] = set()
+        self.shown = Shown(changes, self.make)
+
+    def make(self, spec: StreamSpec) -> tuple[str, bool]:
+        self.made.append(spec.name)
+        self.count[spec.name] = self.count.get(spec.name, 0) + 1
+        return f"{spec.name}:{self.count[spec.name]}:{spec.track[0]}", spec.name not in self.unkept
+
+    def show(self, specs: list[StreamSpec]) -> list[str]:
+        self.made.clear()
+        return list(self.shown.now(specs))
+
+
+def test_only_what_changed_is_made_again() -> None:
+    changes = Changes()
+    view = View(changes)
+    specs = [spec("a"), spec("b"), spec("c")]
+    assert view.show(specs) == ["a:1:x", "b:1:x", "c:1:x"]
+    assert view.show(list(specs)) == ["a:1:x", "b:1:x", "c:1:x"] and view.made == []
+    changes.notice_for("b")()
+    assert view.show(list(specs)) == ["a:1:x", "b:2:x", "c:1:x"] and view.made == ["b"]
+    changes.touch("c")
+    changes.touch("nobody")  # a name no spec has
+    assert view.show(list(specs)) == ["a:1:x", "b:2:x", "c:2:x"] and view.made == ["c"]
+
+
+def test_a_changed_spec_is_made_again_and_an_equal_one_is_not() -> None:
+    view = View(Changes())
+    specs = [spec("a"), spec("b")]
+    view.show(specs)
+    patched = [specs[0], spec("b", "y")]
+    assert view.show(patched) == ["a:1:x", "b:2:y"] and view.made == ["b"]
+    same = [dataclasses.replace(patched[0]), patched[1]]  # another object, the same settings
+    view.show(same)
+    assert view.made == []
+
+
+def test_streams_added_removed_or_renamed_make_everything_again() -> None:
+    view = View(Changes())
+    view.show([spec("a"), spec("b")])
+    view.show([spec("a"), spec("b"), spec("c")])
+    assert view.made == ["a", "b", "c"]
+    view.show([spec("a"), spec("c")])
+    assert view.made == ["a", "c"]
+    assert view.show([spec("a"), spec("d")]) == ["a:4:x", "d:1:x"]
+    assert view.show([]) == []
+
+
+def test_a_stream_that_cannot_tell_is_made_every_time_until_it_can() -> None:
+    changes = Changes()
+    view = View(changes)
+    view.unkept = {"b"}
+    specs = [spec("a"), spec("b")]
+    view.show(specs)
+    view.show(specs)
+    assert view.made == ["b"]
+    view.unkept = set()
+    view.show(specs)
+    view.show(specs)
+    assert view.made == []
+
+
+async def test_made_with_turns_is_the_same() -> None:
+    changes = Changes()
+    view = View(changes)
+    specs = [spec(f"s{i}") for i in range(50)]
+    assert await view.shown.refreshed(specs) == [f"s{i}:1:x" for i in range(50)]
+    changes.touch("s7")
+    shown = await view.shown.refreshed(specs)
+    assert shown[7] == "s7:2:x" and view.count["s8"] == 1
+
+
+def test_two_views_each_see_every_change() -> None:
+    changes = Changes()
+    one, two = View(changes), View(changes)
+    specs = [spec("a"), spec("b")]
+    one.show(specs)
+    two.show(specs)
+    changes.notice_for("a")()
+    one.show(specs)
+    two.show(specs)
+    assert one.made == two.made == ["a"]
