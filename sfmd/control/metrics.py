@@ -81,45 +81,57 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
     75-120 ms for the 11,000 samples of 1,000 streams (this takes about a tenth of that);
     the tests read the page back with prometheus-client's own parser.
     """
-    return ("\n".join(page_parts(snapshot, started)) + "\n").encode()
+    rows = [stream_lines(s) for s in snapshot.streams]
+    return ("\n".join(page_parts(rows, snapshot.connections, started)) + "\n").encode()
 
 
-def page_parts(snapshot: Snapshot, started: float) -> Iterator[str]:
+#: The stream families in page order, as (name, type, help): `stream_lines` gives a stream's
+#: samples of each, in this order.
+_STREAM_FAMILIES = (
+    *((f"sfmd_stream_{attr}_total", "counter", doc) for attr, doc in _STREAM_COUNTERS),
+    ("sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC),
+    *((f"sfmd_stream_{metric}_timestamp_seconds", "gauge", doc)
+      for metric, _, doc in _STREAM_MOMENTS),
+    ("sfmd_stream_gap_seconds_total", "counter",
+     "Seconds the stream was set but not collecting, by reason, since the daemon began"),
+    ("sfmd_stream_state", "gauge", "1 for the stream's current state"),
+    ("sfmd_stream_limit_undelivered", "gauge",
+     "Undelivered tweets Twitter reported in limit notices on the current connection"),
+)
+
+
+def stream_lines(s: StreamSample) -> tuple[str, ...]:
+    """One stream's samples of each family in `_STREAM_FAMILIES`, each family's lines as one
+    string ("" when it has none, as a moment that never happened)."""
+    label = _label(s.name)
+    stream = f'stream="{label}"'
+    # Counts are written as integers: the text format's values are Go floats, which "12" is.
+    lines = [f"sfmd_stream_{attr}_total{{{stream}}} {getattr(s, attr)}"
+             for attr, _ in _STREAM_COUNTERS]
+    lines.append("\n".join(_reconnects(
+        "sfmd_stream_reconnects_total", stream, s.reconnects, s.reconnects_planned)))
+    for metric, attr, _ in _STREAM_MOMENTS:
+        moment = getattr(s, attr)
+        lines.append(f"sfmd_stream_{metric}_timestamp_seconds{{{stream}}} {moment:.3f}"
+                     if moment is not None else "")
+    lines.append("\n".join(
+        f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",{stream}}} {seconds:.3f}'
+        for reason, seconds in s.gap_seconds.items()))
+    lines.append(_state_lines(label, s.state))
+    lines.append(f"sfmd_stream_limit_undelivered{{{stream}}} {s.limit_undelivered}")
+    return tuple(lines)
+
+
+def page_parts(
+    rows: list[tuple[str, ...]], connections: list[ConnectionSample], started: float
+) -> Iterator[str]:
     """The page one metric family at a time (no newline after a family's last line), so that
     `Metrics.page` can give the event loop a turn between them: the text format keeps each
-    family's samples together, and one family of 5,000 streams takes 1-4 ms."""
-    streams = [(s, _label(s.name)) for s in snapshot.streams]
-
-    def family(name: str, kind: str, doc: str, samples: Iterable[str]) -> str:
-        return "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}", *samples])
-
-    # Counts are written as integers: the text format's values are Go floats, which "12" is.
-    for attr, doc in _STREAM_COUNTERS:
-        name = f"sfmd_stream_{attr}_total"
-        yield family(name, "counter", doc,
-                     (f'{name}{{stream="{label}"}} {getattr(s, attr)}' for s, label in streams))
-    yield family("sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC, (
-        line for s, label in streams for line in _reconnects(
-            "sfmd_stream_reconnects_total", f'stream="{label}"', s.reconnects,
-            s.reconnects_planned)))
-    for metric, attr, doc in _STREAM_MOMENTS:
-        name = f"sfmd_stream_{metric}_timestamp_seconds"
-        yield family(name, "gauge", doc, (
-            f'{name}{{stream="{label}"}} {getattr(s, attr):.3f}'
-            for s, label in streams if getattr(s, attr) is not None))
-    yield family(
-        "sfmd_stream_gap_seconds_total", "counter",
-        "Seconds the stream was set but not collecting, by reason, since the daemon began", (
-            f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",stream="{label}"}} '
-            f"{seconds:.3f}" for s, label in streams for reason, seconds in s.gap_seconds.items()))
-    yield family("sfmd_stream_state", "gauge", "1 for the stream's current state",
-                 (_state_lines(label, s.state) for s, label in streams))
-    yield family(
-        "sfmd_stream_limit_undelivered", "gauge",
-        "Undelivered tweets Twitter reported in limit notices on the current connection",
-        (f'sfmd_stream_limit_undelivered{{stream="{label}"}} {s.limit_undelivered}'
-         for s, label in streams))
-    yield "\n".join(_connection_families(snapshot.connections, started))
+    family's samples together. `rows`: each stream's `stream_lines`."""
+    for k, (name, kind, doc) in enumerate(_STREAM_FAMILIES):
+        yield "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}",
+                          *(row[k] for row in rows if row[k])])
+    yield "\n".join(_connection_families(connections, started))
 
 
 def _connection_families(
@@ -167,6 +179,9 @@ class Metrics:
         self._page = b""
         self._rendered = -float("inf")
         self._building: asyncio.Future[bytes] | None = None  # a page being built (`page`)
+        # Each stream's lines of the last page, with the sample they were written from: a
+        # sample the streams' side kept (the same object) is not written again.
+        self._lines: dict[str, tuple[StreamSample, tuple[str, ...]]] = {}
 
     def render(self) -> bytes:
         """The page, built in one go (`page` is what the API serves)."""
@@ -176,6 +191,15 @@ class Metrics:
             self._page = render_page(snapshot, self._started)
             self._rendered = now
         return self._page
+
+    def _kept_lines(
+        self, kept: dict[str, tuple[StreamSample, tuple[str, ...]]], sample: StreamSample
+    ) -> tuple[str, ...]:
+        """`stream_lines(sample)`, kept from the last page if it was written from `sample`."""
+        last = kept.get(sample.name)
+        lines = last[1] if last is not None and last[0] is sample else stream_lines(sample)
+        self._lines[sample.name] = (sample, lines)
+        return lines
 
     async def page(self) -> bytes:
         """The page, built with turns for the rest of the event loop (`turns`: every few ms,
@@ -189,9 +213,13 @@ class Metrics:
             return await asyncio.shield(self._building)
         self._building = asyncio.get_running_loop().create_future()
         try:
-            samples = [sample async for sample in sliced(self._samples())]
-            snapshot = Snapshot(samples, list(self._connections()))
-            parts = [part async for part in sliced(page_parts(snapshot, self._started))]
+            kept, self._lines = self._lines, {}
+            rows = [lines async for lines in sliced(
+                map(functools.partial(self._kept_lines, kept), self._samples())
+            )]
+            parts = [part async for part in sliced(
+                page_parts(rows, list(self._connections()), self._started)
+            )]
             self._page = ("\n".join(parts) + "\n").encode()
             self._rendered = now
             self._building.set_result(self._page)

@@ -23,8 +23,8 @@ class Shown(Generic[_T]):
     """Each stream's value (`make(spec)` → value, keep), in the order of the specs given.
 
     One reader of `changes` each: two views must not share one, and one view must not refresh
-    from two places at once (the async `refreshed` takes turns of the loop: its caller
-    serialises it).
+    from two places at once (`refreshed` and `each` let the loop run between two values:
+    their caller serialises them).
     """
 
     def __init__(self, changes: Changes, make: Callable[[StreamSpec], tuple[_T, bool]]) -> None:
@@ -35,12 +35,22 @@ class Shown(Generic[_T]):
         self._values: list[_T] = []
         self._index: dict[str, int] = {}
         self._unkept: set[int] = set()  # made again every time
+        self._owed: set[int] = set()  # to be made before they are shown again
 
     def now(self, specs: list[StreamSpec]) -> list[_T]:
         """Every stream's value, in `specs`' order, in one go."""
         for i in self._plan(specs):
             self._make_at(i)
         return self._values
+
+    def each(self, specs: list[StreamSpec]) -> Iterator[_T]:
+        """As `now`, one value at a time, each made (if need be) when it is asked for: the
+        caller may take turns of the loop between two."""
+        owed = set(self._plan(specs))
+        for i in range(len(specs)):
+            if i in owed:
+                self._make_at(i)
+            yield self._values[i]
 
     async def refreshed(self, specs: list[StreamSpec]) -> list[_T]:
         """As `now`, with turns for the rest of the loop while many are made (`turns`)."""
@@ -51,27 +61,29 @@ class Shown(Generic[_T]):
     def _make_at(self, i: int) -> None:
         value, keep = self._make(self._specs[i])
         self._values[i] = value
+        self._owed.discard(i)
         if keep:
             self._unkept.discard(i)
         else:
             self._unkept.add(i)
 
-    def _plan(self, specs: list[StreamSpec]) -> Iterator[int]:
-        """The positions to make again; everything about the plan is settled before the first
-        is made, so the caller may take turns between them."""
+    def _plan(self, specs: list[StreamSpec]) -> list[int]:
+        """The positions to make again, in order. What is owed stays owed until it is made,
+        so a caller that stops halfway (a cancelled request) leaves nothing stale."""
         changed = self._changes.take(self._reader)
-        old = self._specs
-        todo = self._differing(old, specs)
+        todo = self._differing(self._specs, specs)
+        self._specs = specs
         if todo is None:  # streams added, removed or renamed: all again
-            self._specs, self._values = specs, [None] * len(specs)  # type: ignore[list-item]
+            self._values = [None] * len(specs)  # type: ignore[list-item]
             self._index = {spec.name: i for i, spec in enumerate(specs)}
             self._unkept = set()
-            return iter(range(len(specs)))
-        self._specs = specs
-        index = self._index
-        todo |= self._unkept
-        todo.update(index[name] for name in changed if name in index)
-        return iter(sorted(todo))
+            self._owed = set(range(len(specs)))
+        else:
+            index = self._index
+            self._owed |= todo
+            self._owed |= self._unkept
+            self._owed.update(index[name] for name in changed if name in index)
+        return sorted(self._owed)
 
     @staticmethod
     def _differing(old: list[StreamSpec], new: list[StreamSpec]) -> set[int] | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from sfmd.config import load_config
 from sfmd.daemon.app import Daemon
@@ -108,6 +109,14 @@ async def test_kept_pages_and_health_show_every_change_the_streams_make(
             assert page == whole_page(daemon), what
             assert (health["states"], health["failed"]) == whole_health(daemon), what
             assert views.status_line() == describe_states(health_states(health))
+            samples = {s.name: s for s in views.samples()}
+            assert samples.keys() == {spec.name for spec in daemon.specs()}, what
+            for name, kept in samples.items():
+                whole = sample_of(daemon, name)
+                assert kept._replace(gap_seconds={}) == whole._replace(gap_seconds={}), what
+                assert kept.gap_seconds.keys() == whole.gap_seconds.keys(), what
+                for reason, seconds in kept.gap_seconds.items():  # an open gap grows
+                    assert seconds == pytest.approx(whole.gap_seconds[reason], abs=0.5), what
             shown.append(what)
 
         async with Api(config.daemon.control_socket) as api:

@@ -117,3 +117,32 @@ async def test_scrapes_that_come_while_a_page_is_built_share_it() -> None:
     pages = await asyncio.gather(metrics.page(), metrics.page(), metrics.page())
     assert calls["n"] == 1
     assert pages[0] == pages[1] == pages[2]
+
+
+async def test_a_stream_whose_sample_was_kept_is_not_written_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The streams' side keeps a sample (the same object) until its stream changes: its
+    lines are kept with it, and the page stays what `render` writes."""
+    from sfmd.control import metrics as module
+
+    written: list[str] = []
+    stream_lines = module.stream_lines
+
+    def counted(s: StreamSample) -> tuple[str, ...]:
+        written.append(s.name)
+        return stream_lines(s)
+
+    monkeypatch.setattr(module, "stream_lines", counted)
+    streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 0, 0, 1) for i in range(4)]
+    metrics = Metrics(lambda: list(streams), time.monotonic(), max_age=0)
+    await metrics.page()
+    assert written == ["s0", "s1", "s2", "s3"]
+    written.clear()
+    streams[2] = StreamSample("s2", "backoff", 9, 9, 90, 1, 0, 1, {"backoff": 2.5})
+    page = await metrics.page()
+    assert written == ["s2"]
+    uptime = re.compile(rb"sfmd_uptime_seconds [0-9.e+-]+")
+    fresh = Metrics(lambda: list(streams), time.monotonic()).render()
+    assert uptime.sub(b"", page) == uptime.sub(b"", fresh)
+    assert b'sfmd_stream_state{state="backoff",stream="s2"} 1' in page

@@ -104,3 +104,17 @@ def test_two_views_each_see_every_change() -> None:
     one.show(specs)
     two.show(specs)
     assert one.made == two.made == ["a"]
+
+
+def test_one_value_at_a_time_is_the_same_and_a_walk_left_halfway_leaves_nothing_stale() -> None:
+    changes = Changes()
+    view = View(changes)
+    specs = [spec("a"), spec("b"), spec("c")]
+    walk = view.shown.each(specs)
+    assert next(walk) == "a:1:x"  # left there: b and c are not made
+    assert list(view.shown.each(specs)) == ["a:1:x", "b:1:x", "c:1:x"]
+    changes.touch("a")
+    changes.touch("c")
+    walk = view.shown.each(specs)
+    assert next(walk) == "a:2:x"
+    assert view.show(specs) == ["a:2:x", "b:1:x", "c:2:x"] and view.made == ["c"]
