@@ -146,3 +146,23 @@ async def test_a_stream_whose_sample_was_kept_is_not_written_again(
     fresh = Metrics(lambda: list(streams), time.monotonic()).render()
     assert uptime.sub(b"", page) == uptime.sub(b"", fresh)
     assert b'sfmd_stream_state{state="backoff",stream="s2"} 1' in page
+
+
+def test_columns_left_halfway_are_brought_up_to_date_next_time() -> None:
+    from sfmd.control.metrics import Columns, Snapshot, page_parts, render_page
+
+    streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 0, 0, 1) for i in range(6)]
+    columns = Columns()
+    for _ in columns.update(streams):
+        pass
+    changed = [*streams[:2], *(s._replace(messages=s.messages + 100) for s in streams[2:])]
+    walk = columns.update(changed)
+    next(walk)  # one stream written, then left
+    for _ in columns.update(changed):
+        pass
+    started = time.monotonic()
+    uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
+    page = "\n".join(page_parts(columns, [], started)) + "\n"
+    whole = render_page(Snapshot(changed, []), started).decode()
+    assert uptime.sub("", page) == uptime.sub("", whole)
+    assert 'sfmd_stream_messages_total{stream="s5"} 105' in page
