@@ -87,40 +87,41 @@ def render_page(snapshot: Snapshot, started: float) -> bytes:
     return ("\n".join(page_parts(columns, snapshot.connections, started)) + "\n").encode()
 
 
-#: The stream families in page order, as (name, type, help): `stream_lines` gives a stream's
-#: samples of each, in this order.
+#: The stream families in page order, as (name, type, help, one line per stream): `stream_lines`
+#: gives a stream's samples of each, in this order. A family of one line per stream keeps
+#: its lines without the metric's name, which the page puts back (`page_parts`): a name
+#: repeated on every stream's line was a quarter of what `Columns` keeps.
 _STREAM_FAMILIES = (
-    *((f"sfmd_stream_{attr}_total", "counter", doc) for attr, doc in _STREAM_COUNTERS),
-    ("sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC),
-    *((f"sfmd_stream_{metric}_timestamp_seconds", "gauge", doc)
+    *((f"sfmd_stream_{attr}_total", "counter", doc, True) for attr, doc in _STREAM_COUNTERS),
+    ("sfmd_stream_reconnects_total", "counter", _RECONNECTS_DOC, False),
+    *((f"sfmd_stream_{metric}_timestamp_seconds", "gauge", doc, True)
       for metric, _, doc in _STREAM_MOMENTS),
     ("sfmd_stream_gap_seconds_total", "counter",
-     "Seconds the stream was set but not collecting, by reason, since the daemon began"),
-    ("sfmd_stream_state", "gauge", "1 for the stream's current state"),
+     "Seconds the stream was set but not collecting, by reason, since the daemon began", False),
+    ("sfmd_stream_state", "gauge", "1 for the stream's current state", False),
     ("sfmd_stream_limit_undelivered", "gauge",
-     "Undelivered tweets Twitter reported in limit notices on the current connection"),
+     "Undelivered tweets Twitter reported in limit notices on the current connection", True),
 )
 
 
 def stream_lines(s: StreamSample) -> tuple[str, ...]:
     """One stream's samples of each family in `_STREAM_FAMILIES`, each family's lines as one
-    string ("" when it has none, as a moment that never happened)."""
+    string ("" when it has none, as a moment that never happened), without the metric's name
+    where the family has one line per stream."""
     label = _label(s.name)
     stream = f'stream="{label}"'
     # Counts are written as integers: the text format's values are Go floats, which "12" is.
-    lines = [f"sfmd_stream_{attr}_total{{{stream}}} {getattr(s, attr)}"
-             for attr, _ in _STREAM_COUNTERS]
+    lines = [f"{{{stream}}} {getattr(s, attr)}" for attr, _ in _STREAM_COUNTERS]
     lines.append("\n".join(_reconnects(
         "sfmd_stream_reconnects_total", stream, s.reconnects, s.reconnects_planned)))
-    for metric, attr, _ in _STREAM_MOMENTS:
+    for _, attr, _ in _STREAM_MOMENTS:
         moment = getattr(s, attr)
-        lines.append(f"sfmd_stream_{metric}_timestamp_seconds{{{stream}}} {moment:.3f}"
-                     if moment is not None else "")
+        lines.append(f"{{{stream}}} {moment:.3f}" if moment is not None else "")
     lines.append("\n".join(
         f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",{stream}}} {seconds:.3f}'
         for reason, seconds in s.gap_seconds.items()))
     lines.append(_state_lines(label, s.state))
-    lines.append(f"sfmd_stream_limit_undelivered{{{stream}}} {s.limit_undelivered}")
+    lines.append(f"{{{stream}}} {s.limit_undelivered}")
     return tuple(lines)
 
 
@@ -166,9 +167,11 @@ def page_parts(
     """The page one metric family at a time (no newline after a family's last line), so that
     `Metrics.page` can give the event loop a turn between them: the text format keeps each
     family's samples together."""
-    for (name, kind, doc), column in zip(_STREAM_FAMILIES, columns.columns, strict=True):
-        yield "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}",
-                          *filter(None, column)])
+    for (name, kind, doc, short), column in zip(_STREAM_FAMILIES, columns.columns, strict=True):
+        lines = [*filter(None, column)]
+        if short and lines:
+            lines = [name + ("\n" + name).join(lines)]
+        yield "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}", *lines])
     yield "\n".join(_connection_families(connections, started))
 
 

@@ -75,6 +75,13 @@ class StatusJson:
         """What `orjson.dumps(status.plus(earlier).to_dict(archive.coverage_shown()))` gives
         for stream `name`: `status` is the running stream's own, `earlier` its earlier runs'
         counters (`Ledger.last`)."""
+        return b"".join(self.pieces_of(name, status, earlier, archive))
+
+    def pieces_of(
+        self, name: str, status: StreamStatus, earlier: StreamStatus | None, archive: Archive
+    ) -> tuple[bytes, ...]:
+        """`of`, not yet joined: the kept pieces with the moving values between them. A page
+        that keeps every stream's STREAM until it changes keeps these, not a copy of them."""
         key = (earlier, _keyed(status), archive.shown_key())
         live = status.plus(earlier)  # `status` itself, unless the stream ran before
         kept = self._kept.get(name)
@@ -89,10 +96,8 @@ class StatusJson:
                 b'"%s"' % epoch_iso(moment).encode() if moment is not None else b"null"
             )
         p0, p1, p2, p3, p4 = kept.pieces
-        return b"".join(
-            (p0, b"%d" % live.messages, p1, b"%d" % live.tweets, p2, b"%d" % live.bytes, p3,
-             kept.moment_json, p4)
-        )
+        return (p0, b"%d" % live.messages, p1, b"%d" % live.tweets, p2, b"%d" % live.bytes, p3,
+                kept.moment_json, p4)
 
     def keep_only(self, names: Iterable[str]) -> None:
         """Forget every stream but `names` (those that still exist)."""

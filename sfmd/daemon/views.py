@@ -73,23 +73,25 @@ class Views:
         """A STREAM as the API returns it, as JSON: the settings come pre-encoded (once per
         spec); a task stream's status is kept between calls and encoded again only in part
         (`StatusJson`); any other's is encoded whole."""
-        return self._view(spec)[0]
+        return b"".join(self._view(spec)[0])
 
-    def _view(self, spec: StreamSpec) -> tuple[bytes, bool]:
-        """`view_json`, and whether it may be kept until the stream tells of a change: a
-        task stream read in place is watched (`TaskBackend`), any other is not."""
+    def _view(self, spec: StreamSpec) -> tuple[tuple[bytes, ...], bool]:
+        """`view_json` in pieces, and whether they may be kept until the stream tells of a
+        change: a task stream read in place is watched (`TaskBackend`), any other is not.
+        Pieces, not their join: a page keeps every stream's, and the status pieces are
+        `StatusJson`'s own, so they are not held twice."""
         runner = self._read_in_place(spec)
         if runner is not None:
             earlier = self.daemon.ledger.last.get(spec.name)
-            status = self.kept.of(spec.name, runner.stream.status, earlier, runner.archive)
-            return spec.view_json_open + b',"status":' + status + b"}", True
-        status = orjson.dumps(self.status_of(spec).to_dict())
+            status = self.kept.pieces_of(spec.name, runner.stream.status, earlier, runner.archive)
+            return (spec.view_json_open, b',"status":', *status, b"}"), True
+        encoded = orjson.dumps(self.status_of(spec).to_dict())
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
-            return (spec.view_json_open + b',"host":' + orjson.dumps(host) + b',"status":'
-                    + status + b"}"), False
-        return spec.view_json_open + b',"status":' + status + b"}", False
+            return (spec.view_json_open, b',"host":', orjson.dumps(host), b',"status":', encoded,
+                    b"}"), False
+        return (spec.view_json_open, b',"status":', encoded, b"}"), False
 
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
         """A stream's state and last error, as `status_of` shows them, without copying its
@@ -117,7 +119,7 @@ class Views:
         async with self._paging:
             specs = self.daemon.specs()
             views = await self._pages.refreshed(specs)
-            page = b'{"streams":[' + b",".join(views) + b"]}"
+            page = b"".join((b'{"streams":[', b",".join(map(b"".join, views)), b"]}"))
         if len(self.kept) > len(specs):
             self.kept.keep_only(spec.name for spec in specs)
         return page
