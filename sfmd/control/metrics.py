@@ -107,22 +107,28 @@ _STREAM_FAMILIES = (
 def stream_lines(s: StreamSample) -> tuple[str, ...]:
     """One stream's samples of each family in `_STREAM_FAMILIES`, each family's lines as one
     string ("" when it has none, as a moment that never happened), without the metric's name
-    where the family has one line per stream."""
+    where the family has one line per stream. Written out in one expression: every stream's
+    sample is new when every stream took a message since the last page."""
     label = _label(s.name)
     stream = f'stream="{label}"'
+    last_message, last_publish = s.last_message_at, s.last_publish_at
     # Counts are written as integers: the text format's values are Go floats, which "12" is.
-    lines = [f"{{{stream}}} {getattr(s, attr)}" for attr, _ in _STREAM_COUNTERS]
-    lines.append("\n".join(_reconnects(
-        "sfmd_stream_reconnects_total", stream, s.reconnects, s.reconnects_planned)))
-    for _, attr, _ in _STREAM_MOMENTS:
-        moment = getattr(s, attr)
-        lines.append(f"{{{stream}}} {moment:.3f}" if moment is not None else "")
-    lines.append("\n".join(
-        f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",{stream}}} {seconds:.3f}'
-        for reason, seconds in s.gap_seconds.items()))
-    lines.append(_state_lines(label, s.state))
-    lines.append(f"{{{stream}}} {s.limit_undelivered}")
-    return tuple(lines)
+    return (
+        f"{{{stream}}} {s.messages}",
+        f"{{{stream}}} {s.tweets}",
+        f"{{{stream}}} {s.bytes}",
+        f"{{{stream}}} {s.files_published}",
+        f'sfmd_stream_reconnects_total{{cause="failure",{stream}}} '
+        f"{s.reconnects - s.reconnects_planned}\n"
+        f'sfmd_stream_reconnects_total{{cause="planned",{stream}}} {s.reconnects_planned}',
+        f"{{{stream}}} {last_message:.3f}" if last_message is not None else "",
+        f"{{{stream}}} {last_publish:.3f}" if last_publish is not None else "",
+        "\n".join(
+            f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",{stream}}} {seconds:.3f}'
+            for reason, seconds in s.gap_seconds.items()) if s.gap_seconds else "",
+        _state_lines(label, s.state),
+        f"{{{stream}}} {s.limit_undelivered}",
+    )
 
 
 class Columns:
@@ -144,7 +150,13 @@ class Columns:
         turns of the loop between two). A walk left halfway leaves the columns right for the
         samples they were written from."""
         old = self.samples
-        if len(old) != len(samples):
+        changed = (
+            [i for i, (a, b) in enumerate(zip(samples, old, strict=True)) if a is not b]
+            if len(old) == len(samples) else None
+        )
+        if changed is None or len(changed) > len(samples) // 2:
+            # Most streams changed: writing every row and turning them into columns at once
+            # (in C) costs less than putting each changed stream's lines in place.
             rows = []
             for sample in samples:
                 rows.append(stream_lines(sample))
@@ -154,7 +166,7 @@ class Columns:
             self.samples = list(samples)
             return
         columns = self.columns
-        for i in [i for i, (a, b) in enumerate(zip(samples, old, strict=True)) if a is not b]:
+        for i in changed:
             for column, lines in zip(columns, stream_lines(samples[i]), strict=True):
                 column[i] = lines
             old[i] = samples[i]
