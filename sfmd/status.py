@@ -42,6 +42,9 @@ STATUS_KEYS = (
 )
 
 
+#: The counters a message moves on (`StreamStatus.watch` tells them apart).
+MOVED = frozenset({"messages", "tweets", "bytes"})
+
 #: The running totals a stream keeps across its stops and starts within one daemon's life
 #: (`StreamStatus.plus`): they start from 0 only when the daemon starts.
 COUNTERS = ("messages", "tweets", "bytes", "reconnects", "reconnects_planned", "limit_undelivered")
@@ -138,19 +141,22 @@ class StreamStatus:
     last_publish_at: float | None = None  # epoch seconds of its last published file
 
     # What this status calls whenever a field is set (`watch`): a running task stream's
-    # status tells the API's kept views that it changed (`sfmd.changes`). Not a field: copies
+    # status tells the API's kept views that it changed (`sfmd.changes`). Not fields: copies
     # (`replaced`, `dataclasses.replace`) are not watched.
     _notice: ClassVar[Callable[[], None] | None] = None
+    _moved: ClassVar[Callable[[], None] | None] = None
 
     def __setattr__(self, key: str, value: Any) -> None:
         self.__dict__[key] = value
         notice = self._notice
         if notice is not None:
-            notice()
+            (self._moved if key in MOVED else notice)()  # type: ignore[misc]
 
-    def watch(self, notice: Callable[[], None]) -> None:
-        """Call `notice` after every change of this status from now on."""
+    def watch(self, notice: Callable[[], None], moved: Callable[[], None] | None = None) -> None:
+        """Call `notice` after every change of this status from now on, or `moved` (if
+        given) when the change is to one of the `MOVED` counters."""
         self.__dict__["_notice"] = notice
+        self.__dict__["_moved"] = moved or notice
 
     @property
     def reconnects_after_failure(self) -> int:
@@ -169,6 +175,7 @@ class StreamStatus:
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
         new.__dict__.pop("_notice", None)  # a copy: nobody watches it
+        new.__dict__.pop("_moved", None)
         return new
 
     def covered(self, shown: dict[str, Any], **changes: Any) -> StreamStatus:

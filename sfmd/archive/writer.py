@@ -245,6 +245,7 @@ class Archive:
         "_max_batch",
         "_max_pending",
         "_max_sleep",
+        "_moved",
         "_notice",
         "_on_manifest",
         "_on_publish",
@@ -319,6 +320,7 @@ class Archive:
         self.last_written: float | None = None
         self.last_published: float | None = None
         self._notice: Callable[[], None] = _unwatched  # `watch`
+        self._moved: Callable[[], None] = _unwatched
         self._save_interval = save_interval
         self._compress = compress
         self._deflate = Deflate(compress_level, compress_window)
@@ -445,7 +447,7 @@ class Archive:
             await self._progress.wait()
             self._check_writable()
         now = self.last_written = self._clock()
-        self._notice()
+        self._moved()
         start = max(interval_start(now, self._save_interval), self._last_start)
         self._last_start = start
         size = sum(map(len, messages)) + len(messages)
@@ -536,10 +538,12 @@ class Archive:
         """The last write failure while messages wait for a retry; None when healthy."""
         return self._error if self._pending else None
 
-    def watch(self, notice: Callable[[], None]) -> None:
+    def watch(self, notice: Callable[[], None], moved: Callable[[], None] | None = None) -> None:
         """Call `notice` after every change of what the stream's status shows of this
-        archive (its coverage, open file, last message and publish) from now on."""
+        archive (its coverage, open file, last message and publish) from now on, or `moved`
+        (if given) when a message taken moved only its last message's moment on."""
         self._notice = notice
+        self._moved = moved or notice
         self.coverage.notice = notice
 
     # -- coverage: what the stream's connection reports --------------------------------------

@@ -27,15 +27,29 @@ class Shown(Generic[_T]):
     their caller serialises them).
     """
 
-    def __init__(self, changes: Changes, make: Callable[[StreamSpec], tuple[_T, bool]]) -> None:
+    def __init__(
+        self,
+        changes: Changes,
+        make: Callable[[StreamSpec], tuple[_T, bool]],
+        *,
+        move: Callable[[StreamSpec, _T], _T] | None = None,
+        counts: bool = True,
+    ) -> None:
+        """`move(spec, value)`: the value of a stream a message only moved on (its counters
+        and last message's moment), from the one it replaces; without it such a stream is
+        made again. `counts` false: the value shows none of those, and such a stream is
+        left as it is (`/health`)."""
         self._changes = changes
         self._reader = changes.reader()
         self._make = make
+        self._move = move
+        self._counts = counts
         self._specs: list[StreamSpec] = []
         self._values: list[_T] = []
         self._index: dict[str, int] = {}
         self._unkept: set[int] = set()  # made again every time
         self._owed: set[int] = set()  # to be made before they are shown again
+        self._moving: set[int] = set()  # to be moved on (`move`) before they are shown again
 
     def now(self, specs: list[StreamSpec]) -> list[_T]:
         """Every stream's value, in `specs`' order, in one go."""
@@ -59,6 +73,11 @@ class Shown(Generic[_T]):
         return self._values
 
     def _make_at(self, i: int) -> None:
+        self._moving.discard(i)
+        if i not in self._owed:
+            assert self._move is not None
+            self._values[i] = self._move(self._specs[i], self._values[i])
+            return
         value, keep = self._make(self._specs[i])
         self._values[i] = value
         self._owed.discard(i)
@@ -68,9 +87,9 @@ class Shown(Generic[_T]):
             self._unkept.add(i)
 
     def _plan(self, specs: list[StreamSpec]) -> list[int]:
-        """The positions to make again, in order. What is owed stays owed until it is made,
-        so a caller that stops halfway (a cancelled request) leaves nothing stale."""
-        changed = self._changes.take(self._reader)
+        """The positions to make again or move on, in order. What is owed stays owed until it
+        is made, so a caller that stops halfway (a cancelled request) leaves nothing stale."""
+        changed, moved = self._changes.take(self._reader)
         todo = self._differing(self._specs, specs)
         self._specs = specs
         if todo is None:  # streams added, removed or renamed: all again
@@ -78,12 +97,17 @@ class Shown(Generic[_T]):
             self._index = {spec.name: i for i, spec in enumerate(specs)}
             self._unkept = set()
             self._owed = set(range(len(specs)))
-        else:
-            index = self._index
-            self._owed |= todo
-            self._owed |= self._unkept
-            self._owed.update(index[name] for name in changed if name in index)
-        return sorted(self._owed)
+            self._moving = set()
+            return list(range(len(specs)))
+        index = self._index
+        owed = self._owed
+        owed |= todo
+        owed |= self._unkept
+        owed.update(index[name] for name in changed if name in index)
+        if self._counts:
+            (owed if self._move is None else self._moving).update(
+                index[name] for name in moved if name in index)
+        return sorted(owed | self._moving)
 
     @staticmethod
     def _differing(old: list[StreamSpec], new: list[StreamSpec]) -> set[int] | None:

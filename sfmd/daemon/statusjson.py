@@ -89,21 +89,35 @@ class StatusJson:
             shown = live.to_dict(archive.coverage_shown())
             shown.update(_STAND_IN)
             kept = self._kept[name] = Kept(key, _cut(orjson.dumps(shown)))
-        moment = archive.last_written
-        if moment != kept.moment:
-            kept.moment = moment
-            kept.moment_json = (
-                b'"%s"' % epoch_iso(moment).encode() if moment is not None else b"null"
-            )
-        p0, p1, p2, p3, p4 = kept.pieces
-        return (p0, b"%d" % live.messages, p1, b"%d" % live.tweets, p2, b"%d" % live.bytes, p3,
-                kept.moment_json, p4)
+        return _moving_between(kept, live, archive)
+
+    def moved(
+        self, name: str, status: StreamStatus, earlier: StreamStatus | None, archive: Archive
+    ) -> tuple[bytes, ...] | None:
+        """`pieces_of` for a stream whose status and archive changed nothing but the
+        `MOVING` fields since it was last kept (its notices say so): the kept pieces are used
+        without comparing what they were encoded from. None if nothing is kept for it."""
+        kept = self._kept.get(name)
+        if kept is None:
+            return None
+        return _moving_between(kept, status.plus(earlier), archive)
 
     def keep_only(self, names: Iterable[str]) -> None:
         """Forget every stream but `names` (those that still exist)."""
         wanted = set(names)
         for name in [n for n in self._kept if n not in wanted]:
             del self._kept[name]
+
+
+def _moving_between(kept: Kept, live: StreamStatus, archive: Archive) -> tuple[bytes, ...]:
+    """`kept`'s pieces with the `MOVING` values of `live` and `archive` between them."""
+    moment = archive.last_written
+    if moment != kept.moment:
+        kept.moment = moment
+        kept.moment_json = b'"%s"' % epoch_iso(moment).encode() if moment is not None else b"null"
+    p0, p1, p2, p3, p4 = kept.pieces
+    return (p0, b"%d" % live.messages, p1, b"%d" % live.tweets, p2, b"%d" % live.bytes, p3,
+            kept.moment_json, p4)
 
 
 def _cut(encoded: bytes) -> tuple[bytes, ...]:

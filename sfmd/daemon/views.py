@@ -37,9 +37,9 @@ class Views:
         self.kept = StatusJson()  # each task stream's STATUS JSON, between two pages
         # GET /streams' STREAM JSON and /health's state of each stream, kept between two
         # calls and made again for the streams that said they changed (`Shown`).
-        self._pages = Shown(daemon.changes, self._view)
+        self._pages = Shown(daemon.changes, self._view, move=self._moved_view)
         self._paging = asyncio.Lock()  # one page refreshes `_pages` at a time
-        self._states = Shown(daemon.changes, self._state)
+        self._states = Shown(daemon.changes, self._state, counts=False)
         self._samples = Shown(daemon.changes, self._sample)  # /metrics: one page at a time
 
     def status_of(self, spec: StreamSpec) -> StreamStatus:
@@ -92,6 +92,18 @@ class Views:
             return (spec.view_json_open, b',"host":', orjson.dumps(host), b',"status":', encoded,
                     b"}"), False
         return (spec.view_json_open, b',"status":', encoded, b"}"), False
+
+    def _moved_view(self, spec: StreamSpec, view: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """A kept STREAM whose stream took messages and changed nothing else since: its
+        counters and last message's moment written again between the kept pieces, without
+        looking at the rest (`StatusJson.moved`)."""
+        runner = self.daemon.tasks.runners.get(spec.name)
+        if runner is not None:
+            earlier = self.daemon.ledger.last.get(spec.name)
+            status = self.kept.moved(spec.name, runner.stream.status, earlier, runner.archive)
+            if status is not None:
+                return (spec.view_json_open, b',"status":', *status, b"}")
+        return self._view(spec)[0]  # stopped meanwhile: its stop is the next page's change
 
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
         """A stream's state and last error, as `status_of` shows them, without copying its

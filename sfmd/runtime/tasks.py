@@ -189,10 +189,11 @@ class StreamRunner:
     def status(self) -> StreamStatus:
         return self.stream.status.covered(self.archive.coverage_shown())
 
-    def watch(self, notice: Callable[[], None]) -> None:
-        """Call `notice` whenever anything the stream's status shows changes (`Changes`)."""
-        self.stream.status.watch(notice)
-        self.archive.watch(notice)
+    def watch(self, notice: Callable[[], None], moved: Callable[[], None]) -> None:
+        """Call `notice` whenever anything the stream's status shows changes, `moved` when a
+        message only moved its counters on (`Changes`)."""
+        self.stream.status.watch(notice, moved)
+        self.archive.watch(notice, moved)
 
 
 class TaskBackend:
@@ -322,7 +323,7 @@ class TaskBackend:
             return
         self.ledger.clear(spec.name)
         self.runners[spec.name] = runner
-        runner.watch(self.changes.notice_for(spec.name))
+        runner.watch(*self.changes.notices_for(spec.name))
         self.changes.touch(spec.name)
         self._watch(runner)
 

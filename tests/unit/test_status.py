@@ -138,3 +138,15 @@ def test_a_watched_status_tells_of_every_change_and_its_copies_do_not() -> None:
         copy.messages += 1
     assert told == []
     assert copies[0] == dataclasses.replace(status, messages=3)  # the notice is no field
+
+
+def test_a_message_s_counters_are_told_apart_from_other_changes() -> None:
+    status = StreamStatus(State.STREAMING, SINCE)
+    told: list[str] = []
+    status.watch(lambda: told.append("changed"), lambda: told.append("moved"))
+    status.messages += 1
+    status.tweets += 1
+    status.bytes += 100
+    status.reconnects += 1
+    status.state = State.BACKOFF
+    assert told == ["moved", "moved", "moved", "changed", "changed"]

@@ -4,6 +4,7 @@ for those that cannot tell (sfmd.daemon.shown)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from sfmd.changes import Changes
 from sfmd.daemon.shown import Shown
@@ -19,11 +20,11 @@ class View:
     """A view of each stream: its name and how many times it was made; streams named in
     `unkept` cannot tell when they change."""
 
-    def __init__(self, changes: Changes) -> None:
+    def __init__(self, changes: Changes, **kwargs: Any) -> None:
         self.made: list[str] = []
         self.count: dict[str, int] = {}
         self.unkept: set[str] = set()
-        self.shown = Shown(changes, self.make)
+        self.shown = Shown(changes, self.make, **kwargs)
 
     def make(self, spec: StreamSpec) -> tuple[str, bool]:
         self.made.append(spec.name)
@@ -41,7 +42,7 @@ def test_only_what_changed_is_made_again() -> None:
     specs = [spec("a"), spec("b"), spec("c")]
     assert view.show(specs) == ["a:1:x", "b:1:x", "c:1:x"]
     assert view.show(list(specs)) == ["a:1:x", "b:1:x", "c:1:x"] and view.made == []
-    changes.notice_for("b")()
+    changes.notices_for("b")[0]()
     assert view.show(list(specs)) == ["a:1:x", "b:2:x", "c:1:x"] and view.made == ["b"]
     changes.touch("c")
     changes.touch("nobody")  # a name no spec has
@@ -100,7 +101,7 @@ def test_two_views_each_see_every_change() -> None:
     specs = [spec("a"), spec("b")]
     one.show(specs)
     two.show(specs)
-    changes.notice_for("a")()
+    changes.notices_for("a")[0]()
     one.show(specs)
     two.show(specs)
     assert one.made == two.made == ["a"]
@@ -118,3 +119,36 @@ def test_one_value_at_a_time_is_the_same_and_a_walk_left_halfway_leaves_nothing_
     walk = view.shown.each(specs)
     assert next(walk) == "a:2:x"
     assert view.show(specs) == ["a:2:x", "b:1:x", "c:2:x"] and view.made == ["c"]
+
+
+def test_a_stream_only_moved_on_is_moved_made_or_left_as_each_view_wants() -> None:
+    changes = Changes()
+    moves: list[str] = []
+
+    def move(spec: StreamSpec, value: str) -> str:
+        moves.append(spec.name)
+        return value + "+"
+
+    pages, metrics, health = View(changes, move=move), View(changes), View(changes, counts=False)
+    specs = [spec("a"), spec("b")]
+    for view in (pages, metrics, health):
+        view.show(specs)
+    changes.notices_for("a")[1]()  # a message: a moved on
+    changes.notices_for("b")[1]()
+    changes.notices_for("b")[0]()  # b changed otherwise too
+    assert pages.show(specs) == ["a:1:x+", "b:2:x"] and pages.made == ["b"] and moves == ["a"]
+    assert metrics.show(specs) == ["a:2:x", "b:2:x"]
+    assert health.show(specs) == ["a:1:x", "b:2:x"] and health.made == ["b"]
+
+
+def test_a_stream_that_changed_is_made_even_if_it_was_to_be_moved_on() -> None:
+    changes = Changes()
+    view = View(changes, move=lambda spec, value: value + "+")
+    specs = [spec("a")]
+    view.show(specs)
+    changes.notices_for("a")[1]()
+    walk = view.shown.each(specs)  # planned, not walked: a is still to be moved on
+    del walk
+    view.shown.now(specs)
+    changes.notices_for("a")[0]()
+    assert view.show(specs) == ["a:2:x"]
