@@ -111,17 +111,17 @@ def stream_lines(s: StreamSample) -> tuple[str, ...]:
     sample is new when every stream took a message since the last page."""
     label = _label(s.name)
     stream = f'stream="{label}"'
-    last_message, last_publish = s.last_message_at, s.last_publish_at
-    # Counts are written as integers: the text format's values are Go floats, which "12" is.
+    messages, tweets, size, last_message = _moved_lines(stream, s)
+    last_publish = s.last_publish_at
     return (
-        f"{{{stream}}} {s.messages}",
-        f"{{{stream}}} {s.tweets}",
-        f"{{{stream}}} {s.bytes}",
+        messages,
+        tweets,
+        size,
         f"{{{stream}}} {s.files_published}",
         f'sfmd_stream_reconnects_total{{cause="failure",{stream}}} '
         f"{s.reconnects - s.reconnects_planned}\n"
         f'sfmd_stream_reconnects_total{{cause="planned",{stream}}} {s.reconnects_planned}',
-        f"{{{stream}}} {last_message:.3f}" if last_message is not None else "",
+        last_message,
         f"{{{stream}}} {last_publish:.3f}" if last_publish is not None else "",
         "\n".join(
             f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",{stream}}} {seconds:.3f}'
@@ -129,6 +129,23 @@ def stream_lines(s: StreamSample) -> tuple[str, ...]:
         _state_lines(label, s.state),
         f"{{{stream}}} {s.limit_undelivered}",
     )
+
+
+#: Where `_moved_lines` go among a stream's lines (`stream_lines`).
+_MOVED_COLUMNS = (0, 1, 2, 5)
+
+
+def _moved_lines(stream: str, s: StreamSample) -> tuple[str, str, str, str]:
+    """The lines a message moves on: messages, tweets, bytes and the last message's moment."""
+    # Counts are written as integers: the text format's values are Go floats, which "12" is.
+    last = s.last_message_at
+    return (f"{{{stream}}} {s.messages}", f"{{{stream}}} {s.tweets}", f"{{{stream}}} {s.bytes}",
+            f"{{{stream}}} {last:.3f}" if last is not None else "")
+
+
+def _only_moved(new: StreamSample, old: StreamSample) -> bool:
+    """Whether `new` differs from `old` in nothing but what a message moves on."""
+    return new[:2] == old[:2] and new[5:10] == old[5:10] and new[11] == old[11]
 
 
 class Columns:
@@ -167,9 +184,15 @@ class Columns:
             return
         columns = self.columns
         for i in changed:
-            for column, lines in zip(columns, stream_lines(samples[i]), strict=True):
-                column[i] = lines
-            old[i] = samples[i]
+            sample = samples[i]
+            if _only_moved(sample, old[i]):  # a message: four lines of ten
+                moved = _moved_lines(f'stream="{_label(sample.name)}"', sample)
+                for k, lines in zip(_MOVED_COLUMNS, moved, strict=True):
+                    columns[k][i] = lines
+            else:
+                for column, lines in zip(columns, stream_lines(sample), strict=True):
+                    column[i] = lines
+            old[i] = sample
             yield
 
 

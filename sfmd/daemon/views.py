@@ -40,7 +40,8 @@ class Views:
         self._pages = Shown(daemon.changes, self._view, move=self._moved_view)
         self._paging = asyncio.Lock()  # one page refreshes `_pages` at a time
         self._states = Shown(daemon.changes, self._state, counts=False)
-        self._samples = Shown(daemon.changes, self._sample)  # /metrics: one page at a time
+        # /metrics: one page at a time.
+        self._samples = Shown(daemon.changes, self._sample, move=self._moved_sample)
 
     def status_of(self, spec: StreamSpec) -> StreamStatus:
         """One stream's status, from whichever back end runs it (or the ledger)."""
@@ -174,6 +175,17 @@ class Views:
             last_message_at=last_message_at,
             last_publish_at=last_publish_at,
         ), keep
+
+    def _moved_sample(self, spec: StreamSpec, sample: StreamSample) -> StreamSample:
+        """A kept sample whose stream took messages and changed nothing else since: its
+        counters and last message's moment read again, the rest as it was."""
+        d = self.daemon
+        runner = d.tasks.runners.get(spec.name)
+        if runner is None:  # stopped meanwhile: its stop is the next page's change
+            return self._sample(spec)[0]
+        status = d.ledger.running(spec.name, runner.stream.status)
+        return sample._replace(messages=status.messages, tweets=status.tweets,
+                               bytes=status.bytes, last_message_at=runner.archive.last_written)
 
     def connections(self) -> Iterator[ConnectionSample]:
         for group in self.daemon.shared.groups.values():

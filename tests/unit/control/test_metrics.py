@@ -166,3 +166,33 @@ def test_columns_left_halfway_are_brought_up_to_date_next_time() -> None:
     whole = render_page(Snapshot(changed, []), started).decode()
     assert uptime.sub("", page) == uptime.sub("", whole)
     assert 'sfmd_stream_messages_total{stream="s5"} 105' in page
+
+
+def test_a_stream_a_message_only_moved_on_has_four_lines_written_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sfmd.control import metrics as module
+
+    streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 1, 0, 2, {"backoff": 1.5}, 1,
+                            1_764_900_000.0 + i, 1_764_900_001.0) for i in range(6)]
+    columns = module.Columns()
+    for _ in columns.update(streams):
+        pass
+    written: list[str] = []
+    stream_lines = module.stream_lines
+    monkeypatch.setattr(module, "stream_lines",
+                        lambda s: written.append(s.name) or stream_lines(s))
+    moved = list(streams)
+    moved[1] = moved[1]._replace(messages=50, tweets=40, bytes=5000, last_message_at=None)
+    moved[3] = moved[3]._replace(messages=70, last_message_at=1_764_900_099.5)
+    moved[4] = moved[4]._replace(state="backoff")  # not a message: the whole row
+    for _ in columns.update(moved):
+        pass
+    assert written == ["s4"]
+    started = time.monotonic()
+    uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
+    page = "\n".join(module.page_parts(columns, [], started)) + "\n"
+    whole = module.render_page(module.Snapshot(moved, []), started).decode()
+    assert uptime.sub("", page) == uptime.sub("", whole)
+    assert 'sfmd_stream_last_message_timestamp_seconds{stream="s3"} 1764900099.500' in page
+    assert 'last_message_timestamp_seconds{stream="s1"}' not in page
