@@ -167,13 +167,7 @@ class Columns:
         turns of the loop between two). A walk left halfway leaves the columns right for the
         samples they were written from."""
         old = self.samples
-        changed = (
-            [i for i, (a, b) in enumerate(zip(samples, old, strict=True)) if a is not b]
-            if len(old) == len(samples) else None
-        )
-        if changed is None or len(changed) > len(samples) // 2:
-            # Most streams changed: writing every row and turning them into columns at once
-            # (in C) costs less than putting each changed stream's lines in place.
+        if len(old) != len(samples):
             rows = []
             for sample in samples:
                 rows.append(stream_lines(sample))
@@ -182,8 +176,10 @@ class Columns:
                 [] for _ in _STREAM_FAMILIES]
             self.samples = list(samples)
             return
+        # In place, one stream at a time, even when every stream changed: a second set of
+        # columns made beside the first took the peak RSS at 1,000 streams from 89 to 92 MB.
         columns = self.columns
-        for i in changed:
+        for i in [i for i, (a, b) in enumerate(zip(samples, old, strict=True)) if a is not b]:
             sample = samples[i]
             if _only_moved(sample, old[i]):  # a message: four lines of ten
                 moved = _moved_lines(f'stream="{_label(sample.name)}"', sample)
