@@ -146,8 +146,16 @@ class StreamStatus:
     _notice: ClassVar[Callable[[], None] | None] = None
     _moved: ClassVar[Callable[[], None] | None] = None
 
+    def __post_init__(self) -> None:
+        # Every status has both from the start, unwatched: attributes added to some objects
+        # only (by `watch`) cost each of them a dict of its own, 640 bytes more a stream.
+        object.__setattr__(self, "_notice", None)
+        object.__setattr__(self, "_moved", None)
+
     def __setattr__(self, key: str, value: Any) -> None:
-        self.__dict__[key] = value
+        # Through object's own setattr, not `__dict__`: reading `__dict__` makes every
+        # status hold a dict of its own instead of CPython's compact attribute values.
+        object.__setattr__(self, key, value)
         notice = self._notice
         if notice is not None:
             (self._moved if key in MOVED else notice)()  # type: ignore[misc]
@@ -155,8 +163,8 @@ class StreamStatus:
     def watch(self, notice: Callable[[], None], moved: Callable[[], None] | None = None) -> None:
         """Call `notice` after every change of this status from now on, or `moved` (if
         given) when the change is to one of the `MOVED` counters."""
-        self.__dict__["_notice"] = notice
-        self.__dict__["_moved"] = moved or notice
+        object.__setattr__(self, "_notice", notice)
+        object.__setattr__(self, "_moved", moved or notice)
 
     @property
     def reconnects_after_failure(self) -> int:
@@ -174,8 +182,7 @@ class StreamStatus:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
-        new.__dict__.pop("_notice", None)  # a copy: nobody watches it
-        new.__dict__.pop("_moved", None)
+        new.__dict__["_notice"] = new.__dict__["_moved"] = None  # a copy: nobody watches it
         return new
 
     def covered(self, shown: dict[str, Any], **changes: Any) -> StreamStatus:
