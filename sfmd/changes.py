@@ -71,11 +71,14 @@ class Changes:
     def take(self, reader: Reader) -> tuple[set[str], set[str]]:
         """The names that changed, and those only moved on, since `reader` last took them
         (the reader emptied)."""
-        for new, mine in ((self._changed, "changed"), (self._moved, "moved")):
-            if new:
-                for each in self._readers:
-                    getattr(each, mine).update(new)
-                new.clear()
+        if self._changed:
+            for each in self._readers:
+                each.changed |= self._changed
+            self._changed.clear()
+        if self._moved:
+            for each in self._readers:
+                each.moved |= self._moved
+            self._moved.clear()
         changed, moved = reader.changed, reader.moved
         reader.changed, reader.moved = set(), set()
         return changed, moved - changed

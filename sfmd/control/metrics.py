@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -118,9 +119,8 @@ def stream_lines(s: StreamSample) -> tuple[str, ...]:
         tweets,
         size,
         f"{{{stream}}} {s.files_published}",
-        f'sfmd_stream_reconnects_total{{cause="failure",{stream}}} '
-        f"{s.reconnects - s.reconnects_planned}\n"
-        f'sfmd_stream_reconnects_total{{cause="planned",{stream}}} {s.reconnects_planned}',
+        "\n".join(_reconnects(
+            "sfmd_stream_reconnects_total", stream, s.reconnects, s.reconnects_planned)),
         last_message,
         f"{{{stream}}} {last_publish:.3f}" if last_publish is not None else "",
         "\n".join(
@@ -143,9 +143,16 @@ def _moved_lines(stream: str, s: StreamSample) -> tuple[str, str, str, str]:
             f"{{{stream}}} {last:.3f}" if last is not None else "")
 
 
+#: A sample's fields a message does not move: the rest are `_moved_lines`' own.
+_UNMOVED = operator.itemgetter(*(
+    i for i, f in enumerate(StreamSample._fields)
+    if f not in ("messages", "tweets", "bytes", "last_message_at")
+))
+
+
 def _only_moved(new: StreamSample, old: StreamSample) -> bool:
     """Whether `new` differs from `old` in nothing but what a message moves on."""
-    return new[:2] == old[:2] and new[5:10] == old[5:10] and new[11] == old[11]
+    return bool(_UNMOVED(new) == _UNMOVED(old))
 
 
 class Columns:

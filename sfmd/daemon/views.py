@@ -85,14 +85,14 @@ class Views:
         if runner is not None:
             earlier = self.daemon.ledger.last.get(spec.name)
             status = self.kept.pieces_of(spec.name, runner.stream.status, earlier, runner.archive)
-            return (spec.view_json_open, b',"status":', *status, b"}"), True
+            return _stream(spec, status), True
         encoded = orjson.dumps(self.status_of(spec).to_dict())
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
             return (spec.view_json_open, b',"host":', orjson.dumps(host), b',"status":', encoded,
                     b"}"), False
-        return (spec.view_json_open, b',"status":', encoded, b"}"), False
+        return _stream(spec, (encoded,)), False
 
     def _moved_view(self, spec: StreamSpec, view: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """A kept STREAM whose stream took messages and changed nothing else since: its
@@ -103,7 +103,7 @@ class Views:
             earlier = self.daemon.ledger.last.get(spec.name)
             status = self.kept.moved(spec.name, runner.stream.status, earlier, runner.archive)
             if status is not None:
-                return (spec.view_json_open, b',"status":', *status, b"}")
+                return _stream(spec, status)
         return self._view(spec)[0]  # stopped meanwhile: its stop is the next page's change
 
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
@@ -226,6 +226,11 @@ class Views:
 
 
 _first = operator.itemgetter(0)
+
+
+def _stream(spec: StreamSpec, status: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A STREAM's JSON in pieces: its settings (encoded once per spec), then its STATUS."""
+    return (spec.view_json_open, b',"status":', *status, b"}")
 
 
 def _remote_status(state: str | None, since: datetime) -> StreamStatus:

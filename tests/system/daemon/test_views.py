@@ -4,7 +4,9 @@ between pages), and show what the copy shows."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,37 +40,44 @@ def sample_of(daemon: Daemon, name: str) -> StreamSample:
     )
 
 
-async def test_streams_and_metrics_show_what_each_streams_status_says(
-    tmp_path: Path, fake_api: FakeAPI
-) -> None:
+@contextlib.asynccontextmanager
+async def streaming_daemon(tmp_path: Path, fake_api: FakeAPI) -> AsyncIterator[tuple[Daemon, Api]]:
+    """A daemon in this process, its fake API sending 50 messages a second, and a client."""
     fake_api.configure(rate=50)
     config = load_config(write_daemon_config(tmp_path, fake_api))
     async with daemon_in_process(config, log_path(tmp_path)) as daemon:
         async with Api(config.daemon.control_socket) as api:
-            for body in ({"name": "s1", "kind": "sample", "credential": "alpha"},
-                         {"name": "s2", "kind": "sample", "credential": "beta"},
-                         {"name": "off", "kind": "filter", "track": ["x"],
-                          "credential": "alpha", "active": False}):
-                await api.ok("POST", "/streams", body, 201)
-            await wait_until(lambda: daemon.views.status_of(daemon.spec("s2")).messages > 20)
-            # s2 again: its earlier run's counters are added to the new one's
-            await api.ok("POST", "/streams/s2/stop")
-            await api.ok("POST", "/streams/s2/start")
-            await wait_until(lambda: daemon.tasks.runners["s2"].stream.status.messages > 5,
-                             what="s2 streaming again")
-            assert daemon.ledger.last.get("s2") is not None  # the case the sum covers
-            views = daemon.views
-            for page in range(3):  # kept JSON, with messages taken between two pages
-                if page:
-                    before = daemon.tasks.runners["s1"].stream.status.messages
-                    await wait_until(
-                        lambda n=before: daemon.tasks.runners["s1"].stream.status.messages > n,
-                        what="s1 taking more messages",
-                    )
-                for spec in daemon.specs():  # no await between the two: nothing moves meanwhile
-                    status = orjson.loads(views.view_json(spec))["status"]
-                    assert status == views.status_of(spec).to_dict(), (page, spec.name)
-            assert len(views.kept) == 2  # the two task streams
+            yield daemon, api
+
+
+async def test_streams_and_metrics_show_what_each_streams_status_says(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    async with streaming_daemon(tmp_path, fake_api) as (daemon, api):
+        for body in ({"name": "s1", "kind": "sample", "credential": "alpha"},
+                     {"name": "s2", "kind": "sample", "credential": "beta"},
+                     {"name": "off", "kind": "filter", "track": ["x"],
+                      "credential": "alpha", "active": False}):
+            await api.ok("POST", "/streams", body, 201)
+        await wait_until(lambda: daemon.views.status_of(daemon.spec("s2")).messages > 20)
+        # s2 again: its earlier run's counters are added to the new one's
+        await api.ok("POST", "/streams/s2/stop")
+        await api.ok("POST", "/streams/s2/start")
+        await wait_until(lambda: daemon.tasks.runners["s2"].stream.status.messages > 5,
+                         what="s2 streaming again")
+        assert daemon.ledger.last.get("s2") is not None  # the case the sum covers
+        views = daemon.views
+        for page in range(3):  # kept JSON, with messages taken between two pages
+            if page:
+                before = daemon.tasks.runners["s1"].stream.status.messages
+                await wait_until(
+                    lambda n=before: daemon.tasks.runners["s1"].stream.status.messages > n,
+                    what="s1 taking more messages",
+                )
+            for spec in daemon.specs():  # no await between the two: nothing moves meanwhile
+                status = orjson.loads(views.view_json(spec))["status"]
+                assert status == views.status_of(spec).to_dict(), (page, spec.name)
+        assert len(views.kept) == 2  # the two task streams
         shown = {s.name: s for s in views.samples()}
         assert shown == {name: sample_of(daemon, name) for name in ("off", "s1", "s2")}
         assert daemon.tasks.runners.keys() == {"s1", "s2"}  # two read without a copy
@@ -96,9 +105,7 @@ def whole_health(daemon: Daemon) -> tuple[dict[str, int], list[dict[str, Any]]]:
 async def test_kept_pages_and_health_show_every_change_the_streams_make(
     tmp_path: Path, fake_api: FakeAPI
 ) -> None:
-    fake_api.configure(rate=50)
-    config = load_config(write_daemon_config(tmp_path, fake_api))
-    async with daemon_in_process(config, log_path(tmp_path)) as daemon:
+    async with streaming_daemon(tmp_path, fake_api) as (daemon, api):
         views = daemon.views
         shown: list[str] = []
 
@@ -119,37 +126,36 @@ async def test_kept_pages_and_health_show_every_change_the_streams_make(
                     assert seconds == pytest.approx(whole.gap_seconds[reason], abs=0.5), what
             shown.append(what)
 
-        async with Api(config.daemon.control_socket) as api:
-            await check("no stream")
-            for body in ({"name": "s1", "kind": "sample", "credential": "alpha"},
-                         {"name": "s2", "kind": "sample", "credential": "beta"},
-                         {"name": "f1", "kind": "filter", "track": ["x"],
-                          "credential": "alpha", "active": False}):
-                await api.ok("POST", "/streams", body, 201)
-                await check(f"{body['name']} added")
-            await wait_until(lambda: messages(daemon, "s2") > 10, what="s2 streaming")
-            await check("streaming")
-            await wait_until(lambda: messages(daemon, "s1") > 20, what="s1 taking more")
-            await check("messages taken since")
-            await api.ok("POST", "/streams/s2/stop")
-            await check("s2 stopped")
-            fake_api.script({"status": 503})  # the next connection is refused: a backoff
-            await api.ok("POST", "/streams/s2/start")
-            await wait_until(
-                lambda: daemon.tasks.runners["s2"].stream.status.state is State.BACKOFF,
-                what="s2 in backoff",
-            )
-            await check("s2 in backoff")
-            await wait_until(lambda: messages(daemon, "s2") > 5, what="s2 streaming again")
-            await check("s2 streaming again")
-            await api.ok("PATCH", "/streams/f1", {"track": ["y"]})
-            await check("f1 changed")
-            await api.ok("POST", "/streams/s1/stop")
-            await api.ok("POST", "/streams/f1/start")
-            await wait_until(lambda: messages(daemon, "f1") > 0, what="f1 streaming")
-            await check("f1 started on s1's credential")
-            await api.ok("DELETE", "/streams/s2", status=204)
-            await check("s2 deleted")
+        await check("no stream")
+        for body in ({"name": "s1", "kind": "sample", "credential": "alpha"},
+                     {"name": "s2", "kind": "sample", "credential": "beta"},
+                     {"name": "f1", "kind": "filter", "track": ["x"],
+                      "credential": "alpha", "active": False}):
+            await api.ok("POST", "/streams", body, 201)
+            await check(f"{body['name']} added")
+        await wait_until(lambda: messages(daemon, "s2") > 10, what="s2 streaming")
+        await check("streaming")
+        await wait_until(lambda: messages(daemon, "s1") > 20, what="s1 taking more")
+        await check("messages taken since")
+        await api.ok("POST", "/streams/s2/stop")
+        await check("s2 stopped")
+        fake_api.script({"status": 503})  # the next connection is refused: a backoff
+        await api.ok("POST", "/streams/s2/start")
+        await wait_until(
+            lambda: daemon.tasks.runners["s2"].stream.status.state is State.BACKOFF,
+            what="s2 in backoff",
+        )
+        await check("s2 in backoff")
+        await wait_until(lambda: messages(daemon, "s2") > 5, what="s2 streaming again")
+        await check("s2 streaming again")
+        await api.ok("PATCH", "/streams/f1", {"track": ["y"]})
+        await check("f1 changed")
+        await api.ok("POST", "/streams/s1/stop")
+        await api.ok("POST", "/streams/f1/start")
+        await wait_until(lambda: messages(daemon, "f1") > 0, what="f1 streaming")
+        await check("f1 started on s1's credential")
+        await api.ok("DELETE", "/streams/s2", status=204)
+        await check("s2 deleted")
     assert len(shown) == 12
 
 
