@@ -78,6 +78,7 @@ MESSAGE_SIZE = 4800
 FILTERS = 4  # filter streams on spare credentials, for PATCH
 SAVE_INTERVAL = 60  # every stream rotates once in the steady windows
 ROTATION_WINDOW = 10.0  # seconds after a rotation boundary that count as "during rotation"
+SLOWEST = 12  # the load window's slowest requests are printed with their place in the minute
 ROTATION_LEAD = 15.0  # the load window opens this long before a rotation boundary
 POLL = 0.5  # seconds between GET /streams while waiting for every stream
 STARTUP_TIMEOUT = 240.0  # give up: 5,000 streams on a busy 2-core machine took 110 s
@@ -634,6 +635,9 @@ class SizeBench:
         elapsed = time.monotonic() - began
         r.cpu_load_pct = (cpu_seconds(daemon.pid) - cpu) / elapsed * 100
         await self._profiled(spy, "load")
+        slowest = sorted(samples, key=lambda s: s.seconds, reverse=True)[:SLOWEST]
+        print("  slowest requests (s after the boundary: kind ms): " + ", ".join(
+            f"{s.wall % SAVE_INTERVAL:.1f}: {s.kind} {s.seconds * 1000:.0f}" for s in slowest))
         for s in samples:
             r.latency.setdefault(s.kind, []).append(s.seconds)
             if s.wall % SAVE_INTERVAL < ROTATION_WINDOW:

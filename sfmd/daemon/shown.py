@@ -4,7 +4,8 @@ streams that changed since (`sfmd.changes`).
 A value is kept only when its stream can say it changed: a task stream whose status and
 archive are watched (`keep` true from `make`). Any other (stopped, failed, shared, in its own
 process) is made again every time, as before. A stream whose settings changed is a new spec
-object, so it is made again too; streams added, removed or renamed make every value again.
+object, so it is made again too; when streams are added, removed or renamed, the others'
+values move to their new places.
 """
 
 from __future__ import annotations
@@ -91,14 +92,10 @@ class Shown(Generic[_T]):
         is made, so a caller that stops halfway (a cancelled request) leaves nothing stale."""
         changed, moved = self._changes.take(self._reader)
         todo = self._differing(self._specs, specs)
+        if todo is None:  # streams added, removed or renamed
+            self._move_to(specs)
+            todo = set()
         self._specs = specs
-        if todo is None:  # streams added, removed or renamed: all again
-            self._values = [None] * len(specs)  # type: ignore[list-item]
-            self._index = {spec.name: i for i, spec in enumerate(specs)}
-            self._unkept = set()
-            self._owed = set(range(len(specs)))
-            self._moving = set()
-            return list(range(len(specs)))
         index = self._index
         owed = self._owed
         owed |= todo
@@ -108,6 +105,30 @@ class Shown(Generic[_T]):
             (owed if self._move is None else self._moving).update(
                 index[name] for name in moved if name in index)
         return sorted(owed | self._moving)
+
+    def _move_to(self, specs: list[StreamSpec]) -> None:
+        """Put each kept value at its stream's place in `specs`, whose names are not those
+        of the last specs: a stream added (or renamed to) is owed, one whose spec changed
+        too. Adding one stream to 5,000 once made every value again, the whole page's work."""
+        old_specs, old_index, old_values = self._specs, self._index, self._values
+        owed, moving, unkept = self._owed, self._moving, self._unkept
+        values: list[_T] = []
+        self._owed, self._moving, self._unkept = set(), set(), set()
+        for j, spec in enumerate(specs):
+            i = old_index.get(spec.name)
+            if i is None or (old_specs[i] is not spec and old_specs[i] != spec):
+                values.append(None)  # type: ignore[arg-type]
+                self._owed.add(j)
+                continue
+            values.append(old_values[i])
+            if i in owed:
+                self._owed.add(j)
+            if i in moving:
+                self._moving.add(j)
+            if i in unkept:
+                self._unkept.add(j)
+        self._values = values
+        self._index = {spec.name: j for j, spec in enumerate(specs)}
 
     @staticmethod
     def _differing(old: list[StreamSpec], new: list[StreamSpec]) -> set[int] | None:

@@ -196,3 +196,35 @@ def test_a_stream_a_message_only_moved_on_has_four_lines_written_again(
     assert uptime.sub("", page) == uptime.sub("", whole)
     assert 'sfmd_stream_last_message_timestamp_seconds{stream="s3"} 1764900099.500' in page
     assert 'last_message_timestamp_seconds{stream="s1"}' not in page
+
+
+def test_streams_added_or_removed_leave_the_others_lines_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sfmd.control import metrics as module
+
+    streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 1, 0, 2, {"backoff": 1.5}, 1,
+                            1_764_900_000.0 + i, None) for i in range(0, 10, 2)]
+    columns = module.Columns()
+    for _ in columns.update(streams):
+        pass
+    written: list[str] = []
+    stream_lines = module.stream_lines
+    monkeypatch.setattr(module, "stream_lines",
+                        lambda s: written.append(s.name) or stream_lines(s))
+    started = time.monotonic()
+    uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
+    added = StreamSample("s3", "backoff", 3, 3, 30, 0, 0, 0)
+    removed_and_moved = [streams[0], streams[1], added, streams[3]._replace(messages=99)]
+    rewritten = []
+    for samples in ([*streams[:2], added, *streams[2:]], removed_and_moved, []):
+        walk = columns.update(samples)
+        next(walk, None)  # left halfway once: nothing changes
+        for _ in columns.update(samples):
+            pass
+        rewritten.append(list(written))
+        page = "\n".join(module.page_parts(columns, [], started)) + "\n"
+        whole = module.render_page(module.Snapshot(samples, []), started).decode()
+        written.clear()
+        assert uptime.sub("", page) == uptime.sub("", whole)
+    assert rewritten == [["s3"], ["s6"], []]

@@ -60,15 +60,35 @@ def test_a_changed_spec_is_made_again_and_an_equal_one_is_not() -> None:
     assert view.made == []
 
 
-def test_streams_added_removed_or_renamed_make_everything_again() -> None:
-    view = View(Changes())
-    view.show([spec("a"), spec("b")])
-    view.show([spec("a"), spec("b"), spec("c")])
-    assert view.made == ["a", "b", "c"]
-    view.show([spec("a"), spec("c")])
-    assert view.made == ["a", "c"]
-    assert view.show([spec("a"), spec("d")]) == ["a:4:x", "d:1:x"]
+def test_streams_added_removed_or_renamed_make_only_the_new_ones() -> None:
+    changes = Changes()
+    view = View(changes)
+    a, b = spec("a"), spec("b")
+    view.show([a, b])
+    assert view.show([a, spec("aa"), b]) == ["a:1:x", "aa:1:x", "b:1:x"]
+    assert view.made == ["aa"]
+    assert view.show([a, b]) == ["a:1:x", "b:1:x"] and view.made == []
+    assert view.show([spec("a"), spec("c")]) == ["a:1:x", "c:1:x"]  # equal settings: kept
+    assert view.made == ["c"]
+    assert view.show([spec("a", "y"), spec("d")]) == ["a:2:y", "d:1:x"]  # a patched too
     assert view.show([]) == []
+    assert view.show([spec("a", "y")]) == ["a:3:y"]
+
+
+def test_what_was_owed_moved_on_or_unkept_keeps_owing_at_its_new_place() -> None:
+    changes = Changes()
+    view = View(changes, move=lambda spec, value: value + "+")
+    view.unkept = {"c"}
+    a, b, c = spec("a"), spec("b"), spec("c")
+    view.show([a, b, c])
+    changes.notices_for("a")[1]()  # moved on
+    changes.notices_for("b")[0]()  # changed
+    walk = view.shown.each([a, b, c])
+    assert next(walk) == "a:1:x+"  # left there: b is still owed, c unkept
+    view.made.clear()
+    assert view.show([spec("0"), a, b, c]) == ["0:1:x", "a:1:x+", "b:2:x", "c:2:x"]
+    assert view.made == ["0", "b", "c"]
+    assert view.show([a, b, c]) == ["a:1:x+", "b:2:x", "c:3:x"] and view.made == ["c"]
 
 
 def test_a_stream_that_cannot_tell_is_made_every_time_until_it_can() -> None:
