@@ -11,7 +11,7 @@ import asyncio
 import functools
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sfmd import __version__
@@ -259,7 +259,7 @@ class Metrics:
 
     def __init__(
         self,
-        samples: Callable[[], Iterable[StreamSample]],
+        samples: Callable[[], Awaitable[list[StreamSample]]],
         started: float,
         max_age: float = 1.0,
         connections: Callable[[], Iterable[ConnectionSample]] = list,
@@ -273,15 +273,6 @@ class Metrics:
         self._building: asyncio.Future[bytes] | None = None  # a page being built (`page`)
         self._columns = Columns()  # the streams' lines of the last page (`page`)
 
-    def render(self) -> bytes:
-        """The page, built in one go (`page` is what the API serves)."""
-        now = time.monotonic()
-        if now - self._rendered >= self.max_age:
-            snapshot = Snapshot(list(self._samples()), list(self._connections()))
-            self._page = render_page(snapshot, self._started)
-            self._rendered = now
-        return self._page
-
     async def page(self) -> bytes:
         """The page, built with turns for the rest of the event loop (`turns`: every few ms,
         between two streams read or two metric families written), so a scrape of thousands
@@ -294,13 +285,13 @@ class Metrics:
             return await asyncio.shield(self._building)
         self._building = asyncio.get_running_loop().create_future()
         try:
-            samples = [sample async for sample in sliced(self._samples())]
+            samples = await self._samples()
             async for _ in sliced(self._columns.update(samples)):
                 pass
             parts = [part async for part in sliced(
                 page_parts(self._columns, list(self._connections()), self._started)
             )]
-            self._page = ("\n".join(parts) + "\n").encode()
+            self._page = "\n".join([*parts, ""]).encode()  # the last line ends too
             self._rendered = now
             self._building.set_result(self._page)
             return self._page

@@ -10,7 +10,7 @@ values move to their new places.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from sfmd.changes import Changes
@@ -24,8 +24,8 @@ class Shown(Generic[_T]):
     """Each stream's value (`make(spec)` → value, keep), in the order of the specs given.
 
     One reader of `changes` each: two views must not share one, and one view must not refresh
-    from two places at once (`refreshed` and `each` let the loop run between two values:
-    their caller serialises them).
+    from two places at once (`refreshed` lets the loop run between two values: its caller
+    serialises them).
     """
 
     def __init__(
@@ -57,15 +57,6 @@ class Shown(Generic[_T]):
         for i in self._plan(specs):
             self._make_at(i)
         return self._values
-
-    def each(self, specs: list[StreamSpec]) -> Iterator[_T]:
-        """As `now`, one value at a time, each made (if need be) when it is asked for: the
-        caller may take turns of the loop between two."""
-        owed = set(self._plan(specs))
-        for i in range(len(specs)):
-            if i in owed:
-                self._make_at(i)
-            yield self._values[i]
 
     async def refreshed(self, specs: list[StreamSpec]) -> list[_T]:
         """As `now`, with turns for the rest of the loop while many are made (`turns`)."""

@@ -137,11 +137,12 @@ class Views:
             self.kept.keep_only(spec.name for spec in specs)
         return page
 
-    def samples(self) -> Iterator[StreamSample]:
+    async def samples(self) -> list[StreamSample]:
         """Every stream's metrics sample, in name order: kept between pages, and made again
-        for streams that changed since (`Shown`) or whose open gap grows with the clock."""
+        (with turns for the rest of the loop) for streams that changed since (`Shown`) or
+        whose open gap grows with the clock. One page at a time: `Metrics.page`."""
         d = self.daemon
-        return self._samples.each(d.specs() if d.registry else [])
+        return await self._samples.refreshed(d.specs() if d.registry else [])
 
     def _sample(self, spec: StreamSpec) -> tuple[StreamSample, bool]:
         """A stream's metrics sample, and whether it may be kept until the stream tells of a

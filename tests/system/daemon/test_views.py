@@ -78,7 +78,7 @@ async def test_streams_and_metrics_show_what_each_streams_status_says(
                 status = orjson.loads(views.view_json(spec))["status"]
                 assert status == views.status_of(spec).to_dict(), (page, spec.name)
         assert len(views.kept) == 2  # the two task streams
-        shown = {s.name: s for s in views.samples()}
+        shown = {s.name: s for s in await views.samples()}
         assert shown == {name: sample_of(daemon, name) for name in ("off", "s1", "s2")}
         assert daemon.tasks.runners.keys() == {"s1", "s2"}  # two read without a copy
 
@@ -116,7 +116,7 @@ async def test_kept_pages_and_health_show_every_change_the_streams_make(
             assert page == whole_page(daemon), what
             assert (health["states"], health["failed"]) == whole_health(daemon), what
             assert views.status_line() == describe_states(health_states(health))
-            samples = {s.name: s for s in views.samples()}
+            samples = {s.name: s for s in await views.samples()}
             assert samples.keys() == {spec.name for spec in daemon.specs()}, what
             for name, kept in samples.items():
                 whole = sample_of(daemon, name)

@@ -6,20 +6,40 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfmd import turns
-from sfmd.control.metrics import ConnectionSample, Metrics, StreamSample
+from sfmd.control.metrics import (
+    ConnectionSample,
+    Metrics,
+    Snapshot,
+    StreamSample,
+    render_page,
+)
 
 
 def sample(messages: int) -> StreamSample:
     return StreamSample("s1", "streaming", messages, messages, 10 * messages, 0, 7, 2)
 
 
+def given(samples: Callable[[], list[StreamSample]]) -> Callable[[], Awaitable[list[StreamSample]]]:
+    """`samples` as the streams' side hands them to a page: when awaited."""
+
+    async def made() -> list[StreamSample]:
+        return samples()
+
+    return made
+
+
+def render(samples: list[StreamSample], connections: list[ConnectionSample] = []) -> bytes:  # noqa: B006
+    return render_page(Snapshot(samples, connections), time.monotonic())
+
+
 def test_counters_render_as_prometheus_text() -> None:
-    text = Metrics(lambda: [sample(5)], time.monotonic()).render().decode()
+    text = render([sample(5)]).decode()
     assert 'sfmd_stream_messages_total{stream="s1"} 5' in text
     assert 'sfmd_stream_state{state="streaming",stream="s1"} 1' in text
     assert 'sfmd_stream_state{state="backoff",stream="s1"} 0' in text
@@ -27,22 +47,22 @@ def test_counters_render_as_prometheus_text() -> None:
     assert 'sfmd_stream_files_published_total{stream="s1"} 2' in text
 
 
-def test_a_page_is_reused_within_max_age_and_fresh_after() -> None:
+async def test_a_page_is_reused_within_max_age_and_fresh_after() -> None:
     counter = {"n": 1}
-    cached = Metrics(lambda: [sample(counter["n"])], time.monotonic(), max_age=3600)
-    first = cached.render()
+    cached = Metrics(given(lambda: [sample(counter["n"])]), time.monotonic(), max_age=3600)
+    first = await cached.page()
     counter["n"] = 2
-    assert cached.render() == first
-    fresh = Metrics(lambda: [sample(counter["n"])], time.monotonic(), max_age=0)
-    assert b'messages_total{stream="s1"} 2' in fresh.render()
+    assert await cached.page() == first
+    fresh = Metrics(given(lambda: [sample(counter["n"])]), time.monotonic(), max_age=0)
+    assert b'messages_total{stream="s1"} 2' in await fresh.page()
     counter["n"] = 3
-    assert b'messages_total{stream="s1"} 3' in fresh.render()
+    assert b'messages_total{stream="s1"} 3' in await fresh.page()
 
 
 def test_the_page_parses_as_prometheus_text_with_every_sample() -> None:
     streams = [sample(i) for i in range(3)]
     odd = ConnectionSample('v2-filter@a "quoted" \\ name', 1, 0, 0, 0, 1)
-    page = Metrics(lambda: streams, time.monotonic(), connections=lambda: [odd]).render()
+    page = render(streams, [odd])
     families = {f.name: f for f in text_string_to_metric_families(page.decode())}
     assert families["sfmd_stream_messages"].type == "counter"
     assert [s.value for s in families["sfmd_stream_messages"].samples] == [0, 1, 2]
@@ -54,8 +74,7 @@ def test_the_page_parses_as_prometheus_text_with_every_sample() -> None:
 def test_shared_v2_connections_have_metrics_of_their_own() -> None:
     conn = ConnectionSample("v2-filter@alpha", messages=9, unrouted=2, errors=1, reconnects=0,
                             rules=3)
-    text = Metrics(lambda: [sample(5)], time.monotonic(), connections=lambda: [conn])
-    page = text.render().decode()
+    page = render([sample(5)], [conn]).decode()
     assert 'sfmd_v2_connection_messages_total{connection="v2-filter@alpha"} 9' in page
     assert 'sfmd_v2_connection_unrouted_total{connection="v2-filter@alpha"} 2' in page
     assert 'sfmd_v2_connection_rules{connection="v2-filter@alpha"} 3' in page
@@ -63,7 +82,7 @@ def test_shared_v2_connections_have_metrics_of_their_own() -> None:
 
 def test_gap_seconds_are_a_counter_by_reason() -> None:
     gappy = sample(5)._replace(gap_seconds={"backoff": 12.5, "daemon_down": 3.0})
-    page = Metrics(lambda: [gappy, sample(1)], time.monotonic()).render().decode()
+    page = render([gappy, sample(1)]).decode()
     families = {f.name: f for f in text_string_to_metric_families(page)}
     gaps = families["sfmd_stream_gap_seconds"]
     assert gaps.type == "counter"
@@ -74,7 +93,7 @@ def test_gap_seconds_are_a_counter_by_reason() -> None:
 def test_reconnects_are_split_by_cause_and_stalls_show_in_timestamps() -> None:
     busy = sample(5)._replace(reconnects=7, reconnects_planned=3,
                               last_message_at=1_765_000_000.25, last_publish_at=None)
-    page = Metrics(lambda: [busy], time.monotonic()).render().decode()
+    page = render([busy]).decode()
     families = {f.name: f for f in text_string_to_metric_families(page)}
     reconnects = {s.labels["cause"]: s.value for s in families["sfmd_stream_reconnects"].samples}
     assert reconnects == {"failure": 4, "planned": 3}
@@ -98,8 +117,8 @@ async def test_the_served_page_is_the_rendered_page_built_in_pieces(
                      1_764_900_000.0 + i, None)
         for i in range(507)
     ]
-    page = await Metrics(lambda: streams, started, max_age=3600).page()
-    rendered = Metrics(lambda: streams, started, max_age=3600).render()
+    page = await Metrics(given(lambda: streams), started, max_age=3600).page()
+    rendered = render_page(Snapshot(streams, []), started)
     uptime = re.compile(rb"sfmd_uptime_seconds [0-9.e+-]+")
     assert uptime.sub(b"", page) == uptime.sub(b"", rendered)
     families = {f.name: f for f in text_string_to_metric_families(page.decode())}
@@ -113,7 +132,7 @@ async def test_scrapes_that_come_while_a_page_is_built_share_it() -> None:
         calls["n"] += 1
         return [sample(i) for i in range(750)]
 
-    metrics = Metrics(samples, time.monotonic(), max_age=3600)
+    metrics = Metrics(given(samples), time.monotonic(), max_age=3600)
     pages = await asyncio.gather(metrics.page(), metrics.page(), metrics.page())
     assert calls["n"] == 1
     assert pages[0] == pages[1] == pages[2]
@@ -135,7 +154,7 @@ async def test_a_stream_whose_sample_was_kept_is_not_written_again(
 
     monkeypatch.setattr(module, "stream_lines", counted)
     streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 0, 0, 1) for i in range(4)]
-    metrics = Metrics(lambda: list(streams), time.monotonic(), max_age=0)
+    metrics = Metrics(given(lambda: list(streams)), time.monotonic(), max_age=0)
     await metrics.page()
     assert written == ["s0", "s1", "s2", "s3"]
     written.clear()
@@ -143,7 +162,7 @@ async def test_a_stream_whose_sample_was_kept_is_not_written_again(
     page = await metrics.page()
     assert written == ["s2"]
     uptime = re.compile(rb"sfmd_uptime_seconds [0-9.e+-]+")
-    fresh = Metrics(lambda: list(streams), time.monotonic()).render()
+    fresh = render(list(streams))
     assert uptime.sub(b"", page) == uptime.sub(b"", fresh)
     assert b'sfmd_stream_state{state="backoff",stream="s2"} 1' in page
 

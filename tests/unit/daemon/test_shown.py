@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
 from sfmd.changes import Changes
 from sfmd.daemon.shown import Shown
 from sfmd.registry import StreamSpec
@@ -16,17 +18,24 @@ def spec(name: str, *track: str) -> StreamSpec:
     return ok(filt(name=name, track=list(track or ["x"])))
 
 
+class Left(Exception):
+    """A walk left halfway, as a request cancelled there leaves it."""
+
+
 class View:
     """A view of each stream: its name and how many times it was made; streams named in
-    `unkept` cannot tell when they change."""
+    `unkept` cannot tell when they change. Making `fail_on` leaves the walk there."""
 
     def __init__(self, changes: Changes, **kwargs: Any) -> None:
         self.made: list[str] = []
         self.count: dict[str, int] = {}
         self.unkept: set[str] = set()
+        self.fail_on: str | None = None
         self.shown = Shown(changes, self.make, **kwargs)
 
     def make(self, spec: StreamSpec) -> tuple[str, bool]:
+        if spec.name == self.fail_on:
+            raise Left(spec.name)
         self.made.append(spec.name)
         self.count[spec.name] = self.count.get(spec.name, 0) + 1
         return f"{spec.name}:{self.count[spec.name]}:{spec.track[0]}", spec.name not in self.unkept
@@ -83,9 +92,10 @@ def test_what_was_owed_moved_on_or_unkept_keeps_owing_at_its_new_place() -> None
     view.show([a, b, c])
     changes.notices_for("a")[1]()  # moved on
     changes.notices_for("b")[0]()  # changed
-    walk = view.shown.each([a, b, c])
-    assert next(walk) == "a:1:x+"  # left there: b is still owed, c unkept
-    view.made.clear()
+    view.fail_on = "b"
+    with pytest.raises(Left):  # a moved on, then left there: b is still owed, c unkept
+        view.show([a, b, c])
+    view.fail_on = None
     assert view.show([spec("0"), a, b, c]) == ["0:1:x", "a:1:x+", "b:2:x", "c:2:x"]
     assert view.made == ["0", "b", "c"]
     assert view.show([a, b, c]) == ["a:1:x+", "b:2:x", "c:3:x"] and view.made == ["c"]
@@ -127,17 +137,21 @@ def test_two_views_each_see_every_change() -> None:
     assert one.made == two.made == ["a"]
 
 
-def test_one_value_at_a_time_is_the_same_and_a_walk_left_halfway_leaves_nothing_stale() -> None:
+def test_a_walk_left_halfway_leaves_nothing_stale() -> None:
     changes = Changes()
     view = View(changes)
     specs = [spec("a"), spec("b"), spec("c")]
-    walk = view.shown.each(specs)
-    assert next(walk) == "a:1:x"  # left there: b and c are not made
-    assert list(view.shown.each(specs)) == ["a:1:x", "b:1:x", "c:1:x"]
+    view.fail_on = "b"  # a request cancelled there
+    with pytest.raises(Left):
+        view.show(specs)
+    view.fail_on = None
+    assert view.show(specs) == ["a:1:x", "b:1:x", "c:1:x"] and view.made == ["b", "c"]
     changes.touch("a")
     changes.touch("c")
-    walk = view.shown.each(specs)
-    assert next(walk) == "a:2:x"
+    view.fail_on = "c"
+    with pytest.raises(Left):
+        view.show(specs)
+    view.fail_on = None
     assert view.show(specs) == ["a:2:x", "b:1:x", "c:2:x"] and view.made == ["c"]
 
 
@@ -164,11 +178,13 @@ def test_a_stream_only_moved_on_is_moved_made_or_left_as_each_view_wants() -> No
 def test_a_stream_that_changed_is_made_even_if_it_was_to_be_moved_on() -> None:
     changes = Changes()
     view = View(changes, move=lambda spec, value: value + "+")
-    specs = [spec("a")]
+    specs = [spec("0"), spec("a")]
     view.show(specs)
     changes.notices_for("a")[1]()
-    walk = view.shown.each(specs)  # planned, not walked: a is still to be moved on
-    del walk
-    view.shown.now(specs)
+    changes.touch("0")
+    view.fail_on = "0"
+    with pytest.raises(Left):  # planned, not walked: a is still to be moved on
+        view.show(specs)
+    view.fail_on = None
     changes.notices_for("a")[0]()
-    assert view.show(specs) == ["a:2:x"]
+    assert view.show(specs) == ["0:2:x", "a:2:x"]
