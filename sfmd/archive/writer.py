@@ -576,11 +576,11 @@ class Archive:
         return self.coverage.gap_seconds(self._clock())
 
     def shown_key(self) -> tuple[Any, ...]:
-        """Changes whenever `coverage_shown()` would, apart from `last_message_at` and the
-        seconds of gaps: what the API's pages keep a stream's STATUS by (`StatusJson`)."""
+        """Changes whenever `coverage_shown()` would, apart from what a message or a rotation
+        moves (the last message, the open file, the last publish) and the seconds of gaps:
+        what the API's pages keep a stream's STATUS by (`StatusJson`)."""
         coverage = self.coverage
-        return (coverage.revision, coverage.connected_since, self.current_file,
-                self.last_published)
+        return (coverage.revision, coverage.connected_since)
 
     def coverage_shown(self) -> dict[str, Any]:
         """For the stream's status: `Coverage.shown` now, when it last took a message and

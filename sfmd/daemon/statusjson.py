@@ -3,11 +3,13 @@
 GET /streams shows every stream. At 5,000 streams, building and encoding every STATUS again
 took 30-40 ms of the event loop a page (6-8 µs a stream), while every other request and
 every stream's read waited. Between two pages most of a stream's STATUS is as it was: a
-message moves four of its fields (`MOVING`); its state, errors, coverage and open file
-change a few times a day. So each stream's JSON is kept in pieces around those four. It
-is encoded whole again only when anything else it shows changed (`Kept.key`); otherwise the
-four values are written between the kept pieces. (The settings around it are encoded once per
-spec already: `StreamSpec.view_json_open`.)
+message moves four of its fields, and a rotation two more, the open file and the last publish
+(`MOVING`); its state, errors and coverage change a few times a day. So each stream's JSON is
+kept in pieces around those six. It is encoded whole again only when anything else it shows
+changed (`Kept.key`); otherwise the six values are written between the kept pieces. Every
+stream rotates at the same boundary: encoded whole, that was 5,000 STATUS objects again on the
+pages just after it. (The settings around it are encoded once per spec already:
+`StreamSpec.view_json_open`.)
 
 Only a task stream on a single host is kept (`Views._read_in_place`): its status and archive
 are read where they are. Shared and process-isolated streams, and every stream of a cluster
@@ -19,6 +21,7 @@ from __future__ import annotations
 import operator
 import secrets
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,8 +29,9 @@ import orjson
 from sfmd.archive import Archive
 from sfmd.status import StreamStatus, epoch_iso
 
-#: The STATUS fields a message moves, in the order `StreamStatus.to_dict` writes them.
-MOVING = ("messages", "tweets", "bytes", "last_message_at")
+#: The STATUS fields a message or a rotation moves, in the order `StreamStatus.to_dict`
+#: writes them.
+MOVING = ("messages", "tweets", "bytes", "current_file", "last_message_at", "last_publish_at")
 #: The stream's own status fields the rest of its STATUS is made of: a change to any of them
 #: encodes the whole STATUS again. The archive's part is `Archive.shown_key`.
 KEYED = (
@@ -48,15 +52,21 @@ class Kept:
     """One stream's STATUS JSON as pieces around the `MOVING` values, and what it was
     encoded from."""
 
-    __slots__ = ("key", "moment", "moment_json", "pieces")
+    __slots__ = ("file", "file_json", "key", "moment", "moment_json", "pieces", "published",
+                 "published_json")
 
     def __init__(self, key: tuple[Any, ...], pieces: tuple[bytes, ...]) -> None:
         self.key = key
         self.pieces = pieces
-        # The last message's moment as last written: it moves with every message, but a
-        # page comes more often than most quiet streams' messages.
+        # The last message's moment, the open file and the last publish as last written: they
+        # move, but a page comes more often than most quiet streams' messages, and far more
+        # often than their files.
         self.moment: float | None = None
         self.moment_json = b"null"
+        self.file: Path | None = None
+        self.file_json = b"null"
+        self.published: float | None = None
+        self.published_json = b"null"
 
 
 class StatusJson:
@@ -114,10 +124,22 @@ def _moving_between(kept: Kept, live: StreamStatus, archive: Archive) -> tuple[b
     moment = archive.last_written
     if moment != kept.moment:
         kept.moment = moment
-        kept.moment_json = b'"%s"' % epoch_iso(moment).encode() if moment is not None else b"null"
-    p0, p1, p2, p3, p4 = kept.pieces
+        kept.moment_json = _moment_json(moment)
+    current = archive.current_file
+    if current is not kept.file:  # a new file is a new object
+        kept.file = current
+        kept.file_json = orjson.dumps(str(current)) if current is not None else b"null"
+    published = archive.last_published
+    if published != kept.published:
+        kept.published = published
+        kept.published_json = _moment_json(published)
+    p0, p1, p2, p3, p4, p5, p6 = kept.pieces
     return (p0, b"%d" % live.messages, p1, b"%d" % live.tweets, p2, b"%d" % live.bytes, p3,
-            kept.moment_json, p4)
+            kept.file_json, p4, kept.moment_json, p5, kept.published_json, p6)
+
+
+def _moment_json(moment: float | None) -> bytes:
+    return b'"%s"' % epoch_iso(moment).encode() if moment is not None else b"null"
 
 
 def _cut(encoded: bytes) -> tuple[bytes, ...]:
