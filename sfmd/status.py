@@ -315,6 +315,18 @@ class StreamSample(NamedTuple):
     last_message_at: float | None = None  # epoch seconds
     last_publish_at: float | None = None  # epoch seconds
 
+    def moved_on(
+        self, messages: int, tweets: int, size: int, last_message_at: float | None
+    ) -> StreamSample:
+        """This sample with what a message moves on replaced: `_replace`'s result at a
+        fifth of its cost (a page moves thousands)."""
+        name, state, _, _, _, reconnects, limit, published, gaps, planned, _, published_at = self
+        return _new_tuple(StreamSample, (name, state, messages, tweets, size, reconnects, limit,
+                                         published, gaps, planned, last_message_at, published_at))
+
+
+_new_tuple = tuple.__new__
+
 
 @dataclass(frozen=True)
 class ConnectionSample:

@@ -185,8 +185,8 @@ class Views:
         if runner is None:  # stopped meanwhile: its stop is the next page's change
             return self._sample(spec)[0]
         status = d.ledger.running(spec.name, runner.stream.status)
-        return sample._replace(messages=status.messages, tweets=status.tweets,
-                               bytes=status.bytes, last_message_at=runner.archive.last_written)
+        return sample.moved_on(status.messages, status.tweets, status.bytes,
+                               runner.archive.last_written)
 
     def connections(self) -> Iterator[ConnectionSample]:
         for group in self.daemon.shared.groups.values():

@@ -12,6 +12,7 @@ from sfmd.status import (
     STATUS_KEYS,
     ConnectionStatus,
     State,
+    StreamSample,
     StreamStatus,
     describe_states,
     epoch_iso,
@@ -150,3 +151,10 @@ def test_a_message_s_counters_are_told_apart_from_other_changes() -> None:
     status.reconnects += 1
     status.state = State.BACKOFF
     assert told == ["moved", "moved", "moved", "changed", "changed"]
+
+
+def test_a_sample_moved_on_is_the_sample_with_a_messages_fields_replaced() -> None:
+    sample = StreamSample("s", "streaming", 1, 2, 3, 4, 5, 6, {"backoff": 1.5}, 7, 8.5, 9.5)
+    moved = sample.moved_on(11, 12, 13, None)
+    assert moved == sample._replace(messages=11, tweets=12, bytes=13, last_message_at=None)
+    assert type(moved) is StreamSample and moved.last_publish_at == 9.5
