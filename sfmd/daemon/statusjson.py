@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from sfmd.archive import Archive
+from sfmd.keptjson import kept_json
 from sfmd.status import StreamStatus, epoch_iso
 
 #: The STATUS fields a message or a rotation moves, in the order `StreamStatus.to_dict`
@@ -128,7 +129,7 @@ def _moving_between(kept: Kept, live: StreamStatus, archive: Archive) -> tuple[b
     current = archive.current_file
     if current is not kept.file:  # a new file is a new object
         kept.file = current
-        kept.file_json = orjson.dumps(str(current)) if current is not None else b"null"
+        kept.file_json = kept_json(str(current)) if current is not None else b"null"
     published = archive.last_published
     if published != kept.published:
         kept.published = published

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from sfmd.daemon.shown import Shown
 from sfmd.daemon.statusjson import StatusJson
+from sfmd.keptjson import kept_json
 from sfmd.registry import Mode, StreamSpec
 from sfmd.status import (
     STATES,
@@ -86,11 +85,11 @@ class Views:
             earlier = self.daemon.ledger.last.get(spec.name)
             status = self.kept.pieces_of(spec.name, runner.stream.status, earlier, runner.archive)
             return _stream(spec, status), True
-        encoded = orjson.dumps(self.status_of(spec).to_dict())
+        encoded = kept_json(self.status_of(spec).to_dict())  # kept until the next page
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
-            return (spec.view_json_open, b',"host":', orjson.dumps(host), b',"status":', encoded,
+            return (spec.view_json_open, b',"host":', kept_json(host), b',"status":', encoded,
                     b"}"), False
         return _stream(spec, (encoded,)), False
 
