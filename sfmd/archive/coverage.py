@@ -128,8 +128,9 @@ class Coverage:
     # journal holds, and each is a write and a rename on the event loop: at 5,000 streams
     # they were a fifth of the loop's time while the daemon stopped.
     _saved: int | None = field(default=None, repr=False, compare=False)
-    # Changes with every change to the gaps (each is saved: `_save`), and differs from every
-    # other coverage's: what a status shown from it was made of (`Archive.shown_key`).
+    # Changes with every change to the gaps a status shows (each is saved: `_save`), and
+    # differs from every other coverage's: what a status shown from it was made of
+    # (`Archive.shown_key`).
     revision: int = field(default_factory=lambda: next(_REVISIONS), repr=False, compare=False)
     # Called after every change a status shows (`Archive.watch`).
     notice: Callable[[], None] | None = field(default=None, repr=False, compare=False)
@@ -235,14 +236,18 @@ class Coverage:
         return {**self.writer, "requests": requests}
 
     def written_until(self, t: float) -> None:
-        """Lines up to `t` are in the manifest: forget what ends before it."""
+        """Lines up to `t` are in the manifest: forget what ends before it. What a status
+        shows stays as it was (the last gap is kept aside), so nobody is told of a change:
+        every stream publishes at the same boundary, and each telling made the API's pages
+        encode that stream's STATUS whole again."""
+        shown = self.last_gap
         if self.gaps:
             self._last_closed = self.gaps[-1]
         self.gaps = [g for g in self.gaps if g.end is None or g.end > t]
         keep = [i for i, s in enumerate(self.asked) if s.since >= t]
         first = (keep[0] - 1) if keep else len(self.asked) - 1
         self.asked = self.asked[max(first, 0):]
-        self._save()
+        self._save(told=self.last_gap is not shown)
 
     # -- the journal --------------------------------------------------------------------------
 
@@ -250,10 +255,12 @@ class Coverage:
         if self.notice is not None:
             self.notice()
 
-    def _save(self) -> None:
-        """Rewrite the journal (write and rename; a crash keeps the old or the new one)."""
-        self.revision = next(_REVISIONS)
-        self._noticed()
+    def _save(self, *, told: bool = True) -> None:
+        """Rewrite the journal (write and rename; a crash keeps the old or the new one).
+        `told`: what a status shows changed too (a new revision, and the notice)."""
+        if told:
+            self.revision = next(_REVISIONS)
+            self._noticed()
         if self.journal is None:
             return
         lines = [json.dumps({"writer": self.writer, "began": self.began})]

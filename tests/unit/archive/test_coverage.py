@@ -235,3 +235,23 @@ def test_a_save_that_would_write_the_same_journal_again_is_skipped(tmp_path: Pat
     coverage.written_until(40.0)
     assert journal.read_text() != text
     assert Coverage.load(journal).gaps == []
+
+
+def test_what_the_manifest_took_is_forgotten_without_changing_what_a_status_shows(
+    tmp_path: Path,
+) -> None:
+    """Every stream writes its manifest at the same boundary: that tells nobody of a change,
+    and what a status shows of the coverage stays as it was (the last gap too)."""
+    told: list[int] = []
+    coverage = Coverage(tmp_path / "j", notice=lambda: told.append(coverage.revision))
+    coverage.up(10.0)
+    coverage.down(20.0, "backoff", "boom")
+    coverage.up(30.0)
+    assert len(told) == 5  # connected, its gap, gone, its gap, connected again
+    shown, revision = coverage.shown(50.0), coverage.revision
+    for t in (25.0, 40.0, 60.0):  # the gap still open in the manifest's span, then behind it
+        coverage.written_until(t)
+        assert coverage.shown(50.0) == shown and coverage.revision == revision
+    assert len(told) == 5 and Coverage.load(tmp_path / "j").gaps == []
+    coverage.down(70.0, "stall")
+    assert len(told) == 7 and coverage.revision != revision
