@@ -13,11 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sfmd import turns
 from sfmd.control.metrics import (
+    Columns,
     ConnectionSample,
     Metrics,
-    Snapshot,
     StreamSample,
-    render_page,
+    page_parts,
 )
 
 
@@ -35,7 +35,12 @@ def given(samples: Callable[[], list[StreamSample]]) -> Callable[[], Awaitable[l
 
 
 def render(samples: list[StreamSample], connections: list[ConnectionSample] = []) -> bytes:  # noqa: B006
-    return render_page(Snapshot(samples, connections), time.monotonic())
+    """The page in one go, every stream's lines written at once: what `Metrics.page` writes
+    with turns between them."""
+    columns = Columns()
+    for _ in columns.update(samples):
+        pass
+    return "\n".join([*page_parts(columns, connections, time.monotonic()), ""]).encode()
 
 
 def test_counters_render_as_prometheus_text() -> None:
@@ -118,7 +123,7 @@ async def test_the_served_page_is_the_rendered_page_built_in_pieces(
         for i in range(507)
     ]
     page = await Metrics(given(lambda: streams), started, max_age=3600).page()
-    rendered = render_page(Snapshot(streams, []), started)
+    rendered = render(streams)
     uptime = re.compile(rb"sfmd_uptime_seconds [0-9.e+-]+")
     assert uptime.sub(b"", page) == uptime.sub(b"", rendered)
     families = {f.name: f for f in text_string_to_metric_families(page.decode())}
@@ -168,8 +173,6 @@ async def test_a_stream_whose_sample_was_kept_is_not_written_again(
 
 
 def test_columns_left_halfway_are_brought_up_to_date_next_time() -> None:
-    from sfmd.control.metrics import Columns, Snapshot, page_parts, render_page
-
     streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 0, 0, 1) for i in range(6)]
     columns = Columns()
     for _ in columns.update(streams):
@@ -182,7 +185,7 @@ def test_columns_left_halfway_are_brought_up_to_date_next_time() -> None:
     started = time.monotonic()
     uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
     page = "\n".join(page_parts(columns, [], started)) + "\n"
-    whole = render_page(Snapshot(changed, []), started).decode()
+    whole = render(changed).decode()
     assert uptime.sub("", page) == uptime.sub("", whole)
     assert 'sfmd_stream_messages_total{stream="s5"} 105' in page
 
@@ -211,7 +214,7 @@ def test_a_stream_a_message_only_moved_on_has_four_lines_written_again(
     started = time.monotonic()
     uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
     page = "\n".join(module.page_parts(columns, [], started)) + "\n"
-    whole = module.render_page(module.Snapshot(moved, []), started).decode()
+    whole = render(moved).decode()
     assert uptime.sub("", page) == uptime.sub("", whole)
     assert 'sfmd_stream_last_message_timestamp_seconds{stream="s3"} 1764900099.500' in page
     assert 'last_message_timestamp_seconds{stream="s1"}' not in page
@@ -243,7 +246,7 @@ def test_streams_added_or_removed_leave_the_others_lines_as_they_were(
             pass
         rewritten.append(list(written))
         page = "\n".join(module.page_parts(columns, [], started)) + "\n"
-        whole = module.render_page(module.Snapshot(samples, []), started).decode()
+        whole = render(samples).decode()
         written.clear()
         assert uptime.sub("", page) == uptime.sub("", whole)
     assert rewritten == [["s3"], ["s6"], []]
