@@ -5,8 +5,9 @@ every request cost the event loop 12-30 ms a request, although between two reque
 streams show what they showed before. So a task stream's status and archive say when
 anything they show changes (`StreamStatus.watch`, `Archive.watch`), and each view that keeps
 what it showed makes again only the streams named since it last looked (`take`). A message
-only moves a stream's counters and its last message's moment on: it has a notice of its own,
-so a view can write those values alone (`GET /streams`) or ignore them (`/health`).
+only moves a stream's counters and its last message's moment on, and a rotation its open
+file, files published and last publish: they have a notice of their own, so a view can write
+those values alone (`GET /streams`, `/metrics`) or ignore them (`/health`).
 
 A notice is one `set.add` of a name: a message gives four. Nothing here imports sfmd.
 """
@@ -18,8 +19,8 @@ from collections.abc import Callable
 
 
 class Reader:
-    """One view's names of the streams that changed (`changed`) and of those a message only
-    moved on (`moved`: its counters and last message), since it last took them."""
+    """One view's names of the streams that changed (`changed`) and of those a message or a
+    rotation only moved on (`moved`: counters, files, moments), since it last took them."""
 
     __slots__ = ("changed", "moved")
 
@@ -43,8 +44,8 @@ class Changes:
         self._readers: list[Reader] = []
 
     def notices_for(self, name: str) -> tuple[Callable[[], None], Callable[[], None]]:
-        """What a stream calls when anything it shows changes, and when a message only moved
-        its counters and its last message's moment on."""
+        """What a stream calls when anything it shows changes, and when a message or a
+        rotation only moved its counters, its files and their moments on."""
         return functools.partial(self._changed.add, name), functools.partial(self._moved.add, name)
 
     def touch(self, name: str) -> None:

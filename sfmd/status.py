@@ -316,13 +316,15 @@ class StreamSample(NamedTuple):
     last_publish_at: float | None = None  # epoch seconds
 
     def moved_on(
-        self, messages: int, tweets: int, size: int, last_message_at: float | None
+        self, messages: int, tweets: int, size: int, files_published: int,
+        last_message_at: float | None, last_publish_at: float | None,
     ) -> StreamSample:
-        """This sample with what a message moves on replaced: `_replace`'s result at a
-        fifth of its cost (a page moves thousands)."""
-        name, state, _, _, _, reconnects, limit, published, gaps, planned, _, published_at = self
-        return _new_tuple(StreamSample, (name, state, messages, tweets, size, reconnects, limit,
-                                         published, gaps, planned, last_message_at, published_at))
+        """This sample with what a message or a rotation moves on replaced: `_replace`'s
+        result at a third of its cost (a page moves thousands)."""
+        name, state, _, _, _, reconnects, limit, _, gaps, planned, _, _ = self
+        return _new_tuple(StreamSample, (
+            name, state, messages, tweets, size, reconnects, limit, files_published, gaps,
+            planned, last_message_at, last_publish_at))
 
 
 _new_tuple = tuple.__new__

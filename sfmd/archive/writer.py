@@ -246,7 +246,6 @@ class Archive:
         "_max_pending",
         "_max_sleep",
         "_moved",
-        "_notice",
         "_on_manifest",
         "_on_publish",
         "_opened",
@@ -319,8 +318,7 @@ class Archive:
         # status and /metrics: what an alert on a silent stall compares with the clock.
         self.last_written: float | None = None
         self.last_published: float | None = None
-        self._notice: Callable[[], None] = _unwatched  # `watch`
-        self._moved: Callable[[], None] = _unwatched
+        self._moved: Callable[[], None] = _unwatched  # `watch`
         self._save_interval = save_interval
         self._compress = compress
         self._deflate = Deflate(compress_level, compress_window)
@@ -539,10 +537,12 @@ class Archive:
         return self._error if self._pending else None
 
     def watch(self, notice: Callable[[], None], moved: Callable[[], None] | None = None) -> None:
-        """Call `notice` after every change of what the stream's status shows of this
-        archive (its coverage, open file, last message and publish) from now on, or `moved`
-        (if given) when a message taken moved only its last message's moment on."""
-        self._notice = notice
+        """From now on, call `moved` (`notice` if not given) after every change to what a
+        message or a rotation moves on (the last message, the open file, the last publish
+        and the count of files), and `notice` after every other change the stream's status
+        shows of this archive (its coverage). Every stream turns its file over and publishes
+        at the same boundary: told as any other change, that made the API's pages make every
+        stream's STATUS and metrics sample again whole."""
         self._moved = moved or notice
         self.coverage.notice = notice
 
@@ -871,7 +871,7 @@ class Archive:
         assert new is not None
         self._part = new
         self.current_file = new.path
-        self._notice()
+        self._moved()
         if step == "write":
             assert exc is not None
             await self._abandon(new)
@@ -892,14 +892,14 @@ class Archive:
             raise self._failure("create a file in", self.stream_dir, exc) from exc
         self._part = part
         self.current_file = part.path
-        self._notice()
+        self._moved()
 
     def _forget(self, part: _PartFile) -> None:
         """`part` is no longer the open file nor the one waiting to be published."""
         if self._part is part:
             self._part = None
             self.current_file = None
-            self._notice()
+            self._moved()
         if self._retiring is part:
             self._retiring = None
 
@@ -1131,7 +1131,7 @@ class Archive:
         for published in files:
             self.published += 1
             self.last_published = self._clock()
-            self._notice()
+            self._moved()
             self._log.info(
                 event,
                 file=published.relpath,

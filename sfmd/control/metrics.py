@@ -96,17 +96,16 @@ def stream_lines(s: StreamSample) -> tuple[str, ...]:
     sample is new when every stream took a message since the last page."""
     label = _label(s.name)
     stream = f'stream="{label}"'
-    messages, tweets, size, last_message = _moved_lines(stream, s)
-    last_publish = s.last_publish_at
+    messages, tweets, size, published, last_message, last_publish = _moved_lines(stream, s)
     return (
         messages,
         tweets,
         size,
-        f"{{{stream}}} {s.files_published}",
+        published,
         "\n".join(_reconnects(
             "sfmd_stream_reconnects_total", stream, s.reconnects, s.reconnects_planned)),
         last_message,
-        f"{{{stream}}} {last_publish:.3f}" if last_publish is not None else "",
+        last_publish,
         "\n".join(
             f'sfmd_stream_gap_seconds_total{{reason="{_label(reason)}",{stream}}} {seconds:.3f}'
             for reason, seconds in s.gap_seconds.items()) if s.gap_seconds else "",
@@ -116,26 +115,31 @@ def stream_lines(s: StreamSample) -> tuple[str, ...]:
 
 
 #: Where `_moved_lines` go among a stream's lines (`stream_lines`).
-_MOVED_COLUMNS = (0, 1, 2, 5)
+_MOVED_COLUMNS = (0, 1, 2, 3, 5, 6)
 
 
-def _moved_lines(stream: str, s: StreamSample) -> tuple[str, str, str, str]:
-    """The lines a message moves on: messages, tweets, bytes and the last message's moment."""
+def _moved_lines(stream: str, s: StreamSample) -> tuple[str, str, str, str, str, str]:
+    """The lines a message or a rotation moves on: messages, tweets, bytes, files published,
+    and the last message's and publish's moments ("" for a moment that never happened)."""
     # Counts are written as integers: the text format's values are Go floats, which "12" is.
-    last = s.last_message_at
+    last, published = s.last_message_at, s.last_publish_at
     return (f"{{{stream}}} {s.messages}", f"{{{stream}}} {s.tweets}", f"{{{stream}}} {s.bytes}",
-            f"{{{stream}}} {last:.3f}" if last is not None else "")
+            f"{{{stream}}} {s.files_published}",
+            f"{{{stream}}} {last:.3f}" if last is not None else "",
+            f"{{{stream}}} {published:.3f}" if published is not None else "")
 
 
-#: A sample's fields a message does not move: the rest are `_moved_lines`' own.
+#: A sample's fields a message or a rotation does not move: the rest are `_moved_lines`' own.
 _UNMOVED = operator.itemgetter(*(
     i for i, f in enumerate(StreamSample._fields)
-    if f not in ("messages", "tweets", "bytes", "last_message_at")
+    if f not in ("messages", "tweets", "bytes", "files_published", "last_message_at",
+                 "last_publish_at")
 ))
 
 
 def _only_moved(new: StreamSample, old: StreamSample) -> bool:
-    """Whether `new` differs from `old` in nothing but what a message moves on."""
+    """Whether `new` differs from `old` in nothing but what a message or a rotation moves
+    on."""
     return bool(_UNMOVED(new) == _UNMOVED(old))
 
 
@@ -166,7 +170,7 @@ class Columns:
         columns = self.columns
         for i in [i for i, (a, b) in enumerate(zip(samples, old, strict=True)) if a is not b]:
             sample = samples[i]
-            if _only_moved(sample, old[i]):  # a message: four lines of ten
+            if _only_moved(sample, old[i]):  # a message or a rotation: six lines of ten
                 moved = _moved_lines(f'stream="{_label(sample.name)}"', sample)
                 for k, lines in zip(_MOVED_COLUMNS, moved, strict=True):
                     columns[k][i] = lines

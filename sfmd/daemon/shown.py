@@ -36,10 +36,10 @@ class Shown(Generic[_T]):
         move: Callable[[StreamSpec, _T], _T] | None = None,
         counts: bool = True,
     ) -> None:
-        """`move(spec, value)`: the value of a stream a message only moved on (its counters
-        and last message's moment), from the one it replaces; without it such a stream is
-        made again. `counts` false: the value shows none of those, and such a stream is
-        left as it is (`/health`)."""
+        """`move(spec, value)`: the value of a stream a message or a rotation only moved on
+        (its counters, files and their moments), from the one it replaces; without it such a
+        stream is made again. `counts` false: the value shows none of those, and such a
+        stream is left as it is (`/health`)."""
         self._changes = changes
         self._reader = changes.reader()
         self._make = make

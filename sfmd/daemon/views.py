@@ -94,9 +94,9 @@ class Views:
         return _stream(spec, (encoded,)), False
 
     def _moved_view(self, spec: StreamSpec, view: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        """A kept STREAM whose stream took messages and changed nothing else since: its
-        counters and last message's moment written again between the kept pieces, without
-        looking at the rest (`StatusJson.moved`)."""
+        """A kept STREAM whose stream took messages or rotated and changed nothing else
+        since: its counters, open file and last message's and publish's moments written
+        again between the kept pieces, without looking at the rest (`StatusJson.moved`)."""
         runner = self.daemon.tasks.runners.get(spec.name)
         if runner is not None:
             earlier = self.daemon.ledger.last.get(spec.name)
@@ -177,15 +177,19 @@ class Views:
         ), keep
 
     def _moved_sample(self, spec: StreamSpec, sample: StreamSample) -> StreamSample:
-        """A kept sample whose stream took messages and changed nothing else since: its
-        counters and last message's moment read again, the rest as it was."""
+        """A kept sample whose stream took messages or rotated and changed nothing else
+        since: its counters, files published and last message's and publish's moments read
+        again, the rest as it was."""
         d = self.daemon
         runner = d.tasks.runners.get(spec.name)
         if runner is None:  # stopped meanwhile: its stop is the next page's change
             return self._sample(spec)[0]
         status = d.ledger.running(spec.name, runner.stream.status)
-        return sample.moved_on(status.messages, status.tweets, status.bytes,
-                               runner.archive.last_written)
+        archive = runner.archive
+        return sample.moved_on(
+            status.messages, status.tweets, status.bytes,
+            d.ledger.published.get(spec.name, 0) + archive.published, archive.last_written,
+            archive.last_published)
 
     def connections(self) -> Iterator[ConnectionSample]:
         for group in self.daemon.shared.groups.values():

@@ -191,7 +191,7 @@ class StreamRunner:
 
     def watch(self, notice: Callable[[], None], moved: Callable[[], None]) -> None:
         """Call `notice` whenever anything the stream's status shows changes, `moved` when a
-        message only moved its counters on (`Changes`)."""
+        message or a rotation only moved its counters, files and moments on (`Changes`)."""
         self.stream.status.watch(notice, moved)
         self.archive.watch(notice, moved)
 

@@ -153,8 +153,10 @@ def test_a_message_s_counters_are_told_apart_from_other_changes() -> None:
     assert told == ["moved", "moved", "moved", "changed", "changed"]
 
 
-def test_a_sample_moved_on_is_the_sample_with_a_messages_fields_replaced() -> None:
+def test_a_sample_moved_on_is_the_sample_with_what_a_message_or_rotation_moves_replaced(
+) -> None:
     sample = StreamSample("s", "streaming", 1, 2, 3, 4, 5, 6, {"backoff": 1.5}, 7, 8.5, 9.5)
-    moved = sample.moved_on(11, 12, 13, None)
-    assert moved == sample._replace(messages=11, tweets=12, bytes=13, last_message_at=None)
-    assert type(moved) is StreamSample and moved.last_publish_at == 9.5
+    moved = sample.moved_on(11, 12, 13, 14, None, 19.5)
+    assert moved == sample._replace(messages=11, tweets=12, bytes=13, files_published=14,
+                                    last_message_at=None, last_publish_at=19.5)
+    assert type(moved) is StreamSample and moved.gap_seconds is sample.gap_seconds

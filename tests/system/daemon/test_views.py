@@ -41,10 +41,13 @@ def sample_of(daemon: Daemon, name: str) -> StreamSample:
 
 
 @contextlib.asynccontextmanager
-async def streaming_daemon(tmp_path: Path, fake_api: FakeAPI) -> AsyncIterator[tuple[Daemon, Api]]:
-    """A daemon in this process, its fake API sending 50 messages a second, and a client."""
+async def streaming_daemon(
+    tmp_path: Path, fake_api: FakeAPI, **settings: Any
+) -> AsyncIterator[tuple[Daemon, Api]]:
+    """A daemon in this process (`settings` for its config), its fake API sending 50
+    messages a second, and a client."""
     fake_api.configure(rate=50)
-    config = load_config(write_daemon_config(tmp_path, fake_api))
+    config = load_config(write_daemon_config(tmp_path, fake_api, **settings))
     async with daemon_in_process(config, log_path(tmp_path)) as daemon:
         async with Api(config.daemon.control_socket) as api:
             yield daemon, api
@@ -105,7 +108,7 @@ def whole_health(daemon: Daemon) -> tuple[dict[str, int], list[dict[str, Any]]]:
 async def test_kept_pages_and_health_show_every_change_the_streams_make(
     tmp_path: Path, fake_api: FakeAPI
 ) -> None:
-    async with streaming_daemon(tmp_path, fake_api) as (daemon, api):
+    async with streaming_daemon(tmp_path, fake_api, save_interval=1) as (daemon, api):
         views = daemon.views
         shown: list[str] = []
 
@@ -137,6 +140,8 @@ async def test_kept_pages_and_health_show_every_change_the_streams_make(
         await check("streaming")
         await wait_until(lambda: messages(daemon, "s1") > 20, what="s1 taking more")
         await check("messages taken since")
+        await wait_until(lambda: published(daemon, "s1") > 1, what="s1 publishing files")
+        await check("files turned over and published")
         await api.ok("POST", "/streams/s2/stop")
         await check("s2 stopped")
         fake_api.script({"status": 503})  # the next connection is refused: a backoff
@@ -156,7 +161,12 @@ async def test_kept_pages_and_health_show_every_change_the_streams_make(
         await check("f1 started on s1's credential")
         await api.ok("DELETE", "/streams/s2", status=204)
         await check("s2 deleted")
-    assert len(shown) == 12
+    assert len(shown) == 13
+
+
+def published(daemon: Daemon, name: str) -> int:
+    runner = daemon.tasks.runners.get(name)
+    return runner.archive.published if runner is not None else 0
 
 
 def messages(daemon: Daemon, name: str) -> int:

@@ -190,7 +190,7 @@ def test_columns_left_halfway_are_brought_up_to_date_next_time() -> None:
     assert 'sfmd_stream_messages_total{stream="s5"} 105' in page
 
 
-def test_a_stream_a_message_only_moved_on_has_four_lines_written_again(
+def test_a_stream_a_message_or_a_rotation_only_moved_on_has_six_lines_written_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from sfmd.control import metrics as module
@@ -207,7 +207,8 @@ def test_a_stream_a_message_only_moved_on_has_four_lines_written_again(
     moved = list(streams)
     moved[1] = moved[1]._replace(messages=50, tweets=40, bytes=5000, last_message_at=None)
     moved[3] = moved[3]._replace(messages=70, last_message_at=1_764_900_099.5)
-    moved[4] = moved[4]._replace(state="backoff")  # not a message: the whole row
+    moved[5] = moved[5]._replace(files_published=3, last_publish_at=1_764_900_060.25)
+    moved[4] = moved[4]._replace(state="backoff")  # neither: the whole row
     for _ in columns.update(moved):
         pass
     assert written == ["s4"]
@@ -218,6 +219,8 @@ def test_a_stream_a_message_only_moved_on_has_four_lines_written_again(
     assert uptime.sub("", page) == uptime.sub("", whole)
     assert 'sfmd_stream_last_message_timestamp_seconds{stream="s3"} 1764900099.500' in page
     assert 'last_message_timestamp_seconds{stream="s1"}' not in page
+    assert 'sfmd_stream_last_publish_timestamp_seconds{stream="s5"} 1764900060.250' in page
+    assert 'sfmd_stream_files_published_total{stream="s5"} 3' in page
 
 
 def test_streams_added_or_removed_leave_the_others_lines_as_they_were(
