@@ -43,6 +43,35 @@ def render(samples: list[StreamSample], connections: list[ConnectionSample] = []
     return "\n".join([*page_parts(columns, connections, time.monotonic()), ""]).encode()
 
 
+UPTIME = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
+
+
+def page_of(columns: Columns) -> str:
+    """The page `columns` give, without the uptime (it moves between two pages)."""
+    return UPTIME.sub("", "\n".join([*page_parts(columns, [], time.monotonic()), ""]))
+
+
+def whole(samples: list[StreamSample]) -> str:
+    """The page of `samples` written in one go, without the uptime."""
+    return UPTIME.sub("", render(samples).decode())
+
+
+def counted(monkeypatch: pytest.MonkeyPatch, streams: list[StreamSample]
+            ) -> tuple[Columns, list[str]]:
+    """Columns written for `streams`, and from then on the names of the streams whose lines
+    are written whole again (a page written in one go counts too)."""
+    from sfmd.control import metrics as module
+
+    columns = Columns()
+    for _ in columns.update(streams):
+        pass
+    written: list[str] = []
+    stream_lines = module.stream_lines
+    monkeypatch.setattr(module, "stream_lines",
+                        lambda s: written.append(s.name) or stream_lines(s))
+    return columns, written
+
+
 def test_counters_render_as_prometheus_text() -> None:
     text = render([sample(5)]).decode()
     assert 'sfmd_stream_messages_total{stream="s1"} 5' in text
@@ -182,28 +211,17 @@ def test_columns_left_halfway_are_brought_up_to_date_next_time() -> None:
     next(walk)  # one stream written, then left
     for _ in columns.update(changed):
         pass
-    started = time.monotonic()
-    uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
-    page = "\n".join(page_parts(columns, [], started)) + "\n"
-    whole = render(changed).decode()
-    assert uptime.sub("", page) == uptime.sub("", whole)
+    page = page_of(columns)
+    assert page == whole(changed)
     assert 'sfmd_stream_messages_total{stream="s5"} 105' in page
 
 
 def test_a_stream_a_message_or_a_rotation_only_moved_on_has_six_lines_written_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sfmd.control import metrics as module
-
     streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 1, 0, 2, {"backoff": 1.5}, 1,
                             1_764_900_000.0 + i, 1_764_900_001.0) for i in range(6)]
-    columns = module.Columns()
-    for _ in columns.update(streams):
-        pass
-    written: list[str] = []
-    stream_lines = module.stream_lines
-    monkeypatch.setattr(module, "stream_lines",
-                        lambda s: written.append(s.name) or stream_lines(s))
+    columns, written = counted(monkeypatch, streams)
     moved = list(streams)
     moved[1] = moved[1]._replace(messages=50, tweets=40, bytes=5000, last_message_at=None)
     moved[3] = moved[3]._replace(messages=70, last_message_at=1_764_900_099.5)
@@ -212,11 +230,8 @@ def test_a_stream_a_message_or_a_rotation_only_moved_on_has_six_lines_written_ag
     for _ in columns.update(moved):
         pass
     assert written == ["s4"]
-    started = time.monotonic()
-    uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
-    page = "\n".join(module.page_parts(columns, [], started)) + "\n"
-    whole = render(moved).decode()
-    assert uptime.sub("", page) == uptime.sub("", whole)
+    page = page_of(columns)
+    assert page == whole(moved)
     assert 'sfmd_stream_last_message_timestamp_seconds{stream="s3"} 1764900099.500' in page
     assert 'last_message_timestamp_seconds{stream="s1"}' not in page
     assert 'sfmd_stream_last_publish_timestamp_seconds{stream="s5"} 1764900060.250' in page
@@ -226,19 +241,9 @@ def test_a_stream_a_message_or_a_rotation_only_moved_on_has_six_lines_written_ag
 def test_streams_added_or_removed_leave_the_others_lines_as_they_were(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sfmd.control import metrics as module
-
     streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 1, 0, 2, {"backoff": 1.5}, 1,
                             1_764_900_000.0 + i, None) for i in range(0, 10, 2)]
-    columns = module.Columns()
-    for _ in columns.update(streams):
-        pass
-    written: list[str] = []
-    stream_lines = module.stream_lines
-    monkeypatch.setattr(module, "stream_lines",
-                        lambda s: written.append(s.name) or stream_lines(s))
-    started = time.monotonic()
-    uptime = re.compile(r"sfmd_uptime_seconds [0-9.e+-]+")
+    columns, written = counted(monkeypatch, streams)
     added = StreamSample("s3", "backoff", 3, 3, 30, 0, 0, 0)
     removed_and_moved = [streams[0], streams[1], added, streams[3]._replace(messages=99)]
     rewritten = []
@@ -248,8 +253,6 @@ def test_streams_added_or_removed_leave_the_others_lines_as_they_were(
         for _ in columns.update(samples):
             pass
         rewritten.append(list(written))
-        page = "\n".join(module.page_parts(columns, [], started)) + "\n"
-        whole = render(samples).decode()
+        assert page_of(columns) == whole(samples)
         written.clear()
-        assert uptime.sub("", page) == uptime.sub("", whole)
     assert rewritten == [["s3"], ["s6"], []]
