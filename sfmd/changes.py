@@ -32,9 +32,9 @@ class Reader:
 class Changes:
     """Names of the streams that changed since each reader last looked.
 
-    Notices go to two sets, one for any change and one for a message taken; a reader's
-    `take` hands them to every reader first, so one notice costs the same however many views
-    keep what they showed.
+    Notices go to two sets, one for any change and one for what a message or a rotation
+    moves on; a reader's `take` hands them to every reader first, so one notice costs the
+    same however many views keep what they showed.
     """
 
     def __init__(self) -> None:

@@ -168,8 +168,7 @@ class Views:
             bytes=status.bytes,
             reconnects=status.reconnects,
             limit_undelivered=status.limit_undelivered,
-            files_published=d.ledger.published.get(spec.name, 0)
-            + (runner.archive.published if runner else d.shared.published(spec)),
+            files_published=self._files_published(spec, runner),
             gap_seconds=gap_seconds,
             reconnects_planned=status.reconnects_planned,
             last_message_at=last_message_at,
@@ -187,9 +186,15 @@ class Views:
         status = d.ledger.running(spec.name, runner.stream.status)
         archive = runner.archive
         return sample.moved_on(
-            status.messages, status.tweets, status.bytes,
-            d.ledger.published.get(spec.name, 0) + archive.published, archive.last_written,
-            archive.last_published)
+            status.messages, status.tweets, status.bytes, self._files_published(spec, runner),
+            archive.last_written, archive.last_published)
+
+    def _files_published(self, spec: StreamSpec, runner: StreamRunner | None) -> int:
+        """Files the stream published since the daemon started: its earlier runs' (the
+        ledger's) and its running archive's, or its shared connection's."""
+        d = self.daemon
+        here = runner.archive.published if runner is not None else d.shared.published(spec)
+        return d.ledger.published.get(spec.name, 0) + here
 
     def connections(self) -> Iterator[ConnectionSample]:
         for group in self.daemon.shared.groups.values():
