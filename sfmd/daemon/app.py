@@ -337,7 +337,9 @@ class Daemon:
         if self._problems_of is not self.credentials:  # reloaded: judge every stream again
             self._problems, self._problems_of = {}, self.credentials
         if len(self._problems) > len(specs):  # streams were deleted: forget their verdicts
-            self._problems = {}
+            # Only theirs: judging every other stream again was most of a DELETE at 5,000.
+            names = {spec.name for spec in specs}
+            self._problems = {n: v for n, v in self._problems.items() if n in names}
         for spec in specs:
             if spec.name == without:
                 spec = dataclasses.replace(spec, active=False)

@@ -20,7 +20,8 @@ import pytest
 from sfmd.config import load_config
 from sfmd.credentials import Credential, load_credentials
 from sfmd.fake import FakeAPI
-from sfmd.registry import Registry, RegistryError
+from sfmd.registry import Registry, RegistryError, StreamSpec
+from sfmd.sources.twitter.source import TwitterSource
 from sfmd.sources.twitter.stream import Stream
 from tests.helpers.api import Api
 from tests.helpers.config import CREDENTIALS_TOML, write_daemon_config
@@ -250,6 +251,34 @@ async def test_a_crashed_stream_task_is_logged_and_restarted(
     # The other stream's single connection was never interrupted by the crash.
     samples = [r for r in fake_api.log if r.endpoint == "sample"]
     assert len(samples) == 1
+
+
+async def test_a_delete_judges_no_other_streams_credential_again(
+    tmp_path: Path, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream's credential is judged once per spec and credentials file: a DELETE forgets
+    the deleted stream's verdict, not every stream's (at 5,000 streams, judging them all again
+    was most of a DELETE)."""
+    config = load_config(write_daemon_config(tmp_path, fake_api))
+    judged: list[str] = []
+    original = TwitterSource.credential_problem
+
+    def counted(self: TwitterSource, spec: StreamSpec, credentials: Any) -> str | None:
+        judged.append(spec.name)
+        return original(self, spec, credentials)
+
+    monkeypatch.setattr(TwitterSource, "credential_problem", counted)
+    async with daemon_in_process(config, log_path(tmp_path)):
+        async with Api(config.daemon.control_socket) as api:
+            await api.ok("POST", "/streams", {"name": "f1", "kind": "filter", "track": ["x"]},
+                         201)
+            await api.ok("POST", "/streams", {"name": "s1", "kind": "sample",
+                                              "credential": "beta"}, 201)
+            before = len(judged)
+            await api.ok("DELETE", "/streams/s1", status=204)
+            assert judged[before:] == []
+            await api.ok("PATCH", "/streams/f1", {"track": ["y"]})
+            assert "f1" in judged[before:]  # a new spec is judged (the check can see a call)
 
 
 async def test_two_hundred_streams_while_the_api_answers(tmp_path: Path) -> None:
