@@ -282,7 +282,8 @@ def epoch_iso(moment: float) -> str:
 
     GET /streams shows two such moments for every stream, and they move with every message,
     so they cannot be cached whole; the seconds can (every stream's last message is in the
-    same few seconds), which leaves a third of the cost of building each with datetime."""
+    same few seconds), and the thousand ways to end one are written once (`_MILLIS`): a
+    format spec such as `03d` cost 0.4 µs a moment, a third of the whole."""
     # Rounded to the microsecond as datetime rounds (half to even), then cut to the ms.
     fraction, whole = math.modf(moment)
     micro = round(fraction * 1_000_000)
@@ -291,7 +292,11 @@ def epoch_iso(moment: float) -> str:
         second, micro = second + 1, micro - 1_000_000
     elif micro < 0:
         second, micro = second - 1, micro + 1_000_000
-    return f"{_second_iso(second)}.{micro // 1000:03d}Z"
+    return _second_iso(second) + _MILLIS[micro // 1000]
+
+
+#: How a moment ends, by its millisecond: ".000Z" to ".999Z".
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -6,7 +6,8 @@ every stream's read waited. Between two pages most of a stream's STATUS is as it
 message moves four of its fields, and a rotation two more, the open file and the last publish
 (`MOVING`); its state, errors and coverage change a few times a day. So each stream's JSON is
 kept in pieces around those six. It is encoded whole again only when anything else it shows
-changed (`Kept.key`); otherwise the six values are written between the kept pieces. Every
+changed (`Kept.key`); otherwise the six values are written between the kept pieces (the three
+counters, side by side, as one). Every
 stream rotates at the same boundary: encoded whole, that was 5,000 STATUS objects again on the
 pages just after it. (The settings around it are encoded once per spec already:
 `StreamSpec.view_json_open`.)
@@ -72,10 +73,17 @@ class Kept:
 
 class StatusJson:
     """The kept STATUS JSON of every task stream a page has shown (`of`); `keep_only` lets
-    go of streams that are gone."""
+    go of streams that are gone.
 
-    def __init__(self) -> None:
+    `before` and `after` are kept on the first and last piece: what a page writes around
+    every STATUS (a STREAM's `,"status":` and its closing brace). A page of 5,000 streams
+    then has two pieces fewer to put together for each.
+    """
+
+    def __init__(self, before: bytes = b"", after: bytes = b"") -> None:
         self._kept: dict[str, Kept] = {}
+        self._before = before
+        self._after = after
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -89,21 +97,26 @@ class StatusJson:
         return b"".join(self.pieces_of(name, status, earlier, archive))
 
     def pieces_of(
-        self, name: str, status: StreamStatus, earlier: StreamStatus | None, archive: Archive
+        self, name: str, status: StreamStatus, earlier: StreamStatus | None, archive: Archive,
+        head: bytes = b"",
     ) -> tuple[bytes, ...]:
-        """`of`, not yet joined: the kept pieces with the moving values between them. A page
-        that keeps every stream's STREAM until it changes keeps these, not a copy of them."""
+        """`of`, not yet joined and after `head` (a STREAM's settings): the kept pieces with
+        the moving values between them. A page that keeps every stream's STREAM until it
+        changes keeps these, not a copy of them."""
         key = (earlier, _keyed(status), archive.shown_key())
         live = status.plus(earlier)  # `status` itself, unless the stream ran before
         kept = self._kept.get(name)
         if kept is None or kept.key != key:
             shown = live.to_dict(archive.coverage_shown())
             shown.update(_STAND_IN)
-            kept = self._kept[name] = Kept(key, _cut(orjson.dumps(shown)))
-        return _moving_between(kept, live, archive)
+            first, *between, last = _cut(orjson.dumps(shown))
+            pieces = (self._before + first, *between, last + self._after)
+            kept = self._kept[name] = Kept(key, pieces)
+        return _moving_between(kept, live, archive, head)
 
     def moved(
-        self, name: str, status: StreamStatus, earlier: StreamStatus | None, archive: Archive
+        self, name: str, status: StreamStatus, earlier: StreamStatus | None, archive: Archive,
+        head: bytes = b"",
     ) -> tuple[bytes, ...] | None:
         """`pieces_of` for a stream whose status and archive changed nothing but the
         `MOVING` fields since it was last kept (its notices say so): the kept pieces are used
@@ -111,7 +124,7 @@ class StatusJson:
         kept = self._kept.get(name)
         if kept is None:
             return None
-        return _moving_between(kept, status.plus(earlier), archive)
+        return _moving_between(kept, status.plus(earlier), archive, head)
 
     def keep_only(self, names: Iterable[str]) -> None:
         """Forget every stream but `names` (those that still exist)."""
@@ -120,8 +133,11 @@ class StatusJson:
             del self._kept[name]
 
 
-def _moving_between(kept: Kept, live: StreamStatus, archive: Archive) -> tuple[bytes, ...]:
-    """`kept`'s pieces with the `MOVING` values of `live` and `archive` between them."""
+def _moving_between(
+    kept: Kept, live: StreamStatus, archive: Archive, head: bytes
+) -> tuple[bytes, ...]:
+    """`head`, then `kept`'s pieces with the `MOVING` values of `live` and `archive` between
+    them."""
     moment = archive.last_written
     if moment != kept.moment:
         kept.moment = moment
@@ -134,17 +150,22 @@ def _moving_between(kept: Kept, live: StreamStatus, archive: Archive) -> tuple[b
     if published != kept.published:
         kept.published = published
         kept.published_json = _moment_json(published)
-    p0, p1, p2, p3, p4, p5, p6 = kept.pieces
-    return (p0, b"%d" % live.messages, p1, b"%d" % live.tweets, p2, b"%d" % live.bytes, p3,
-            kept.file_json, p4, kept.moment_json, p5, kept.published_json, p6)
+    p0, p1, p2, p3, p4 = kept.pieces
+    return (head, p0, _COUNTERS % (live.messages, live.tweets, live.bytes), p1, kept.file_json,
+            p2, kept.moment_json, p3, kept.published_json, p4)
+
+
+#: The three counters as they stand side by side in a STATUS (`_cut` checks that they do).
+_COUNTERS = b'%d,"tweets":%d,"bytes":%d'
 
 
 def _moment_json(moment: float | None) -> bytes:
-    return b'"%s"' % epoch_iso(moment).encode() if moment is not None else b"null"
+    return ('"' + epoch_iso(moment) + '"').encode() if moment is not None else b"null"
 
 
-def _cut(encoded: bytes) -> tuple[bytes, ...]:
-    """`encoded` without its stand-ins: the pieces before, between and after them."""
+def _cut(encoded: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """`encoded` without its stand-ins: the pieces before, between and after them, the
+    counters' three taken as one (`_COUNTERS`)."""
     pieces = []
     rest = encoded
     for stand_in in _STAND_IN_JSON:
@@ -152,5 +173,7 @@ def _cut(encoded: bytes) -> tuple[bytes, ...]:
         if not found:
             raise AssertionError("STATUS no longer writes the MOVING fields in their order")
         pieces.append(before)
-    pieces.append(rest)
-    return tuple(pieces)
+    p0, tweets, size, p3, p4, p5 = pieces
+    if (tweets, size) != (b',"tweets":', b',"bytes":'):
+        raise AssertionError("STATUS no longer writes the MOVING counters side by side")
+    return p0, p3, p4, p5, rest

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 class Views:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.kept = StatusJson()  # each task stream's STATUS JSON, between two pages
+        # Each task stream's STATUS JSON, between two pages, as a STREAM holds it.
+        self.kept = StatusJson(before=_STATUS_KEY, after=b"}")
         # GET /streams' STREAM JSON and /health's state of each stream, kept between two
         # calls and made again for the streams that said they changed (`Shown`).
         self._pages = Shown(daemon.changes, self._view, move=self._moved_view)
@@ -83,15 +84,15 @@ class Views:
         runner = self._read_in_place(spec)
         if runner is not None:
             earlier = self.daemon.ledger.last.get(spec.name)
-            status = self.kept.pieces_of(spec.name, runner.stream.status, earlier, runner.archive)
-            return _stream(spec, status), True
+            return self.kept.pieces_of(spec.name, runner.stream.status, earlier, runner.archive,
+                                       head=spec.view_json_open), True
         encoded = kept_json(self.status_of(spec).to_dict())  # kept until the next page
         cluster = self.daemon.cluster
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
-            return (spec.view_json_open, b',"host":', kept_json(host), b',"status":', encoded,
+            return (spec.view_json_open, b',"host":', kept_json(host), _STATUS_KEY, encoded,
                     b"}"), False
-        return _stream(spec, (encoded,)), False
+        return (spec.view_json_open, _STATUS_KEY, encoded, b"}"), False
 
     def _moved_view(self, spec: StreamSpec, view: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """A kept STREAM whose stream took messages or rotated and changed nothing else
@@ -100,9 +101,10 @@ class Views:
         runner = self.daemon.tasks.runners.get(spec.name)
         if runner is not None:
             earlier = self.daemon.ledger.last.get(spec.name)
-            status = self.kept.moved(spec.name, runner.stream.status, earlier, runner.archive)
-            if status is not None:
-                return _stream(spec, status)
+            view = self.kept.moved(spec.name, runner.stream.status, earlier, runner.archive,
+                                   head=spec.view_json_open)
+            if view is not None:
+                return view
         return self._view(spec)[0]  # stopped meanwhile: its stop is the next page's change
 
     def state_of(self, spec: StreamSpec) -> tuple[State, str | None]:
@@ -237,9 +239,9 @@ class Views:
 _first = operator.itemgetter(0)
 
 
-def _stream(spec: StreamSpec, status: tuple[bytes, ...]) -> tuple[bytes, ...]:
-    """A STREAM's JSON in pieces: its settings (encoded once per spec), then its STATUS."""
-    return (spec.view_json_open, b',"status":', *status, b"}")
+#: Between a STREAM's settings (`StreamSpec.view_json_open`, encoded once per spec) and its
+#: STATUS.
+_STATUS_KEY = b',"status":'
 
 
 def _remote_status(state: str | None, since: datetime) -> StreamStatus:

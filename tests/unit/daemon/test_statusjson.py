@@ -166,3 +166,33 @@ def test_a_status_without_the_moving_fields_in_their_order_is_refused(
     monkeypatch.setattr(StreamStatus, "to_dict", swapped)
     with pytest.raises(AssertionError, match="MOVING"):
         StatusJson().of("s", StreamStatus(), None, make_archive(tmp_path))
+
+
+def test_a_status_with_its_counters_apart_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    to_dict = StreamStatus.to_dict
+
+    def apart(self: StreamStatus, coverage: dict[str, Any] | None = None) -> dict[str, Any]:
+        shown = to_dict(self, coverage)
+        messages = shown.pop("messages")
+        return {"messages": messages, "extra": 1, **shown}  # in order, but not side by side
+
+    monkeypatch.setattr(StreamStatus, "to_dict", apart)
+    with pytest.raises(AssertionError, match="side by side"):
+        StatusJson().of("s", StreamStatus(), None, make_archive(tmp_path))
+
+
+async def test_a_page_gets_the_status_framed_after_the_streams_settings(tmp_path: Path) -> None:
+    stream = Stream(tmp_path)
+    kept = StatusJson(before=b',"status":', after=b"}")
+    settings = b'{"name":"s"'
+    expected = whole(stream.status, stream.earlier, stream.archive)
+    got = kept.pieces_of("s", stream.status, stream.earlier, stream.archive, head=settings)
+    assert orjson.loads(b"".join(got)) == {"name": "s", "status": orjson.loads(expected)}
+    stream.status.messages += 3
+    stream.archive.last_written = T0 + 8
+    moved = kept.moved("s", stream.status, stream.earlier, stream.archive, head=settings)
+    assert moved is not None
+    expected = whole(stream.status, stream.earlier, stream.archive)
+    assert b"".join(moved) == settings + b',"status":' + expected + b"}"
