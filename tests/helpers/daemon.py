@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import signal
 import subprocess
 import sys
@@ -125,8 +126,10 @@ async def running_daemon(
 async def daemon_in_process(config: Config, log: Path) -> AsyncIterator[Daemon]:
     """`sfmd run`'s daemon in the test's own event loop (so a test may patch what it runs or
     read its state), serving its control socket and logging to `log`; stopped as SIGTERM
-    stops it, and the log file let go of, when the block ends."""
+    stops it, and the log file let go of, when the block ends. The collector's settings the
+    daemon changes (`Heap`) are put back too: they are the test process's own."""
     setup_logging(log, stderr=False)
+    thresholds = gc.get_threshold()
     daemon = Daemon(config)
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
     serving = asyncio.create_task(daemon.serve(control))
@@ -135,5 +138,9 @@ async def daemon_in_process(config: Config, log: Path) -> AsyncIterator[Daemon]:
         yield daemon
     finally:
         daemon.request_stop()
-        await asyncio.wait_for(serving, 10)
-        setup_logging(None, stderr=False)
+        try:
+            await asyncio.wait_for(serving, 10)
+        finally:
+            setup_logging(None, stderr=False)
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
