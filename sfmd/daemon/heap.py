@@ -28,13 +28,6 @@ from dataclasses import dataclass
 #: much longer, and the streams make little of it (about 3,000 objects in two minutes at
 #: 5,000 streams, rotations included).
 YOUNG_THRESHOLD = 100_000
-#: Middle-generation collections before CPython collects everything not frozen on its own:
-#: never, in effect. Such a collection walks every object that outlived the young ones since
-#: the last freeze, and the streams' rotations leave many: at 5,000 streams it stopped the
-#: loop for 165-220 ms, a few seconds after a rotation boundary. The scheduled full
-#: collection (`tick`) does that work instead, at its own time; cyclic garbage that outlives
-#: the young collections waits for it (`timing.gc_interval`).
-OLD_THRESHOLD = 1_000_000_000
 
 
 @dataclass
@@ -67,13 +60,11 @@ class Heap:
 
     def settle(self) -> int:
         """Collect what is garbage now, then keep everything alive out of routine
-        collections: it is long-lived. From then on only the young generations are
-        collected on their own (`OLD_THRESHOLD`). Returns how many objects were
-        collected."""
+        collections: it is long-lived. Returns how many objects were collected."""
         collected = gc.collect()
         gc.freeze()
-        _, middle, _ = gc.get_threshold()
-        gc.set_threshold(YOUNG_THRESHOLD, middle, OLD_THRESHOLD)
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(YOUNG_THRESHOLD, middle, old)
         return collected
 
     def tick(self) -> Collection | None:

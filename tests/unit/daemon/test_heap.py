@@ -7,7 +7,6 @@ import weakref
 
 import pytest
 
-from sfmd.daemon import heap as heap_module
 from sfmd.daemon.heap import YOUNG_THRESHOLD, Heap
 from tests.helpers.heap import Node
 
@@ -61,28 +60,3 @@ def test_one_more_freeze_once_the_streams_have_connected() -> None:
     heap.full_interval = 0
     assert heap.tick() is not None and dropped() is None
     assert Heap(full_interval=3600, freeze_after=60).tick() is None
-
-
-def test_after_settling_only_the_young_generations_are_collected_on_their_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """What outlives the young collections (a rotation's new files, buffers and coverage)
-    is left for the scheduled full collection: CPython's own full collection of it stopped
-    the event loop for 165-220 ms at 5,000 streams."""
-    monkeypatch.setattr(heap_module, "YOUNG_THRESHOLD", 100)  # many collections, quickly
-    collected: list[int] = []
-
-    def seen(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            collected.append(info["generation"])
-
-    Heap(full_interval=3600).settle()
-    gc.callbacks.append(seen)
-    try:
-        # More survivors than a quarter of what the settling collection left: enough for
-        # CPython to collect the oldest generation on its own, under its usual thresholds.
-        survivors = [cycle() for _ in range(gc.get_freeze_count() // 4 + 10_000)]
-    finally:
-        gc.callbacks.remove(seen)
-    assert survivors and 1 in collected  # the middle generation was collected, many times
-    assert 2 not in collected
