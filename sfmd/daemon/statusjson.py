@@ -8,8 +8,8 @@ message moves four of its fields, and a rotation two more, the open file and the
 kept in pieces around those six. It is encoded whole again only when anything else it shows
 changed (`Kept.key`); otherwise the six values are written between the kept pieces (the three
 counters, side by side, as one). Every stream rotates at the same boundary: encoded whole,
-that was 5,000 STATUS objects again on the pages just after it. (The settings around it are encoded once per spec already:
-`StreamSpec.view_json_open`.)
+that was 5,000 STATUS objects again on the pages just after it. (The settings around it are
+encoded once per spec already: `StreamSpec.view_json_open`.)
 
 Only a task stream on a single host is kept (`Views._read_in_place`): its status and archive
 are read where they are. Shared and process-isolated streams, and every stream of a cluster
