@@ -4,6 +4,7 @@ since the last page (sfmd.daemon.statusjson)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -154,32 +155,32 @@ def test_the_moving_fields_are_status_fields() -> None:
     assert set(MOVING) <= set(StreamStatus().to_dict())
 
 
-def test_a_status_without_the_moving_fields_in_their_order_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def _tweets_first(shown: dict[str, Any]) -> dict[str, Any]:
+    return {"tweets": shown.pop("tweets"), **shown}  # now before "messages"
+
+
+def _counters_apart(shown: dict[str, Any]) -> dict[str, Any]:
+    messages = shown.pop("messages")
+    return {"messages": messages, "extra": 1, **shown}  # in order, but not side by side
+
+
+@pytest.mark.parametrize(("reordered", "refusal"), [
+    (_tweets_first, "MOVING fields in their order"),
+    (_counters_apart, "MOVING counters side by side"),
+])  # fmt: skip
+def test_a_status_without_the_moving_fields_where_they_are_cut_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    reordered: Callable[[dict[str, Any]], dict[str, Any]],
+    refusal: str,
 ) -> None:
     to_dict = StreamStatus.to_dict
 
-    def swapped(self: StreamStatus, coverage: dict[str, Any] | None = None) -> dict[str, Any]:
-        shown = to_dict(self, coverage)
-        return {"tweets": shown.pop("tweets"), **shown}  # now before "messages"
+    def changed(self: StreamStatus, coverage: dict[str, Any] | None = None) -> dict[str, Any]:
+        return reordered(to_dict(self, coverage))
 
-    monkeypatch.setattr(StreamStatus, "to_dict", swapped)
-    with pytest.raises(AssertionError, match="MOVING"):
-        StatusJson().of("s", StreamStatus(), None, make_archive(tmp_path))
-
-
-def test_a_status_with_its_counters_apart_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    to_dict = StreamStatus.to_dict
-
-    def apart(self: StreamStatus, coverage: dict[str, Any] | None = None) -> dict[str, Any]:
-        shown = to_dict(self, coverage)
-        messages = shown.pop("messages")
-        return {"messages": messages, "extra": 1, **shown}  # in order, but not side by side
-
-    monkeypatch.setattr(StreamStatus, "to_dict", apart)
-    with pytest.raises(AssertionError, match="side by side"):
+    monkeypatch.setattr(StreamStatus, "to_dict", changed)
+    with pytest.raises(AssertionError, match=refusal):
         StatusJson().of("s", StreamStatus(), None, make_archive(tmp_path))
 
 
