@@ -324,8 +324,8 @@ class StreamSample(NamedTuple):
         self, messages: int, tweets: int, size: int, files_published: int,
         last_message_at: float | None, last_publish_at: float | None,
     ) -> StreamSample:
-        """This sample with what a message or a rotation moves on replaced: `_replace`'s
-        result at a third of its cost (a page moves thousands)."""
+        """This sample with what a message or a rotation moves on (`SAMPLE_MOVING`)
+        replaced: `_replace`'s result at a third of its cost (a page moves thousands)."""
         name, state, _, _, _, reconnects, limit, _, gaps, planned, _, _ = self
         return _new_tuple(StreamSample, (
             name, state, messages, tweets, size, reconnects, limit, files_published, gaps,
@@ -333,6 +333,10 @@ class StreamSample(NamedTuple):
 
 
 _new_tuple = tuple.__new__
+#: The fields of a `StreamSample` that a message or a rotation moves on (`moved_on`'s).
+SAMPLE_MOVING = (
+    "messages", "tweets", "bytes", "files_published", "last_message_at", "last_publish_at",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

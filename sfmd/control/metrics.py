@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from sfmd import __version__
-from sfmd.status import STATES, ConnectionSample, StreamSample
+from sfmd.status import SAMPLE_MOVING, STATES, ConnectionSample, StreamSample
 from sfmd.turns import sliced
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -128,9 +128,7 @@ def _moved_lines(stream: str, s: StreamSample) -> tuple[str, str, str, str, str,
 
 #: A sample's fields a message or a rotation does not move: the rest are `_moved_lines`' own.
 _UNMOVED = operator.itemgetter(*(
-    i for i, f in enumerate(StreamSample._fields)
-    if f not in ("messages", "tweets", "bytes", "files_published", "last_message_at",
-                 "last_publish_at")
+    i for i, f in enumerate(StreamSample._fields) if f not in SAMPLE_MOVING
 ))
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sfmd.status import (
+    SAMPLE_MOVING,
     STATUS_KEYS,
     ConnectionStatus,
     State,
@@ -159,4 +160,5 @@ def test_a_sample_moved_on_is_the_sample_with_what_a_message_or_rotation_moves_r
     moved = sample.moved_on(11, 12, 13, 14, None, 19.5)
     assert moved == sample._replace(messages=11, tweets=12, bytes=13, files_published=14,
                                     last_message_at=None, last_publish_at=19.5)
+    assert moved._replace(**{f: getattr(sample, f) for f in SAMPLE_MOVING}) == sample
     assert type(moved) is StreamSample and moved.gap_seconds is sample.gap_seconds
