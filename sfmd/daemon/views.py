@@ -34,7 +34,7 @@ class Views:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         # Each task stream's STATUS JSON, between two pages, as a STREAM holds it.
-        self.kept = StatusJson(before=_STATUS_KEY, after=b"}")
+        self.kept = StatusJson(before=_STATUS_KEY, after=_STREAM_END)
         # GET /streams' STREAM JSON and /health's state of each stream, kept between two
         # calls and made again for the streams that said they changed (`Shown`).
         self._pages = Shown(daemon.changes, self._view, move=self._moved_view)
@@ -91,8 +91,8 @@ class Views:
         if cluster is not None:  # which host runs it
             host = cluster.holder(spec.slot) if spec.active else None
             return (spec.view_json_open, b',"host":', kept_json(host), _STATUS_KEY, encoded,
-                    b"}"), False
-        return (spec.view_json_open, _STATUS_KEY, encoded, b"}"), False
+                    _STREAM_END), False
+        return (spec.view_json_open, _STATUS_KEY, encoded, _STREAM_END), False
 
     def _moved_view(self, spec: StreamSpec, view: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """A kept STREAM whose stream took messages or rotated and changed nothing else
@@ -240,8 +240,10 @@ _first = operator.itemgetter(0)
 
 
 #: Between a STREAM's settings (`StreamSpec.view_json_open`, encoded once per spec) and its
-#: STATUS.
+#: STATUS, and after the STATUS: kept on the STATUS's pieces (`StatusJson`) or written
+#: around one encoded whole.
 _STATUS_KEY = b',"status":'
+_STREAM_END = b"}"
 
 
 def _remote_status(state: str | None, since: datetime) -> StreamStatus:
