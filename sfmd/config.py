@@ -90,6 +90,8 @@ class TimingConfig:
     gc_interval: float
     log_fold_interval: float
     trim_interval: float
+    warm_interval: float  # 0: pages are never moved on ahead of a request
+    warm_window: float
 
 
 @dataclass(frozen=True)
@@ -486,6 +488,12 @@ KEYS: tuple[Key, ...] = (
         "one line then sums up the repeats (\"... 12 more in 60 s\")"),
     Key("timing", "trim_interval", 5, _seconds,
         "seconds between hand-backs of freed memory to the system (glibc's malloc_trim)"),
+    Key("timing", "warm_interval", 1.0, _seconds_or_zero,
+        "while GET /streams or /metrics is asked for often, what it keeps of each stream is "
+        "moved on this often in the background, so a request has only that long's changes "
+        "to write; 0 turns it off"),
+    Key("timing", "warm_window", 5, _seconds,
+        "a page counts as asked for often for this many seconds after each request"),
     Key("supervisor", "server_url", "unix:///var/run/supervisor.sock", _supervisor_url,
         "supervisord's XML-RPC endpoint (unix:///path or http://host:port)"),
     Key("supervisor", "conf_dir", "/etc/supervisor/conf.d", _path,

@@ -11,22 +11,40 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 #: Seconds of work between two turns given to the rest of the event loop.
 TURN = 0.010
+#: Work done ahead of any request (`sfmd.control.warm`) gives way: this much work, then this
+#: long a pause, so a request that comes meanwhile waits a couple of ms at most.
+GIVE_WAY_TURN = 0.002
+GIVE_WAY_PAUSE = 0.008
 
 _T = TypeVar("_T")
 
 
-async def sliced(items: Iterable[_T], turn: float | None = None) -> AsyncIterator[_T]:
-    """`items` (produced lazily, as the caller asks), with a turn of the event loop whenever
-    `turn` seconds (`TURN` unless given) have gone since the last one."""
-    turn = TURN if turn is None else turn
-    since = time.perf_counter()
+async def in_turns(
+    items: Iterable[_T],
+    do: Callable[[_T], object] | None = None,
+    turn: float | None = None,
+    *,
+    giving_way: bool = False,
+) -> None:
+    """`do(item)` for each of `items` (produced lazily, so a generator's own steps count as
+    work), with a turn of the event loop whenever `turn` seconds (`TURN` unless given) have
+    gone since the last one; `giving_way`: `GIVE_WAY_TURN` of work, then a `GIVE_WAY_PAUSE`.
+    A plain loop, not an async iterator: stepping an async generator cost 0.27 µs an item
+    against 0.09, and a page goes through 5,000 streams twice."""
+    if giving_way:
+        turn, pause = GIVE_WAY_TURN, GIVE_WAY_PAUSE
+    else:
+        turn, pause = (TURN if turn is None else turn), 0.0
+    clock = time.perf_counter
+    due = clock() + turn
     for item in items:
-        yield item
-        if time.perf_counter() - since >= turn:
-            await asyncio.sleep(0)
-            since = time.perf_counter()
+        if do is not None:
+            do(item)
+        if clock() >= due:
+            await asyncio.sleep(pause)
+            due = clock() + turn

@@ -7,11 +7,12 @@ error body, `{"error": CODE, "message": SENTENCE}`, so no path can answer HTML o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from aiohttp import web
 from sfmd.control import openapi
 from sfmd.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sfmd.control.metrics import Metrics
+from sfmd.control.warm import Warmer
 from sfmd.daemon.app import Daemon
 from sfmd.errors import Refused
 from sfmd.logs import get_logger
@@ -136,11 +138,18 @@ class ControlApi:
         self.daemon = daemon
         self._openapi = json.dumps(openapi.document()).encode()
         self.metrics_page = Metrics(
-            daemon.views.samples, daemon.started, connections=daemon.views.connections
+            daemon.views.samples, daemon.started, connections=daemon.views.connections,
+            ahead=daemon.views.samples_ahead,
+        )
+        timing = daemon.config.timing
+        self.warmer = Warmer(
+            {"streams": daemon.views.listing_ahead, "metrics": self.metrics_page.warm},
+            interval=timing.warm_interval, window=timing.warm_window,
         )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[errors])
+        app.cleanup_ctx.append(self._warming)
         app.router.add_get("/health", self.health)
         app.router.add_get("/streams", self.list_streams)
         app.router.add_post("/streams", self.create)
@@ -157,6 +166,19 @@ class ControlApi:
         app.router.add_get("/openapi.json", self.openapi)
         return app
 
+    async def _warming(self, app: web.Application) -> AsyncIterator[None]:
+        """The warmer runs while the API serves (`warm_interval` 0: never)."""
+        if self.warmer.interval <= 0:
+            yield
+            return
+        task = asyncio.create_task(self.warmer.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def _audit(self, request: web.Request, name: str, status: int, **extra: Any) -> None:
         log.info(
             "api_change", method=request.method, path=request.path, stream=name,
@@ -167,6 +189,7 @@ class ControlApi:
         return answer(self.daemon.views.health())
 
     async def list_streams(self, request: web.Request) -> web.Response:
+        self.warmer.asked("streams")
         body = await self.daemon.views.listing()
         room_for(request, len(body))
         return json_answer(body)
@@ -235,6 +258,7 @@ class ControlApi:
         return answer(report)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        self.warmer.asked("metrics")
         body = await self.metrics_page.page()
         room_for(request, len(body))
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

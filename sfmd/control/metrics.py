@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from sfmd import __version__
 from sfmd.status import SAMPLE_MOVING, STATES, ConnectionSample, StreamSample
-from sfmd.turns import sliced
+from sfmd.turns import in_turns
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -202,10 +202,10 @@ def page_parts(
     `Metrics.page` can give the event loop a turn between them: the text format keeps each
     family's samples together."""
     for (name, kind, doc, short), column in zip(_STREAM_FAMILIES, columns.columns, strict=True):
-        lines = [*filter(None, column)]
-        if short and lines:
-            lines = [name + ("\n" + name).join(lines)]
-        yield "\n".join([f"# HELP {name} {doc}", f"# TYPE {name} {kind}", *lines])
+        # One join a family, its header first: each join or concatenation more was another
+        # copy of the family's text, and the page is megabytes at 5,000 streams.
+        head = f"# HELP {name} {doc}\n# TYPE {name} {kind}"
+        yield ("\n" + name if short else "\n").join([head, *filter(None, column)])
     yield "\n".join(_connection_families(connections, started))
 
 
@@ -237,7 +237,8 @@ class Metrics:
     """The /metrics page: with 1,000 streams about 11,000 samples and a few ms to render.
 
     A page is reused for `max_age` seconds: scrapers poll every 15 s or more, so a
-    second-old page is as good, and a busy scraper cannot eat the event loop.
+    second-old page is as good, and a busy scraper cannot eat the event loop. `ahead` gives
+    the samples moved on ahead of a page, for `warm`.
     """
 
     def __init__(
@@ -246,8 +247,11 @@ class Metrics:
         started: float,
         max_age: float = 1.0,
         connections: Callable[[], Iterable[ConnectionSample]] = list,
+        ahead: Callable[[], Awaitable[list[StreamSample]]] | None = None,
     ) -> None:
         self._samples = samples
+        self._ahead = ahead
+        self._moving = asyncio.Lock()  # the columns are brought to one set of samples at a time
         self._connections = connections
         self._started = started
         self.max_age = max_age
@@ -268,12 +272,11 @@ class Metrics:
             return await asyncio.shield(self._building)
         self._building = asyncio.get_running_loop().create_future()
         try:
-            samples = await self._samples()
-            async for _ in sliced(self._columns.update(samples)):
-                pass
-            parts = [part async for part in sliced(
-                page_parts(self._columns, list(self._connections()), self._started)
-            )]
+            parts: list[str] = []
+            async with self._moving:
+                await in_turns(self._columns.update(await self._samples()))
+                await in_turns(page_parts(
+                    self._columns, list(self._connections()), self._started), parts.append)
             self._page = "\n".join([*parts, ""]).encode()  # the last line ends too
             self._rendered = now
             self._building.set_result(self._page)
@@ -287,3 +290,12 @@ class Metrics:
             raise
         finally:
             self._building = None
+
+    async def warm(self) -> None:
+        """Bring the streams' lines to their samples moved on (`ahead`) before the next page,
+        which then writes only what changed since (`sfmd.control.warm`). Nothing while a page
+        is built: it brings them up to date itself."""
+        if self._ahead is None or self._building is not None:
+            return
+        async with self._moving:
+            await in_turns(self._columns.update(await self._ahead()), giving_way=True)

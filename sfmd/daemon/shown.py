@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 from sfmd.changes import Changes
 from sfmd.registry import StreamSpec
-from sfmd.turns import sliced
+from sfmd.turns import in_turns
 
 _T = TypeVar("_T")
 
@@ -60,8 +60,15 @@ class Shown(Generic[_T]):
 
     async def refreshed(self, specs: list[StreamSpec]) -> list[_T]:
         """As `now`, with turns for the rest of the loop while many are made (`turns`)."""
-        async for i in sliced(self._plan(specs)):
-            self._make_at(i)
+        await in_turns(self._plan(specs), self._make_at)
+        return self._values
+
+    async def ahead(self, specs: list[StreamSpec]) -> list[_T]:
+        """What the streams told of since the last look, made or moved on ahead of the next
+        `refreshed` (`sfmd.control.warm`), which then finds less to do; the values as they
+        now are. Those made again every time are left to it (made now, they would be made
+        again then), as they were."""
+        await in_turns(self._plan(specs, ahead=True), self._make_at, giving_way=True)
         return self._values
 
     def _make_at(self, i: int) -> None:
@@ -78,9 +85,10 @@ class Shown(Generic[_T]):
         else:
             self._unkept.add(i)
 
-    def _plan(self, specs: list[StreamSpec]) -> list[int]:
-        """The positions to make again or move on, in order. What is owed stays owed until it
-        is made, so a caller that stops halfway (a cancelled request) leaves nothing stale."""
+    def _plan(self, specs: list[StreamSpec], ahead: bool = False) -> list[int]:
+        """The positions to make again or move on, in order (`ahead`: not those made again
+        every time). What is owed stays owed until it is made, so a caller that stops halfway
+        (a cancelled request) leaves nothing stale."""
         changed, moved = self._changes.take(self._reader)
         todo = self._differing(self._specs, specs)
         if todo is None:  # streams added, removed or renamed
@@ -90,11 +98,13 @@ class Shown(Generic[_T]):
         index = self._index
         owed = self._owed
         owed |= todo
-        owed |= self._unkept
         owed.update(index[name] for name in changed if name in index)
         if self._counts:
             (owed if self._move is None else self._moving).update(
                 index[name] for name in moved if name in index)
+        if ahead:
+            return sorted((owed | self._moving) - self._unkept)
+        owed |= self._unkept
         return sorted(owed | self._moving)
 
     def _move_to(self, specs: list[StreamSpec]) -> None:

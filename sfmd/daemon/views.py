@@ -138,12 +138,23 @@ class Views:
             self.kept.keep_only(spec.name for spec in specs)
         return page
 
+    async def listing_ahead(self) -> None:
+        """Move GET /streams' kept STREAMs on ahead of the next page (`Shown.ahead`)."""
+        async with self._paging:
+            await self._pages.ahead(self.daemon.specs())
+
     async def samples(self) -> list[StreamSample]:
         """Every stream's metrics sample, in name order: kept between pages, and made again
         (with turns for the rest of the loop) for streams that changed since (`Shown`) or
         whose open gap grows with the clock. One page at a time: `Metrics.page`."""
         d = self.daemon
         return await self._samples.refreshed(d.specs() if d.registry else [])
+
+    async def samples_ahead(self) -> list[StreamSample]:
+        """The kept samples moved on ahead of the next `samples` (`Shown.ahead`). Its caller
+        keeps the two apart, as it does two pages (`Metrics`)."""
+        d = self.daemon
+        return await self._samples.ahead(d.specs() if d.registry else [])
 
     def _sample(self, spec: StreamSpec) -> tuple[StreamSample, bool]:
         """A stream's metrics sample, and whether it may be kept until the stream tells of a

@@ -15,7 +15,9 @@ import pytest
 
 from sfmd.config import load_config
 from sfmd.daemon.app import Daemon
+from sfmd.daemon.views import Views
 from sfmd.fake import FakeAPI
+from sfmd.registry import StreamSpec
 from sfmd.status import State, StreamSample, describe_states
 from tests.helpers.api import Api
 from tests.helpers.config import write_daemon_config
@@ -176,3 +178,42 @@ def messages(daemon: Daemon, name: str) -> int:
 
 def health_states(health: dict[str, Any]) -> list[str]:
     return [state for state, n in health["states"].items() for _ in range(n)]
+
+
+async def test_pages_moved_on_ahead_show_what_pages_made_whole_show(
+    tmp_path: Path, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While GET /streams and /metrics are asked for, the kept STREAMs and samples are moved
+    on between requests (`timing.warm_interval`); a page then shows what one made whole
+    shows."""
+    moved: list[str] = []  # which view moved a stream on
+    for method in ("_moved_view", "_moved_sample"):
+        original = getattr(Views, method)
+
+        def counted(self: Views, spec: StreamSpec, value: Any, m: str = method,
+                    original: Any = original) -> Any:
+            moved.append(m)
+            return original(self, spec, value)
+
+        monkeypatch.setattr(Views, method, counted)
+    warm = {"warm_interval": 0.05, "warm_window": 3600}
+    async with streaming_daemon(tmp_path, fake_api, timing=warm) as (daemon, api):
+        for body in ({"name": "s1", "kind": "sample", "credential": "alpha"},
+                     {"name": "s2", "kind": "sample", "credential": "beta"}):
+            await api.ok("POST", "/streams", body, 201)
+        await wait_until(lambda: messages(daemon, "s1") > 5 and messages(daemon, "s2") > 5,
+                         what="both streaming")
+        await api.ok("GET", "/streams")
+        await api.ok("GET", "/metrics")
+        asked = len(moved)
+        await wait_until(
+            lambda: {"_moved_view", "_moved_sample"} <= set(moved[asked:]),
+            what="the kept STREAMs and samples moved on with no request",
+        )
+        views = daemon.views
+        page = orjson.loads(await views.listing())["streams"]  # no turn before the whole one
+        assert page == whole_page(daemon)
+        shown = {s.name: s for s in await views.samples()}
+        for name in ("s1", "s2"):
+            whole = sample_of(daemon, name)
+            assert shown[name]._replace(gap_seconds={}) == whole._replace(gap_seconds={})

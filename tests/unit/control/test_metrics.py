@@ -201,6 +201,62 @@ async def test_a_stream_whose_sample_was_kept_is_not_written_again(
     assert b'sfmd_stream_state{state="backoff",stream="s2"} 1' in page
 
 
+async def test_warm_writes_the_lines_ahead_and_the_page_then_writes_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`warm` brings the lines to the samples `ahead` gives; the next page, given the same
+    samples, writes no stream again and is what `render` writes of them."""
+    from sfmd.control import metrics as module
+
+    written: list[str] = []
+    stream_lines = module.stream_lines
+    monkeypatch.setattr(module, "stream_lines",
+                        lambda s: written.append(s.name) or stream_lines(s))
+    streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 0, 0, 1) for i in range(4)]
+    metrics = Metrics(given(lambda: list(streams)), time.monotonic(), max_age=0,
+                      ahead=given(lambda: list(streams)))
+    await metrics.page()
+    streams[1] = StreamSample("s1", "backoff", 9, 9, 90, 1, 0, 1, {"backoff": 2.5})
+    written.clear()
+    await metrics.warm()
+    assert written == ["s1"]
+    written.clear()
+    page = await metrics.page()
+    assert written == []
+    uptime = re.compile(rb"sfmd_uptime_seconds [0-9.e+-]+")
+    assert uptime.sub(b"", page) == uptime.sub(b"", render(list(streams)))
+
+
+async def test_warm_leaves_the_lines_alone_while_a_page_is_built_or_without_ahead() -> None:
+    asked = {"ahead": 0}
+    gate = asyncio.Event()
+
+    async def slow() -> list[StreamSample]:
+        await gate.wait()
+        return [sample(1)]
+
+    async def ahead() -> list[StreamSample]:
+        asked["ahead"] += 1
+        return [sample(2)]
+
+    metrics = Metrics(slow, time.monotonic(), max_age=0, ahead=ahead)
+    building = asyncio.create_task(metrics.page())
+    await asyncio.sleep(0)  # the page's first step: it waits for its samples
+    await metrics.warm()
+    gate.set()
+    assert b'messages_total{stream="s1"} 1' in await building
+    assert asked["ahead"] == 0
+    await metrics.warm()
+    assert asked["ahead"] == 1  # no page built: warmed
+
+    def samples() -> list[StreamSample]:
+        asked["samples"] = asked.get("samples", 0) + 1
+        return [sample(1)]
+
+    await Metrics(given(samples), time.monotonic()).warm()  # nothing to warm with
+    assert "samples" not in asked
+
+
 def test_columns_left_halfway_are_brought_up_to_date_next_time() -> None:
     streams = [StreamSample(f"s{i}", "streaming", i, i, 10 * i, 0, 0, 1) for i in range(6)]
     columns = Columns()

@@ -188,3 +188,25 @@ def test_a_stream_that_changed_is_made_even_if_it_was_to_be_moved_on() -> None:
     view.fail_on = None
     changes.notices_for("a")[0]()
     assert view.show(specs) == ["0:2:x", "a:2:x"]
+
+
+async def test_ahead_does_what_the_streams_told_of_and_leaves_the_unkept_to_the_page() -> None:
+    changes = Changes()
+    moves: list[str] = []
+
+    def move(spec: StreamSpec, value: str) -> str:
+        moves.append(spec.name)
+        return value + "+"
+
+    view = View(changes, move=move)
+    view.unkept = {"c"}
+    specs = [spec("a"), spec("b"), spec("c"), spec("d")]
+    view.show(specs)
+    changes.notices_for("a")[1]()  # a message: a moved on
+    changes.notices_for("b")[0]()  # b changed
+    changes.notices_for("c")[1]()  # c cannot tell: the page makes it anyway
+    view.made.clear()
+    assert await view.shown.ahead(specs) == ["a:1:x+", "b:2:x", "c:1:x", "d:1:x"]
+    assert view.made == ["b"] and moves == ["a"]
+    assert view.show(specs) == ["a:1:x+", "b:2:x", "c:2:x", "d:1:x"]
+    assert view.made == ["c"] and moves == ["a"]  # the page found a and b done
