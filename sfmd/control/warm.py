@@ -43,6 +43,7 @@ class Warmer:
         self._clock = clock
         self._asked = dict.fromkeys(steps, -float("inf"))
         self._warming: tuple[str, asyncio.Task[None]] | None = None  # the step under way
+        self._failing: set[str] = set()  # pages whose last step failed, logged once
 
     def asked(self, page: str) -> None:
         """`page` was just asked for: it is warmed for the next `window` seconds, and a step
@@ -54,8 +55,9 @@ class Warmer:
 
     async def tick(self) -> list[str]:
         """One round: step each page asked for within the window; the pages stepped (or
-        stopped by a request). A step that fails is logged and the others still run:
-        warming only saves a request work, and the request does that work itself anyway."""
+        stopped by a request). A step that fails is logged (once, until one of that page
+        succeeds again) and the others still run: warming only saves a request work, and
+        the request does that work itself anyway."""
         now = self._clock()
         stepped = []
         for page, step in self._steps.items():
@@ -69,8 +71,13 @@ class Warmer:
                 self._warming = None
                 task.cancel()  # done already, unless this round itself is cancelled
             stepped.append(page)
-            if not task.cancelled() and task.exception() is not None:
-                e = task.exception()  # a bug in a page's step: the page itself will show it
+            if task.cancelled():
+                continue
+            e = task.exception()  # a bug in a page's step: the page itself will show it
+            if e is None:
+                self._failing.discard(page)
+            elif page not in self._failing:
+                self._failing.add(page)
                 log.warning("warm_failed", page=page, error=f"{type(e).__name__}: {e}")
         return stepped
 
