@@ -9,10 +9,11 @@ often (within `window` seconds of the last time), what it keeps is moved on ever
 write. A page nobody asks for costs nothing; one asked every few seconds costs about what
 it cost before, spread out; a scraper every 15 s (past the window) is not warmed at all.
 
-Warming gives way to everything else: it works in short turns with pauses between them
-(`turns.GIVE_WAY_TURN`), and a request for the page being warmed stops the warming there and
-does the rest itself. A first version, warmed in the pages' own 10 ms turns, made the small
-requests wait behind it: PATCH's p99 went from 48 to 102 ms at 5,000 streams.
+Warming gives way to everything else: it works in short turns with pauses between them,
+longer while the loop is busy (`turns.GIVE_WAY_TURN`), and a request for the page being
+warmed stops the warming there and does the rest itself. A first version, warmed in the
+pages' own 10 ms turns, made the small requests wait behind it: PATCH's p99 went from 48 to
+102 ms at 5,000 streams.
 """
 
 from __future__ import annotations

@@ -147,14 +147,17 @@ class Views:
         """Every stream's metrics sample, in name order: kept between pages, and made again
         (with turns for the rest of the loop) for streams that changed since (`Shown`) or
         whose open gap grows with the clock. One page at a time: `Metrics.page`."""
-        d = self.daemon
-        return await self._samples.refreshed(d.specs() if d.registry else [])
+        return await self._samples.refreshed(self._sampled())
 
     async def samples_ahead(self) -> list[StreamSample]:
         """The kept samples moved on ahead of the next `samples` (`Shown.ahead`). Its caller
         keeps the two apart, as it does two pages (`Metrics`)."""
+        return await self._samples.ahead(self._sampled())
+
+    def _sampled(self) -> list[StreamSpec]:
+        """The streams /metrics shows: none while the daemon has no registry."""
         d = self.daemon
-        return await self._samples.ahead(d.specs() if d.registry else [])
+        return d.specs() if d.registry else []
 
     def _sample(self, spec: StreamSpec) -> tuple[StreamSample, bool]:
         """A stream's metrics sample, and whether it may be kept until the stream tells of a
