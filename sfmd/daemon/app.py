@@ -246,7 +246,11 @@ class Daemon:
             await self.cluster.close()
 
     async def main_loop(self) -> None:
-        trimmer = asyncio.create_task(self._trim_every(self.config.timing.trim_interval))
+        timing = self.config.timing
+        helpers = [
+            asyncio.create_task(self._trim_every(timing.trim_interval)),
+            asyncio.create_task(self._collect_young_every(self.heap, timing.gc_young_interval)),
+        ]
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -258,11 +262,12 @@ class Daemon:
                     if collection is not None:
                         log.info("gc_full" if collection.full else "gc_freeze",
                                  collected=collection.collected,
-                                 seconds=round(collection.seconds, 3), frozen=collection.frozen)
+                                 seconds=round(collection.seconds, 3))
         finally:
-            trimmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await trimmer
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
 
     @staticmethod
     async def _trim_every(interval: float) -> None:
@@ -272,6 +277,14 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(allocator.trim)
+
+    @staticmethod
+    async def _collect_young_every(heap: Heap, interval: float) -> None:
+        """The young collections, on a clock once start-up has settled the heap (see Heap):
+        each walks only what was made since the last one and still lives."""
+        while True:
+            await asyncio.sleep(interval)
+            heap.young()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""Settled objects stay out of routine collections; the scheduled full one reclaims them."""
+"""Settled objects stay out of routine collections; the scheduled full one reclaims them.
+Once settled, only the daemon's clock collects."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import weakref
 
 import pytest
 
-from sfmd.daemon.heap import YOUNG_THRESHOLD, Heap
+from sfmd.daemon.heap import Heap
 from tests.helpers.heap import Node
 
 
@@ -28,7 +29,7 @@ def test_settling_collects_garbage_first_then_freezes_the_living() -> None:
     heap.settle()
     assert dropped() is None  # garbage at settle time is not frozen
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold()[0] == YOUNG_THRESHOLD  # fewer routine collections
+    assert not gc.isenabled()  # only the daemon's clock collects from here on
 
     watched = weakref.ref(kept)
     del kept  # garbage now, but frozen: routine and explicit collections pass it by
@@ -38,8 +39,9 @@ def test_settling_collects_garbage_first_then_freezes_the_living() -> None:
     assert heap.tick() is None  # not due
     heap.full_interval = 0
     done = heap.tick()
-    assert done is not None and done.collected >= 2 and done.frozen > 0
+    assert done is not None and done.collected >= 2 and done.full
     assert watched() is None
+    assert not gc.isenabled()
 
 
 def test_one_more_freeze_once_the_streams_have_connected() -> None:
@@ -49,7 +51,7 @@ def test_one_more_freeze_once_the_streams_have_connected() -> None:
     made_later = [cycle() for _ in range(100)]  # what connecting streams hold
     dropped = weakref.ref(cycle())  # garbage they made on the way
     done = heap.tick()
-    assert done is not None and not done.full and done.frozen >= before + 200
+    assert done is not None and not done.full and gc.get_freeze_count() >= before + 200
     assert all(gc.is_tracked(n) for n in made_later)
     # Nothing collected first (no walk at all): the garbage is frozen too, out of the
     # routine collections' sight, until the scheduled full collection.
@@ -60,3 +62,28 @@ def test_one_more_freeze_once_the_streams_have_connected() -> None:
     heap.full_interval = 0
     assert heap.tick() is not None and dropped() is None
     assert Heap(full_interval=3600, freeze_after=60).tick() is None
+
+
+def test_once_settled_the_young_generation_is_collected_on_the_clock_only() -> None:
+    heap = Heap(full_interval=3600)
+    heap.settle()
+    # Far past CPython's automatic threshold (700 objects made): nothing collects them.
+    dropped = [weakref.ref(cycle()) for _ in range(2_000)]
+    assert all(ref() is not None for ref in dropped)
+    assert heap.young() >= 4_000
+    assert all(ref() is None for ref in dropped)
+
+
+def test_a_young_collection_walks_only_what_was_made_since_the_last() -> None:
+    heap = Heap(full_interval=3600)
+    heap.settle()
+    kept = cycle()
+    heap.young()  # it lives: moved on to the middle generation
+    watched = weakref.ref(kept)
+    del kept
+    heap.young()
+    assert watched() is not None  # cyclic garbage there waits for the full collection
+    heap.full_interval = 0
+    done = heap.tick()
+    assert done is not None and done.collected >= 2
+    assert watched() is None
