@@ -484,7 +484,7 @@ KEYS: tuple[Key, ...] = (
     Key("timing", "gc_interval", 3600, _seconds,
         "seconds between full garbage collections; after start-up and after each, what the "
         "streams hold is frozen so that routine collections do not pause the daemon"),
-    Key("timing", "gc_young_interval", 0.25, _seconds,
+    Key("timing", "gc_young_interval", 0.1, _seconds,
         "seconds between collections of the young generation, once start-up has settled; "
         "each walks only what was made since the last one and still lives"),
     Key("timing", "log_fold_interval", 60, _seconds,
