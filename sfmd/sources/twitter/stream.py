@@ -27,7 +27,7 @@ from sfmd.credentials import Credential
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
 from sfmd.sources.base import Sink
 from sfmd.sources.idle import IdleWatch
-from sfmd.sources.life import ConnectionLife
+from sfmd.sources.life import ConnectionLife, let_go
 from sfmd.sources.twitter.framing import FramingError
 from sfmd.status import StreamStatus
 
@@ -114,6 +114,10 @@ class Ended(Exception):
         self.reset_ok = reset_ok
 
 
+#: What ends one connection (`Stream._ended_by` says how); anything else is a bug.
+ENDINGS = (Ended, TimeoutError, aiohttp.ClientError, OSError, FramingError, ArchiveError)
+
+
 class Stream(ConnectionLife):
     def __init__(
         self,
@@ -173,31 +177,36 @@ class Stream(ConnectionLife):
                 try:
                     await self._connect_and_read()
                     ended = Ended(Failure.NETWORK, "the server ended the stream")
-                except Ended as e:
-                    ended = e
-                except aiohttp.ServerTimeoutError:
-                    ended = Ended(
-                        Failure.NETWORK,
-                        f"stall: no data for {self.timing.stall_timeout:g} s "
-                        "(keep-alives included)",
-                    )
-                except TimeoutError:
-                    ended = Ended(Failure.NETWORK, "connect timed out")
-                except (aiohttp.ClientError, OSError) as e:
-                    ended = Ended(Failure.NETWORK, f"network error: {_describe(e)}")
-                except FramingError as e:
-                    ended = Ended(Failure.NETWORK, f"framing error: {e}")
-                except ArchiveError as e:
-                    # Nothing can be stored: drop the connection rather than pretend, and try
-                    # again at the HTTP rate so a freed disk is picked up within minutes.
-                    self.log.error("archive_error", error=str(e))
-                    ended = Ended(Failure.HTTP, f"archive: {e}", reset_ok=False)
+                except ENDINGS as e:
+                    ended = self._ended_by(e)
+                    let_go(e)
                 if self._stopping:
                     return
                 await self._wait_after(ended)
                 await self._until_sink_takes_messages()
         finally:
             self._stopped()
+
+    def _ended_by(self, error: BaseException) -> Ended:
+        """What a connection's exception means for the next attempt."""
+        if isinstance(error, Ended):
+            return error
+        if isinstance(error, aiohttp.ServerTimeoutError):
+            return Ended(
+                Failure.NETWORK,
+                f"stall: no data for {self.timing.stall_timeout:g} s (keep-alives included)",
+            )
+        if isinstance(error, TimeoutError):
+            return Ended(Failure.NETWORK, "connect timed out")
+        if isinstance(error, aiohttp.ClientError | OSError):
+            return Ended(Failure.NETWORK, f"network error: {_describe(error)}")
+        if isinstance(error, FramingError):
+            return Ended(Failure.NETWORK, f"framing error: {error}")
+        assert isinstance(error, ArchiveError)
+        # Nothing can be stored: drop the connection rather than pretend, and try again at
+        # the HTTP rate so a freed disk is picked up within minutes.
+        self.log.error("archive_error", error=str(error))
+        return Ended(Failure.HTTP, f"archive: {error}", reset_ok=False)
 
     async def _wait_after(self, ended: Ended) -> None:
         """One line says it all: the disconnect, its reason, the backoff wait (and the

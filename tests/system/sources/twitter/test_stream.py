@@ -381,6 +381,31 @@ async def test_a_stopped_connection_leaves_nothing_alive(
     assert alive == []
 
 
+async def test_a_stopped_connection_is_freed_without_the_collector(
+    fake_api: FakeAPI, credentials: dict[str, Credential]
+) -> None:
+    """The exception that ends a read holds its frames in its traceback, they hold the
+    response, and the response's reader holds the exception: a cycle that the daemon's
+    collections leave to the hourly full one (see Heap). With the tracebacks let go,
+    reference counting alone frees each stopped connection."""
+    sink = _ListSink()
+    target = StreamTarget("mem", "sample", {}, credentials["alpha"])
+    gc.collect()
+    gc.disable()
+    try:
+        async with aiohttp.ClientSession() as session:
+            stream = Stream(target, V1(fake_api.stream_url), session=session, sink=sink)
+            for _ in range(5):
+                seen = len(sink.messages)
+                stream.start()
+                await wait_until(lambda seen=seen: len(sink.messages) > seen, timeout=10)
+                await stream.stop()
+        alive = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientResponse)]
+    finally:
+        gc.enable()
+    assert alive == []
+
+
 async def test_a_server_that_never_answers_is_a_stall(credentials: dict[str, Credential]) -> None:
     """The stall timeout also bounds the wait for the answer's headers: a server that takes
     the request and says nothing is left and asked again."""
