@@ -88,7 +88,6 @@ class TimingConfig:
     reconcile_interval: float
     status_interval: float
     gc_interval: float
-    gc_young_interval: float
     log_fold_interval: float
     trim_interval: float
     warm_interval: float  # 0: pages are never moved on ahead of a request
@@ -484,9 +483,6 @@ KEYS: tuple[Key, ...] = (
     Key("timing", "gc_interval", 3600, _seconds,
         "seconds between full garbage collections; after start-up and after each, what the "
         "streams hold is frozen so that routine collections do not pause the daemon"),
-    Key("timing", "gc_young_interval", 0.1, _seconds,
-        "seconds between collections of the young generation, once start-up has settled; "
-        "each walks only what was made since the last one and still lives"),
     Key("timing", "log_fold_interval", 60, _seconds,
         "a stream failing again the same way within this many seconds is not logged again; "
         "one line then sums up the repeats (\"... 12 more in 60 s\")"),

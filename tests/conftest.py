@@ -40,8 +40,8 @@ async def fake_api(credentials: dict[str, Credential]) -> AsyncIterator[FakeAPI]
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
-    """For a test that settles the heap: unfrozen after it, and the automatic collections
-    on again."""
+    """For a test that freezes the collector: unfrozen after it, the thresholds put back."""
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
-    gc.enable()
+    gc.set_threshold(*thresholds)

@@ -246,11 +246,7 @@ class Daemon:
             await self.cluster.close()
 
     async def main_loop(self) -> None:
-        timing = self.config.timing
-        helpers = [
-            asyncio.create_task(self._trim_every(timing.trim_interval)),
-            asyncio.create_task(self._collect_young_every(self.heap, timing.gc_young_interval)),
-        ]
+        trimmer = asyncio.create_task(self._trim_every(self.config.timing.trim_interval))
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -264,10 +260,9 @@ class Daemon:
                                  collected=collection.collected,
                                  seconds=round(collection.seconds, 3))
         finally:
-            for helper in helpers:
-                helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
+            trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trimmer
 
     @staticmethod
     async def _trim_every(interval: float) -> None:
@@ -277,14 +272,6 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(allocator.trim)
-
-    @staticmethod
-    async def _collect_young_every(heap: Heap, interval: float) -> None:
-        """The young collections, on a clock once start-up has settled the heap (see Heap):
-        each walks only what was made since the last one and still lives."""
-        while True:
-            await asyncio.sleep(interval)
-            heap.young()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -7,17 +7,6 @@ their stream, so once the streams have started they are moved out of the collect
 (`gc.freeze`), and a full collection over everything, frozen objects included, runs rarely
 and on a schedule (`timing.gc_interval`): it reclaims garbage frozen with them, and settles
 what streams created since then hold.
-
-After settling, the young generation is collected on a clock too (`young`, every
-`timing.gc_young_interval`), and CPython's own collections are off. Those start when the
-count of objects made less objects freed passes a threshold, and that count hardly moves
-while the young generation fills: a stream's message frees the twenty-odd objects that
-lived since its last message and makes as many new ones. When a collection finally came it
-walked them all: 262,536 and 337,238 objects, 199 and 216 ms of stopped event loop, at
-5,000 streams. On a clock a young collection walks only what was made since the last one
-and still lives. What survives it moves to the middle generation, which only the full
-collection walks: it is mostly a stream's objects that live until its next message, freed
-by reference counting then, and the cyclic garbage among them waits for the full collection.
 """
 
 from __future__ import annotations
@@ -25,6 +14,25 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass
+
+#: Young objects allowed before a routine collection (CPython's default: 700). A young
+#: collection walks what was made since the last one and still lives, and every stream keeps
+#: about twenty such objects alive from one message to the next (the coroutines and future of
+#: its pending read, its batch waiting for the tick, its writer's timer): at 5,000 streams of
+#: a message a second, 50,000-230,000 objects and 30-145 ms of stopped event loop a
+#: collection (a lower threshold hands the same objects to the middle generation instead:
+#: 2,000 measured worse than 10,000). What the threshold sets is how often: the count is of
+#: objects made less objects freed, so it climbs slowly, and at 10,000 it ran every 1-3 s at
+#: 5,000 streams (and its middle generation every 2-40 s, 75-180 ms). At 100,000 the same
+#: climb takes ten times as long; cyclic garbage, what the collector is there for, waits that
+#: much longer, and the streams make little of it (about 3,000 objects in two minutes at
+#: 5,000 streams, rotations included). Nor does the threshold bound a walk: a message frees
+#: about as many objects as it makes, so the young generation fills while the count stands
+#: still (262,536 and 337,238 objects, 199 and 216 ms, at counts of 100,013 and 100,018).
+#: Collecting it on a clock instead (every 0.1 s, CPython's own collections off) kept each
+#: walk short but walked every one of those objects: 16 % more CPU a message at 1,000
+#: streams, and at 5,000 no better latency in three paired runs. Not kept.
+YOUNG_THRESHOLD = 100_000
 
 
 @dataclass
@@ -59,18 +67,12 @@ class Heap:
 
     def settle(self) -> int:
         """Collect what is garbage now, then keep everything alive out of routine
-        collections: it is long-lived. From here on only `young` and `tick` collect.
-        Returns how many objects were collected."""
+        collections: it is long-lived. Returns how many objects were collected."""
         collected = gc.collect()
         gc.freeze()
-        gc.disable()
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(YOUNG_THRESHOLD, middle, old)
         return collected
-
-    @staticmethod
-    def young() -> int:
-        """Collect the young generation: call every `gc_young_interval` once settled.
-        Returns how many objects were collected."""
-        return gc.collect(0)
 
     def tick(self) -> Collection | None:
         """Call now and then: once per interval, collects everything and settles again (and
@@ -78,7 +80,7 @@ class Heap:
 
         Nothing is frozen in between: that would freeze fresh garbage too (the soak saw RSS
         climb 16 % in 10 minutes that way), and what is made after start-up is mostly
-        short-lived, which the young collections handle cheaply.
+        short-lived, which the routine collections handle cheaply.
         """
         now = time.monotonic()
         if self._freeze_at is not None and now >= self._freeze_at:

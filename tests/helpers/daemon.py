@@ -129,6 +129,7 @@ async def daemon_in_process(config: Config, log: Path) -> AsyncIterator[Daemon]:
     stops it, and the log file let go of, when the block ends. The collector's settings the
     daemon changes (`Heap`) are put back too: they are the test process's own."""
     setup_logging(log, stderr=False)
+    thresholds = gc.get_threshold()
     daemon = Daemon(config)
     control = ControlServer(daemon, config.daemon.control_socket, config.daemon.socket_mode)
     serving = asyncio.create_task(daemon.serve(control))
@@ -142,4 +143,4 @@ async def daemon_in_process(config: Config, log: Path) -> AsyncIterator[Daemon]:
         finally:
             setup_logging(None, stderr=False)
             gc.unfreeze()
-            gc.enable()
+            gc.set_threshold(*thresholds)
