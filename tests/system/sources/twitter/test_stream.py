@@ -385,8 +385,8 @@ async def test_a_stopped_connection_is_freed_without_the_collector(
     fake_api: FakeAPI, credentials: dict[str, Credential]
 ) -> None:
     """The exception that ends a read holds its frames in its traceback, they hold the
-    response, and the response's reader holds the exception: a cycle that the daemon's
-    collections leave to the hourly full one (see Heap). With the tracebacks let go,
+    response, and the response's reader holds the exception: a cycle that waits for a
+    collection, the hourly one if it was frozen (see Heap). With the tracebacks let go,
     reference counting alone frees each stopped connection."""
     sink = _ListSink()
     target = StreamTarget("mem", "sample", {}, credentials["alpha"])
