@@ -360,6 +360,20 @@ class _ListSink:
         pass
 
 
+async def start_and_stop(api: FakeAPI, credentials: dict[str, Credential], times: int) -> None:
+    """A sample stream started, and stopped mid-read once it has stored a message, `times`
+    times over."""
+    sink = _ListSink()
+    target = StreamTarget("mem", "sample", {}, credentials["alpha"])
+    async with aiohttp.ClientSession() as session:
+        stream = Stream(target, V1(api.stream_url), session=session, sink=sink)
+        for _ in range(times):
+            seen = len(sink.messages)
+            stream.start()
+            await wait_until(lambda seen=seen: len(sink.messages) > seen, timeout=10)
+            await stream.stop()
+
+
 async def test_a_stopped_connection_leaves_nothing_alive(
     fake_api: FakeAPI, credentials: dict[str, Credential]
 ) -> None:
@@ -367,15 +381,7 @@ async def test_a_stopped_connection_leaves_nothing_alive(
     "Connection closed" exception, and raising it again and again chained every stopped
     connection (response, parser, buffers: 10-20 KB) to that module-level object: the soak's
     slow RSS climb. Here, 15 stops must leave no response behind."""
-    sink = _ListSink()
-    target = StreamTarget("mem", "sample", {}, credentials["alpha"])
-    async with aiohttp.ClientSession() as session:
-        stream = Stream(target, V1(fake_api.stream_url), session=session, sink=sink)
-        for _ in range(15):
-            seen = len(sink.messages)
-            stream.start()
-            await wait_until(lambda seen=seen: len(sink.messages) > seen, timeout=10)
-            await stream.stop()
+    await start_and_stop(fake_api, credentials, 15)
     gc.collect()
     alive = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientResponse)]
     assert alive == []
@@ -388,18 +394,10 @@ async def test_a_stopped_connection_is_freed_without_the_collector(
     response, and the response's reader holds the exception: a cycle that waits for a
     collection, the hourly one if it was frozen (see Heap). With the tracebacks let go,
     reference counting alone frees each stopped connection."""
-    sink = _ListSink()
-    target = StreamTarget("mem", "sample", {}, credentials["alpha"])
     gc.collect()
     gc.disable()
     try:
-        async with aiohttp.ClientSession() as session:
-            stream = Stream(target, V1(fake_api.stream_url), session=session, sink=sink)
-            for _ in range(5):
-                seen = len(sink.messages)
-                stream.start()
-                await wait_until(lambda seen=seen: len(sink.messages) > seen, timeout=10)
-                await stream.stop()
+        await start_and_stop(fake_api, credentials, 5)
         alive = [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientResponse)]
     finally:
         gc.enable()
