@@ -14,7 +14,7 @@ import structlog
 
 from sfmd.sources import life as life_module
 from sfmd.sources.backoff import Backoff, BackoffPolicy, Failure
-from sfmd.sources.life import ConnectionLife
+from sfmd.sources.life import ConnectionLife, let_go
 from sfmd.status import State
 
 REFUSED = "network error: refused"
@@ -255,3 +255,19 @@ async def test_a_connection_whose_lease_is_gone_never_connects_again(
     assert [e["event"] for e in logs].count("connection_fenced") == 1
     await life.stop(grace=1.0)
     assert life.task is None
+
+
+def test_let_go_drops_the_tracebacks_of_an_exception_and_of_what_it_came_from() -> None:
+    try:
+        try:
+            raise ValueError("the read failed")
+        except ValueError as inner:
+            raise RuntimeError("the connection ended") from inner
+    except RuntimeError as e:
+        ended = e
+    cause = ended.__cause__
+    assert cause is not None
+    assert ended.__traceback__ is not None and cause.__traceback__ is not None
+    let_go(ended)
+    assert ended.__traceback__ is None and cause.__traceback__ is None
+    assert str(ended) == "the connection ended"  # what the log and status say is kept
