@@ -459,6 +459,18 @@ class SizeResult:
         return max((x[2] for x in self.lags_after()), default=0.0)
 
 
+async def clear_of_rotation(span: float, interval: float) -> None:
+    """Wait, if need be, until the next `span` seconds hold no rotation boundary (every
+    `interval` seconds) and no file of the last one is still being published. A boundary
+    inside the quiet window (N streams rotating and publishing) made its CPU figure nearly
+    three times what streaming costs: 56.5 % against 19.4 % at 5,000 streams."""
+    since = time.time() % interval
+    if since < ROTATION_DONE or since + span > interval:
+        wait = (ROTATION_DONE - since) % interval
+        print(f"  waiting {wait:.0f} s: no rotation in the window", flush=True)
+        await asyncio.sleep(wait)
+
+
 class SizeBench:
     def __init__(
         self,
@@ -551,7 +563,7 @@ class SizeBench:
 
     async def _quiet(self, daemon: DaemonProcess, control: Control) -> None:
         r = self.result
-        await self._clear_of_rotation(self.args.quiet)
+        await clear_of_rotation(self.args.quiet + 2, SAVE_INTERVAL)  # 2: its two GETs
         _, before, _ = await control.call("GET", "/streams")
         cpu, api_cpu = cpu_seconds(daemon.pid), cpu_seconds(self.fake.proc.pid)
         began = time.monotonic()
@@ -571,18 +583,6 @@ class SizeBench:
             f"{r.api_cpu_pct:.1f} %, {r.messages_per_s:,.0f} messages/s stored",
             flush=True,
         )
-
-    @staticmethod
-    async def _clear_of_rotation(span: float) -> None:
-        """Wait, if need be, until the next `span` seconds hold no rotation boundary and no
-        file of the last one is still being published. A boundary inside the quiet window
-        (N streams rotating and publishing) made its CPU figure nearly three times what
-        streaming costs: 56.5 % against 19.4 % at 5,000 streams."""
-        since = time.time() % SAVE_INTERVAL
-        if since < ROTATION_DONE or since + span + 2 > SAVE_INTERVAL:
-            wait = (ROTATION_DONE - since) % SAVE_INTERVAL
-            print(f"  waiting {wait:.0f} s: no rotation in the quiet window", flush=True)
-            await asyncio.sleep(wait)
 
     # -- 3. the API under load -----------------------------------------------------------
 
@@ -921,11 +921,7 @@ async def _per_message_run(
         )
         # Settle (start-up's garbage and freezes done), and keep rotation out of the window.
         await asyncio.sleep(args.settle)
-        span = args.window + 5
-        interval = 900  # sfmd's default save_interval
-        to_boundary = interval - time.time() % interval
-        if to_boundary < span:
-            await asyncio.sleep(to_boundary + 15)  # past the boundary and its publish spread
+        await clear_of_rotation(args.window + 5, 900)  # sfmd's default save_interval
         _, before, _ = await control.call("GET", "/streams")
         user, sys_ = cpu_times(daemon.pid)
         began = time.monotonic()
