@@ -90,6 +90,9 @@ class Daemon:
         # Each stream's credential problem (or None) for its spec, judged on these credentials.
         self._problems: dict[str, tuple[StreamSpec, str | None]] = {}
         self._problems_of: Mapping[str, Credential] = self.credentials
+        # The last whole pass's outcome, with the registry's version and the credentials it
+        # was made from: the next pass after a change to one stream starts from it.
+        self._passed: tuple[int, Mapping[str, Credential], Desired] | None = None
         self.registry: Registry | KVRegistry | None = None
         self.cluster: ClusterMember | None = None  # cluster mode: this host's membership
         self.session: aiohttp.ClientSession | None = None
@@ -309,49 +312,78 @@ class Daemon:
             finally:
                 self.shared.check_rules = False
 
-    async def _reconcile(self, jitter: float = 0.0, without: str | None = None) -> None:
+    async def _reconcile(
+        self, jitter: float = 0.0, without: str | None = None, changed: str | None = None
+    ) -> None:
         """Make every back end match the registry: all stops first, then all starts.
         `without` names a stream to treat as stopped for this pass (a restart's first
-        half). Call with the lock held."""
+        half); `changed`, the one stream the caller changed in the registry since the last
+        pass (`_after_change`). Call with the lock held."""
         registry = self._registry()
         self.ledger.keep_failures_of(
             lambda name: name != without and name in registry and registry.get(name).active
         )
-        specs = self._runnable(registry.list(), without)
-        if self.cluster is not None:
-            specs = await self.cluster.claim(specs)
-        desired = Desired(specs)
+        desired = self._after_change(registry, changed) if changed is not None else None
+        if desired is None:
+            specs = self._runnable(registry.list(), without)
+            if self.cluster is not None:
+                specs = await self.cluster.claim(specs)
+            desired = Desired(specs)
         for backend in self.backends:
             await backend.stop_unwanted(desired)
         for backend in self.backends:
             await backend.start_wanted(desired, jitter=jitter)
         if self.cluster is not None:
             await self.cluster.release_moved()
+        if without is None and isinstance(registry, Registry):
+            self._passed = (registry.version, self.credentials, desired)
+
+    def _after_change(self, registry: Registry | KVRegistry, name: str) -> Desired | None:
+        """The last pass's `Desired` with stream `name` as the registry holds it now, when
+        the registry's one write since that pass was to `name` and the credentials are the
+        same: every other stream's verdict then stands, and the pass need not judge 5,000
+        streams again for one. None when anything else may have moved (a write not followed
+        by a pass, a reload, cluster mode's claims): the pass is then whole."""
+        passed = self._passed
+        if (
+            passed is None
+            or self.cluster is not None
+            or not isinstance(registry, Registry)
+            or registry.version != passed[0] + 1
+            or self.credentials is not passed[1]
+            or self._problems_of is not self.credentials
+        ):
+            return None
+        if name not in registry:
+            self._problems.pop(name, None)
+            return passed[2].changed(name, None)
+        return passed[2].changed(name, self._runnable_one(registry.get(name)))
 
     def _runnable(self, specs: list[StreamSpec], without: str | None = None) -> list[StreamSpec]:
         """The registry as the back ends should see it: a stream whose credential cannot
         serve it (a key missing, the credential gone from the file) is marked failed with
         the reason and runs nowhere, instead of crash-looping in its back end. `without`
         is inactive for this pass (`_reconcile`)."""
-        runnable = []
         if self._problems_of is not self.credentials:  # reloaded: judge every stream again
             self._problems, self._problems_of = {}, self.credentials
         if len(self._problems) > len(specs):  # streams were deleted: forget their verdicts
             # Only theirs: judging every other stream again was most of a DELETE at 5,000.
             names = {spec.name for spec in specs}
             self._problems = {n: v for n, v in self._problems.items() if n in names}
-        for spec in specs:
-            if spec.name == without:
-                spec = dataclasses.replace(spec, active=False)
-            problem = (
-                (self._cluster_problem(spec) or self._credential_problem(spec))
-                if spec.active else None
-            )
-            if problem:
-                self.ledger.fail(spec.name, problem)
-                spec = dataclasses.replace(spec, active=False)
-            runnable.append(spec)
-        return runnable
+        return [self._runnable_one(spec, without) for spec in specs]
+
+    def _runnable_one(self, spec: StreamSpec, without: str | None = None) -> StreamSpec:
+        """`spec` as the back ends should see it (`_runnable`)."""
+        if spec.name == without:
+            spec = dataclasses.replace(spec, active=False)
+        problem = (
+            (self._cluster_problem(spec) or self._credential_problem(spec))
+            if spec.active else None
+        )
+        if problem:
+            self.ledger.fail(spec.name, problem)
+            spec = dataclasses.replace(spec, active=False)
+        return spec
 
     def _credential_problem(self, spec: StreamSpec) -> str | None:
         """Why `spec`'s credential cannot serve it, or None: judged again only for a new
@@ -385,7 +417,7 @@ class Daemon:
                 # readers, who see the old registry or the new one, never a half.
                 await asyncio.to_thread(registry.add, spec)
             self.ledger.forget(spec.name)
-            await self._reconcile()
+            await self._reconcile(changed=spec.name)
             return spec
 
     async def modify(self, name: str, body: object) -> StreamSpec:
@@ -399,7 +431,7 @@ class Daemon:
                     continue  # changed underneath while the network answered: check again
                 if new != old:
                     await self._replace(new, old)
-                    await self._reconcile()
+                    await self._reconcile(changed=name)
                 return new
         raise _conflict(name)
 
@@ -462,7 +494,7 @@ class Daemon:
                     raise NotFound(f"no stream named {name!r}") from None
             else:
                 await asyncio.to_thread(self._registry().remove, name)
-            await self._reconcile()
+            await self._reconcile(changed=name)
             self.ledger.forget(name)
             self.tasks.forget(name)
             self.changes.forget(name)

@@ -37,6 +37,9 @@ class Registry:
         # every API read and reconcile pass lists the streams, and sorting 5,000 names took
         # a millisecond each time.
         self._listed: tuple[dict[str, StreamSpec], list[StreamSpec]] | None = None
+        # Writes so far: a reconcile pass that saw version v and finds v + 1 knows the one
+        # change it was told of is the only one.
+        self.version = 0
 
     def __repr__(self) -> str:
         return f"Registry({str(self.path)!r}, {len(self._streams)} streams)"
@@ -117,6 +120,7 @@ class Registry:
     def _write(self, streams: dict[str, StreamSpec]) -> None:
         write_atomically(self.path, render(streams))
         self._streams = streams
+        self.version += 1
 
 
 def holder_of(streams: Mapping[str, StreamSpec], spec: StreamSpec) -> StreamSpec | None:

@@ -236,11 +236,13 @@ class TaskBackend:
         self._planned: tuple[Desired, Plan] | None = None  # `_plan_for_starts`
 
     def plan(self, desired: Desired) -> Plan:
-        running = {name: runner.spec for name, runner in self.runners.items()}
-        return diff(
-            desired.active(Mode.TASK), running, held_back=self._restarting,
-            renewed=self._renewed_streams(),
-        )
+        wanted = desired.active(Mode.TASK)
+        if desired.scope is None:
+            running = {name: runner.spec for name, runner in self.runners.items()}
+        else:  # every other stream is as the last pass left it
+            running = {n: self.runners[n].spec for n in desired.scope if n in self.runners}
+            wanted = {n: wanted[n] for n in desired.scope if n in wanted}
+        return diff(wanted, running, held_back=self._restarting, renewed=self._renewed_streams())
 
     def _plan_for_starts(self, desired: Desired) -> Plan:
         """The plan `stop_unwanted` made for the same pass, or a new one. Its stops are done,

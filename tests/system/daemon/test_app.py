@@ -19,6 +19,7 @@ import pytest
 
 from sfmd.config import load_config
 from sfmd.credentials import Credential, load_credentials
+from sfmd.daemon.app import Daemon
 from sfmd.fake import FakeAPI
 from sfmd.registry import Registry, RegistryError, StreamSpec
 from sfmd.sources.twitter.source import TwitterSource
@@ -279,6 +280,53 @@ async def test_a_delete_judges_no_other_streams_credential_again(
             assert judged[before:] == []
             await api.ok("PATCH", "/streams/f1", {"track": ["y"]})
             assert "f1" in judged[before:]  # a new spec is judged (the check can see a call)
+
+
+async def test_a_pass_after_one_change_reads_only_that_stream(
+    tmp_path: Path, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change through the API is followed by a pass over the changed stream alone (the
+    others are as the last pass left them: at 5,000 streams a whole pass was 9 of a PATCH's
+    11 ms on the loop); the streams still do what the change asked. A reload, which may
+    concern any stream, is followed by a whole pass."""
+    config = load_config(write_daemon_config(tmp_path, fake_api, timing={
+        "reconcile_interval": 3600}))  # no timed pass in between
+    read: list[str] = []
+    original = Daemon._runnable_one
+
+    def counted(self: Daemon, spec: StreamSpec, without: str | None = None) -> StreamSpec:
+        read.append(spec.name)
+        return original(self, spec, without)
+
+    monkeypatch.setattr(Daemon, "_runnable_one", counted)
+
+    def tracks() -> list[str]:
+        return sorted(r.params.get("track", "") for r in live(fake_api))
+
+    async with daemon_in_process(config, log_path(tmp_path)):
+        async with Api(config.daemon.control_socket) as api:
+            for name, credential in (("f1", "alpha"), ("f2", "beta")):
+                await api.ok("POST", "/streams", {"name": name, "kind": "filter",
+                                                  "track": [name], "credential": credential},
+                             201)
+            await wait_until(lambda: tracks() == ["f1", "f2"])
+            changes: list[tuple[str, str, dict[str, Any] | None, list[str]]] = [
+                ("PATCH", "f1", {"track": ["cats"]}, ["cats", "f2"]),
+                ("PATCH", "f2", {"active": False}, ["cats"]),
+                ("PATCH", "f2", {"active": True}, ["cats", "f2"]),
+                ("POST", "reload", None, ["cats", "f2"]),
+                ("DELETE", "f1", None, ["f2"]),
+            ]
+            for method, name, body, after in changes:
+                del read[:]
+                if name == "reload":
+                    await api.ok("POST", "/reload", {})
+                    assert read == ["f1", "f2"]  # a whole pass
+                    continue
+                await api.ok(method, f"/streams/{name}", body,
+                             status=204 if method == "DELETE" else 200)
+                assert read == ([name] if method != "DELETE" else []), (method, body)
+                await wait_until(lambda after=after: tracks() == after, what=str(after))
 
 
 async def test_two_hundred_streams_while_the_api_answers(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ wanted; `Desired` sorts the registry out by mode once per pass."""
 
 from __future__ import annotations
 
+import pytest
+
 from sfmd.registry import Mode, StreamSpec, validate_stream
 from sfmd.runtime.backend import Desired, Ledger
 from sfmd.status import COUNTERS, State, StreamStatus
@@ -62,11 +64,12 @@ def test_files_published_add_up_across_runs_until_the_stream_is_deleted() -> Non
     assert "s" not in ledger.published
 
 
-def test_desired_sorts_the_active_streams_by_mode_and_names_every_stream() -> None:
-    def spec(name: str, **settings: object) -> StreamSpec:
-        body = {"name": name, "kind": "filter", "credential": "alpha", **settings}
-        return validate_stream({"track": ["cats"], **body} if "rules" not in body else body)
+def spec(name: str, **settings: object) -> StreamSpec:
+    body = {"name": name, "kind": "filter", "credential": "alpha", **settings}
+    return validate_stream({"track": ["cats"], **body} if "rules" not in body else body)
 
+
+def test_desired_sorts_the_active_streams_by_mode_and_names_every_stream() -> None:
     task, idle = spec("a"), spec("b", active=False)
     process = spec("c", isolation="process")
     shared = spec("d", api="v2", rules=[{"value": "cats"}])
@@ -85,3 +88,43 @@ def test_only_failures_of_streams_still_wanted_are_kept() -> None:
     assert set(ledger.failed) == {"kept"}
     assert ledger.status("kept").state is State.FAILED
     assert ledger.status("gone").state is State.STOPPED
+
+
+def shape(desired: Desired) -> list[object]:
+    """Everything a back end reads of a `Desired`, orders included."""
+    return [
+        [s.name for s in desired.specs], desired.specs, desired.names,
+        *[list(desired.active(mode).items()) for mode in Mode],
+    ]
+
+
+@pytest.mark.parametrize(("name", "after"), [
+    ("c", {"track": ["dogs"]}),  # a new setting, in place
+    ("c", {"active": False}),  # stopped
+    ("b", {"active": True}),  # started, between two running streams
+    ("c", {"isolation": "process"}),  # moved to another back end
+    ("a0", {}),  # a new stream first in name order
+    ("c0", {}),  # ... in the middle
+    ("z", {}),  # ... last
+    ("c", None),  # deleted
+    ("e", None),  # deleted, the last
+])
+def test_a_change_to_one_stream_makes_what_a_whole_pass_would_scoped_to_it(
+    name: str, after: dict[str, object] | None
+) -> None:
+    streams = {s.name: s for s in [
+        spec("a"), spec("b", active=False), spec("c"), spec("d", isolation="process"),
+        spec("e", api="v2", rules=[{"value": "cats"}]),
+    ]}
+    before = Desired(list(streams.values()))
+    kept = shape(before)
+    if after is None:
+        del streams[name]
+        changed = before.changed(name, None)
+    else:
+        streams[name] = spec(name, **after)
+        changed = before.changed(name, streams[name])
+    assert shape(changed) == shape(Desired([streams[n] for n in sorted(streams)]))
+    assert changed.scope == {name}
+    assert before.scope is None
+    assert shape(before) == kept  # the pass before is as it was

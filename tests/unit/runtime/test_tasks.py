@@ -11,7 +11,7 @@ from sfmd.config import load_config
 from sfmd.credentials import Credential
 from sfmd.registry import StreamSpec, validate_stream
 from sfmd.runtime.backend import Desired, Ledger
-from sfmd.runtime.reconcile import RENEWED, Plan
+from sfmd.runtime.reconcile import GONE, RENEWED, Plan
 from sfmd.runtime.tasks import TaskBackend
 
 
@@ -70,3 +70,23 @@ def test_new_keys_renew_the_stream_until_it_runs_with_them(tmp_path: Path) -> No
 
     tasks.runners["a"] = Runner(spec, new)  # type: ignore[assignment]  # started again
     assert tasks.plan(desired) == Plan()
+
+
+def test_a_pass_after_one_change_plans_for_that_stream_alone(tmp_path: Path) -> None:
+    def spec(name: str, *track: str) -> StreamSpec:
+        return validate_stream(
+            {"name": name, "kind": "filter", "track": list(track), "credential": name}
+        )
+
+    keys = {"now": {n: Credential(n, consumer_key="k") for n in "abc"}}
+    tasks = backend(tmp_path, keys)
+    a, b = spec("a", "cats"), spec("b", "cats")
+    for running in (a, b):
+        tasks.runners[running.name] = Runner(running, keys["now"][running.name])  # type: ignore[assignment]
+    # `b` runs settings the registry no longer holds: a whole pass would retarget it.
+    whole = Desired([a, spec("b", "dogs")])
+    assert tasks.plan(whole) == Plan(retarget=("b",))
+
+    assert tasks.plan(whole.changed("a", spec("a", "mice"))) == Plan(retarget=("a",))
+    assert tasks.plan(whole.changed("c", spec("c", "owls"))) == Plan(start=("c",))
+    assert tasks.plan(whole.changed("a", None)) == Plan(stop=(("a", GONE),))
