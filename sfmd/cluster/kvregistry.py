@@ -43,8 +43,8 @@ from sfmd.registry.fields import ValidationError
 from sfmd.registry.spec import StreamSpec
 from sfmd.registry.store import (
     FORMAT_VERSION,
+    Holders,
     check_credential_free,
-    holder_of,
     parse,
     render,
 )
@@ -87,6 +87,7 @@ class KVRegistry:
         self.raced = 0  # writes refused because another change got in first (for metrics)
         self.revision = 0  # of the document in memory; 0: no document yet
         self._streams: dict[str, StreamSpec] = {}
+        self._holders_of: tuple[dict[str, StreamSpec], Holders] | None = None
         # This host's changes go one at a time, so retries are spent only on other hosts'.
         self._writing = asyncio.Lock()
 
@@ -128,11 +129,17 @@ class KVRegistry:
 
     def holder_of(self, spec: StreamSpec) -> StreamSpec | None:
         """Another active stream holding the connection `spec` would need, if any."""
-        return holder_of(self._streams, spec)
+        return self._holders().holder_of(spec)
 
     def check_credential_free(self, spec: StreamSpec) -> None:
         """Refuse making `spec` active on a slot another active stream holds (API 409)."""
-        check_credential_free(self._streams, spec)
+        check_credential_free(self._holders(), spec)
+
+    def _holders(self) -> Holders:
+        """The holders of the document in memory, made once per document read."""
+        if self._holders_of is None or self._holders_of[0] is not self._streams:
+            self._holders_of = (self._streams, Holders(self._streams.values()))
+        return self._holders_of[1]
 
     def remove_leftovers(self) -> list[object]:
         """Nothing to clean up: a write to a bucket is whole or absent."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,40 @@ def test_one_active_stream_per_credential_is_checked_on_request(tmp_path: Path) 
     registry.replace(dataclasses.replace(registry.get("first"), active=False))
     registry.check_credential_free(dataclasses.replace(registry.get("second"), active=True))
     assert registry.holder_of(registry.get("first")) is None
+
+
+def scan(streams: dict[str, StreamSpec], spec: StreamSpec) -> StreamSpec | None:
+    """Who holds `spec`'s slot, read from every stream: what `Holders` must agree with."""
+    if not spec.exclusive:
+        return None
+    held = [o for o in streams.values() if o.active and o.slot == spec.slot and o.name != spec.name]
+    return min(held, key=lambda o: o.name) if held else None
+
+
+def test_the_holders_of_each_slot_follow_every_change(tmp_path: Path) -> None:
+    """A registry's holders are kept change by change; after any sequence of adds, replaces
+    and removes they name what reading every stream would (a hand-edited registry may hold
+    several active streams on one credential: the first by name is named)."""
+    rng = random.Random(3)
+    credentials = ["default", "research"]
+    streams = {f"s{i}": spec_of(f"s{i}", rng.choice(credentials), rng.random() < 0.5)
+               for i in range(6)}
+    registry = Registry(tmp_path / "streams.json", streams)
+    for _ in range(200):
+        name = f"s{rng.randrange(9)}"
+        if name in streams and rng.random() < 0.3:
+            registry.remove(name)
+            del streams[name]
+        else:
+            spec = spec_of(name, rng.choice(credentials), rng.random() < 0.6)
+            (registry.replace if name in streams else registry.add)(spec)
+            streams[name] = spec
+        for other in credentials:
+            probe = spec_of("probe", other)
+            assert registry.holder_of(probe) == scan(streams, probe)
+        for spec in streams.values():
+            assert registry.holder_of(spec) == scan(streams, spec)
+    assert Registry.load(tmp_path).holder_of(spec_of("probe")) == scan(streams, spec_of("probe"))
 
 
 def test_the_registry_stores_a_conflict_it_is_given(tmp_path: Path) -> None:
