@@ -266,6 +266,7 @@ class Archive:
         "_stepping",
         "_tick",
         "_tick_at",
+        "_timer",
         "_unrecorded",
         "_wake",
         "_writer",
@@ -330,8 +331,10 @@ class Archive:
         self._max_pending = max(max_pending_bytes, batch_bytes)
         # Half: while one batch is with the worker, the stream can queue the next one.
         self._max_batch = max(batch_bytes, self._max_pending // 2)
-        # Sleeps are cut short so that a wall clock that jumps ahead is noticed soon.
+        # How often a sleeping writer's timer reads the wall clock, so that a clock that
+        # jumps ahead is noticed soon (`_alarm`).
         self._max_sleep = min(5.0, max(0.05, save_interval / 4))
+        self._timer: asyncio.TimerHandle | None = None  # the sleeping writer's (`_alarm`)
         self._publish_delay = spread_offset(name, min(publish_spread, save_interval / 10))
         self._clock = clock or _wall_clock
         # A `log` given is the stream's own, bound to its name already (not bound again:
@@ -806,21 +809,39 @@ class Archive:
             delays.append(self._publish_due(self._part.name.start) - self._clock())
         elif self._pending:
             delays.append(self._pending[0].start + self._save_interval - self._clock())
-        if self._part is not None or self._pending or self._retiring is not None:
-            delays.append(self._max_sleep)
+        watch = self._part is not None or bool(self._pending) or self._retiring is not None
         quiet_until = self._quiet_until()
         if quiet_until is not None:
             delays.append(quiet_until - self._clock())
         if not delays:
             await self._wake.wait()
             return
-        # A timer that sets the event: cheaper than a timeout around the wait (no
-        # cancellation, no exception), which every quiet stream paid every few seconds.
-        timer = loop.call_later(max(min(delays), 0.001), self._wake.set)
+        # A timer that sets the flag: cheaper than a timeout around the wait (no
+        # cancellation, no exception). While a file is open, the timer also looks at the
+        # wall clock every `_max_sleep` (`_alarm`), not the writer: waking the task to look
+        # (a future and two coroutines made, its whole step run) was, for each quiet
+        # stream, a wake-up every five seconds that found nothing to do.
+        delay = max(min(delays), 0.001)
+        due = loop.time() + delay
+        self._alarm(loop, due, self._clock() + delay if watch else None)
         try:
             await self._wake.wait()
         finally:
-            timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _alarm(self, loop: asyncio.AbstractEventLoop, due: float, wall_due: float | None) -> None:
+        """Wake the sleeping writer at loop time `due`, or as soon as the wall clock reads
+        `wall_due` (it jumped ahead: what was due later may be due now); else look again
+        within `_max_sleep`."""
+        now = loop.time()
+        if now >= due or (wall_due is not None and self._clock() >= wall_due):
+            self._timer = None
+            self._wake.set()
+            return
+        wait = due - now if wall_due is None else min(due - now, self._max_sleep)
+        self._timer = loop.call_later(wait, self._alarm, loop, due, wall_due)
 
     async def _write_segment(self, segment: _Segment) -> None:
         old = self._part

@@ -365,6 +365,45 @@ async def test_clock_jumps(tmp_path: Path) -> None:
     await archive.close()
 
 
+async def test_a_quiet_writer_is_not_woken_to_look_at_the_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between its deadlines a writer sleeps: its timer, not the task, reads the wall clock
+    every `_max_sleep` (here 1 s) for a jump (`test_clock_jumps`). Waking the task to look
+    was, at 5,000 quiet streams, a thousand wake-ups a second that found nothing to do."""
+
+    class CountingClock(Clock):
+        reads = 0
+
+        def __call__(self) -> float:
+            self.reads += 1
+            return super().__call__()
+
+    steps: list[float] = []
+    step = writer.Archive._step
+
+    async def counted(self: writer.Archive, loop: asyncio.AbstractEventLoop) -> None:
+        steps.append(loop.time())
+        await step(self, loop)
+
+    monkeypatch.setattr(writer.Archive, "_step", counted)
+    clock = CountingClock()
+    clock.align(4, into=0.2)
+    archive = make_archive(tmp_path, save_interval=4, clock=clock, publish_spread=0.0)
+    await archive.open()
+    await archive.write(batch("a", 2), 2)
+    await wait_for(lambda: archive.current_file is not None and archive.current_file.stat().st_size)
+    await wait_for(lambda: not archive._pending and archive._shared is None)
+    del steps[:]
+    reads = clock.reads
+    await wait_for(lambda: clock.reads >= reads + 2, timeout=3)  # two looks, a second apart
+    assert steps == []
+    assert archive.published == 0  # its interval is not over: nothing was due
+    clock.offset += 600  # a jump ahead is still noticed, without a message
+    await wait_for(lambda: archive.published == 1, timeout=3)
+    await archive.close()
+
+
 async def test_restarts_within_an_interval_never_overwrite(tmp_path: Path) -> None:
     clock = Clock()
     clock.align(3600, into=100)
