@@ -103,6 +103,9 @@ _TICK_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-tick"
 
 _T = TypeVar("_T")
 
+#: What a sleeping writer's timer runs in (`Archive._alarm`).
+_ALARM_CONTEXT = contextvars.Context()
+
 
 async def _io(func: Callable[..., _T], *args: Any) -> _T:
     """`asyncio.to_thread`, on the archive's own pool."""
@@ -262,6 +265,8 @@ class Archive:
         "_shared",
         "_shared_failure",
         "_shared_waiter",
+        "_sleep_until",
+        "_sleep_until_wall",
         "_state",
         "_stepping",
         "_tick",
@@ -269,6 +274,7 @@ class Archive:
         "_timer",
         "_unrecorded",
         "_wake",
+
         "_writer",
         "coverage",
         "current_file",
@@ -335,6 +341,10 @@ class Archive:
         # jumps ahead is noticed soon (`_alarm`).
         self._max_sleep = min(5.0, max(0.05, save_interval / 4))
         self._timer: asyncio.TimerHandle | None = None  # the sleeping writer's (`_alarm`)
+        # When the sleeping writer is next due: loop time, and the wall clock's reading then
+        # (None when no file is open: then no jump matters).
+        self._sleep_until = 0.0
+        self._sleep_until_wall: float | None = None
         self._publish_delay = spread_offset(name, min(publish_spread, save_interval / 10))
         self._clock = clock or _wall_clock
         # A `log` given is the stream's own, bound to its name already (not bound again:
@@ -822,8 +832,9 @@ class Archive:
         # (a future and two coroutines made, its whole step run) was, for each quiet
         # stream, a wake-up every five seconds that found nothing to do.
         delay = max(min(delays), 0.001)
-        due = loop.time() + delay
-        self._alarm(loop, due, self._clock() + delay if watch else None)
+        self._sleep_until = loop.time() + delay
+        self._sleep_until_wall = self._clock() + delay if watch else None
+        self._alarm()
         try:
             await self._wake.wait()
         finally:
@@ -831,17 +842,21 @@ class Archive:
                 self._timer.cancel()
                 self._timer = None
 
-    def _alarm(self, loop: asyncio.AbstractEventLoop, due: float, wall_due: float | None) -> None:
-        """Wake the sleeping writer at loop time `due`, or as soon as the wall clock reads
-        `wall_due` (it jumped ahead: what was due later may be due now); else look again
-        within `_max_sleep`."""
-        now = loop.time()
-        if now >= due or (wall_due is not None and self._clock() >= wall_due):
+    def _alarm(self) -> None:
+        """Wake the sleeping writer at loop time `_sleep_until`, or as soon as the wall
+        clock reads `_sleep_until_wall` (it jumped ahead: what was due later may be due
+        now); else look again within `_max_sleep`."""
+        loop = asyncio.get_running_loop()
+        left = self._sleep_until - loop.time()
+        wall_due = self._sleep_until_wall
+        if left <= 0 or (wall_due is not None and self._clock() >= wall_due):
             self._timer = None
             self._wake.set()
             return
-        wait = due - now if wall_due is None else min(due - now, self._max_sleep)
-        self._timer = loop.call_later(wait, self._alarm, loop, due, wall_due)
+        wait = left if wall_due is None else min(left, self._max_sleep)
+        # Run in one shared, empty context: it only sets a flag, and a copy of the caller's
+        # context for each timer is one more object per stream every few seconds.
+        self._timer = loop.call_later(wait, self._alarm, context=_ALARM_CONTEXT)
 
     async def _write_segment(self, segment: _Segment) -> None:
         old = self._part
