@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 #: Young objects allowed before a routine collection (CPython's default: 700). A young
 #: collection walks what was made since the last one and still lives, and every stream keeps
-#: about twenty such objects alive from one message to the next (the coroutines and future of
-#: its pending read, its batch waiting for the tick, its writer's timer): at 5,000 streams of
+#: fifteen to twenty such objects alive from one message to the next (the coroutines and
+#: future of its pending read, its batch waiting for the tick, its writer's timer; 23 before
+#: the writer's timer looked at the clock for it): at 5,000 streams of
 #: a message a second, 50,000-230,000 objects and 30-145 ms of stopped event loop a
 #: collection (a lower threshold hands the same objects to the middle generation instead:
 #: 2,000 measured worse than 10,000). What the threshold sets is how often: the count is of
