@@ -274,7 +274,6 @@ class Archive:
         "_timer",
         "_unrecorded",
         "_wake",
-
         "_writer",
         "coverage",
         "current_file",

@@ -90,8 +90,9 @@ class Daemon:
         # Each stream's credential problem (or None) for its spec, judged on these credentials.
         self._problems: dict[str, tuple[StreamSpec, str | None]] = {}
         self._problems_of: Mapping[str, Credential] = self.credentials
-        # The last whole pass's outcome, with the registry's version and the credentials it
-        # was made from: the next pass after a change to one stream starts from it.
+        # The last pass's outcome (a restart's first half aside), with the registry's version
+        # and the credentials it was made from: the pass after a change to one stream starts
+        # from it (`_after_change`).
         self._passed: tuple[int, Mapping[str, Credential], Desired] | None = None
         self.registry: Registry | KVRegistry | None = None
         self.cluster: ClusterMember | None = None  # cluster mode: this host's membership
