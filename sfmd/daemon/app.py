@@ -251,6 +251,8 @@ class Daemon:
 
     async def main_loop(self) -> None:
         trimmer = asyncio.create_task(self._trim_every(self.config.timing.trim_interval))
+        young = self.config.timing.young_interval
+        collector = asyncio.create_task(self._collect_every(young)) if young else None
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -264,9 +266,11 @@ class Daemon:
                                  collected=collection.collected,
                                  seconds=round(collection.seconds, 3))
         finally:
-            trimmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await trimmer
+            for task in (trimmer, collector):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     @staticmethod
     async def _trim_every(interval: float) -> None:
@@ -276,6 +280,12 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(allocator.trim)
+
+    async def _collect_every(self, interval: float) -> None:
+        """The young generation, collected and frozen on a clock (see `Heap.young`)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.heap.young()
 
     def request_stop(self) -> None:
         self._stop.set()
