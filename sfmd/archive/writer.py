@@ -42,12 +42,11 @@ import enum
 import fcntl
 import functools
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 import structlog.typing
@@ -70,48 +69,21 @@ from sfmd.archive.partfile import Described, _complete, _PartFile
 from sfmd.archive.recovery import CountItems, _leftovers, _unrecorded, recover_part
 from sfmd.archive.tick import SharedTick, Work, tick_at
 from sfmd.archive.tick import for_loop as shared_tick
-
-#: How much lower than the daemon's the archive's worker threads run (a nice increment;
-#: Linux schedules each thread by its own). In the minutes after a boundary of 5,000 streams
-#: the publishes (three fsyncs each, and the kernel's work for them) kept the core busy for
-#: seconds, and the event loop, which reads every connection and answers the control API,
-#: got a third of it. Lower, they take what the loop leaves; when the loop waits for the GIL
-#: it is not runnable, so a worker holding it is never kept from running by the loop.
-WORKER_NICENESS = 10
-
-
-def _lower_priority() -> None:
-    """A worker thread's start: run `WORKER_NICENESS` below the thread that made it (at most
-    19, the lowest). Where the system does not allow it, the worker runs as it is."""
-    with contextlib.suppress(OSError, AttributeError):
-        me = threading.get_native_id()
-        niceness = os.getpriority(os.PRIO_PROCESS, me) + WORKER_NICENESS
-        os.setpriority(os.PRIO_PROCESS, me, min(19, niceness))
-
+from sfmd.archive.workers import Workers
 
 #: Archive I/O has threads of its own. At a rotation boundary every stream publishes at once
 #: (finish, fsync, rename); on the loop's default pool that queue would delay everything else
 #: the daemon does in threads, registry writes behind API answers included.
-_POOL = ThreadPoolExecutor(
-    max_workers=8, thread_name_prefix="archive", initializer=_lower_priority
-)
+_POOL = Workers(8, "archive")
+_io = _POOL.run
 #: The shared tick's trips (quiet streams' batches, see `tick`) have a thread of their own:
 #: on `_POOL` they would queue behind a boundary's thousands of publishes (three fsyncs
 #: each), and a batch not yet written when a SIGKILL comes is lost: what a kill can take must
 #: stay within `flush_interval` at a boundary too.
 _TICK_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-tick")
 
-_T = TypeVar("_T")
-
 #: What a sleeping writer's timer runs in (`Archive._alarm`).
 _ALARM_CONTEXT = contextvars.Context()
-
-
-async def _io(func: Callable[..., _T], *args: Any) -> _T:
-    """`asyncio.to_thread`, on the archive's own pool."""
-    loop = asyncio.get_running_loop()
-    call = functools.partial(contextvars.copy_context().run, func, *args)
-    return await loop.run_in_executor(_POOL, call)
 
 
 def _lock_directory(stream_dir: Path) -> tuple[int, OSError | None]:

@@ -252,7 +252,7 @@ class Daemon:
     async def main_loop(self) -> None:
         trimmer = asyncio.create_task(self._trim_every(self.config.timing.trim_interval))
         young = self.config.timing.young_interval
-        collector = asyncio.create_task(self._collect_every(young)) if young else None
+        collector = asyncio.create_task(self._collect_every(self.heap, young)) if young else None
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -281,11 +281,13 @@ class Daemon:
             await asyncio.sleep(interval)
             await asyncio.to_thread(allocator.trim)
 
-    async def _collect_every(self, interval: float) -> None:
-        """The young generation, collected and frozen on a clock (see `Heap.young`)."""
+    @staticmethod
+    async def _collect_every(heap: Heap, interval: float) -> None:
+        """The young generation, collected and frozen on a clock (see `Heap.young`): on the
+        loop's thread, as Python's own collections are (a collection stops every thread)."""
         while True:
             await asyncio.sleep(interval)
-            self.heap.young()
+            heap.young()
 
     def request_stop(self) -> None:
         self._stop.set()

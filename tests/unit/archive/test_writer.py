@@ -266,7 +266,6 @@ async def test_the_open_file_is_written_while_the_finished_one_waits_to_publish(
     """A publish (three fsyncs) can wait seconds for the pool when thousands of streams
     publish at once; the shared tick goes on writing the new interval's file meanwhile, so
     those seconds' messages are not all held in memory. Both files come out whole."""
-    import threading
 
     from sfmd.archive import writer
 
@@ -460,13 +459,3 @@ async def test_one_archive_per_stream_directory(tmp_path: Path) -> None:
     await third.open()
     await third.close()
     assert await make_archive(tmp_path).close() is None  # never opened
-
-
-async def test_worker_threads_run_below_the_event_loop() -> None:
-    """At a boundary the publishes take what CPU the loop leaves, not a share of its core."""
-    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    worker_niceness = await writer._io(
-        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    )
-    assert worker_niceness == min(19, loop_niceness + writer.WORKER_NICENESS)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_niceness
