@@ -489,7 +489,7 @@ KEYS: tuple[Key, ...] = (
         "one line then sums up the repeats (\"... 12 more in 60 s\")"),
     Key("timing", "trim_interval", 5, _seconds,
         "seconds between hand-backs of freed memory to the system (glibc's malloc_trim)"),
-    Key("timing", "young_interval", 1.0, _seconds_or_zero,
+    Key("timing", "young_interval", 0.25, _seconds_or_zero,
         "seconds between collections of the objects made since the last one, each then "
         "frozen so that no routine collection walks it again; 0 leaves them to Python's "
         "own collections"),
