@@ -90,7 +90,6 @@ class TimingConfig:
     gc_interval: float
     log_fold_interval: float
     trim_interval: float
-    young_interval: float  # 0: CPython's own young collections, as configured by `heap`
     warm_interval: float  # 0: pages are never moved on ahead of a request
     warm_window: float
 
@@ -489,10 +488,6 @@ KEYS: tuple[Key, ...] = (
         "one line then sums up the repeats (\"... 12 more in 60 s\")"),
     Key("timing", "trim_interval", 5, _seconds,
         "seconds between hand-backs of freed memory to the system (glibc's malloc_trim)"),
-    Key("timing", "young_interval", 0.25, _seconds_or_zero,
-        "seconds between collections of the objects made since the last one, each then "
-        "frozen so that no routine collection walks it again; 0 leaves them to Python's "
-        "own collections"),
     Key("timing", "warm_interval", 1.0, _seconds_or_zero,
         "while GET /streams or /metrics is asked for often, what it keeps of each stream is "
         "moved on this often in the background, so a request has only that long's changes "

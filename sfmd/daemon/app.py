@@ -251,8 +251,6 @@ class Daemon:
 
     async def main_loop(self) -> None:
         trimmer = asyncio.create_task(self._trim_every(self.config.timing.trim_interval))
-        young = self.config.timing.young_interval
-        collector = asyncio.create_task(self._collect_every(self.heap, young)) if young else None
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -266,11 +264,9 @@ class Daemon:
                                  collected=collection.collected,
                                  seconds=round(collection.seconds, 3))
         finally:
-            for task in (trimmer, collector):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trimmer
 
     @staticmethod
     async def _trim_every(interval: float) -> None:
@@ -280,14 +276,6 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(allocator.trim)
-
-    @staticmethod
-    async def _collect_every(heap: Heap, interval: float) -> None:
-        """The young generation, collected and frozen on a clock (see `Heap.young`): on the
-        loop's thread, as Python's own collections are (a collection stops every thread)."""
-        while True:
-            await asyncio.sleep(interval)
-            heap.young()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -6,8 +6,7 @@ every API call waiting at that moment waits too. Nearly all of those objects liv
 their stream, so once the streams have started they are moved out of the collector's sight
 (`gc.freeze`), and a full collection over everything, frozen objects included, runs rarely
 and on a schedule (`timing.gc_interval`): it reclaims garbage frozen with them, and settles
-what streams created since then hold. In between, what is new is collected on a clock and
-what lives of it frozen too (`Heap.young`), so no routine collection walks much at once.
+what streams created since then hold.
 """
 
 from __future__ import annotations
@@ -16,17 +15,26 @@ import gc
 import time
 from dataclasses import dataclass
 
-#: Young objects allowed before one of CPython's own collections (its default: 700). With
-#: `Heap.young` on a clock those collections are only a backstop for a burst of garbage: each
-#: clock collection sets the count back to nothing. Without it (`young_interval = 0`) they do
-#: all the routine work, and every stream keeps fifteen to twenty objects alive from one message
-#: to the next (the coroutines and future of its pending read, its batch waiting for the tick,
-#: its writer's timer), which a young collection walks whenever it runs: at 5,000 streams
-#: 50,000-340,000 objects and 30-216 ms of stopped event loop a collection. The threshold does
-#: not bound that walk: the count is of objects made less objects freed, and a message frees
-#: about as many as it makes, so the young generation fills while the count stands still. At
-#: 10,000 the collections came every 1-3 s at 5,000 streams, and their middle generation every
-#: 2-40 s (75-180 ms); at 100,000 the same climb takes ten times as long.
+#: Young objects allowed before a routine collection (CPython's default: 700). A young collection
+#: walks what was made since the last one and still lives, and every stream keeps fifteen to twenty
+#: such objects alive from one message to the next (the coroutines and future of its pending read,
+#: its batch waiting for the tick, its writer's timer; 23 before the writer's timer looked at the
+#: clock for it): at 5,000 streams of a message a second, 50,000-230,000 objects and 30-145 ms of
+#: stopped event loop a collection (a lower threshold hands the same objects to the middle
+#: generation instead: 2,000 measured worse than 10,000). What the threshold sets is how often: the
+#: count is of objects made less objects freed, so it climbs slowly, and at 10,000 it ran every 1-3
+#: s at 5,000 streams (and its middle generation every 2-40 s, 75-180 ms). At 100,000 the same climb
+#: takes ten times as long; cyclic garbage, what the collector is there for, waits that much longer,
+#: and the streams make little of it (about 3,000 objects in two minutes at 5,000 streams, rotations
+#: included). Nor does the threshold bound a walk: a message frees about as many objects as it
+#: makes, so the young generation fills while the count stands still (262,536 and 337,238 objects,
+#: 199 and 216 ms, at counts of 100,013 and 100,018). Collecting it on a clock instead (every 0.1 s,
+#: CPython's own collections off) kept each walk short but walked every one of those objects: 16 %
+#: more CPU a message at 1,000 streams, and at 5,000 no better latency in three paired runs. Not
+#: kept. Tried again with what lived frozen after each collection (every 1 s, then 0.25 s): the
+#: walks after a boundary took 10-40 ms instead of one of 107-170 ms a minute, the CPU a message
+#: moved within the noise, and the mix's p99 at 5,000 streams was no better in three paired runs
+#: either. Not kept.
 YOUNG_THRESHOLD = 100_000
 
 
@@ -68,22 +76,6 @@ class Heap:
         _, middle, old = gc.get_threshold()
         gc.set_threshold(YOUNG_THRESHOLD, middle, old)
         return collected
-
-    def young(self) -> None:
-        """Collect what was made since the last collection, then freeze what lives of it.
-
-        Called on a clock (`timing.young_interval`). Each object that outlives the interval
-        is walked once, by the first of these after it was made, and never again by a
-        routine collection. CPython's own young collections walked everything made since the
-        last one that still lived, at once: at 5,000 streams 210,000-280,000 objects, 107-170
-        ms of stopped loop, once or twice a minute. Every 0.25 s the walks after a rotation
-        boundary (a thousand publishes waiting for the disk, each a coroutine chain and a
-        future) are 10-20 ms. The collection goes first, so the garbage made since the last
-        one is freed rather than frozen; frozen objects that become garbage later, in a
-        cycle, wait for the scheduled full collection.
-        """
-        gc.collect(0)
-        gc.freeze()
 
     def tick(self) -> Collection | None:
         """Call now and then: once per interval, collects everything and settles again (and

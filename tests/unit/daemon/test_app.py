@@ -10,7 +10,6 @@ import pytest
 
 from sfmd.daemon import allocator
 from sfmd.daemon.app import Daemon
-from sfmd.daemon.heap import Heap
 from tests.helpers.archive import wait_for
 
 
@@ -27,20 +26,3 @@ async def test_freed_memory_is_handed_back_every_trim_interval_from_a_worker(
         with contextlib.suppress(asyncio.CancelledError):
             await trimmer
     assert threading.main_thread() not in threads  # never on the event loop's thread
-
-
-async def test_the_young_generation_is_collected_every_young_interval_on_the_loop() -> None:
-    threads: list[threading.Thread] = []
-
-    class Counted(Heap):
-        def young(self) -> None:
-            threads.append(threading.current_thread())
-
-    collector = asyncio.create_task(Daemon._collect_every(Counted(3600), 0.01))
-    try:
-        await wait_for(lambda: len(threads) >= 3, timeout=5)
-    finally:
-        collector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await collector
-    assert set(threads) == {threading.main_thread()}

@@ -60,23 +60,3 @@ def test_one_more_freeze_once_the_streams_have_connected() -> None:
     heap.full_interval = 0
     assert heap.tick() is not None and dropped() is None
     assert Heap(full_interval=3600, freeze_after=60).tick() is None
-
-
-def test_a_young_collection_frees_new_garbage_and_freezes_what_lives() -> None:
-    heap = Heap(full_interval=3600)
-    heap.settle()
-    frozen = gc.get_freeze_count()
-    dropped = weakref.ref(cycle())  # garbage made since the last collection
-    kept = [cycle() for _ in range(50)]
-    heap.young()
-    assert dropped() is None  # collected, not frozen
-    assert gc.get_freeze_count() >= frozen + 100  # the survivors: out of routine walks
-    assert gc.get_count()[0] < 50  # CPython's own count starts again
-
-    watched = weakref.ref(kept[0])
-    del kept  # garbage now, but frozen: routine and explicit young collections pass it by
-    heap.young()
-    gc.collect()
-    assert watched() is not None
-    heap.full_interval = 0
-    assert heap.tick() is not None and watched() is None  # the scheduled full one frees it
