@@ -31,10 +31,10 @@ from dataclasses import dataclass
 #: 199 and 216 ms, at counts of 100,013 and 100,018). Collecting it on a clock instead (every 0.1 s,
 #: CPython's own collections off) kept each walk short but walked every one of those objects: 16 %
 #: more CPU a message at 1,000 streams, and at 5,000 no better latency in three paired runs. Not
-#: kept. Tried again with what lived frozen after each collection (every 1 s, then 0.25 s): the
-#: walks after a boundary took 10-40 ms instead of one of 107-170 ms a minute, the CPU a message
-#: moved within the noise, and the mix's p99 at 5,000 streams was no better in three paired runs
-#: either. Not kept.
+#: kept. Tried again with what lived frozen after each collection (every 1 s, then 0.25 s; at
+#: 0.25 s the walks after a boundary took 10-20 ms instead of one of 107-170 ms a minute): the CPU
+#: a message moved within the noise, and the mix's p99 at 5,000 streams was no better in three
+#: paired runs either. Not kept.
 YOUNG_THRESHOLD = 100_000
 
 
