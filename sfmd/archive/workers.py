@@ -41,7 +41,7 @@ _T = TypeVar("_T")
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
-def lower_priority() -> None:
+def _lower_priority() -> None:
     """A worker thread's start: run `WORKER_NICENESS` below the thread that made it (at most
     19, the lowest). Where the system does not allow it, the worker runs as it is."""
     with contextlib.suppress(OSError, AttributeError):
@@ -81,7 +81,7 @@ class Workers:
             self._started = True
 
     def _work(self) -> None:
-        lower_priority()
+        _lower_priority()
         take = self._queue.get
         while True:
             _call(*take())
