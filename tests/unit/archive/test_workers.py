@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from sfmd.archive import workers
+from sfmd.archive import workers, writer
 from sfmd.archive.workers import Workers
 from tests.helpers.archive import wait_for
 
@@ -76,10 +76,10 @@ async def test_a_queued_call_holds_few_objects() -> None:
     assert per_call <= 10, per_call
 
 
-async def test_worker_threads_run_below_the_event_loop() -> None:
+async def test_the_archives_worker_threads_run_below_the_event_loop() -> None:
     """At a boundary the publishes take what CPU the loop leaves, not a share of its core."""
     loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    worker_niceness = await Workers(1, "test-nice").run(
+    worker_niceness = await writer._io(
         lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     )
     assert worker_niceness == min(19, loop_niceness + workers.WORKER_NICENESS)
