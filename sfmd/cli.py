@@ -15,6 +15,7 @@ from typing import Any
 
 from sfmd import __version__, lean  # noqa: F401  # lean first: see lean
 from sfmd.archive.coverage import keep_alive
+from sfmd.argtypes import moment
 from sfmd.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load_config
 from sfmd.control.server import ControlServer
 from sfmd.credentials import (
@@ -23,7 +24,6 @@ from sfmd.credentials import (
     credentials_problems,
     load_credentials,
 )
-from sfmd.ctl import moment
 from sfmd.daemon import allocator
 from sfmd.daemon.app import Daemon, StartupError
 from sfmd.locks import CredentialBusy

@@ -7,7 +7,6 @@ half understood fails much later, far from the cause. Adding a key is one `Key(.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -618,6 +617,8 @@ def _refuse_unknown(data: Mapping[str, Any], source: str) -> None:
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib  # here, not at the top: only a mistyped key needs it (0.2 MB resident)
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 from urllib.parse import quote
 
 from sfmd import logline
+from sfmd.argtypes import moment
 from sfmd.config import CONFIG_ENV, DEFAULT_CONFIG
 from sfmd.errors import SfmdError
 from sfmd.status import IDLE, SUMMARY_ORDER, TROUBLED
@@ -706,19 +707,6 @@ def render_coverage(result: Report) -> str:
 
 def _utc_text(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def moment(text: str) -> float:
-    """An ISO 8601 date or date and time, as epoch seconds; UTC unless it names a zone."""
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 moment, e.g. 2026-12-04 or 2026-12-04T12:00:00Z"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def cmd_tail(args: argparse.Namespace, client: Client) -> int:

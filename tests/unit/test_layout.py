@@ -17,6 +17,7 @@ Read from the source with `ast`, so a forbidden import fails here even if nothin
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -205,3 +206,22 @@ def test_sfmctl_never_loads_structlog() -> None:
     code = "import sys; from sfmd import ctl; print('structlog' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_daemon_loads_no_module_only_a_rare_path_needs() -> None:
+    """Each of these cost the daemon resident memory at every start for a path most daemons
+    never take (2.3 MB together): frozenlist's C++ form maps libstdc++; sfmctl's module,
+    `xmlrpc.client` (supervisord, process streams only) and `difflib` (a mistyped key).
+    frozenlist's switch is not left in the environment for what sfmd starts."""
+    code = (
+        "import os, sys; from sfmd import cli; cli.build_parser(); "
+        "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks, sfmd.config; "
+        "import frozenlist; "
+        "print(sorted(m for m in ('frozenlist._frozenlist', 'sfmd.ctl', 'xmlrpc.client', "
+        "'difflib', 'decimal') if m in sys.modules), frozenlist.FrozenList.__module__, "
+        "'FROZENLIST_NO_EXTENSIONS' in os.environ)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env=env)
+    assert done.stdout.split() == ["[]", "frozenlist", "False"]
