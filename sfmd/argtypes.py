@@ -1,6 +1,6 @@
 """Argument types the two command lines (`sfmd`, `sfmctl`) share.
 
-A module of its own so that the daemon's command line does not load sfmctl's (about 0.9 MB
+A module of its own so that the daemon's command line does not load sfmctl's (about 0.4 MB
 of the daemon's memory) for one parser.
 """
 

@@ -7,7 +7,7 @@
   prefix, so other programs on the same supervisord are never stopped or restarted.
 
 `xmlrpc.client` is loaded at the first call, not with this module: with the XML parser and
-`decimal` it brings, it is 0.8 MB of resident memory, and a daemon with no process-isolated
+`decimal` it brings, it is 0.7 MB of resident memory, and a daemon with no process-isolated
 stream never calls supervisord.
 """
 
