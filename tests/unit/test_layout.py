@@ -166,39 +166,40 @@ def test_the_checker_finds_a_cycle_between_packages() -> None:
     assert any("cycle" in problem and "sfmd.ops" in problem for problem in problems(modules))
 
 
+#: Everything `sfmd run` and `sfmd stream` import (without a nats_url), for a fresh
+#: interpreter to load before the code a test gives `after_the_daemons_imports`.
+DAEMON_IMPORTS = (
+    "import os, sys; from sfmd import cli; cli.build_parser(); "
+    "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks, sfmd.config; "
+)
+
+
+def after_the_daemons_imports(code: str, env: dict[str, str] | None = None) -> str:
+    """What `code` prints, run in a fresh interpreter after `DAEMON_IMPORTS`."""
+    done = subprocess.run([sys.executable, "-c", DAEMON_IMPORTS + code], capture_output=True,
+                          text=True, check=True, env=env)
+    return done.stdout
+
+
 def test_sfmd_run_and_stream_never_load_the_fakes() -> None:
-    """Everything `sfmd run` and `sfmd stream` import, loaded in a fresh interpreter."""
-    code = (
-        "import sys; from sfmd import cli; cli.build_parser(); "
-        "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks; "
-        "print(sorted(m for m in sys.modules if m.startswith('sfmd.fake')))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    printed = after_the_daemons_imports(
+        "print(sorted(m for m in sys.modules if m.startswith('sfmd.fake')))")
+    assert printed.strip() == "[]"
 
 
 def test_a_single_host_never_loads_nats_or_cluster_mode() -> None:
-    """Everything `sfmd run` imports without a nats_url, loaded in a fresh interpreter."""
-    code = (
-        "import sys; from sfmd import cli; cli.build_parser(); "
-        "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks, sfmd.config; "
+    printed = after_the_daemons_imports(
         "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith(('nats.', "
-        "'sfmd.cluster'))))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+        "'sfmd.cluster'))))")
+    assert printed.strip() == "[]"
 
 
 def test_the_daemon_never_loads_rich_but_others_still_may() -> None:
     """structlog would import rich (installed here, by the test tools) for a console sfmd
     does not use: 8 MB of the daemon's memory."""
-    code = (
-        "import sys; from sfmd import cli; cli.build_parser(); "
-        "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks; "
-        "print('rich' in sys.modules); import rich.console; print('rich' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "True"]
+    printed = after_the_daemons_imports(
+        "print('rich' in sys.modules); import rich.console; print('rich' in sys.modules)")
+    assert printed.split() == ["False", "True"]
 
 
 def test_sfmctl_never_loads_structlog() -> None:
@@ -213,15 +214,11 @@ def test_the_daemon_loads_no_module_only_a_rare_path_needs() -> None:
     never take (2.3 MB together): frozenlist's C++ form maps libstdc++; sfmctl's module,
     `xmlrpc.client` (supervisord, process streams only) and `difflib` (a mistyped key).
     frozenlist's switch is not left in the environment for what sfmd starts."""
-    code = (
-        "import os, sys; from sfmd import cli; cli.build_parser(); "
-        "import sfmd.daemon.app, sfmd.control.api, sfmd.runtime.tasks, sfmd.config; "
+    printed = after_the_daemons_imports(
         "import frozenlist; "
         "print(sorted(m for m in ('frozenlist._frozenlist', 'sfmd.ctl', 'xmlrpc.client', "
         "'difflib', 'decimal') if m in sys.modules), frozenlist.FrozenList.__module__, "
-        "'FROZENLIST_NO_EXTENSIONS' in os.environ)"
+        "'FROZENLIST_NO_EXTENSIONS' in os.environ)",
+        env={k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"},
     )
-    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env=env)
-    assert done.stdout.split() == ["[]", "frozenlist", "False"]
+    assert printed.split() == ["[]", "frozenlist", "False"]
